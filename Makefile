@@ -1,0 +1,29 @@
+# Two entry points (see README): `make demo` and `make test`.
+# Both create .venv on first use and install geoseg with the pinned constraints.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.geoseg-installed
+
+.PHONY: install demo test test-all clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/geoseg demo-data --out data/demo
+	$(BIN)/geoseg run jobs/flood_survey.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m 'not gpu'
+
+clean:
+	rm -rf out data/demo .pytest_cache

@@ -1,0 +1,92 @@
+"""Load a job file: safe YAML, schema validation, paths relative to the file.
+
+All problems are gathered and raised together as one :class:`JobConfigError`,
+one line each: ``jobs/x.yaml: tiling.halo: must be >= 0 (got -8)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from geoseg.config.schema import Job
+from geoseg.errors import JobConfigError
+
+__all__ = ["load_job", "format_validation_error"]
+
+# pydantic's error types → our wording; the fallback is pydantic's own message.
+_MESSAGES = {
+    "greater_than_equal": lambda ctx: f"must be >= {ctx['ge']}",
+    "greater_than": lambda ctx: f"must be > {ctx['gt']}",
+    "less_than_equal": lambda ctx: f"must be <= {ctx['le']}",
+    "missing": lambda ctx: "required field is missing",
+    "literal_error": lambda ctx: f"must be one of {ctx['expected']}",
+    "too_short": lambda ctx: f"needs at least {ctx['min_length']} item(s)",
+}
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """Field names of the schema section that holds ``loc`` (list indexes skipped)."""
+    model: type[BaseModel] = Job
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        inner += [b for a in getattr(annotation, "__args__", ()) for b in getattr(a, "__args__", ()) if isinstance(b, type)]
+        sections = [a for a in inner if issubclass(a, BaseModel)]
+        if not sections:
+            return []
+        model = sections[0]
+    return list(model.model_fields)
+
+
+def format_validation_error(source: str, error: ValidationError) -> list[str]:
+    """One ``file: dotted.field: message (got value)`` line per pydantic error."""
+    lines = []
+    for err in error.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        make = _MESSAGES.get(err["type"])
+        message = make(err.get("ctx", {})) if make else err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key; remove it or use one of: {', '.join(_known_keys(err['loc']))}"
+        got = "" if err["type"] in ("missing",) else f" (got {err['input']!r})"
+        if err["type"] == "extra_forbidden" or isinstance(err.get("input"), (dict, list)):
+            got = ""
+        lines.append(f"{source}: {field}: {message}{got}")
+    return lines
+
+
+def _resolve_paths(model: BaseModel, base: Path) -> BaseModel:
+    """Return a copy with every relative Path field made absolute against ``base``."""
+    updates = {}
+    for name, value in model:
+        if isinstance(value, Path) and not value.is_absolute():
+            updates[name] = (base / value).resolve()
+        elif isinstance(value, BaseModel):
+            updates[name] = _resolve_paths(value, base)
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            updates[name] = [_resolve_paths(item, base) for item in value]
+    return model.model_copy(update=updates)
+
+
+def load_job(path: str | Path) -> Job:
+    """Read, validate and resolve a job file; raise JobConfigError listing every problem."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise JobConfigError(f"{source}: job file not found; check the path (e.g. jobs/flood_survey.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        detail = str(exc).replace("\n", " ")
+        raise JobConfigError(f"{source}: not valid YAML: {detail}") from None
+    if not isinstance(data, dict):
+        raise JobConfigError(f"{source}: expected a mapping of job keys at the top level (got {type(data).__name__})")
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as exc:
+        raise JobConfigError(format_validation_error(source, exc)) from None
+    return _resolve_paths(job, path.resolve().parent)

@@ -1,0 +1,136 @@
+"""The job file schema. Every field is described; unknown keys are refused.
+
+Paths are kept as written here; :mod:`geoseg.config.load` resolves them against
+the job file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["Job", "ModelSpec", "Tiling", "TrainScene", "TrainSpec", "PredictSpec", "VectorizeSpec",
+           "EvaluateSpec", "RuntimeSpec", "STAGES"]
+
+STAGES = ("train", "predict", "vectorize", "evaluate")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    arch: str = Field("unet", description="Architecture name from `geoseg models` (e.g. unet, deeplabv3plus).")
+    encoder: str = Field("resnet18", description="segmentation-models-pytorch encoder name (random init).")
+    weights: Path | None = Field(None, description="Optional local .safetensors file to start from; never downloaded.")
+
+
+class Tiling(Strict):
+    tile_size: int = Field(512, gt=0, description="Pixels a side the model sees per prediction tile (core + 2*halo).")
+    halo: int = Field(32, ge=0, description="Context pixels on every side of a tile's core; only the core is written.")
+
+    @model_validator(mode="after")
+    def _core_positive(self):
+        if self.tile_size - 2 * self.halo <= 0:
+            raise ValueError(
+                f"tile_size {self.tile_size} leaves no core with halo {self.halo}; "
+                f"use tile_size > 2*halo (e.g. {2 * self.halo + 256})"
+            )
+        return self
+
+    @property
+    def core(self) -> int:
+        """Core pixels a side: the part of each tile written, and the Zarr chunk size."""
+        return self.tile_size - 2 * self.halo
+
+
+class TrainScene(Strict):
+    image: Path = Field(description="Training GeoTIFF.")
+    labels: Path = Field(description="Label polygons (GeoPackage/GeoJSON/Shapefile) with a class-name attribute.")
+
+
+class TrainSpec(Strict):
+    scenes: list[TrainScene] = Field(min_length=1, description="Training scenes with their label polygons.")
+    label_field: str = Field("class", description="Attribute of the label polygons holding the class name.")
+    tile_size: int = Field(256, gt=0, description="Pixels a side of each training crop.")
+    batch_size: int = Field(8, gt=0, description="Crops per step per worker.")
+    epochs: int = Field(6, gt=0, description="Training epochs.")
+    steps_per_epoch: int = Field(60, gt=0, description="Optimizer steps per epoch per worker.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate of the one-cycle schedule (AdamW).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed for crops, augmentation and initial weights.")
+    max_failures: int = Field(0, ge=-1, description="Worker failures Ray Train retries from the last checkpoint (-1: forever).")
+
+
+class PredictSpec(Strict):
+    scene: Path = Field(description="GeoTIFF to map.")
+    batch_size: int = Field(4, gt=0, description="Tiles per forward pass.")
+    checkpoint: Path | None = Field(None, description="Checkpoint folder; default: <output_dir>/checkpoint from the train stage.")
+
+
+class VectorizeSpec(Strict):
+    classes: list[str] | None = Field(None, description="Class names to turn into polygons; default: all but the first.")
+    simplify_m: float = Field(0.0, ge=0, description="Simplification tolerance in metres (0: exact pixel edges).")
+    min_area_m2: float = Field(0.0, ge=0, description="Drop polygons smaller than this.")
+
+
+class EvaluateSpec(Strict):
+    labels: Path = Field(description="Reference labels of the predicted scene: polygons (like train labels) or a label GeoTIFF.")
+    colour_baseline: bool = Field(False, description="Also score a per-pixel colour classifier trained on the train scenes.")
+
+
+class RuntimeSpec(Strict):
+    address: str | None = Field(None, description="Ray address; null starts the embedded local Ray (or uses RAY_ADDRESS).")
+    workers: int = Field(1, gt=0, description="Training workers (Ray Train) and prediction model actors (Ray Data).")
+    cpus_per_worker: int = Field(2, gt=0, description="CPU cores each worker or actor reserves (and torch threads it uses).")
+    use_gpu: bool = Field(False, description="Give each worker one GPU.")
+
+
+class Job(Strict):
+    name: str = Field(description="Job name, used in logs and output folders.")
+    output_dir: Path = Field(description="Folder for checkpoint, mosaic, vectors and metrics.")
+    classes: list[str] = Field(min_length=2, description="Class names; index 0 is the background class.")
+    stages: list[Literal["train", "predict", "vectorize", "evaluate"]] = Field(
+        default_factory=lambda: list(STAGES), description="Stages `geoseg run` chains, in this order.")
+    bands: list[int] | None = Field(None, description="1-based band indexes fed to the model, in order; default: all non-alpha bands.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The segmentation model.")
+    tiling: Tiling = Field(default_factory=Tiling, description="Prediction tiling.")
+    train: TrainSpec | None = Field(None, description="Training settings (needed by the train stage).")
+    predict: PredictSpec | None = Field(None, description="Prediction settings (needed by predict and later stages).")
+    vectorize: VectorizeSpec = Field(default_factory=VectorizeSpec, description="Polygon export settings.")
+    evaluate: EvaluateSpec | None = Field(None, description="Accuracy assessment settings.")
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Where and with what it runs.")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, value):
+        dupes = sorted({c for c in value if value.count(c) > 1})
+        if dupes:
+            raise ValueError(f"class names must be unique (repeated: {', '.join(dupes)})")
+        if len(value) > 255:
+            raise ValueError(f"at most 255 classes fit the uint8 mosaic (got {len(value)})")
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_positive(cls, value):
+        if value is not None and (not value or any(b < 1 for b in value)):
+            raise ValueError(f"band indexes are 1-based and non-empty (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _stage_sections(self):
+        needs = {"train": "train", "predict": "predict", "vectorize": "predict", "evaluate": "evaluate"}
+        missing = [f"{stage!r} needs a `{section}:` section" for stage, section in needs.items()
+                   if stage in self.stages and getattr(self, section) is None]
+        if "evaluate" in self.stages and self.predict is None:
+            missing.append("'evaluate' needs a `predict:` section")
+        if missing:
+            raise ValueError("; ".join(missing))
+        if self.vectorize.classes:
+            unknown = [c for c in self.vectorize.classes if c not in self.classes]
+            if unknown:
+                raise ValueError(f"vectorize.classes names unknown classes {unknown!r}; known: {self.classes!r}")
+        return self

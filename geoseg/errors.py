@@ -1,0 +1,60 @@
+"""Exception hierarchy.
+
+Every user-facing problem is a ``GeosegError``; the CLI prints its message on one
+line and exits with ``exit_code``. Each subclass also inherits the built-in that
+fits, as rasterio does, so callers can catch ``ValueError`` or ``OSError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GeosegError",
+    "JobConfigError",
+    "InputRasterError",
+    "InputVectorError",
+    "ModelError",
+    "CheckpointError",
+    "StageError",
+]
+
+
+class GeosegError(Exception):
+    """Root of geoseg's errors. ``exit_code`` 2 means bad job or input."""
+
+    exit_code = 2
+
+
+class JobConfigError(GeosegError, ValueError):
+    """The job file is malformed or holds invalid values.
+
+    ``problems`` holds every problem found, one line each, so that
+    ``geoseg validate`` can report them all at once.
+    """
+
+    def __init__(self, problems: list[str] | str):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class InputRasterError(GeosegError, OSError):
+    """A raster is missing, unreadable, lacks a CRS or does not fit the job."""
+
+
+class InputVectorError(GeosegError, OSError):
+    """A label vector file is missing, unreadable or does not fit the scene."""
+
+
+class ModelError(GeosegError, ValueError):
+    """Unknown architecture, or a tile size the model cannot take."""
+
+
+class CheckpointError(GeosegError, OSError):
+    """A checkpoint is missing, unsafe to load or does not match the job."""
+
+
+class StageError(GeosegError, RuntimeError):
+    """A stage failed while running (exit code 1), not because of bad input."""
+
+    exit_code = 1

@@ -1,0 +1,68 @@
+"""Predict batches of tiles and write their cores into the mosaic. No Ray inside.
+
+A :class:`TilePredictor` lives in one worker (a Ray Data actor, or the test
+process): it keeps the model, the open scene and the open mosaic, so a batch
+of tile *descriptors* goes in and only tile indexes come out; pixels never
+travel between processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+from geoseg.io.mosaic import open_mosaic, write_block
+from geoseg.tiling import Tile
+from geoseg.io.raster import read_tile
+from geoseg.train.checkpoint import load_checkpoint
+from geoseg.train.data import normalize
+
+__all__ = ["TilePredictor", "predict_logits"]
+
+
+def predict_logits(model: torch.nn.Module, batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Forward a (N, bands, H, W) float32 batch; returns float32 logits on the CPU."""
+    with torch.inference_mode():
+        inputs = torch.from_numpy(batch).to(device)
+        if device.type == "cuda":
+            inputs = inputs.to(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return model(inputs).float().cpu()
+        return model(inputs).cpu()
+
+
+class TilePredictor:
+    """Reads tiles of one scene, runs the model, writes each core once."""
+
+    def __init__(self, checkpoint: str | Path, scene: str | Path, mosaic: str | Path, *, device: str = "cpu",
+                 threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        self.model, self.card = load_checkpoint(checkpoint, device=self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.bands = tuple(self.card["bands"])
+        self.mean, self.std = self.card["normalization"]["mean"], self.card["normalization"]["std"]
+        self.scene = rasterio.open(scene)
+        self.mosaic = open_mosaic(mosaic, mode="r+")
+
+    def __call__(self, tiles: list[Tile]) -> list[int]:
+        inputs, valids = [], []
+        for tile in tiles:
+            pixels, valid = read_tile(self.scene, tile, self.bands)
+            inputs.append(normalize(pixels, self.mean, self.std))
+            valids.append(valid)
+        logits = predict_logits(self.model, np.stack(inputs), self.device)
+        labels = logits.argmax(dim=1).to(torch.uint8).numpy()
+        for tile, label, valid in zip(tiles, labels, valids):
+            core = label[tile.halo:tile.halo + tile.height, tile.halo:tile.halo + tile.width].copy()
+            core[~valid] = 0
+            write_block(self.mosaic, tile.row, tile.col, core, valid.astype(np.uint8))
+        return [tile.index for tile in tiles]
+
+    def close(self) -> None:
+        self.scene.close()

@@ -1,0 +1,173 @@
+"""The georeferenced Zarr mosaic that prediction writes and later stages read.
+
+Layout (Zarr format 2 by default, so GDAL >= 3.4 and xarray both read it)::
+
+    mosaic.zarr/
+      labels       uint8  (y, x)  class index per pixel; 0 where invalid
+      valid        uint8  (y, x)  1 where the input had data, 0 for nodata/alpha
+      x, y         float64        pixel-centre coordinates in the scene CRS
+      spatial_ref  int32 scalar   CF grid mapping: crs_wkt, spatial_ref, GeoTransform
+
+Georeferencing is written three ways (DESIGN.md §4): CF (``grid_mapping`` on every
+data array pointing at ``spatial_ref``), GDAL's ``_CRS`` attribute, and the 1-D
+``x``/``y`` coordinate arrays from which GDAL derives the geotransform.
+Chunks are square, ``chunk`` pixels a side, and equal to the prediction tile's
+core, so each chunk is written exactly once by one task.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from affine import Affine
+from rasterio.crs import CRS
+
+from geoseg.errors import InputRasterError
+
+__all__ = ["MosaicInfo", "create_mosaic", "open_mosaic", "write_block", "DATA_ARRAYS"]
+
+DATA_ARRAYS = ("labels", "valid")
+
+
+@dataclass(frozen=True)
+class MosaicInfo:
+    """What a reader needs to know about a mosaic, plus the open group."""
+
+    path: Path
+    group: zarr.Group
+    height: int
+    width: int
+    chunk: int
+    crs: CRS
+    transform: Affine
+    class_names: tuple[str, ...]
+
+    @property
+    def labels(self) -> zarr.Array:
+        return self.group["labels"]
+
+    @property
+    def valid(self) -> zarr.Array:
+        return self.group["valid"]
+
+    def chunk_windows(self):
+        """Yield ``(row_off, col_off, height, width)`` for every chunk, row-major."""
+        for row in range(0, self.height, self.chunk):
+            for col in range(0, self.width, self.chunk):
+                yield row, col, min(self.chunk, self.height - row), min(self.chunk, self.width - col)
+
+
+def _pixel_centres(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    # Coordinates name pixel *centres* (CF and xarray convention), hence the +0.5.
+    cols = np.arange(width) + 0.5
+    rows = np.arange(height) + 0.5
+    x = transform.c + cols * transform.a
+    y = transform.f + rows * transform.e
+    return x, y
+
+
+def create_mosaic(
+    path: str | Path,
+    *,
+    height: int,
+    width: int,
+    chunk: int,
+    crs: CRS,
+    transform: Affine,
+    class_names: list[str] | tuple[str, ...],
+    zarr_format: int = 2,
+) -> MosaicInfo:
+    """Create an empty mosaic (overwriting ``path``) and return it open for writing."""
+    if transform.b != 0 or transform.d != 0:
+        raise InputRasterError(
+            f"{path}: rotated or sheared geotransforms are not supported (got {tuple(transform)[:6]!r}); "
+            "warp the scene to a north-up grid first (gdalwarp)"
+        )
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    wkt = crs.to_wkt()
+    gdal_transform = transform.to_gdal()
+    dims = ["y", "x"]
+    for name in DATA_ARRAYS:
+        arr = group.create_array(
+            name, shape=(height, width), chunks=(chunk, chunk), dtype="uint8", fill_value=0,
+            dimension_names=dims if zarr_format == 3 else None,
+        )
+        attrs = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x"}
+        if zarr_format == 2:
+            attrs["_ARRAY_DIMENSIONS"] = dims
+        arr.attrs.update(attrs)
+    group["labels"].attrs.update(
+        {"long_name": "class index", "flag_values": list(range(len(class_names))),
+         "flag_meanings": " ".join(class_names), "class_names": list(class_names)}
+    )
+    group["valid"].attrs.update({"long_name": "1 where the input scene has data, 0 for nodata or alpha"})
+
+    x, y = _pixel_centres(transform, height, width)
+    for name, values, dim in (("x", x, "x"), ("y", y, "y")):
+        coord = group.create_array(
+            name, shape=values.shape, chunks=values.shape, dtype="float64",
+            dimension_names=[dim] if zarr_format == 3 else None,
+        )
+        coord[:] = values
+        coord.attrs.update({"units": "m" if crs.is_projected else "degrees",
+                            "standard_name": "projection_x_coordinate" if dim == "x" else "projection_y_coordinate"})
+        if zarr_format == 2:
+            coord.attrs["_ARRAY_DIMENSIONS"] = [dim]
+
+    ref = group.create_array("spatial_ref", shape=(), dtype="int32",
+                             dimension_names=[] if zarr_format == 3 else None)
+    ref[...] = 0
+    ref.attrs.update({
+        "crs_wkt": wkt,
+        "spatial_ref": wkt,  # GDAL and older rioxarray read this key
+        "GeoTransform": " ".join(repr(float(v)) for v in gdal_transform),
+    })
+    if zarr_format == 2:
+        ref.attrs["_ARRAY_DIMENSIONS"] = []
+
+    group.attrs.update({
+        "geoseg": {
+            "crs_wkt": wkt,
+            "transform": list(gdal_transform),
+            "chunk": chunk,
+            "class_names": list(class_names),
+            "height": height,
+            "width": width,
+        }
+    })
+    return open_mosaic(path, mode="r+")
+
+
+def open_mosaic(path: str | Path, mode: str = "r") -> MosaicInfo:
+    """Open a mosaic written by :func:`create_mosaic` and read its georeferencing."""
+    path = Path(path)
+    if not path.exists():
+        raise InputRasterError(f"{path}: mosaic not found; run `geoseg predict` first")
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+        meta = dict(group.attrs["geoseg"])
+    except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
+        raise InputRasterError(f"{path}: not a geoseg mosaic ({exc}); run `geoseg predict` again") from None
+    return MosaicInfo(
+        path=path,
+        group=group,
+        height=int(meta["height"]),
+        width=int(meta["width"]),
+        chunk=int(meta["chunk"]),
+        crs=CRS.from_wkt(meta["crs_wkt"]),
+        transform=Affine.from_gdal(*meta["transform"]),
+        class_names=tuple(meta["class_names"]),
+    )
+
+
+def write_block(mosaic: MosaicInfo, row_off: int, col_off: int, labels: np.ndarray, valid: np.ndarray) -> None:
+    """Write one chunk-aligned block. Callers guarantee one writer per chunk."""
+    if row_off % mosaic.chunk or col_off % mosaic.chunk:
+        raise ValueError(f"block at ({row_off}, {col_off}) is not aligned to {mosaic.chunk}-pixel chunks")
+    h, w = labels.shape
+    mosaic.labels[row_off:row_off + h, col_off:col_off + w] = labels
+    mosaic.valid[row_off:row_off + h, col_off:col_off + w] = valid

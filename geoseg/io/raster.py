@@ -1,0 +1,108 @@
+"""Reading scenes: validation up front, then mirrored tile windows.
+
+Nothing here reads a whole scene; every read is a rasterio window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from geoseg.errors import InputRasterError
+from geoseg.tiling import Tile, mirror_indices
+
+__all__ = ["SceneInfo", "inspect_scene", "read_tile", "read_valid", "iter_blocks"]
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the pipeline needs to know about a scene, read once from its header."""
+
+    path: Path
+    height: int
+    width: int
+    count: int
+    dtype: str
+    crs: CRS
+    transform: Affine
+    nodata: float | None
+    bands: tuple[int, ...]  # 1-based bands the model reads, in order
+    alpha: int | None  # 1-based alpha band, used only as a validity mask
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return rasterio.transform.array_bounds(self.height, self.width, self.transform)  # (W, S, E, N)
+
+    @property
+    def pixel_area(self) -> float:
+        return abs(self.transform.a * self.transform.e)
+
+
+def inspect_scene(path: str | Path, *, field: str = "scene", bands: list[int] | None = None) -> SceneInfo:
+    """Open a GeoTIFF's header and check that geoseg can use it.
+
+    ``field`` names the job field the path came from, for the error message.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputRasterError(f"{path}: {field}: file not found; check the path in the job file")
+    try:
+        with rasterio.open(path) as src:
+            crs, transform = src.crs, src.transform
+            count, dtypes, nodata = src.count, src.dtypes, src.nodata
+            height, width = src.height, src.width
+            interps = src.colorinterp
+            # Touch one pixel so that a corrupt body fails here, not in a worker.
+            src.read(1, window=Window(0, 0, 1, 1))
+    except RasterioIOError as exc:
+        raise InputRasterError(f"{path}: {field}: not a readable raster ({exc}); re-export it as GeoTIFF") from None
+    if crs is None:
+        raise InputRasterError(
+            f"{path}: {field}: raster has no CRS; assign one, e.g. `gdal_edit.py -a_srs EPSG:32633 {path.name}`")
+    if transform.is_identity or transform.b != 0 or transform.d != 0:
+        raise InputRasterError(
+            f"{path}: {field}: needs a north-up geotransform (got {tuple(transform)[:6]!r}); warp it with gdalwarp")
+    if len(set(dtypes)) != 1:
+        raise InputRasterError(f"{path}: {field}: bands have mixed data types; convert with gdal_translate -ot")
+    alpha = next((i + 1 for i, ci in enumerate(interps) if ci == ColorInterp.alpha), None)
+    colour_bands = tuple(b for b in range(1, count + 1) if b != alpha)
+    if bands:
+        bad = [b for b in bands if b < 1 or b > count]
+        if bad:
+            raise InputRasterError(f"{path}: bands: {bad!r} not in the raster's bands 1..{count}; fix `bands:` in the job")
+        if alpha in bands:
+            raise InputRasterError(f"{path}: bands: band {alpha} is the alpha band (a mask, not a colour); leave it out of `bands:`")
+        colour_bands = tuple(bands)
+    return SceneInfo(path, height, width, count, dtypes[0], crs, transform, nodata, colour_bands, alpha)
+
+
+def read_valid(src: rasterio.DatasetReader, window: Window) -> np.ndarray:
+    """True where the scene has data: GDAL's dataset mask folds nodata and alpha together."""
+    return src.dataset_mask(window=window) > 0
+
+
+def read_tile(src: rasterio.DatasetReader, tile: Tile, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a tile's model input (bands × size × size, mirrored outside) and its core validity."""
+    rows = mirror_indices(*tile.read_rows, src.height)
+    cols = mirror_indices(*tile.read_cols, src.width)
+    r0, c0 = int(rows.min()), int(cols.min())
+    window = Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
+    block = src.read(list(bands), window=window)
+    pixels = block[:, rows - r0][:, :, cols - c0]
+    valid = read_valid(src, Window(tile.col, tile.row, tile.width, tile.height))
+    return pixels, valid
+
+
+def iter_blocks(height: int, width: int, block: int = 512):
+    """Yield windows covering a raster in ``block``-sized squares, row-major."""
+    for row in range(0, height, block):
+        for col in range(0, width, block):
+            yield Window(col, row, min(block, width - col), min(block, height - row))

@@ -1,0 +1,84 @@
+"""Evaluate stage: mosaic vs reference labels → metrics.json + quicklook PNG."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from geoseg.config import Job
+from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
+from geoseg.evaluate.quicklook import write_quicklook
+from geoseg.io.labels import load_labels, rasterize_labels
+from geoseg.io.mosaic import open_mosaic
+from geoseg.io.raster import inspect_scene
+from geoseg.stages.paths import JobPaths
+
+__all__ = ["run_evaluate", "mosaic_confusion"]
+
+
+def _truth_raster(job: Job, paths: JobPaths) -> Path:
+    """The reference as a label raster on the scene grid (polygons are rasterized first)."""
+    labels = Path(job.evaluate.labels)
+    if labels.suffix.lower() in (".tif", ".tiff"):
+        return labels
+    scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
+    field = job.train.label_field if job.train else "class"
+    frame = load_labels(labels, scene=scene, classes=job.classes, field=field, source="evaluate.labels")
+    return rasterize_labels(frame, scene, paths.truth)
+
+
+def mosaic_confusion(mosaic_path: Path, truth_path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Confusion matrix of a mosaic against a label raster, chunk by chunk."""
+    mosaic = open_mosaic(mosaic_path)
+    n = len(mosaic.class_names)
+    matrix = np.zeros((n, n), np.int64)
+    with rasterio.open(truth_path) as truth:
+        for row, col, h, w in mosaic.chunk_windows():
+            reference = truth.read(1, window=Window(col, row, w, h))
+            predicted = mosaic.labels[row:row + h, col:col + w]
+            valid = mosaic.valid[row:row + h, col:col + w]
+            matrix += confusion_matrix(reference, predicted, n, valid=valid)
+    return matrix, mosaic.class_names
+
+
+def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log) -> dict | None:
+    from geoseg.evaluate.colour_baseline import colour_baseline
+
+    pair = job.train.scenes[0]
+    train_labels = paths.train_labels(0)
+    if not train_labels.exists():
+        scene = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands)
+        frame = load_labels(pair.labels, scene=scene, classes=job.classes, field=job.train.label_field)
+        rasterize_labels(frame, scene, train_labels)
+    log("evaluate: fitting the per-pixel colour baseline (logistic regression on band values)")
+    return colour_baseline(pair.image, train_labels, job.predict.scene, truth, job.classes)
+
+
+def run_evaluate(job: Job, *, log=print) -> dict:
+    paths = JobPaths.of(job)
+    started = time.perf_counter()
+    truth = _truth_raster(job, paths)
+    matrix, class_names = mosaic_confusion(paths.mosaic, truth)
+    report = {"job": job.name, "scene": str(job.predict.scene), "model": scores_from_confusion(matrix, class_names)}
+    if job.evaluate.colour_baseline and job.train:
+        report["colour_baseline"] = _colour_baseline(job, paths, truth, log)
+    mosaic = open_mosaic(paths.mosaic)
+    scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
+    write_quicklook(scene.path, list(scene.bands), truth, mosaic, paths.quicklook)
+    tmp = paths.metrics.with_name(paths.metrics.name + ".partial")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(paths.metrics)
+
+    model = report["model"]
+    per_class = ", ".join(f"{k} {v:.3f}" for k, v in model["per_class_iou"].items() if v is not None)
+    log(f"evaluate: per-class IoU: {per_class}")
+    line = f"evaluate: mIoU {model['mean_iou']:.3f}, pixel accuracy {model['pixel_accuracy']:.3f}"
+    if "colour_baseline" in report:
+        line += f"; colour baseline mIoU {report['colour_baseline']['mean_iou']:.3f}"
+    log(f"{line} ({time.perf_counter() - started:.0f} s); wrote {paths.metrics}, {paths.quicklook}")
+    return report

@@ -1,0 +1,54 @@
+"""Where each stage writes, under the job's ``output_dir``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from geoseg.config import Job
+
+__all__ = ["JobPaths"]
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    root: Path
+
+    @classmethod
+    def of(cls, job: Job) -> "JobPaths":
+        return cls(Path(job.output_dir))
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    def train_labels(self, index: int) -> Path:
+        return self.train_dir / f"labels_{index}.tif"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.train_dir / "ray"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
+    def mosaic(self) -> Path:
+        return self.root / "mosaic.zarr"
+
+    @property
+    def vectors(self) -> Path:
+        return self.root / "vectors"
+
+    @property
+    def truth(self) -> Path:
+        return self.root / "evaluate" / "truth.tif"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def quicklook(self) -> Path:
+        return self.root / "quicklook.png"

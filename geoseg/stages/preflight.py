@@ -1,0 +1,98 @@
+"""Check a job's inputs before any stage runs, reporting every problem at once.
+
+``geoseg validate`` prints these; ``geoseg run`` refuses to start while any
+remain, so a bad input never leaves half-written outputs behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from geoseg.config import Job
+from geoseg.errors import GeosegError
+from geoseg.io.labels import load_labels
+from geoseg.io.raster import SceneInfo, inspect_scene
+from geoseg.models import ARCHITECTURES, build_model, output_stride
+from geoseg.stages.paths import JobPaths
+from geoseg.tiling import check_tile_size
+from geoseg.train.checkpoint import read_card
+
+__all__ = ["check_job_inputs"]
+
+
+def _collect(problems: list[str], call, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except GeosegError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _check_model(job: Job, source: str, problems: list[str]) -> None:
+    if job.model.arch not in ARCHITECTURES:
+        problems.append(f"{source}: model.arch: unknown architecture {job.model.arch!r}; "
+                        f"choose one of {', '.join(ARCHITECTURES)}")
+        return
+    model = _collect(problems, build_model, job.model.arch, in_channels=3, num_classes=len(job.classes),
+                     encoder=job.model.encoder)
+    if model is None:
+        problems[-1] = f"{source}: {problems[-1]}"
+        return
+    stride = output_stride(model)
+    for field, size in (("tiling.tile_size", job.tiling.tile_size),
+                        ("train.tile_size", job.train.tile_size if job.train else None)):
+        message = check_tile_size(size, stride, job.model.arch) if size else None
+        if message:
+            problems.append(f"{source}: {field}: {message}")
+    if job.model.weights and not Path(job.model.weights).is_file():
+        problems.append(f"{source}: model.weights: file not found: {job.model.weights}")
+
+
+def _check_band_match(scene: SceneInfo, reference: SceneInfo, field: str, problems: list[str]) -> None:
+    if len(scene.bands) != len(reference.bands) or scene.dtype != reference.dtype:
+        problems.append(f"{scene.path}: {field}: {len(scene.bands)} band(s) of {scene.dtype}, but the training scene "
+                        f"{reference.path.name} has {len(reference.bands)} of {reference.dtype}; use matching imagery "
+                        "or set `bands:`")
+
+
+def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
+    """Return one line per problem with the job's inputs for ``stages`` (empty when all is well)."""
+    problems: list[str] = []
+    _check_model(job, source, problems)
+    bands = job.bands
+    first: SceneInfo | None = None
+    if "train" in stages and job.train:
+        for i, pair in enumerate(job.train.scenes):
+            scene = _collect(problems, inspect_scene, pair.image, field=f"train.scenes[{i}].image", bands=bands)
+            if scene is None:
+                continue
+            if first is None:
+                first = scene
+            else:
+                _check_band_match(scene, first, f"train.scenes[{i}].image", problems)
+            _collect(problems, load_labels, pair.labels, scene=scene, classes=job.classes,
+                     field=job.train.label_field, source=f"train.scenes[{i}].labels")
+    needs_scene = {"predict", "evaluate"} & set(stages)
+    if needs_scene and job.predict:
+        scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=bands)
+        if scene is not None and first is not None:
+            _check_band_match(scene, first, "predict.scene", problems)
+        if scene is not None and "train" not in stages and "predict" in stages:
+            checkpoint = job.predict.checkpoint or JobPaths.of(job).checkpoint
+            card = _collect(problems, read_card, checkpoint)
+            if card is not None and (len(card["bands"]) != len(scene.bands) or card["dtype"] != scene.dtype):
+                problems.append(f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the "
+                                f"model in {checkpoint} was trained on {len(card['bands'])} of {card['dtype']}")
+        if scene is not None and "evaluate" in stages and job.evaluate:
+            labels = Path(job.evaluate.labels)
+            if labels.suffix.lower() in (".tif", ".tiff"):
+                truth = _collect(problems, inspect_scene, labels, field="evaluate.labels")
+                if truth is not None and (truth.height, truth.width, truth.transform, truth.crs) != (
+                        scene.height, scene.width, scene.transform, scene.crs):
+                    problems.append(f"{labels}: evaluate.labels: label raster is not on the scene's grid; "
+                                    "give polygons instead, or warp it onto the scene (gdalwarp -te -tr)")
+            else:
+                field = job.train.label_field if job.train else "class"
+                _collect(problems, load_labels, labels, scene=scene, classes=job.classes, field=field,
+                         source="evaluate.labels")
+    return problems

@@ -1,0 +1,71 @@
+"""Checkpoints: weights as safetensors plus a JSON model card. Nothing is unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from geoseg.errors import CheckpointError
+from geoseg.models import build_model
+
+__all__ = ["WEIGHTS", "CARD", "save_checkpoint", "load_checkpoint", "read_card", "publish_checkpoint"]
+
+WEIGHTS = "model.safetensors"
+CARD = "model_card.json"
+
+
+def save_checkpoint(folder: str | Path, model: torch.nn.Module, card: dict) -> Path:
+    """Write weights + model card into ``folder`` (created)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return folder
+
+
+def read_card(folder: str | Path) -> dict:
+    folder = Path(folder)
+    card_path = folder / CARD
+    if not card_path.is_file() or not (folder / WEIGHTS).is_file():
+        raise CheckpointError(f"{folder}: checkpoint not found (needs {WEIGHTS} and {CARD}); "
+                              "run the train stage first or set predict.checkpoint")
+    try:
+        return json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{card_path}: model card is not valid JSON ({exc})") from None
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model the card describes and load its weights (safetensors only)."""
+    folder = Path(folder)
+    card = read_card(folder)
+    model = build_model(card["arch"], in_channels=len(card["bands"]), num_classes=len(card["classes"]),
+                        encoder=card["encoder"])
+    try:
+        state = load_file(str(folder / WEIGHTS), device=str(device))
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError) as exc:
+        raise CheckpointError(f"{folder / WEIGHTS}: weights do not load into {card['arch']}/{card['encoder']} ({exc})") from None
+    return model.to(device).eval(), card
+
+
+def publish_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Copy a finished checkpoint folder into place atomically (temp name, then rename)."""
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (WEIGHTS, CARD):
+        shutil.copy2(source / name, tmp / name)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geoseg.config import load_job
+from geoseg.errors import JobConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+MINIMAL = {
+    "name": "t",
+    "output_dir": "out",
+    "classes": ["background", "water"],
+    "stages": ["predict"],
+    "predict": {"scene": "scene.tif"},
+}
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def problems(tmp_path, data) -> list[str]:
+    with pytest.raises(JobConfigError) as info:
+        load_job(write(tmp_path, data))
+    return info.value.problems
+
+
+def test_flood_survey_job_loads_with_paths_relative_to_the_job_file():
+    job = load_job(REPO / "jobs" / "flood_survey.yaml")
+    assert job.train.scenes[0].image == REPO / "data" / "demo" / "train" / "scene.tif"
+    assert job.output_dir == REPO / "out" / "flood_survey"
+    assert job.tiling.core == job.tiling.tile_size - 2 * job.tiling.halo
+
+
+def test_every_problem_reported_at_once_one_line_each(tmp_path):
+    data = {**MINIMAL, "tiling": {"halo": -8, "tile_sise": 512}, "bogus": 1,
+            "predict": {"scene": "s.tif", "batch_size": 0}}
+    lines = problems(tmp_path, data)
+    source = str(tmp_path / "job.yaml")
+    assert f"{source}: tiling.halo: must be >= 0 (got -8)" in lines
+    assert any(line.startswith(f"{source}: tiling.tile_sise: unknown key") and "tile_size" in line for line in lines)
+    assert any(line.startswith(f"{source}: bogus: unknown key") for line in lines)
+    assert f"{source}: predict.batch_size: must be > 0 (got 0)" in lines
+    assert all("\n" not in line for line in lines)
+
+
+def test_halo_leaving_no_core_is_refused_with_a_fix(tmp_path):
+    lines = problems(tmp_path, {**MINIMAL, "tiling": {"tile_size": 64, "halo": 32}})
+    assert len(lines) == 1 and "leaves no core" in lines[0] and "tiling" in lines[0]
+
+
+def test_stage_without_its_section_is_refused(tmp_path):
+    lines = problems(tmp_path, {**MINIMAL, "stages": ["train", "predict"]})
+    assert "'train' needs a `train:` section" in lines[0]
+
+
+def test_unknown_stage_and_duplicate_classes(tmp_path):
+    lines = problems(tmp_path, {**MINIMAL, "stages": ["predict", "paint"], "classes": ["a", "a"]})
+    assert any("stages.1" in line and "train" in line for line in lines)
+    assert any("classes" in line and "unique" in line for line in lines)
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(JobConfigError, match="not valid YAML"):
+        load_job(path)
+
+
+def test_missing_job_file(tmp_path):
+    with pytest.raises(JobConfigError, match="job file not found"):
+        load_job(tmp_path / "nope.yaml")
