@@ -88,7 +88,7 @@ def test_unknown_model_name(tiny, capsys):
 def test_tile_size_not_divisible_by_stride_says_which_works(tiny, capsys):
     folder, scene, labels = tiny
     job = tiny_job(folder, scene, labels, tiling={"tile_size": 100, "halo": 16})
-    assert_one_line_error(capsys, job, "job.yaml", "tiling.tile_size", "stride 32", "use 128 or 96")
+    assert_one_line_error(capsys, job, "job.yaml", "tiling.tile_size", "stride 8", "use 104 or 96")
 
 
 def test_unknown_yaml_key(tiny, capsys):

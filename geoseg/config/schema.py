@@ -25,6 +25,9 @@ class ModelSpec(Strict):
     arch: str = Field("unet", description="Architecture name from `geoseg models` (e.g. unet, deeplabv3plus).")
     encoder: str = Field("resnet18", description="segmentation-models-pytorch encoder name (random init).")
     weights: Path | None = Field(None, description="Optional local .safetensors file to start from; never downloaded.")
+    options: dict[str, int | float | str | bool | list[int]] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for the architecture (e.g. encoder_depth, decoder_channels).")
 
 
 class Tiling(Strict):

@@ -10,11 +10,11 @@ from geoseg.config import Job
 from geoseg.errors import InputRasterError
 from geoseg.io.mosaic import create_mosaic
 from geoseg.io.raster import inspect_scene
-from geoseg.models import build_model, output_stride
+from geoseg.models import output_stride
 from geoseg.runtime import predict_tiles, ray_session
 from geoseg.stages.paths import JobPaths
 from geoseg.tiling import check_tile_size, plan_tiles
-from geoseg.train.checkpoint import read_card
+from geoseg.train.checkpoint import build_model_from_card, read_card
 
 __all__ = ["run_predict"]
 
@@ -29,8 +29,7 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
         raise InputRasterError(
             f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the model in {checkpoint} "
             f"expects {len(card['bands'])} of {card['dtype']}; predict imagery like the training scenes")
-    stride = output_stride(build_model(card["arch"], in_channels=len(card["bands"]),
-                                       num_classes=len(card["classes"]), encoder=card["encoder"]))
+    stride = output_stride(build_model_from_card(card))
     problem = check_tile_size(job.tiling.tile_size, stride, card["arch"])
     if problem:
         raise InputRasterError(f"tiling.tile_size: {problem}")

@@ -34,7 +34,7 @@ def _check_model(job: Job, source: str, problems: list[str]) -> None:
                         f"choose one of {', '.join(ARCHITECTURES)}")
         return
     model = _collect(problems, build_model, job.model.arch, in_channels=3, num_classes=len(job.classes),
-                     encoder=job.model.encoder)
+                     encoder=job.model.encoder, **job.model.options)
     if model is None:
         problems[-1] = f"{source}: {problems[-1]}"
         return

@@ -34,6 +34,7 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
         "geoseg_version": __version__,
         "arch": job.model.arch,
         "encoder": job.model.encoder,
+        "options": dict(job.model.options),
         "classes": list(job.classes),
         "bands": list(scenes[0].bands),
         "dtype": scenes[0].dtype,

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from geoseg.errors import CheckpointError
 from geoseg.models import build_model
 
-__all__ = ["WEIGHTS", "CARD", "save_checkpoint", "load_checkpoint", "read_card", "publish_checkpoint"]
+__all__ = ["WEIGHTS", "CARD", "save_checkpoint", "load_checkpoint", "read_card", "publish_checkpoint",
+           "build_model_from_card"]
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
@@ -43,12 +44,17 @@ def read_card(folder: str | Path) -> dict:
         raise CheckpointError(f"{card_path}: model card is not valid JSON ({exc})") from None
 
 
+def build_model_from_card(card: dict) -> torch.nn.Module:
+    """A randomly initialised model of the architecture a model card describes."""
+    return build_model(card["arch"], in_channels=len(card["bands"]), num_classes=len(card["classes"]),
+                       encoder=card["encoder"], **card.get("options", {}))
+
+
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model the card describes and load its weights (safetensors only)."""
     folder = Path(folder)
     card = read_card(folder)
-    model = build_model(card["arch"], in_channels=len(card["bands"]), num_classes=len(card["classes"]),
-                        encoder=card["encoder"])
+    model = build_model_from_card(card)
     try:
         state = load_file(str(folder / WEIGHTS), device=str(device))
         model.load_state_dict(state)

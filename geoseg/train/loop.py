@@ -17,8 +17,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from geoseg.io.labels import IGNORE
-from geoseg.models import build_model
-from geoseg.train.checkpoint import WEIGHTS, save_checkpoint
+from geoseg.train.checkpoint import WEIGHTS, build_model_from_card, save_checkpoint
 from geoseg.train.data import CropSampler
 
 __all__ = ["train_model", "OPTIMIZER_STATE"]
@@ -43,8 +42,7 @@ def train_model(config: dict, *, rank: int = 0, device: str | torch.device = "cp
     card = config["card"]
     seed = int(config["seed"]) + 1000 * rank  # each worker draws different crops
     torch.manual_seed(int(config["seed"]))  # same initial weights on every worker
-    model = build_model(card["arch"], in_channels=len(card["bands"]), num_classes=len(card["classes"]),
-                        encoder=card["encoder"])
+    model = build_model_from_card(card)
     if config.get("initial_weights"):
         from safetensors.torch import load_file
         model.load_state_dict(load_file(str(config["initial_weights"])))
