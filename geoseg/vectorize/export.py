@@ -1,0 +1,243 @@
+"""Turn merged regions into georeferenced, valid features and write them.
+
+Regions arrive as polygons in global pixel coordinates (see ``polygonize``).
+Here they are filtered by area, optionally simplified, moved into the mosaic
+CRS with its affine transform, repaired, measured and written twice: a
+GeoPackage in the mosaic CRS for analysts and a GeoJSON in EPSG:4326 (RFC 7946).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import pyproj
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+
+from geoseg.errors import StageError
+from geoseg.vectorize.pixelgeom import node_polygons
+
+__all__ = ["LAYER", "regions_to_frame", "write_vectors", "empty_frame"]
+
+LAYER = "polygons"
+# Metres per degree of latitude (mean), to turn a tolerance in metres into
+# degrees when a mosaic is in a geographic CRS. Good to a few per cent, which
+# is plenty for a simplification tolerance.
+_METRES_PER_DEGREE = 111_320.0
+
+
+def metres_per_unit(crs: CRS) -> float:
+    """Length of one CRS unit in metres (1 for metres, 0.3048 for feet, ...)."""
+    if crs.is_geographic:
+        return _METRES_PER_DEGREE
+    try:
+        return float(crs.linear_units_factor[1])
+    except CRSError:  # a local or engineering CRS without declared units: assume metres
+        return 1.0
+
+
+def pixel_to_map(geoms: np.ndarray, transform: Affine) -> np.ndarray:
+    """Apply the mosaic's affine transform to geometries in pixel coordinates."""
+    a, b, c, d, e, f = tuple(transform)[:6]
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
+
+    return shapely.transform(geoms, apply)
+
+
+def _polygon_parts(geom) -> list:
+    if geom is None or geom.is_empty:
+        return []
+    if geom.geom_type == "Polygon":
+        return [geom]
+    if geom.geom_type in ("MultiPolygon", "GeometryCollection"):
+        return [part for sub in geom.geoms for part in _polygon_parts(sub)]
+    return []  # points and lines left over by make_valid carry no area
+
+
+def make_polygonal(geoms: np.ndarray) -> np.ndarray:
+    """Repair invalid geometries and keep only their polygonal parts.
+
+    Valid polygons pass untouched. A result with no area becomes None; several
+    parts are unioned, so a MultiPolygon appears only if the parts really are
+    disjoint.
+    """
+    out = np.array(geoms, dtype=object)
+    bad = ~shapely.is_valid(out) | ~np.isin(shapely.get_type_id(out), (3, 6))
+    for i in np.flatnonzero(bad):
+        geom = out[i]
+        if geom is not None and not geom.is_valid:
+            # "structure" rebuilds rings as areas (a bow-tie becomes two
+            # triangles) instead of keeping collapsed lines as "linework" does.
+            geom = shapely.make_valid(geom, method="structure", keep_collapsed=False)
+        parts = _polygon_parts(geom)
+        if not parts:
+            out[i] = None
+        elif len(parts) == 1:
+            out[i] = parts[0]
+        else:
+            merged = shapely.union_all(parts)
+            out[i] = merged if merged.is_valid else shapely.make_valid(merged, method="structure")
+    return out
+
+
+def areas_m2(geoms: np.ndarray, crs: CRS) -> np.ndarray:
+    """Area of each geometry in m²: planar in a projected CRS, geodesic otherwise."""
+    if len(geoms) == 0:
+        return np.zeros(0, dtype=np.float64)
+    if not crs.is_geographic:
+        return shapely.area(geoms) * metres_per_unit(crs) ** 2
+    geod = pyproj.CRS.from_wkt(crs.to_wkt()).get_geod()
+    # pyproj's area is signed by ring orientation: orient shells counter-clockwise.
+    oriented = shapely.orient_polygons(geoms)
+    return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in oriented], dtype=np.float64)
+
+
+def simplify_regions(pixel_geoms: np.ndarray, transform: Affine, tolerance: float) -> np.ndarray:
+    """Simplify in the mosaic CRS; returns geometries in map coordinates.
+
+    All vectorized classes are simplified together as one coverage, so a border
+    shared by two touching classes moves once, for both, and no gap or overlap
+    opens between them. GEOS needs a shared border to carry the same vertices on
+    both sides, but GDAL's polygonizer puts vertices only where its own outline
+    turns, so the polygons are noded first, exactly, in pixel coordinates
+    (``shapely.segmentize`` is no substitute: its float steps land beside the
+    integer corners).
+    """
+    noded = pixel_to_map(node_polygons(pixel_geoms), transform)
+    try:
+        return shapely.coverage_simplify(noded, tolerance)
+    except shapely.errors.GEOSException:
+        # Not expected for pixel coverages, but a failed coverage pass must not
+        # fail the stage: fall back to per-polygon, topology-preserving simplify.
+        return shapely.simplify(pixel_to_map(pixel_geoms, transform), tolerance, preserve_topology=True)
+
+
+def empty_frame(crs: CRS) -> gpd.GeoDataFrame:
+    """The output schema with no rows."""
+    return gpd.GeoDataFrame(
+        {"class": pd.Series([], dtype=object), "class_id": pd.Series([], dtype=np.int32),
+         "area_m2": pd.Series([], dtype=np.float64)},
+        geometry=gpd.GeoSeries([], crs=_pyproj_crs(crs)),
+    )
+
+
+def _pyproj_crs(crs: CRS) -> pyproj.CRS:
+    # The mosaic's own WKT, not a looked-up EPSG code: a near-match (another
+    # datum shift, say) must not be swapped in. Its AUTHORITY, if any, is kept.
+    return pyproj.CRS.from_wkt(crs.to_wkt())
+
+
+def regions_to_frame(
+    regions: list[tuple[int, object]],
+    *,
+    transform: Affine,
+    crs: CRS,
+    class_names: tuple[str, ...] | list[str],
+    simplify_m: float = 0.0,
+    min_area_m2: float = 0.0,
+) -> gpd.GeoDataFrame:
+    """Build the output table from ``(class_id, pixel-space polygon)`` regions.
+
+    ``min_area_m2`` is compared with each region's exact (unsimplified) area;
+    ``area_m2`` is the area of the geometry as written.
+    """
+    if not regions:
+        return empty_frame(crs)
+    class_ids = np.array([c for c, _ in regions], dtype=np.int32)
+    pixel_geoms = np.array([g for _, g in regions], dtype=object)
+    if min_area_m2 > 0:
+        keep = areas_m2(pixel_to_map(pixel_geoms, transform), crs) >= min_area_m2
+        class_ids, pixel_geoms = class_ids[keep], pixel_geoms[keep]
+    if simplify_m > 0 and len(pixel_geoms):
+        geoms = simplify_regions(pixel_geoms, transform, simplify_m / metres_per_unit(crs))
+    else:
+        geoms = pixel_to_map(pixel_geoms, transform)
+    geoms = make_polygonal(geoms)
+    kept = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
+    class_ids, geoms = class_ids[kept], shapely.orient_polygons(geoms[kept])
+    if not len(geoms):
+        return empty_frame(crs)
+    return gpd.GeoDataFrame(
+        {"class": pd.Series([str(class_names[c]) for c in class_ids], dtype=object),
+         "class_id": class_ids,
+         "area_m2": areas_m2(geoms, crs)},
+        geometry=gpd.GeoSeries(geoms, crs=_pyproj_crs(crs)),
+    )
+
+
+def _geometry_type(frame: gpd.GeoDataFrame) -> str:
+    # One declared type per layer (the GeoPackage spec wants it): Polygon unless
+    # some region really is several disjoint parts.
+    return "MultiPolygon" if (frame.geom_type == "MultiPolygon").any() else "Polygon"
+
+
+def _partial_name(final: Path) -> Path:
+    # Hidden and marked partial: nothing that opens out_dir mistakes it for output.
+    return final.with_name(f".{final.stem}.partial{final.suffix}")
+
+
+def _remove_partial(partial: Path) -> None:
+    for path in (partial, Path(f"{partial}-journal"), Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+        path.unlink(missing_ok=True)
+
+
+def _write_partial(frame: gpd.GeoDataFrame, final: Path, driver: str, **options) -> Path:
+    """Write ``frame`` under the partial name of ``final``; return that name."""
+    partial = _partial_name(final)
+    _remove_partial(partial)  # left by an earlier crash; GDAL would add to it
+    geometry_type = _geometry_type(frame)
+    with warnings.catch_warnings():
+        # pyogrio warns that an empty frame's geometry type is guessed; we set it.
+        warnings.filterwarnings("ignore", message=".*geometry type.*", category=UserWarning)
+        pyogrio.write_dataframe(frame, partial, layer=LAYER, driver=driver, geometry_type=geometry_type,
+                                promote_to_multi=geometry_type == "MultiPolygon", **options)
+    return partial
+
+
+def _to_wgs84(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    # geopandas reprojects in longitude/latitude order (always_xy), as RFC 7946
+    # wants; a reprojected edge can in rare cases touch another, so re-check.
+    wgs84 = frame.to_crs("EPSG:4326")
+    if len(wgs84):
+        wgs84 = wgs84.set_geometry(make_polygonal(np.asarray(wgs84.geometry.values)), crs="EPSG:4326")
+        wgs84 = wgs84[~wgs84.geometry.isna()]
+    return wgs84
+
+
+def write_vectors(frame: gpd.GeoDataFrame, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``polygons.gpkg`` (mosaic CRS) and ``polygons.geojson`` (EPSG:4326, RFC 7946).
+
+    Both are written under hidden partial names and renamed only once both are
+    complete, so a crash leaves neither a truncated file nor one new file next
+    to one from an earlier run.
+
+    Raises:
+        StageError: a file could not be written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gpkg, geojson = out_dir / f"{LAYER}.gpkg", out_dir / f"{LAYER}.geojson"
+    try:
+        # GeoPackage 1.2: GDAL >= 3.7 writes 1.4 by default, which Debian's GDAL
+        # 3.6 (and so older QGIS) opens only with a "partially supported" warning.
+        _write_partial(frame, gpkg, "GPKG", dataset_options={"VERSION": "1.2"})
+        # RFC7946=YES: WGS84 lon/lat, right-hand winding, 7 decimals (~1 cm).
+        _write_partial(_to_wgs84(frame), geojson, "GeoJSON", layer_options={"RFC7946": "YES"})
+    except Exception as exc:
+        for final in (gpkg, geojson):
+            _remove_partial(_partial_name(final))
+        raise StageError(f"{out_dir}: writing the vector outputs failed: {exc}") from exc
+    for final in (gpkg, geojson):
+        os.replace(_partial_name(final), final)
+    return gpkg, geojson
