@@ -54,11 +54,20 @@ def ray_session(address: str | None = None):
         ray.shutdown()
 
 
+def _quiet_report_logs() -> None:
+    """Ray Train logs every report at INFO (to a logger named by its file path,
+    not its module); those lines drown geoseg's own progress."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # a Ray without Train V2 internals: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def _train_worker(config: dict) -> None:
     """Ray Train entry point on every worker: thin glue around :func:`train_model`."""
     torch.set_num_threads(int(config["cpus_per_worker"]))
-    # Ray Train logs every report at INFO; those lines drown geoseg's progress.
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    _quiet_report_logs()
     context = ray.train.get_context()
 
     def report(metrics: dict, folder: Path | None) -> None:
