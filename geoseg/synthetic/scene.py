@@ -1,0 +1,166 @@
+"""Writing a synthetic scene: an RGB GeoTIFF with its labels as polygons and raster.
+
+The label raster is burned from exactly the polygons written to the GeoPackage,
+in file order, and the RGB is rendered from that same raster, so image, vector
+labels and raster labels agree pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import rasterio
+import shapely
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+
+from geoseg.synthetic.layout import DEMO_CLASSES, make_layout
+from geoseg.synthetic.render import render_rgb
+
+__all__ = ["SceneFiles", "make_scene", "generate_demo"]
+
+LABEL_NODATA = 255
+# GeoPackages record a "last change" timestamp; pinning it keeps files byte-identical.
+_GPKG_DATE = "2000-01-01T00:00:00.000Z"
+_TIFF_PROFILE = dict(driver="GTiff", tiled=True, blockxsize=512, blockysize=512, compress="deflate")
+
+
+@dataclass(frozen=True)
+class SceneFiles:
+    """Paths of one synthetic scene's files."""
+
+    scene: Path
+    labels_gpkg: Path
+    labels_tif: Path
+
+
+def _collar(size: int, rng: np.random.Generator) -> np.ndarray:
+    """No-data collar of an orthomosaic: a slanted, ragged band on one or two edges.
+
+    Returns a boolean mask, True where there is no image (about 5 % of pixels).
+    """
+
+    def edge(mean_frac: float) -> np.ndarray:
+        # Width of the band along one edge: a straight slant made of a few
+        # segments (one per flight line), plus a 1–2 px ragged seam.
+        knots = np.linspace(0, size, 6)
+        slope = rng.uniform(0.4, 1.6, 2)
+        widths = mean_frac * size * np.interp(knots, [0, size], slope) * rng.uniform(0.8, 1.2, 6)
+        width = np.interp(np.arange(size), knots, widths)
+        return width + rng.normal(0, 1.0, size).cumsum().clip(-3, 3)
+
+    mask = np.arange(size)[None, :] < edge(rng.uniform(0.04, 0.055))[:, None]
+    if rng.random() < 0.5:
+        mask = mask[:, ::-1]
+    if rng.random() < 0.7:
+        band = np.arange(size)[:, None] < edge(rng.uniform(0.012, 0.022))[None, :]
+        mask |= band if rng.random() < 0.5 else band[::-1, :]
+    return np.ascontiguousarray(mask)
+
+
+def _write_tif(path: Path, array: np.ndarray, crs: str, transform, nodata: int, **extra) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    count = array.shape[0]
+    with rasterio.open(tmp, "w", width=array.shape[2], height=array.shape[1], count=count, dtype="uint8",
+                       crs=crs, transform=transform, nodata=nodata, **_TIFF_PROFILE, **extra) as dst:
+        dst.write(array)
+    os.replace(tmp, path)
+
+
+def _write_gpkg(path: Path, classes: list[str], geoms: np.ndarray, crs: str) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    tmp.unlink(missing_ok=True)
+    frame = gpd.GeoDataFrame({"class": classes}, geometry=list(geoms), crs=crs)
+    old = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": _GPKG_DATE})
+    try:
+        pyogrio.write_dataframe(frame, tmp, layer="labels", driver="GPKG", geometry_type="Polygon")
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": old})
+    os.replace(tmp, path)
+
+
+def make_scene(out_dir: Path, *, size: int, seed: int, nodata_collar: bool = False, crs: str = "EPSG:32633",
+               pixel_size: float = 0.5, origin: tuple[float, float] = (500000.0, 5_000_000.0)) -> SceneFiles:
+    """Generate one synthetic aerial scene and its labels.
+
+    Writes ``scene.tif`` (3-band uint8 RGB, nodata 0), ``labels.gpkg`` (layer
+    ``labels``, one polygon per object, string column ``class``, in burn order)
+    and ``labels.tif`` (uint8 class indices of :data:`DEMO_CLASSES`, 255 where
+    the scene has no data) into ``out_dir``. The same arguments always give
+    byte-identical files.
+
+    Args:
+        out_dir: folder for the three files (created if missing).
+        size: width and height in pixels.
+        seed: seed of the scene's layout, colours and noise.
+        nodata_collar: blank a ragged band along one or two edges, as in the
+            collar of an orthomosaic.
+        crs: the scene's (projected) CRS.
+        pixel_size: ground size of a pixel in CRS units.
+        origin: map coordinates of the top-left corner.
+
+    Returns:
+        The paths of the three files.
+    """
+    if int(size) != size or size < 64:
+        raise ValueError(f"size must be an integer of at least 64 pixels (got {size!r})")
+    if not pixel_size > 0:
+        raise ValueError(f"pixel_size must be positive (got {pixel_size!r})")
+    size = int(size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layout_rng, render_rng, collar_rng = np.random.default_rng(seed).spawn(3)
+
+    objects = make_layout(size, layout_rng)
+    transform = from_origin(origin[0], origin[1], pixel_size, pixel_size)
+    ox, oy = origin
+    scale = np.array([pixel_size, -pixel_size])
+    geoms = shapely.transform(np.array([o.geom for o in objects], dtype=object), lambda xy: xy * scale + (ox, oy))
+    geoms = np.array([g if g.is_valid else shapely.make_valid(g) for g in geoms], dtype=object)
+    class_index = np.array([DEMO_CLASSES.index(o.cls) for o in objects], np.uint8)
+
+    shape = (size, size)
+    labels = rasterize(list(zip(geoms, class_index.tolist())), out_shape=shape, transform=transform,
+                       fill=0, all_touched=False, dtype="uint8")
+    ids = rasterize(list(zip(geoms, range(1, len(objects) + 1))), out_shape=shape, transform=transform,
+                    fill=0, all_touched=False, dtype="int32")
+    if not np.array_equal(np.concatenate([[0], class_index])[ids], labels):  # pragma: no cover - GDAL guard
+        raise RuntimeError("object-id and class rasterizations disagree; the RGB would not match the labels")
+
+    rgb = render_rgb(objects, labels, ids, render_rng)
+    del ids
+    rgb = np.clip(np.rint(rgb), 1, 255).astype(np.uint8).transpose(2, 0, 1)
+    if nodata_collar:
+        collar = _collar(size, collar_rng)
+        rgb[:, collar] = 0
+        labels[collar] = LABEL_NODATA
+
+    files = SceneFiles(out_dir / "scene.tif", out_dir / "labels.gpkg", out_dir / "labels.tif")
+    _write_tif(files.scene, np.ascontiguousarray(rgb), crs, transform, 0, predictor=2, photometric="RGB", interleave="pixel")
+    _write_tif(files.labels_tif, labels[None], crs, transform, LABEL_NODATA)
+    _write_gpkg(files.labels_gpkg, [o.cls for o in objects], geoms, crs)
+    return files
+
+
+def generate_demo(out: Path, *, train_size: int = 3072, survey_size: int = 4096, seed: int = 7) -> dict[str, SceneFiles]:
+    """Write the demo's training scene and survey scene under ``out``.
+
+    ``out/train`` has no collar; ``out/survey`` uses another seed (so another
+    layout), a no-data collar, and lies east of the training scene.
+
+    Returns:
+        ``{"train": SceneFiles, "survey": SceneFiles}``.
+    """
+    out = Path(out)
+    pixel_size = 0.5
+    train = make_scene(out / "train", size=train_size, seed=seed, pixel_size=pixel_size)
+    survey_origin = (500000.0 + train_size * pixel_size + 1000.0, 5_000_000.0)
+    survey = make_scene(out / "survey", size=survey_size, seed=seed + 1, nodata_collar=True,
+                        pixel_size=pixel_size, origin=survey_origin)
+    return {"train": train, "survey": survey}
