@@ -14,7 +14,7 @@ import numpy as np
 import rasterio
 import torch
 
-from geoseg.io.mosaic import open_mosaic, write_block
+from geoseg.io.mosaic import mark_done, open_mosaic, write_block
 from geoseg.tiling import Tile
 from geoseg.io.raster import read_tile
 from geoseg.train.checkpoint import load_checkpoint
@@ -42,6 +42,10 @@ class TilePredictor:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            # Same bytes whatever the batch size or GPU: no autotuned algorithms.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
         self.model, self.card = load_checkpoint(checkpoint, device=self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -62,6 +66,7 @@ class TilePredictor:
             core = label[tile.halo:tile.halo + tile.height, tile.halo:tile.halo + tile.width].copy()
             core[~valid] = 0
             write_block(self.mosaic, tile.row, tile.col, core, valid.astype(np.uint8))
+            mark_done(self.mosaic, tile.row, tile.col)  # only after the pixels are on disk
         return [tile.index for tile in tiles]
 
     def close(self) -> None:

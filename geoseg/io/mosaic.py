@@ -7,6 +7,12 @@ Layout (Zarr format 2 by default, so GDAL >= 3.4 and xarray both read it)::
       valid        uint8  (y, x)  1 where the input had data, 0 for nodata/alpha
       x, y         float64        pixel-centre coordinates in the scene CRS
       spatial_ref  int32 scalar   CF grid mapping: crs_wkt, spatial_ref, GeoTransform
+      done         uint8  (chunk rows, chunk cols)  1 once that chunk is written
+
+``done`` has one element per Zarr chunk of ``labels`` and is itself chunked
+1×1, so marking a chunk done is a write to a file of its own: still one writer
+per chunk, no read-modify-write. A chunk is marked only after its pixels are
+written, so a killed run never counts a chunk it did not finish.
 
 Georeferencing is written three ways (DESIGN.md §4): CF (``grid_mapping`` on every
 data array pointing at ``spatial_ref``), GDAL's ``_CRS`` attribute, and the 1-D
@@ -28,7 +34,7 @@ from rasterio.crs import CRS
 
 from geoseg.errors import InputRasterError
 
-__all__ = ["MosaicInfo", "create_mosaic", "open_mosaic", "write_block", "DATA_ARRAYS"]
+__all__ = ["MosaicInfo", "create_mosaic", "open_mosaic", "write_block", "mark_done", "done_chunks", "DATA_ARRAYS"]
 
 DATA_ARRAYS = ("labels", "valid")
 
@@ -45,6 +51,7 @@ class MosaicInfo:
     crs: CRS
     transform: Affine
     class_names: tuple[str, ...]
+    fingerprint: dict
 
     @property
     def labels(self) -> zarr.Array:
@@ -53,6 +60,11 @@ class MosaicInfo:
     @property
     def valid(self) -> zarr.Array:
         return self.group["valid"]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Chunks down and across."""
+        return -(-self.height // self.chunk), -(-self.width // self.chunk)
 
     def chunk_windows(self):
         """Yield ``(row_off, col_off, height, width)`` for every chunk, row-major."""
@@ -80,6 +92,7 @@ def create_mosaic(
     transform: Affine,
     class_names: list[str] | tuple[str, ...],
     zarr_format: int = 2,
+    fingerprint: dict | None = None,
 ) -> MosaicInfo:
     """Create an empty mosaic (overwriting ``path``) and return it open for writing."""
     if transform.b != 0 or transform.d != 0:
@@ -129,8 +142,16 @@ def create_mosaic(
     if zarr_format == 2:
         ref.attrs["_ARRAY_DIMENSIONS"] = []
 
+    rows, cols = -(-height // chunk), -(-width // chunk)
+    done = group.create_array("done", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=0,
+                              dimension_names=["chunk_row", "chunk_col"] if zarr_format == 3 else None)
+    if zarr_format == 2:
+        done.attrs["_ARRAY_DIMENSIONS"] = ["chunk_row", "chunk_col"]
+    done.attrs["long_name"] = "1 once the chunk of labels/valid at this chunk row/column is written"
+
     group.attrs.update({
         "geoseg": {
+            "fingerprint": fingerprint or {},
             "crs_wkt": wkt,
             "transform": list(gdal_transform),
             "chunk": chunk,
@@ -161,6 +182,7 @@ def open_mosaic(path: str | Path, mode: str = "r") -> MosaicInfo:
         crs=CRS.from_wkt(meta["crs_wkt"]),
         transform=Affine.from_gdal(*meta["transform"]),
         class_names=tuple(meta["class_names"]),
+        fingerprint=dict(meta.get("fingerprint", {})),
     )
 
 
@@ -171,3 +193,14 @@ def write_block(mosaic: MosaicInfo, row_off: int, col_off: int, labels: np.ndarr
     h, w = labels.shape
     mosaic.labels[row_off:row_off + h, col_off:col_off + w] = labels
     mosaic.valid[row_off:row_off + h, col_off:col_off + w] = valid
+
+
+def mark_done(mosaic: MosaicInfo, row_off: int, col_off: int) -> None:
+    """Record that the chunk at pixel (row_off, col_off) is completely written."""
+    mosaic.group["done"][row_off // mosaic.chunk, col_off // mosaic.chunk] = 1
+
+
+def done_chunks(mosaic: MosaicInfo) -> set[tuple[int, int]]:
+    """(chunk row, chunk col) of every chunk marked done."""
+    rows, cols = np.nonzero(mosaic.group["done"][:])
+    return set(zip(rows.tolist(), cols.tolist()))

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
 
 from geoseg.config import Job
-from geoseg.errors import InputRasterError
-from geoseg.io.mosaic import create_mosaic
+from geoseg.errors import GeosegError, InputRasterError, StageError
+from geoseg.io.mosaic import create_mosaic, done_chunks, open_mosaic
 from geoseg.io.raster import inspect_scene
 from geoseg.models import output_stride
 from geoseg.runtime import predict_tiles, ray_session
 from geoseg.stages.paths import JobPaths
 from geoseg.tiling import check_tile_size, plan_tiles
-from geoseg.train.checkpoint import build_model_from_card, read_card
+from geoseg.train.checkpoint import WEIGHTS, build_model_from_card, read_card
 
 __all__ = ["run_predict"]
 
@@ -36,34 +37,79 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
 
     started = time.perf_counter()
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
+    fingerprint = _fingerprint(scene, checkpoint, job)
+    if _is_complete(paths.mosaic, fingerprint):
+        log(f"predict: {paths.mosaic} is already complete for this scene, checkpoint and tiling; nothing to do")
+        return {"tiles": 0, "skipped": len(tiles), "seconds": 0.0, "mosaic": str(paths.mosaic)}
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    create_mosaic(partial, height=scene.height, width=scene.width, chunk=job.tiling.core, crs=scene.crs,
-                  transform=scene.transform, class_names=card["classes"])
+    done = _resume_or_create(partial, fingerprint, scene, job, card["classes"], log)
+    todo = [tile for tile in tiles if (tile.row // job.tiling.core, tile.col // job.tiling.core) not in done]
     log(f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles "
         f"(tile {job.tiling.tile_size}, halo {job.tiling.halo}, core {job.tiling.core})")
+    if done:
+        log(f"predict: resuming: skipped {len(tiles) - len(todo)} of {len(tiles)} chunks already written")
 
-    done = 0
+    finished = len(tiles) - len(todo)
     step = max(1, len(tiles) // 10)
 
     def progress(count: int) -> None:
-        nonlocal done
-        before, done = done, done + count
-        if done // step != before // step or done == len(tiles):
-            rate = done * job.tiling.core ** 2 / 1e6 / (time.perf_counter() - started)
-            log(f"predict: tiles {done}/{len(tiles)} ({rate:.2f} MPix/s)")
+        nonlocal finished
+        before, finished = finished, finished + count
+        if finished // step != before // step or finished == len(tiles):
+            log(f"predict: tiles {finished}/{len(tiles)}")
 
     with ray_session(address or job.runtime.address):
-        written = predict_tiles(tiles, checkpoint=checkpoint, scene=scene.path, mosaic=partial,
+        written = predict_tiles(todo, checkpoint=checkpoint, scene=scene.path, mosaic=partial,
                                 batch_size=spec.batch_size, workers=job.runtime.workers,
                                 cpus_per_worker=job.runtime.cpus_per_worker, use_gpu=job.runtime.use_gpu,
                                 progress=progress)
+    missing = len(tiles) - len(done_chunks(open_mosaic(partial)))
+    if missing:
+        raise StageError(f"predict: {missing} chunks of {partial} were not written; rerun to resume")
     if paths.mosaic.exists():
         shutil.rmtree(paths.mosaic)
     os.replace(partial, paths.mosaic)  # only a complete mosaic carries the final name
     seconds = time.perf_counter() - started
     mpix = scene.width * scene.height / 1e6
     log(f"predict: {written} tiles, {mpix:.1f} MPix in {seconds:.0f} s ({mpix / seconds:.2f} MPix/s); wrote {paths.mosaic}")
-    return {"tiles": written, "seconds": round(seconds, 1), "mpix_per_s": round(mpix / seconds, 3),
-            "mosaic": str(paths.mosaic)}
+    return {"tiles": written, "skipped": len(tiles) - len(todo), "seconds": round(seconds, 1),
+            "mpix_per_s": round(mpix / seconds, 3), "mosaic": str(paths.mosaic)}
+
+
+def _fingerprint(scene, checkpoint, job: Job) -> dict:
+    """What must match for a half-written mosaic to be resumed rather than redone."""
+    digest = hashlib.sha256()
+    with open(checkpoint / WEIGHTS, "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return {"scene": str(scene.path), "size": [scene.height, scene.width], "transform": list(scene.transform)[:6],
+            "bands": list(scene.bands), "checkpoint_sha256": digest.hexdigest(),
+            "tile_size": job.tiling.tile_size, "halo": job.tiling.halo}
+
+
+def _is_complete(mosaic_path, fingerprint: dict) -> bool:
+    if not mosaic_path.exists():
+        return False
+    try:
+        mosaic = open_mosaic(mosaic_path)
+    except GeosegError:
+        return False
+    rows, cols = mosaic.grid
+    return mosaic.fingerprint == fingerprint and len(done_chunks(mosaic)) == rows * cols
+
+
+def _resume_or_create(partial, fingerprint: dict, scene, job: Job, classes, log) -> set[tuple[int, int]]:
+    """Open a matching half-written mosaic and return its done chunks, or start a new one."""
+    if partial.exists():
+        try:
+            mosaic = open_mosaic(partial, mode="r+")
+            if mosaic.fingerprint == fingerprint:
+                return done_chunks(mosaic)
+        except GeosegError:
+            pass
+        log(f"predict: discarding {partial.name}: it was started with another scene, checkpoint or tiling")
+        shutil.rmtree(partial)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    create_mosaic(partial, height=scene.height, width=scene.width, chunk=job.tiling.core, crs=scene.crs,
+                  transform=scene.transform, class_names=classes, fingerprint=fingerprint)
+    return set()

@@ -1,0 +1,115 @@
+"""Export a mosaic array as a Cloud-Optimized GeoTIFF (COG).
+
+Out of core in two steps: the array is copied window by window from its Zarr
+chunks into a temporary tiled GeoTIFF (tiles the size of the Zarr chunks when
+TIFF allows it, so each chunk is decoded once), then GDAL's COG driver rewrites
+that into the final layout (512-pixel tiles, DEFLATE, internal overviews built
+by ``overview_resampling``, header and overview tiles first). Both GDAL steps
+stream through its block cache; nothing holds the scene.
+
+Nodata: for ``labels`` the pixels where ``valid`` is 0 are written as **255**
+and 255 is declared the band's nodata value, so GIS tools show them as
+transparent and GDAL's overview resampling skips them (a class index is < 255,
+checked). ``valid`` itself is exported as is (0/1, no nodata).
+
+Class names travel in the band description and metadata: the dataset tag
+``CLASS_NAMES`` (a JSON list) and band tags ``CLASS_<i>=<name>``, all stored in
+the TIFF's GDAL_METADATA tag and therefore inside the COG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from geoseg.errors import InputRasterError, JobConfigError
+from geoseg.io.mosaic import DATA_ARRAYS, open_mosaic
+
+__all__ = ["export_cog", "LABELS_NODATA", "OVERVIEW_RESAMPLINGS"]
+
+LABELS_NODATA = 255
+OVERVIEW_RESAMPLINGS = ("nearest", "mode", "average", "bilinear", "cubic", "cubicspline", "lanczos", "rms")
+COG_BLOCKSIZE = 512
+
+
+def _stage_block(chunk: int) -> int:
+    # TIFF tiles must be multiples of 16 a side. When the Zarr chunk is one, use
+    # it: each window then decodes exactly one chunk and fills whole TIFF tiles.
+    return chunk if chunk % 16 == 0 and chunk <= 4096 else COG_BLOCKSIZE
+
+
+def export_cog(mosaic_path: str | Path, out_path: str | Path, *, array: str = "labels",
+               overview_resampling: str = "mode") -> Path:
+    """Write one mosaic array as a Cloud-Optimized GeoTIFF.
+
+    Args:
+        mosaic_path: a mosaic written by :func:`geoseg.io.mosaic.create_mosaic`.
+        out_path: the ``.tif`` to write; written under a temporary name in the
+            same folder and renamed when complete (an existing file is replaced).
+        array: ``labels`` (nodata 255 where ``valid`` is 0) or ``valid``.
+        overview_resampling: GDAL resampling for the internal overviews; ``mode``
+            keeps class labels categorical.
+
+    Returns:
+        ``out_path`` as a Path.
+
+    Raises:
+        InputRasterError: the mosaic is missing or not a mosaic, or ``array`` is unknown.
+        JobConfigError: ``overview_resampling`` is not a GDAL overview resampling.
+    """
+    mosaic_path = Path(mosaic_path)
+    out = Path(out_path)
+    if array not in DATA_ARRAYS:
+        raise InputRasterError(
+            f"{mosaic_path}: no array {array!r} to export; use one of {', '.join(DATA_ARRAYS)}")
+    resampling = str(overview_resampling).lower()
+    if resampling not in OVERVIEW_RESAMPLINGS:
+        raise JobConfigError(f"{out}: overview_resampling {overview_resampling!r} is not one of "
+                             f"{', '.join(OVERVIEW_RESAMPLINGS)}; use 'mode' for class labels")
+    mosaic = open_mosaic(mosaic_path)
+    is_labels = array == "labels"
+    if is_labels and len(mosaic.class_names) > LABELS_NODATA:
+        raise InputRasterError(f"{mosaic_path}: {len(mosaic.class_names)} classes leave no room for nodata "
+                               f"{LABELS_NODATA} in a uint8 COG; export `valid` or fewer classes")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.with_name(f".{out.name}.{os.getpid()}.stage.tif")
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial.tif")
+    block = _stage_block(mosaic.chunk)
+    profile = {
+        "driver": "GTiff", "height": mosaic.height, "width": mosaic.width, "count": 1, "dtype": "uint8",
+        "crs": mosaic.crs, "transform": mosaic.transform,
+        "tiled": True, "blockxsize": block, "blockysize": block,
+        # Fast, light compression: this file is read once by the COG step and deleted.
+        "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER",
+    }
+    if is_labels:
+        profile["nodata"] = LABELS_NODATA
+    try:
+        with rasterio.open(stage, "w", **profile) as dst:
+            for _, window in dst.block_windows(1):
+                rows, cols = window.toslices()
+                data = np.asarray(mosaic.group[array][rows, cols], dtype=np.uint8)
+                if is_labels:
+                    valid = np.asarray(mosaic.valid[rows, cols])
+                    data = np.where(valid != 0, data, np.uint8(LABELS_NODATA))
+                dst.write(data, 1, window=Window(window.col_off, window.row_off, window.width, window.height))
+            dst.set_band_description(1, "class index" if is_labels else "1 where the input had data")
+            tags = {"GEOSEG_ARRAY": array, "CLASS_NAMES": json.dumps(list(mosaic.class_names))}
+            if is_labels:
+                tags["NODATA_MEANING"] = f"{LABELS_NODATA}: no valid input pixel (valid == 0)"
+            dst.update_tags(**tags)
+            dst.update_tags(1, **{f"CLASS_{i}": name for i, name in enumerate(mosaic.class_names)})
+        rasterio.shutil.copy(stage, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCKSIZE,
+                             OVERVIEW_RESAMPLING=resampling.upper(), BIGTIFF="IF_SAFER")
+        os.replace(partial, out)  # only a complete COG carries the final name
+    finally:
+        for leftover in (stage, partial):
+            leftover.unlink(missing_ok=True)
+    return out
