@@ -67,3 +67,24 @@ def test_edge_tiles_and_all_chunks_are_written(tmp_path, make_geotiff):
     _, mosaic = predict_scene(tmp_path, path, tile_size=96, halo=16)
     assert mosaic.valid[:].all()  # every chunk, including partial edge ones, got written
     assert mosaic.labels.shape == (200, 170)
+
+
+def test_scores_are_quantized_probabilities_consistent_with_labels(tmp_path, make_geotiff):
+    data = np.random.default_rng(1).integers(1, 255, (3, 130, 100), dtype=np.uint8)
+    data[:, :7] = 0
+    path = make_geotiff("s.tif", data, nodata=0)
+    scene = inspect_scene(path)
+    checkpoint = make_checkpoint(tmp_path / "ckpt", scene)
+    create_mosaic(tmp_path / "m.zarr", height=130, width=100, chunk=64, crs=scene.crs, transform=scene.transform,
+                  class_names=["background", "water", "building"], scores=True)
+    predictor = TilePredictor(checkpoint, path, tmp_path / "m.zarr", threads=2)
+    predictor(plan_tiles(130, 100, tile_size=96, halo=16))
+    mosaic = open_mosaic(tmp_path / "m.zarr")
+    scores = mosaic.group["scores"][:].astype(int)
+    labels, valid = mosaic.labels[:], mosaic.valid[:] > 0
+    assert scores.shape == (3, 130, 100)
+    assert (scores[:, ~valid] == 0).all()
+    total = scores[:, valid].sum(axis=0)
+    assert (abs(total - 255) <= 2).all()  # probabilities sum to one, up to rounding
+    best = scores[:, valid].max(axis=0)
+    assert (scores[:, valid][labels[valid], np.arange(valid.sum())] >= best - 1).all()  # argmax agrees

@@ -71,6 +71,7 @@ class PredictSpec(Strict):
     scene: Path = Field(description="GeoTIFF to map.")
     batch_size: int = Field(4, gt=0, description="Tiles per forward pass.")
     checkpoint: Path | None = Field(None, description="Checkpoint folder; default: <output_dir>/checkpoint from the train stage.")
+    scores: bool = Field(False, description="Also write per-class probabilities (uint8, p*255) to the mosaic.")
 
 
 class VectorizeSpec(Strict):

@@ -5,6 +5,7 @@ Layout (Zarr format 2 by default, so GDAL >= 3.4 and xarray both read it)::
     mosaic.zarr/
       labels       uint8  (y, x)  class index per pixel; 0 where invalid
       valid        uint8  (y, x)  1 where the input had data, 0 for nodata/alpha
+      scores       uint8  (class, y, x)  optional: softmax probability × 255, rounded
       x, y         float64        pixel-centre coordinates in the scene CRS
       spatial_ref  int32 scalar   CF grid mapping: crs_wkt, spatial_ref, GeoTransform
       done         uint8  (chunk rows, chunk cols)  1 once that chunk is written
@@ -62,6 +63,10 @@ class MosaicInfo:
         return self.group["valid"]
 
     @property
+    def has_scores(self) -> bool:
+        return "scores" in self.group
+
+    @property
     def grid(self) -> tuple[int, int]:
         """Chunks down and across."""
         return -(-self.height // self.chunk), -(-self.width // self.chunk)
@@ -93,6 +98,7 @@ def create_mosaic(
     class_names: list[str] | tuple[str, ...],
     zarr_format: int = 2,
     fingerprint: dict | None = None,
+    scores: bool = False,
 ) -> MosaicInfo:
     """Create an empty mosaic (overwriting ``path``) and return it open for writing."""
     if transform.b != 0 or transform.d != 0:
@@ -118,6 +124,16 @@ def create_mosaic(
          "flag_meanings": " ".join(class_names), "class_names": list(class_names)}
     )
     group["valid"].attrs.update({"long_name": "1 where the input scene has data, 0 for nodata or alpha"})
+    if scores:
+        # One chunk holds every class of one core, so the one-writer-per-chunk rule still holds.
+        arr = group.create_array("scores", shape=(len(class_names), height, width),
+                                 chunks=(len(class_names), chunk, chunk), dtype="uint8", fill_value=0,
+                                 dimension_names=["class", "y", "x"] if zarr_format == 3 else None)
+        arr.attrs.update({"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x",
+                          "long_name": "class probability", "scale_factor": 1 / 255, "add_offset": 0.0,
+                          "class_names": list(class_names)})
+        if zarr_format == 2:
+            arr.attrs["_ARRAY_DIMENSIONS"] = ["class", "y", "x"]
 
     x, y = _pixel_centres(transform, height, width)
     for name, values, dim in (("x", x, "x"), ("y", y, "y")):
@@ -186,13 +202,16 @@ def open_mosaic(path: str | Path, mode: str = "r") -> MosaicInfo:
     )
 
 
-def write_block(mosaic: MosaicInfo, row_off: int, col_off: int, labels: np.ndarray, valid: np.ndarray) -> None:
+def write_block(mosaic: MosaicInfo, row_off: int, col_off: int, labels: np.ndarray, valid: np.ndarray,
+                scores: np.ndarray | None = None) -> None:
     """Write one chunk-aligned block. Callers guarantee one writer per chunk."""
     if row_off % mosaic.chunk or col_off % mosaic.chunk:
         raise ValueError(f"block at ({row_off}, {col_off}) is not aligned to {mosaic.chunk}-pixel chunks")
     h, w = labels.shape
     mosaic.labels[row_off:row_off + h, col_off:col_off + w] = labels
     mosaic.valid[row_off:row_off + h, col_off:col_off + w] = valid
+    if scores is not None:
+        mosaic.group["scores"][:, row_off:row_off + h, col_off:col_off + w] = scores
 
 
 def mark_done(mosaic: MosaicInfo, row_off: int, col_off: int) -> None:

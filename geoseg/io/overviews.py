@@ -100,9 +100,16 @@ def _block_add(dest: np.ndarray, child: np.ndarray, row0: int, col0: int) -> Non
     pr, pc = row0 % 2, col0 % 2
     h, w = child.shape[-2:]
     hh, ww = -(-(h + pr) // 2), -(-(w + pc) // 2)
-    padded = np.zeros(child.shape[:-2] + (2 * hh, 2 * ww), dtype=dest.dtype)
-    padded[..., pr:pr + h, pc:pc + w] = child
-    sums = padded.reshape(child.shape[:-2] + (hh, 2, ww, 2)).sum(axis=(-3, -1), dtype=dest.dtype)
+    if pr or pc or h % 2 or w % 2:
+        padded = np.zeros(child.shape[:-2] + (2 * hh, 2 * ww), dtype=child.dtype)
+        padded[..., pr:pr + h, pc:pc + w] = child
+    else:
+        padded = child
+    # Four strided adds: several times faster than reshape(…, 2, …, 2).sum(axes).
+    sums = padded[..., 0::2, 0::2].astype(dest.dtype)
+    sums += padded[..., 1::2, 0::2]
+    sums += padded[..., 0::2, 1::2]
+    sums += padded[..., 1::2, 1::2]
     r, c = row0 // 2, col0 // 2
     dest[..., r:r + hh, c:c + ww] += sums[..., : dest.shape[-2] - r, : dest.shape[-1] - c]
 

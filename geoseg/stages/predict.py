@@ -84,7 +84,7 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
             digest.update(block)
     return {"scene": str(scene.path), "size": [scene.height, scene.width], "transform": list(scene.transform)[:6],
             "bands": list(scene.bands), "checkpoint_sha256": digest.hexdigest(),
-            "tile_size": job.tiling.tile_size, "halo": job.tiling.halo}
+            "tile_size": job.tiling.tile_size, "halo": job.tiling.halo, "scores": job.predict.scores}
 
 
 def _is_complete(mosaic_path, fingerprint: dict) -> bool:
@@ -111,5 +111,6 @@ def _resume_or_create(partial, fingerprint: dict, scene, job: Job, classes, log)
         shutil.rmtree(partial)
     partial.parent.mkdir(parents=True, exist_ok=True)
     create_mosaic(partial, height=scene.height, width=scene.width, chunk=job.tiling.core, crs=scene.crs,
-                  transform=scene.transform, class_names=classes, fingerprint=fingerprint)
+                  transform=scene.transform, class_names=classes, fingerprint=fingerprint,
+                  scores=job.predict.scores)
     return set()
