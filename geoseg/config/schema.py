@@ -33,6 +33,9 @@ class ModelSpec(Strict):
 class Tiling(Strict):
     tile_size: int = Field(512, gt=0, description="Pixels a side the model sees per prediction tile (core + 2*halo).")
     halo: int = Field(32, ge=0, description="Context pixels on every side of a tile's core; only the core is written.")
+    stitch: Literal["crop", "blend"] = Field(
+        "crop", description="crop: keep each tile's core (exact when the halo covers the model's context); "
+                            "blend: Hann-weighted average of the overlapping windows (for wide-context models).")
 
     @model_validator(mode="after")
     def _core_positive(self):

@@ -1,5 +1,5 @@
 """Batched prediction of tiles (no Ray inside)."""
 
-from geoseg.infer.predict import TilePredictor, predict_logits
+from geoseg.infer.predict import TileBlender, TilePredictor, predict_logits
 
-__all__ = ["TilePredictor", "predict_logits"]
+__all__ = ["TileBlender", "TilePredictor", "predict_logits"]

@@ -14,13 +14,16 @@ import numpy as np
 import rasterio
 import torch
 
+from rasterio.windows import Window
+
+from geoseg.infer.blend import BlendScratch, blend_tiles
 from geoseg.io.mosaic import mark_done, open_mosaic, write_block
 from geoseg.tiling import Tile
-from geoseg.io.raster import read_tile
+from geoseg.io.raster import read_tile, read_valid
 from geoseg.train.checkpoint import load_checkpoint
 from geoseg.train.data import normalize
 
-__all__ = ["TilePredictor", "predict_logits", "quantized_scores"]
+__all__ = ["TilePredictor", "TileBlender", "predict_logits", "quantized_scores"]
 
 
 def predict_logits(model: torch.nn.Module, batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -43,7 +46,7 @@ class TilePredictor:
     """Reads tiles of one scene, runs the model, writes each core once."""
 
     def __init__(self, checkpoint: str | Path, scene: str | Path, mosaic: str | Path, *, device: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, stitch: str = "crop"):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -58,6 +61,7 @@ class TilePredictor:
         self.mean, self.std = self.card["normalization"]["mean"], self.card["normalization"]["std"]
         self.scene = rasterio.open(scene)
         self.mosaic = open_mosaic(mosaic, mode="r+")
+        self.scratch = BlendScratch(self.mosaic) if stitch == "blend" else None
 
     def __call__(self, tiles: list[Tile]) -> list[int]:
         inputs, valids = [], []
@@ -66,6 +70,10 @@ class TilePredictor:
             inputs.append(normalize(pixels, self.mean, self.std))
             valids.append(valid)
         logits = predict_logits(self.model, np.stack(inputs), self.device)
+        if self.scratch is not None:  # blend mode, first pass: keep whole windows for the blend pass
+            for tile, probs in zip(tiles, torch.softmax(logits, dim=1).numpy()):
+                self.scratch.write(tile, probs)
+            return [tile.index for tile in tiles]
         labels = logits.argmax(dim=1).to(torch.uint8).numpy()
         scores = quantized_scores(logits) if self.mosaic.has_scores else [None] * len(tiles)
         for tile, label, score, valid in zip(tiles, labels, scores, valids):
@@ -81,3 +89,17 @@ class TilePredictor:
 
     def close(self) -> None:
         self.scene.close()
+
+
+class TileBlender:
+    """Blend mode, second pass: no model, just the scene's masks and the scratch windows."""
+
+    def __init__(self, scene: str | Path, mosaic: str | Path):
+        self.scene = rasterio.open(scene)
+        self.mosaic = open_mosaic(mosaic, mode="r+")
+        self.scratch = BlendScratch(self.mosaic)
+
+    def __call__(self, tiles: list[Tile]) -> list[int]:
+        valid = [read_valid(self.scene, Window(t.col, t.row, t.width, t.height)) for t in tiles]
+        blend_tiles(tiles, self.mosaic, self.scratch, valid)
+        return [tile.index for tile in tiles]

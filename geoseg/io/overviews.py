@@ -227,7 +227,7 @@ def _centre_transforms(transform: Affine, factor: int) -> list[dict]:
     # OME-NGFF maps array indices to coordinates of pixel *centres* (as the x/y
     # arrays do): scale is the signed pixel size (negative in y for north-up),
     # translation the centre of pixel (0, 0).
-    t = transform * Affine.scale(factor)
+    t = transform @ Affine.scale(factor)
     return [{"type": "scale", "scale": [t.e, t.a]},
             {"type": "translation", "translation": [t.f + t.e / 2, t.c + t.a / 2]}]
 
@@ -242,7 +242,7 @@ def _multiscales(mosaic: MosaicInfo, factors: list[int], method: str) -> list[di
         for f in factors:
             datasets.append({
                 "path": f"{OVERVIEWS_GROUP}/{f}/{name}", "factor": f,
-                "transform": list((mosaic.transform * Affine.scale(f)).to_gdal()),
+                "transform": list((mosaic.transform @ Affine.scale(f)).to_gdal()),
                 "shape": list(_level_shape(mosaic.height, mosaic.width, f.bit_length() - 1)),
                 "coordinateTransformations": _centre_transforms(mosaic.transform, f),
             })
@@ -309,7 +309,7 @@ def build_overviews(mosaic_path: str | Path, *, min_side: int = 256, method: Lit
     levels: dict[int, tuple[zarr.Array, zarr.Array]] = {}
     for level, f in enumerate(factors, start=1):
         height, width = _level_shape(mosaic.height, mosaic.width, level)
-        transform = mosaic.transform * Affine.scale(f)
+        transform = mosaic.transform @ Affine.scale(f)
         group = partial.create_group(str(f))
         group.attrs.update({"geoseg": {"factor": f, "transform": list(transform.to_gdal()), "height": height,
                                        "width": width, "method": "exact" if exact else "cascade"}})

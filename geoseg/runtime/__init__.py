@@ -1,5 +1,5 @@
 """Ray: the only place geoseg touches it."""
 
-from geoseg.runtime.ray_jobs import fit_model, predict_tiles, ray_session
+from geoseg.runtime.ray_jobs import blend_tiles, fit_model, predict_tiles, ray_session
 
-__all__ = ["fit_model", "predict_tiles", "ray_session"]
+__all__ = ["blend_tiles", "fit_model", "predict_tiles", "ray_session"]

@@ -25,12 +25,12 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from geoseg.errors import StageError
-from geoseg.infer import TilePredictor
+from geoseg.infer import TileBlender, TilePredictor
 from geoseg.tiling import Tile
 from geoseg.train.checkpoint import publish_checkpoint
 from geoseg.train.loop import train_model
 
-__all__ = ["ray_session", "fit_model", "predict_tiles"]
+__all__ = ["ray_session", "fit_model", "predict_tiles", "blend_tiles"]
 
 
 @contextmanager
@@ -107,35 +107,59 @@ def fit_model(config: dict, *, name: str, storage: Path, checkpoint_out: Path, w
 class _PredictActor:
     """Ray Data callable class: one model + open scene + open mosaic per actor."""
 
-    def __init__(self, checkpoint: str, scene: str, mosaic: str, device: str, threads: int):
-        self.predictor = TilePredictor(checkpoint, scene, mosaic, device=device, threads=threads)
+    def __init__(self, checkpoint: str, scene: str, mosaic: str, device: str, threads: int, stitch: str):
+        self.predictor = TilePredictor(checkpoint, scene, mosaic, device=device, threads=threads, stitch=stitch)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        count = len(batch["index"])
-        tiles = [Tile.from_row({key: values[i] for key, values in batch.items()}) for i in range(count)]
-        return {"index": np.asarray(self.predictor(tiles), dtype=np.int64)}
+        return {"index": np.asarray(self.predictor(_tiles_of(batch)), dtype=np.int64)}
 
 
-def predict_tiles(tiles: list[Tile], *, checkpoint: Path, scene: Path, mosaic: Path, batch_size: int,
-                  workers: int, cpus_per_worker: int, use_gpu: bool,
-                  progress: Callable[[int], None] | None = None) -> int:
-    """Run the tile plan through a pool of model actors; return the number of tiles written."""
+class _BlendActor:
+    """Ray Data callable class for blend mode's second pass (no model)."""
+
+    def __init__(self, scene: str, mosaic: str):
+        self.blender = TileBlender(scene, mosaic)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"index": np.asarray(self.blender(_tiles_of(batch)), dtype=np.int64)}
+
+
+def _tiles_of(batch: dict[str, np.ndarray]) -> list[Tile]:
+    return [Tile.from_row({key: values[i] for key, values in batch.items()}) for i in range(len(batch["index"]))]
+
+
+def _run_pool(tiles: list[Tile], actor, constructor: dict, *, batch_size: int, workers: int, cpus: int,
+              gpus: int, progress: Callable[[int], None] | None) -> int:
+    """Stream tile descriptors through a pool of ``workers`` actors; return how many were processed."""
     if not tiles:
         return 0
     dataset = ray.data.from_items([tile.as_row() for tile in tiles],
                                   override_num_blocks=max(1, len(tiles) // max(1, batch_size)))
-    predictions = dataset.map_batches(
-        _PredictActor,
-        fn_constructor_kwargs={"checkpoint": str(checkpoint), "scene": str(scene), "mosaic": str(mosaic),
-                               "device": "cuda" if use_gpu else "cpu", "threads": cpus_per_worker},
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=cpus_per_worker,
-        num_gpus=1 if use_gpu else 0,
-    )
+    results = dataset.map_batches(actor, fn_constructor_kwargs=constructor, batch_size=batch_size,
+                                  compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus)
     done = 0
-    for batch in predictions.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
         done += len(batch["index"])
         if progress:
             progress(len(batch["index"]))
     return done
+
+
+def predict_tiles(tiles: list[Tile], *, checkpoint: Path, scene: Path, mosaic: Path, batch_size: int,
+                  workers: int, cpus_per_worker: int, use_gpu: bool, stitch: str = "crop",
+                  progress: Callable[[int], None] | None = None) -> int:
+    """Run tiles through a pool of model actors; return the number of tiles processed.
+
+    In crop mode each tile writes its core; in blend mode (first pass) its window's probabilities.
+    """
+    constructor = {"checkpoint": str(checkpoint), "scene": str(scene), "mosaic": str(mosaic),
+                   "device": "cuda" if use_gpu else "cpu", "threads": cpus_per_worker, "stitch": stitch}
+    return _run_pool(tiles, _PredictActor, constructor, batch_size=batch_size, workers=workers,
+                     cpus=cpus_per_worker, gpus=1 if use_gpu else 0, progress=progress)
+
+
+def blend_tiles(tiles: list[Tile], *, scene: Path, mosaic: Path, workers: int,
+                progress: Callable[[int], None] | None = None) -> int:
+    """Blend mode's second pass: write each chunk once from the windows covering it."""
+    return _run_pool(tiles, _BlendActor, {"scene": str(scene), "mosaic": str(mosaic)}, batch_size=4,
+                     workers=workers, cpus=1, gpus=0, progress=progress)

@@ -12,7 +12,8 @@ from geoseg.errors import GeosegError, InputRasterError, StageError
 from geoseg.io.mosaic import create_mosaic, done_chunks, open_mosaic
 from geoseg.io.raster import inspect_scene
 from geoseg.models import output_stride
-from geoseg.runtime import predict_tiles, ray_session
+from geoseg.infer.blend import BlendScratch, drop_scratch
+from geoseg.runtime import blend_tiles, predict_tiles, ray_session
 from geoseg.stages.paths import JobPaths
 from geoseg.tiling import check_tile_size, plan_tiles
 from geoseg.train.checkpoint import WEIGHTS, build_model_from_card, read_card
@@ -58,14 +59,19 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
         if finished // step != before // step or finished == len(tiles):
             log(f"predict: tiles {finished}/{len(tiles)}")
 
-    with ray_session(address or job.runtime.address):
-        written = predict_tiles(todo, checkpoint=checkpoint, scene=scene.path, mosaic=partial,
-                                batch_size=spec.batch_size, workers=job.runtime.workers,
-                                cpus_per_worker=job.runtime.cpus_per_worker, use_gpu=job.runtime.use_gpu,
-                                progress=progress)
+    runtime = job.runtime
+    with ray_session(address or runtime.address):
+        if job.tiling.stitch == "crop":
+            written = predict_tiles(todo, checkpoint=checkpoint, scene=scene.path, mosaic=partial,
+                                    batch_size=spec.batch_size, workers=runtime.workers,
+                                    cpus_per_worker=runtime.cpus_per_worker, use_gpu=runtime.use_gpu,
+                                    progress=progress)
+        else:
+            written = _predict_blended(tiles, todo, checkpoint, scene, partial, job, progress, log)
     missing = len(tiles) - len(done_chunks(open_mosaic(partial)))
     if missing:
         raise StageError(f"predict: {missing} chunks of {partial} were not written; rerun to resume")
+    drop_scratch(open_mosaic(partial, mode="r+").group)
     if paths.mosaic.exists():
         shutil.rmtree(paths.mosaic)
     os.replace(partial, paths.mosaic)  # only a complete mosaic carries the final name
@@ -76,6 +82,23 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
             "mpix_per_s": round(mpix / seconds, 3), "mosaic": str(paths.mosaic)}
 
 
+def _predict_blended(tiles, todo, checkpoint, scene, partial, job: Job, progress, log) -> int:
+    """Blend mode: every window's probabilities first, then each chunk blended and written once."""
+    mosaic = open_mosaic(partial, mode="r+")
+    BlendScratch.create(mosaic, len(tiles), len(mosaic.class_names), job.tiling.tile_size)
+    have = BlendScratch(mosaic).finished()
+    windows = [tile for tile in tiles if tile.index not in have]
+    if have:
+        log(f"predict: resuming: {len(have)} of {len(tiles)} tile windows already predicted")
+    runtime = job.runtime
+    predict_tiles(windows, checkpoint=checkpoint, scene=scene.path, mosaic=partial, batch_size=job.predict.batch_size,
+                  workers=runtime.workers, cpus_per_worker=runtime.cpus_per_worker, use_gpu=runtime.use_gpu,
+                  stitch="blend", progress=lambda count: None)
+    log(f"predict: {len(windows)} windows predicted; blending {len(todo)} chunks")
+    return blend_tiles(todo, scene=scene.path, mosaic=partial, workers=max(1, runtime.workers * runtime.cpus_per_worker),
+                       progress=progress)
+
+
 def _fingerprint(scene, checkpoint, job: Job) -> dict:
     """What must match for a half-written mosaic to be resumed rather than redone."""
     digest = hashlib.sha256()
@@ -84,7 +107,8 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
             digest.update(block)
     return {"scene": str(scene.path), "size": [scene.height, scene.width], "transform": list(scene.transform)[:6],
             "bands": list(scene.bands), "checkpoint_sha256": digest.hexdigest(),
-            "tile_size": job.tiling.tile_size, "halo": job.tiling.halo, "scores": job.predict.scores}
+            "tile_size": job.tiling.tile_size, "halo": job.tiling.halo, "stitch": job.tiling.stitch,
+            "scores": job.predict.scores}
 
 
 def _is_complete(mosaic_path, fingerprint: dict) -> bool:

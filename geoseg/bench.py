@@ -1,0 +1,402 @@
+"""``geoseg bench predict``: time the real predict stage against the model alone.
+
+The benchmark synthesises an N×N RGB GeoTIFF (written block by block, so a
+20000² scene costs no more memory than a 512² one), saves a randomly
+initialised checkpoint, runs :func:`geoseg.stages.predict.run_predict` on it
+and compares the rate with the same model forwarding the same batches in a
+plain loop. While the stage runs a thread samples the memory of this process
+and of every process it started (the embedded Ray's GCS, raylet, workers and
+model actors), so the peak is what the whole job cost, not just the driver.
+
+Rates are per *scene* pixel (N² / seconds) for both numbers, so
+``efficiency = end_to_end_mpix_s / model_only_mpix_s`` is the share of the
+model's speed the pipeline keeps once Ray start-up, reading, mirroring,
+normalising, cropping and Zarr writes are paid for.
+
+Files (all under ``workdir``):
+
+- ``bench_scene_<N>_v1.tif``: the synthetic scene. Reused when a valid one is
+  already there. Removed at the end only if this run created it and ``keep``
+  is false; so pass ``keep=True`` (``--keep``) once to cache a big scene.
+- ``run-<pid>-<time>/``: checkpoint and mosaic of this run; always removed.
+- With ``workdir=None`` a temporary folder is used and removed unless ``keep``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from geoseg.io.raster import iter_blocks
+
+__all__ = ["bench_predict", "write_synthetic_scene", "scene_path", "MemorySampler", "SCENE_CRS", "PIXEL_SIZE"]
+
+SCENE_CRS = "EPSG:32633"
+PIXEL_SIZE = 0.5  # metres: a 0.25 m² ground pixel, as in a typical aerial survey
+SCENE_VERSION = 1  # bump when the generator changes, so cached scenes are not reused
+CLASSES = ["background", "water", "building"]
+# Mean/std of the generator's bands (128 ± ~40): the benchmark does not need
+# exact statistics, and computing them would read the whole scene.
+MEAN, STD = [128.0, 120.0, 110.0], [40.0, 40.0, 40.0]
+
+
+def scene_path(workdir: str | Path, size: int) -> Path:
+    """Where the cached synthetic scene of ``size`` pixels a side lives."""
+    return Path(workdir) / f"bench_scene_{size}_v{SCENE_VERSION}.tif"
+
+
+def _synthetic_block(window: Window, seed: int) -> np.ndarray:
+    """(3, h, w) uint8: a few sinusoids in scene coordinates plus per-block noise.
+
+    Smooth enough to compress, busy enough that no block is constant, and a
+    pure function of the block's position, so any block can be made alone.
+    """
+    h, w = int(window.height), int(window.width)
+    y = np.arange(window.row_off, window.row_off + h, dtype=np.float32)[:, None]
+    x = np.arange(window.col_off, window.col_off + w, dtype=np.float32)[None, :]
+    tau = np.float32(2 * np.pi)
+    rng = np.random.default_rng((seed, int(window.row_off), int(window.col_off)))
+    out = np.empty((3, h, w), np.uint8)
+    waves = (
+        (700.0, 900.0, 173.0),
+        (1300.0, 410.0, 97.0),
+        (530.0, 2100.0, 251.0),
+    )
+    for band, (px, py, pd) in enumerate(waves):
+        value = (np.sin(tau * x / px) * np.cos(tau * y / py)) * np.float32(50) \
+            + np.sin(tau * (x + y) / pd) * np.float32(20) + np.float32(MEAN[band])
+        value += rng.integers(-3, 4, size=(h, w), dtype=np.int16)
+        np.clip(value, 1, 255, out=value)
+        out[band] = value.astype(np.uint8)
+    return out
+
+
+def write_synthetic_scene(path: str | Path, size: int, *, block: int = 512, seed: int = 0) -> Path:
+    """Write a ``size``×``size`` 3-band uint8 GeoTIFF block by block; return its path.
+
+    Tiled (``block``-pixel blocks, pixel-interleaved), DEFLATE-compressed, at
+    0.5 m in EPSG:32633 (horizontal predictor, about 2:1 like real orthophotos). One block is in memory at a time and GDAL's block
+    cache is capped, so memory stays flat whatever ``size``. Written to a
+    temporary name and renamed, so an interrupted write is never reused.
+    """
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels (got {size!r})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    profile = {"driver": "GTiff", "height": size, "width": size, "count": 3, "dtype": "uint8",
+               "crs": SCENE_CRS, "transform": Affine(PIXEL_SIZE, 0, 500000.0, 0, -PIXEL_SIZE, 5000000.0),
+               "compress": "deflate", "predictor": 2, "interleave": "pixel", "BIGTIFF": "IF_SAFER"}
+    if size >= 16:  # GeoTIFF blocks are multiples of 16; tiny scenes stay striped
+        blocksize = min(block, 16 * (size // 16))
+        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    # Each write fills whole blocks; a small cache makes GDAL flush them as it
+    # goes instead of holding up to 5% of RAM of dirty blocks.
+    with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(tmp, "w", **profile) as dst:
+        step = profile.get("blockxsize", size)
+        for window in iter_blocks(size, size, step):
+            dst.write(_synthetic_block(window, seed), window=window)
+    os.replace(tmp, path)
+    return path
+
+
+def _usable_scene(path: Path, size: int) -> bool:
+    try:
+        with rasterio.open(path) as src:
+            return (src.width, src.height, src.count, src.dtypes[0]) == (size, size, 3, "uint8") \
+                and src.crs is not None and src.crs.to_epsg() == 32633
+    except rasterio.errors.RasterioIOError:
+        return False
+
+
+class MemorySampler:
+    """Background thread: peak memory of this process and all its descendants.
+
+    Uses PSS (proportional set size: shared pages split among the processes
+    sharing them) where psutil offers it, so summing over Ray's processes does
+    not count torch's shared libraries a dozen times; RSS elsewhere.
+    """
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.root = psutil.Process()
+        try:
+            self.metric = "pss" if getattr(self.root.memory_full_info(), "pss", None) is not None else "rss"
+        except (psutil.AccessDenied, NotImplementedError):
+            self.metric = "rss"
+        self.peak_total = 0
+        self.peak_driver = 0
+        self.peak_processes = 0
+        self.peak_by_name: dict[str, int] = {}
+        self.samples = 0
+        self.busy_s = 0.0  # time spent sampling: its cost to a small machine
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="geoseg-bench-memory", daemon=True)
+
+    def _value(self, proc: psutil.Process) -> int:
+        if self.metric == "pss":
+            return proc.memory_full_info().pss
+        return proc.memory_info().rss
+
+    def sample(self) -> int:
+        started = time.perf_counter()
+        total = driver = count = 0
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            procs = [self.root]
+        for proc in procs:
+            try:
+                value = self._value(proc)
+                name = "driver" if proc.pid == self.root.pid else _process_name(proc)
+            except psutil.Error:  # exited between listing and reading
+                continue
+            total += value
+            count += 1
+            if proc.pid == self.root.pid:
+                driver = value
+            self.peak_by_name[name] = max(self.peak_by_name.get(name, 0), value)
+        self.peak_total = max(self.peak_total, total)
+        self.peak_driver = max(self.peak_driver, driver)
+        self.peak_processes = max(self.peak_processes, count)
+        self.samples += 1
+        self.busy_s += time.perf_counter() - started
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "MemorySampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def _process_name(proc: psutil.Process) -> str:
+    """Ray workers retitle themselves (``ray::_MapWorker``); the first word says who is who."""
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        cmdline = []
+    word = cmdline[0].split()[0] if cmdline and cmdline[0].strip() else proc.name()
+    if word.startswith("ray::"):  # ray::MapWorker(MapBatches(_PredictActor)).submit → ray::MapWorker
+        return re.split(r"[(.]", word, maxsplit=1)[0]
+    if "python" in os.path.basename(word) and len(cmdline) > 1:  # name Python processes by their script
+        script = next((arg for arg in cmdline[1:] if not arg.startswith("-")), "")
+        return f"python {os.path.basename(script)}".strip()
+    return os.path.basename(word)
+
+
+def _done_times(mosaic: Path) -> list[float]:
+    """Modification times of the mosaic's per-chunk ``done`` markers, sorted.
+
+    Each is written by the actor right after its chunk's pixels, so they time
+    tile completions from inside the run without instrumenting it.
+    """
+    times = [p.stat().st_mtime for p in (mosaic / "done").rglob("*")
+             if p.is_file() and not p.name.startswith(".z") and p.name != "zarr.json"]
+    return sorted(times)
+
+
+def _model_only(checkpoint: Path, scene: Path, mosaic: Path, tiles, *, batch_size: int, device: str, threads: int,
+                max_batches: int) -> tuple[float, int]:
+    """Seconds per tile of the model alone on the run's batches, and the tiles timed.
+
+    The model is loaded by :class:`TilePredictor` itself (same threads, same
+    cuDNN flags, channels_last on CUDA) and forwarded with
+    :func:`predict_logits`; inputs are read and normalised before the clock
+    starts, so no reading or writing is timed. With more than ``max_batches``
+    batches an evenly spread subset is timed and the caller scales it.
+    """
+    import torch
+
+    from geoseg.infer import TilePredictor
+    from geoseg.infer.predict import predict_logits
+    from geoseg.io.raster import read_tile
+    from geoseg.train.data import normalize
+
+    previous_threads = torch.get_num_threads()
+    previous_cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    predictor = TilePredictor(checkpoint, scene, mosaic, device=device, threads=threads)
+    try:
+        batches = [tiles[i:i + batch_size] for i in range(0, len(tiles), batch_size)]
+        if len(batches) > max_batches:
+            picks = np.linspace(0, len(batches) - 1, max_batches).round().astype(int)
+            batches = [batches[i] for i in sorted(set(picks.tolist()))]
+        inputs = []
+        for batch in batches:
+            arrays = [normalize(read_tile(predictor.scene, tile, predictor.bands)[0], predictor.mean, predictor.std)
+                      for tile in batch]
+            inputs.append(np.stack(arrays))
+        predict_logits(predictor.model, inputs[0], predictor.device)  # warm-up: allocator, oneDNN/cuDNN plans
+        started = time.perf_counter()
+        for array in inputs:
+            predict_logits(predictor.model, array, predictor.device)  # returns on the CPU: synchronised
+        seconds = time.perf_counter() - started
+        timed = sum(len(batch) for batch in batches)
+        return seconds / timed, timed
+    finally:
+        predictor.close()
+        del predictor
+        torch.set_num_threads(previous_threads)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous_cudnn
+
+
+def _random_checkpoint(folder: Path, arch: str, encoder: str, options: dict):
+    import torch
+
+    from geoseg.models import build_model
+    from geoseg.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(arch, in_channels=3, num_classes=len(CLASSES), encoder=encoder, **options)
+    card = {"arch": arch, "encoder": encoder, "options": options, "classes": CLASSES, "bands": [1, 2, 3],
+            "dtype": "uint8", "normalization": {"mean": MEAN, "std": STD}}
+    return save_checkpoint(folder, model, card)
+
+
+def _sig(value: float, digits: int = 4) -> float:
+    """Round to significant digits: rates of a tiny test scene and of a GPU run both stay readable."""
+    return float(f"{value:.{digits}g}")
+
+
+def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size: int = 4, workers: int = 1,
+                  cpus_per_worker: int = 2, use_gpu: bool = False, arch: str = "unet", encoder: str = "resnet18",
+                  options: dict | None = None, workdir: Path | None = None, keep: bool = False,
+                  model_only_batches: int = 16, address: str | None = None, log=print) -> dict:
+    """Benchmark the predict stage on a synthetic ``size``² scene; log and return one JSON-able dict.
+
+    Args:
+        size: scene pixels a side (N); the scene has N² pixels at 0.5 m.
+        tile_size, halo, batch_size: the job's ``tiling`` and ``predict.batch_size``.
+        workers, cpus_per_worker, use_gpu: the job's ``runtime`` (model actors, torch threads each).
+        arch, encoder, options: the model (random init; nothing downloaded).
+        workdir: folder for the cached scene and this run's checkpoint/mosaic
+            (default: a temporary folder, removed unless ``keep``).
+        keep: keep a scene this run had to write (for reuse by the next run).
+        model_only_batches: batches timed for the model-only baseline; with
+            more batches in the plan an evenly spread subset is timed and scaled.
+        address: Ray address (default: embedded local Ray, or ``RAY_ADDRESS``).
+        log: progress and the final JSON line go here.
+
+    Returns:
+        The fields of the JSON line: rates in MPix/s per scene pixel, seconds,
+        peak memory in MB (``memory_metric`` says PSS or RSS).
+    """
+    import torch
+
+    from geoseg.config import Job
+    from geoseg.stages.predict import run_predict
+    from geoseg.tiling import plan_tiles
+
+    options = dict(options or {})
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels (got {size!r})")
+    temporary = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="geoseg-bench-")) if temporary else Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = workdir / f"run-{os.getpid()}-{int(time.time())}"
+    scene = scene_path(workdir, size)
+    created = False
+    try:
+        if scene.exists() and _usable_scene(scene, size):
+            log(f"bench: reusing {scene}")
+        else:
+            log(f"bench: writing a {size}x{size} synthetic scene to {scene}")
+            started = time.perf_counter()
+            write_synthetic_scene(scene, size)
+            created = True
+            log(f"bench: scene written in {time.perf_counter() - started:.0f} s "
+                f"({scene.stat().st_size / 1e6:.0f} MB on disk)")
+        checkpoint = _random_checkpoint(run_dir / "checkpoint", arch, encoder, options)
+        job = Job.model_validate({
+            "name": "bench", "output_dir": str(run_dir / "out"), "classes": CLASSES, "stages": ["predict"],
+            "model": {"arch": arch, "encoder": encoder, "options": options},
+            "tiling": {"tile_size": tile_size, "halo": halo},
+            "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "batch_size": batch_size},
+            "runtime": {"workers": workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu},
+        })
+        tiles = plan_tiles(size, size, tile_size=tile_size, halo=halo)
+        load_before = os.getloadavg()[0]
+
+        wall_start = time.time()
+        with MemorySampler() as memory:
+            started = time.perf_counter()
+            run_predict(job, address=address, log=log)
+            end_to_end = time.perf_counter() - started
+        mosaic = Path(job.output_dir) / "mosaic.zarr"
+        done = _done_times(mosaic)
+
+        device = "cuda" if use_gpu else "cpu"
+        per_tile, timed = _model_only(checkpoint, scene, mosaic, tiles, batch_size=batch_size, device=device,
+                                      threads=cpus_per_worker, max_batches=model_only_batches)
+        load_after = os.getloadavg()[0]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if created and not keep:
+            scene.unlink(missing_ok=True)
+        if temporary and not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    mpix = size * size / 1e6
+    model_only_s = per_tile * len(tiles)
+    e2e_rate = mpix / end_to_end
+    model_rate = mpix / model_only_s
+    # Steady state: from the end of the first batch to the last tile written,
+    # i.e. without Ray start-up, actor start, model load and the first batch.
+    first = min(batch_size, len(done) - 1)
+    steady_rate = first_batch_s = None
+    if len(done) >= 2 and first >= 1 and done[-1] > done[first - 1]:
+        per_tile_steady = (done[-1] - done[first - 1]) / (len(done) - first)
+        steady_rate = mpix / (per_tile_steady * len(tiles))
+        first_batch_s = done[first - 1] - wall_start
+    if use_gpu and torch.cuda.is_available():
+        device_name = f"cuda:{torch.cuda.get_device_name(0)}"
+    else:
+        device_name = "cpu"
+    result = {
+        "bench": "predict", "size": size, "tile": tile_size, "halo": halo, "core": tile_size - 2 * halo,
+        "tiles": len(tiles), "workers": workers, "batch_size": batch_size, "device": device_name,
+        "arch": arch, "encoder": encoder, "options": options,
+        "end_to_end_s": round(end_to_end, 2),
+        "end_to_end_mpix_s": _sig(e2e_rate),
+        "model_only_mpix_s": _sig(model_rate),
+        "model_only_tiles_timed": timed,
+        "efficiency": _sig(e2e_rate / model_rate),
+        "first_batch_done_s": None if first_batch_s is None else round(first_batch_s, 2),
+        "steady_mpix_s": None if steady_rate is None else _sig(steady_rate),
+        "steady_efficiency": None if steady_rate is None else _sig(steady_rate / model_rate),
+        "peak_rss_mb": round(memory.peak_total / 2**20, 1),
+        "peak_rss_driver_mb": round(memory.peak_driver / 2**20, 1),
+        "memory_metric": memory.metric,
+        "peak_processes": memory.peak_processes,
+        "memory_samples": memory.samples, "memory_sampler_busy_s": round(memory.busy_s, 2),
+        "peak_by_process_mb": {name: round(value / 2**20, 1) for name, value in
+                               sorted(memory.peak_by_name.items(), key=lambda kv: -kv[1])[:4]},
+        "km2_per_h": _sig(e2e_rate * 1e6 * PIXEL_SIZE ** 2 / 1e6 * 3600),
+        "torch": torch.__version__, "threads": cpus_per_worker,
+        "cpu_count": os.cpu_count(), "load_before": round(load_before, 2), "load_after": round(load_after, 2),
+        "python": platform.python_version(),
+    }
+    log(json.dumps(result))
+    return result
