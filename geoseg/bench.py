@@ -143,6 +143,8 @@ class MemorySampler:
         self.peak_by_name: dict[str, int] = {}
         self.samples = 0
         self.busy_s = 0.0  # time spent sampling: its cost to a small machine
+        self._cpu: dict[int, tuple[str, float]] = {}  # pid → (name, last seen CPU seconds)
+        self._cpu_start = self._cpu_seconds(self.root)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="geoseg-bench-memory", daemon=True)
 
@@ -164,6 +166,11 @@ class MemorySampler:
                 name = "driver" if proc.pid == self.root.pid else _process_name(proc)
             except psutil.Error:  # exited between listing and reading
                 continue
+            try:
+                cpu = proc.cpu_times()
+                self._cpu[proc.pid] = (name, cpu.user + cpu.system)
+            except psutil.Error:
+                pass
             total += value
             count += 1
             if proc.pid == self.root.pid:
@@ -175,6 +182,23 @@ class MemorySampler:
         self.samples += 1
         self.busy_s += time.perf_counter() - started
         return total
+
+    @staticmethod
+    def _cpu_seconds(proc: psutil.Process) -> float:
+        cpu = proc.cpu_times()
+        return cpu.user + cpu.system
+
+    def cpu_by_name(self) -> dict[str, float]:
+        """CPU seconds each kind of process used while sampled (as last seen: ≤ one interval short).
+
+        The driver counts from when the sampler started; processes it started count whole.
+        """
+        totals: dict[str, float] = {}
+        for pid, (name, seconds) in self._cpu.items():
+            if pid == self.root.pid:
+                seconds -= self._cpu_start
+            totals[name] = totals.get(name, 0.0) + seconds
+        return totals
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -393,6 +417,8 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         "memory_samples": memory.samples, "memory_sampler_busy_s": round(memory.busy_s, 2),
         "peak_by_process_mb": {name: round(value / 2**20, 1) for name, value in
                                sorted(memory.peak_by_name.items(), key=lambda kv: -kv[1])[:4]},
+        "cpu_s_by_process": {name: round(value, 1) for name, value in
+                             sorted(memory.cpu_by_name().items(), key=lambda kv: -kv[1])[:8]},
         "km2_per_h": _sig(e2e_rate * 1e6 * PIXEL_SIZE ** 2 / 1e6 * 3600),
         "torch": torch.__version__, "threads": cpus_per_worker,
         "cpu_count": os.cpu_count(), "load_before": round(load_before, 2), "load_after": round(load_after, 2),

@@ -67,6 +67,27 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from geoseg.io.cog import export_cog
+
+    out = export_cog(Path(args.mosaic), Path(args.cog), array=args.array)
+    _log(f"export: wrote {out} (Cloud-Optimized GeoTIFF of {args.array})")
+    return 0
+
+
+def _cmd_bench_predict(args) -> int:
+    import json
+
+    from geoseg.bench import bench_predict
+
+    options = json.loads(args.options) if args.options else None
+    bench_predict(size=args.size, tile_size=args.tile_size, halo=args.halo, batch_size=args.batch_size,
+                  workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.gpu, arch=args.arch,
+                  encoder=args.encoder, options=options, workdir=Path(args.workdir) if args.workdir else None,
+                  log=lambda message: print(message, file=sys.stderr, flush=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoseg", description="Segment huge aerial GeoTIFFs into maps.")
     parser.add_argument("--version", action="version", version=f"geoseg {__version__}")
@@ -98,6 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, default=3072, help="training scene side in pixels")
     p.add_argument("--survey-size", type=int, default=4096, help="survey scene side in pixels")
     p.set_defaults(func=_cmd_demo_data)
+
+    p = sub.add_parser("export", help="export a mosaic array as a Cloud-Optimized GeoTIFF")
+    p.add_argument("mosaic", help="mosaic.zarr folder written by `geoseg predict`")
+    p.add_argument("--cog", required=True, help="output .tif path")
+    p.add_argument("--array", default="labels", choices=["labels", "valid", "scores"],
+                   help="mosaic array to export (default: labels)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="benchmarks that print one JSON line")
+    bench = p.add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("predict", help="synthesise an N x N GeoTIFF and predict it; throughput and peak memory")
+    p.add_argument("--size", type=int, default=4096, help="scene side in pixels (default: 4096)")
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--halo", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--cpus-per-worker", type=int, default=2)
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16, channels_last)")
+    p.add_argument("--arch", default="unet")
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--options", help='JSON model options, e.g. \'{"decoder_channels": [128, 64, 32, 16, 8]}\'')
+    p.add_argument("--workdir", help="where the synthetic scene and outputs go (default: a temporary folder)")
+    p.set_defaults(func=_cmd_bench_predict)
 
     p = sub.add_parser("models", help="list the model architectures")
     p.add_argument("--encoder", default="resnet18", help="encoder to size them with (default: resnet18)")

@@ -125,3 +125,13 @@ def test_end_to_end_run_on_a_tiny_scene(tiny):
     assert (out / "quicklook.png").stat().st_size > 1000
     polygons = gpd.read_file(out / "vectors" / "polygons.gpkg")
     assert set(polygons["class"]) <= {"water"}
+
+    cog = out / "labels.tif"
+    export = subprocess.run([sys.executable, "-m", "geoseg.cli", "export", str(out / "mosaic.zarr"), "--cog", str(cog)],
+                            capture_output=True, text=True, timeout=120)
+    assert export.returncode == 0, export.stderr
+    import rasterio
+
+    with rasterio.open(cog) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.crs.to_epsg() == 32633 and src.shape == (192, 192)

@@ -54,3 +54,18 @@ def test_gdalinfo_reads_epsg_origin_and_pixel_size(mosaic):
     assert info["geoTransform"] == [500000.0, 0.5, 0.0, 5000000.0, 0.0, -0.5]
     wkt = info["coordinateSystem"]["wkt"]
     assert 'ID["EPSG",32633]' in wkt
+
+
+def test_zarr_v3_mosaic_has_one_shard_per_core_and_reads_in_xarray(tmp_path):
+    pytest.importorskip("rioxarray")
+    info = create_mosaic(tmp_path / "v3.zarr", height=600, width=520, chunk=256, crs=CRS.from_epsg(32633),
+                         transform=TRANSFORM, class_names=["background", "water"], zarr_format=3, scores=True)
+    assert info.labels.shards == (256, 256) and info.labels.chunks == (128, 128)
+    assert info.group["scores"].shards == (2, 256, 256)
+    for row, col, h, w in info.chunk_windows():
+        write_block(info, row, col, np.full((h, w), 1, np.uint8), np.ones((h, w), np.uint8),
+                    np.full((2, h, w), 127, np.uint8))
+    ds = xr.open_zarr(tmp_path / "v3.zarr", decode_coords="all", consolidated=False, zarr_format=3)
+    assert ds["labels"].rio.crs.to_epsg() == 32633 and ds["labels"].rio.transform() == TRANSFORM
+    assert int(ds["labels"].sum()) == 600 * 520
+    assert open_mosaic(tmp_path / "v3.zarr").grid == (3, 3)

@@ -27,12 +27,12 @@ def make_checkpoint(folder, scene, classes=("background", "water", "building")):
     return save_checkpoint(folder, model, card)
 
 
-def predict_scene(tmp_path, path, *, tile_size=256, halo=32, batch=4):
+def predict_scene(tmp_path, path, *, tile_size=256, halo=32, batch=4, zarr_format=2):
     scene = inspect_scene(path)
     checkpoint = make_checkpoint(tmp_path / "ckpt", scene)
     mosaic_path = tmp_path / "mosaic.zarr"
     create_mosaic(mosaic_path, height=scene.height, width=scene.width, chunk=tile_size - 2 * halo, crs=scene.crs,
-                  transform=scene.transform, class_names=["background", "water", "building"])
+                  transform=scene.transform, class_names=["background", "water", "building"], zarr_format=zarr_format)
     predictor = TilePredictor(checkpoint, path, mosaic_path, threads=2)
     tiles = plan_tiles(scene.height, scene.width, tile_size=tile_size, halo=halo)
     done = []
@@ -61,10 +61,11 @@ def test_real_geotiffs_predict_with_georeferencing_and_masks(tmp_path, name):
         assert (~valid).mean() > 0.5  # alpha masks most of the scene
 
 
-def test_edge_tiles_and_all_chunks_are_written(tmp_path, make_geotiff):
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_edge_tiles_and_all_chunks_are_written(tmp_path, make_geotiff, zarr_format):
     data = np.random.default_rng(0).integers(1, 255, (3, 200, 170), dtype=np.uint8)
     path = make_geotiff("odd.tif", data)
-    _, mosaic = predict_scene(tmp_path, path, tile_size=96, halo=16)
+    _, mosaic = predict_scene(tmp_path, path, tile_size=96, halo=16, zarr_format=zarr_format)
     assert mosaic.valid[:].all()  # every chunk, including partial edge ones, got written
     assert mosaic.labels.shape == (200, 170)
 

@@ -75,6 +75,7 @@ class PredictSpec(Strict):
     batch_size: int = Field(4, gt=0, description="Tiles per forward pass.")
     checkpoint: Path | None = Field(None, description="Checkpoint folder; default: <output_dir>/checkpoint from the train stage.")
     scores: bool = Field(False, description="Also write per-class probabilities (uint8, p*255) to the mosaic.")
+    zarr_format: Literal[2, 3] = Field(2, description="2: read by GDAL >= 3.4 and xarray; 3: sharded (one shard per tile core).")
 
 
 class VectorizeSpec(Strict):

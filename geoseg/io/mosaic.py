@@ -87,6 +87,20 @@ def _pixel_centres(transform: Affine, height: int, width: int) -> tuple[np.ndarr
     return x, y
 
 
+def _layout(chunk: int, zarr_format: int, leading: int | None = None) -> dict:
+    """Chunking for one tile core per writer.
+
+    Format 2: the core is the chunk. Format 3: the core is a *shard* (the unit a
+    writer owns: zarr-python loses data when two writers touch one shard) made of
+    smaller inner chunks, so readers can fetch less than a whole core.
+    """
+    lead = (leading,) if leading else ()
+    if zarr_format == 2:
+        return {"chunks": lead + (chunk, chunk)}
+    inner = chunk // 2 if chunk % 2 == 0 and chunk >= 256 else chunk
+    return {"shards": lead + (chunk, chunk), "chunks": lead + (inner, inner)}
+
+
 def create_mosaic(
     path: str | Path,
     *,
@@ -112,8 +126,8 @@ def create_mosaic(
     dims = ["y", "x"]
     for name in DATA_ARRAYS:
         arr = group.create_array(
-            name, shape=(height, width), chunks=(chunk, chunk), dtype="uint8", fill_value=0,
-            dimension_names=dims if zarr_format == 3 else None,
+            name, shape=(height, width), dtype="uint8", fill_value=0,
+            dimension_names=dims if zarr_format == 3 else None, **_layout(chunk, zarr_format),
         )
         attrs = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x"}
         if zarr_format == 2:
@@ -126,9 +140,9 @@ def create_mosaic(
     group["valid"].attrs.update({"long_name": "1 where the input scene has data, 0 for nodata or alpha"})
     if scores:
         # One chunk holds every class of one core, so the one-writer-per-chunk rule still holds.
-        arr = group.create_array("scores", shape=(len(class_names), height, width),
-                                 chunks=(len(class_names), chunk, chunk), dtype="uint8", fill_value=0,
-                                 dimension_names=["class", "y", "x"] if zarr_format == 3 else None)
+        arr = group.create_array("scores", shape=(len(class_names), height, width), dtype="uint8", fill_value=0,
+                                 dimension_names=["class", "y", "x"] if zarr_format == 3 else None,
+                                 **_layout(chunk, zarr_format, leading=len(class_names)))
         arr.attrs.update({"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x",
                           "long_name": "class probability", "scale_factor": 1 / 255, "add_offset": 0.0,
                           "class_names": list(class_names)})
@@ -168,6 +182,7 @@ def create_mosaic(
     group.attrs.update({
         "geoseg": {
             "fingerprint": fingerprint or {},
+            "zarr_format": zarr_format,
             "crs_wkt": wkt,
             "transform": list(gdal_transform),
             "chunk": chunk,

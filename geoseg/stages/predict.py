@@ -10,6 +10,7 @@ import time
 from geoseg.config import Job
 from geoseg.errors import GeosegError, InputRasterError, StageError
 from geoseg.io.mosaic import create_mosaic, done_chunks, open_mosaic
+from geoseg.io.overviews import build_overviews, list_overviews
 from geoseg.io.raster import inspect_scene
 from geoseg.models import output_stride
 from geoseg.infer.blend import BlendScratch, drop_scratch
@@ -40,6 +41,8 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
     fingerprint = _fingerprint(scene, checkpoint, job)
     if _is_complete(paths.mosaic, fingerprint):
+        if not list_overviews(paths.mosaic):
+            build_overviews(paths.mosaic)
         log(f"predict: {paths.mosaic} is already complete for this scene, checkpoint and tiling; nothing to do")
         return {"tiles": 0, "skipped": len(tiles), "seconds": 0.0, "mosaic": str(paths.mosaic)}
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
@@ -72,12 +75,14 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
     if missing:
         raise StageError(f"predict: {missing} chunks of {partial} were not written; rerun to resume")
     drop_scratch(open_mosaic(partial, mode="r+").group)
+    levels = build_overviews(partial)  # before the rename: only a mosaic with its overviews looks complete
     if paths.mosaic.exists():
         shutil.rmtree(paths.mosaic)
     os.replace(partial, paths.mosaic)  # only a complete mosaic carries the final name
     seconds = time.perf_counter() - started
     mpix = scene.width * scene.height / 1e6
-    log(f"predict: {written} tiles, {mpix:.1f} MPix in {seconds:.0f} s ({mpix / seconds:.2f} MPix/s); wrote {paths.mosaic}")
+    log(f"predict: {written} tiles, {mpix:.1f} MPix in {seconds:.0f} s ({mpix / seconds:.2f} MPix/s), "
+        f"overviews {levels or 'none'}; wrote {paths.mosaic}")
     return {"tiles": written, "skipped": len(tiles) - len(todo), "seconds": round(seconds, 1),
             "mpix_per_s": round(mpix / seconds, 3), "mosaic": str(paths.mosaic)}
 
@@ -108,7 +113,7 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
     return {"scene": str(scene.path), "size": [scene.height, scene.width], "transform": list(scene.transform)[:6],
             "bands": list(scene.bands), "checkpoint_sha256": digest.hexdigest(),
             "tile_size": job.tiling.tile_size, "halo": job.tiling.halo, "stitch": job.tiling.stitch,
-            "scores": job.predict.scores}
+            "scores": job.predict.scores, "zarr_format": job.predict.zarr_format}
 
 
 def _is_complete(mosaic_path, fingerprint: dict) -> bool:
@@ -136,5 +141,5 @@ def _resume_or_create(partial, fingerprint: dict, scene, job: Job, classes, log)
     partial.parent.mkdir(parents=True, exist_ok=True)
     create_mosaic(partial, height=scene.height, width=scene.width, chunk=job.tiling.core, crs=scene.crs,
                   transform=scene.transform, class_names=classes, fingerprint=fingerprint,
-                  scores=job.predict.scores)
+                  scores=job.predict.scores, zarr_format=job.predict.zarr_format)
     return set()

@@ -1,0 +1,89 @@
+"""``geoseg bench predict``: the synthetic scene, the memory sampler and one tiny end-to-end run."""
+
+import json
+import math
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import psutil
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from geoseg.bench import MemorySampler, _synthetic_block, bench_predict, scene_path, write_synthetic_scene
+
+TINY = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
+
+
+def test_synthetic_scene_is_georeferenced_tiled_and_written_block_by_block(tmp_path):
+    size = 3000  # 27 MB of pixels: far more than the bound below, so a whole-scene buffer fails it
+    tracemalloc.start()
+    try:
+        path = write_synthetic_scene(tmp_path / "scene.tif", size)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12e6, f"writer held {peak / 1e6:.1f} MB: not block by block"
+    assert not list(tmp_path.glob("*.partial"))
+
+    with rasterio.open(path) as src:  # header and two windows only, never the whole scene
+        assert (src.width, src.height, src.count, src.dtypes) == (size, size, 3, ("uint8",) * 3)
+        assert src.crs.to_epsg() == 32633
+        assert (src.transform.a, src.transform.e) == (0.5, -0.5)
+        assert src.block_shapes == [(512, 512)] * 3
+        assert src.profile["compress"] == "deflate"
+        corner = Window(2560, 2560, 440, 440)  # the partial last block
+        assert np.array_equal(src.read(window=corner), _synthetic_block(corner, 0))
+        inner = src.read(window=Window(1024, 512, 512, 512))
+    assert inner.std() > 5 and len(np.unique(inner)) > 50  # not constant
+    assert path.stat().st_size < 0.8 * 3 * size * size  # but compressible
+
+
+def test_memory_sampler_counts_descendants(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time, numpy as np; a = np.ones(200 * 2**20 // 8); time.sleep(30)"])
+    try:
+        deadline = time.time() + 20
+        while psutil.Process(child.pid).memory_info().rss < 150 * 2**20 and time.time() < deadline:
+            time.sleep(0.1)
+        with MemorySampler(interval=0.05) as memory:
+            time.sleep(0.3)
+    finally:
+        child.kill()
+        child.wait()
+    assert memory.samples >= 3
+    assert memory.peak_driver > 10 * 2**20
+    assert memory.peak_total - memory.peak_driver > 150 * 2**20
+
+
+def test_bench_predict_tiny_run(tmp_path, ray_local):
+    size, tile, halo = 256, 128, 32
+    lines = []
+    result = bench_predict(size=size, tile_size=tile, halo=halo, batch_size=4, cpus_per_worker=1, options=TINY,
+                           workdir=tmp_path, keep=True, log=lines.append)
+
+    printed = json.loads(lines[-1])
+    assert printed == json.loads(json.dumps(result))
+    for key in ("bench", "size", "tile", "halo", "core", "tiles", "workers", "batch_size", "device", "arch",
+                "encoder", "end_to_end_s", "end_to_end_mpix_s", "model_only_mpix_s", "model_only_tiles_timed",
+                "efficiency", "peak_rss_mb", "peak_rss_driver_mb", "memory_metric", "km2_per_h", "torch",
+                "threads"):
+        assert key in result, key
+    core = tile - 2 * halo
+    assert (result["bench"], result["size"], result["core"], result["device"]) == ("predict", size, core, "cpu")
+    assert result["tiles"] == math.ceil(size / core) ** 2 == 16
+    assert result["model_only_tiles_timed"] == 16  # few batches: all timed, none scaled
+    for key in ("end_to_end_s", "end_to_end_mpix_s", "model_only_mpix_s", "km2_per_h"):
+        assert result[key] > 0, key
+    assert 0 < result["efficiency"] < 1.5
+    assert result["efficiency"] == pytest.approx(result["end_to_end_mpix_s"] / result["model_only_mpix_s"], rel=0.01)
+    assert result["end_to_end_mpix_s"] == pytest.approx(size * size / 1e6 / result["end_to_end_s"], rel=0.01)
+    assert result["km2_per_h"] == pytest.approx(result["end_to_end_mpix_s"] * 0.25 * 3600, rel=0.01)  # 0.25 m² pixels
+    assert result["peak_rss_mb"] > result["peak_rss_driver_mb"] > 0  # Ray's processes are counted
+
+    # The scene is kept for the next run (keep=True); the run's checkpoint and mosaic are gone.
+    assert scene_path(tmp_path, size).exists()
+    assert [p.name for p in tmp_path.iterdir()] == [scene_path(tmp_path, size).name]
