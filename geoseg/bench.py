@@ -24,7 +24,9 @@ Files (all under ``workdir``):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -125,73 +127,89 @@ def _usable_scene(path: Path, size: int) -> bool:
 class MemorySampler:
     """Background thread: peak memory of this process and all its descendants.
 
-    Uses PSS (proportional set size: shared pages split among the processes
-    sharing them) where psutil offers it, so summing over Ray's processes does
-    not count torch's shared libraries a dozen times; RSS elsewhere.
+    Every ``interval`` it sums RSS over the process tree (cheap: one read of
+    ``/proc/<pid>/statm`` each). RSS counts shared pages (torch's libraries,
+    Ray's object store) once per process that maps them, so it overstates a
+    dozen Ray processes; where the kernel offers it the reported peak is
+    therefore PSS (proportional set size: each shared page split among its
+    sharers). PSS costs a page-table walk (~10 ms for a process holding torch,
+    so a full tree costs ~0.1 s; listing the tree itself scans /proc), so it is read every ``pss_every`` seconds
+    and whenever the RSS sum reaches a new high (at most once a second), not
+    at every tick: sampling must not steal a 2-core machine from the run it
+    measures. ``busy_s`` says what sampling cost.
     """
 
-    def __init__(self, interval: float = 0.2):
-        self.interval = interval
+    def __init__(self, interval: float = 1.0, pss_every: float = 5.0):
+        self.interval, self.pss_every = interval, pss_every
         self.root = psutil.Process()
-        try:
-            self.metric = "pss" if getattr(self.root.memory_full_info(), "pss", None) is not None else "rss"
-        except (psutil.AccessDenied, NotImplementedError):
-            self.metric = "rss"
-        self.peak_total = 0
+        self.metric = "pss" if _pss(self.root.pid) is not None else "rss"
+        self.peak_total = 0  # in ``metric``
         self.peak_driver = 0
+        self.peak_rss_sum = 0  # plain RSS sum, for comparison
         self.peak_processes = 0
         self.peak_by_name: dict[str, int] = {}
         self.samples = 0
-        self.busy_s = 0.0  # time spent sampling: its cost to a small machine
+        self.pss_samples = 0
+        self.busy_s = 0.0
+        self._names: dict[int, str] = {}
         self._cpu: dict[int, tuple[str, float]] = {}  # pid → (name, last seen CPU seconds)
-        self._cpu_start = self._cpu_seconds(self.root)
+        self._cpu_start = _cpu_seconds(self.root)
+        self._last_pss = -math.inf
+        self._rss_high = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="geoseg-bench-memory", daemon=True)
 
-    def _value(self, proc: psutil.Process) -> int:
-        if self.metric == "pss":
-            return proc.memory_full_info().pss
-        return proc.memory_info().rss
+    def _name(self, proc: psutil.Process, refresh: bool) -> str:
+        if proc.pid == self.root.pid:
+            return "driver"
+        if refresh or proc.pid not in self._names:  # Ray workers retitle themselves when they become actors
+            self._names[proc.pid] = _process_name(proc)
+        return self._names[proc.pid]
 
-    def sample(self) -> int:
+    def sample(self, full: bool = False) -> int:
+        """Take one sample (with PSS if ``full`` or due); return the RSS sum in bytes."""
         started = time.perf_counter()
-        total = driver = count = 0
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
             procs = [self.root]
+        rows = []
         for proc in procs:
             try:
-                value = self._value(proc)
-                name = "driver" if proc.pid == self.root.pid else _process_name(proc)
+                rss = proc.memory_info().rss
+                cpu = _cpu_seconds(proc)
             except psutil.Error:  # exited between listing and reading
                 continue
-            try:
-                cpu = proc.cpu_times()
-                self._cpu[proc.pid] = (name, cpu.user + cpu.system)
-            except psutil.Error:
-                pass
-            total += value
-            count += 1
-            if proc.pid == self.root.pid:
-                driver = value
-            self.peak_by_name[name] = max(self.peak_by_name.get(name, 0), value)
-        self.peak_total = max(self.peak_total, total)
-        self.peak_driver = max(self.peak_driver, driver)
-        self.peak_processes = max(self.peak_processes, count)
+            rows.append((proc, rss))
+            self._cpu[proc.pid] = (self._name(proc, refresh=False), cpu)
+        rss_sum = sum(rss for _, rss in rows)
+        self.peak_rss_sum = max(self.peak_rss_sum, rss_sum)
+        self.peak_processes = max(self.peak_processes, len(rows))
+        now = time.monotonic()
+        due = now - self._last_pss >= self.pss_every or (rss_sum > self._rss_high and now - self._last_pss >= 1.0)
+        if self.metric == "rss" or full or due:
+            values = []
+            for proc, rss in rows:
+                value = rss if self.metric == "rss" else _pss(proc.pid)
+                if value is None:
+                    continue
+                name = self._name(proc, refresh=True)
+                values.append(value)
+                self.peak_by_name[name] = max(self.peak_by_name.get(name, 0), value)
+                if proc.pid == self.root.pid:
+                    self.peak_driver = max(self.peak_driver, value)
+            self.peak_total = max(self.peak_total, sum(values))
+            self._rss_high = max(self._rss_high, rss_sum)
+            self._last_pss = now
+            self.pss_samples += 1
         self.samples += 1
         self.busy_s += time.perf_counter() - started
-        return total
-
-    @staticmethod
-    def _cpu_seconds(proc: psutil.Process) -> float:
-        cpu = proc.cpu_times()
-        return cpu.user + cpu.system
+        return rss_sum
 
     def cpu_by_name(self) -> dict[str, float]:
-        """CPU seconds each kind of process used while sampled (as last seen: ≤ one interval short).
+        """CPU seconds each kind of process used, as last seen (at most one interval short).
 
-        The driver counts from when the sampler started; processes it started count whole.
+        The driver counts from when the sampler started; other processes their whole life.
         """
         totals: dict[str, float] = {}
         for pid, (name, seconds) in self._cpu.items():
@@ -201,19 +219,83 @@ class MemorySampler:
         return totals
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.interval):
             self.sample()
-            self._stop.wait(self.interval)
 
     def __enter__(self) -> "MemorySampler":
-        self.sample()
+        self.sample(full=True)
+        self._contention = _Contention()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.sample()
+        self.sample(full=True)
+        self.other_cpu_share = self._contention.share(sum(self.cpu_by_name().values()))
+
+
+class _Contention:
+    """How much of the machine *other* work used while we ran: the CPU-busy
+    time of the whole machine minus our own, as a share of all its cores.
+    On a shared 2-core box this is what makes two timings comparable or not."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.busy = _busy_seconds()
+
+    def share(self, own_cpu_seconds: float) -> float:
+        wall = time.monotonic() - self.started
+        other = _busy_seconds() - self.busy - own_cpu_seconds
+        return max(0.0, other) / (wall * (psutil.cpu_count() or 1)) if wall > 0 else 0.0
+
+
+def _busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) \
+        - getattr(times, "guest_nice", 0.0)
+
+
+def _pss(pid: int) -> int | None:
+    """Proportional set size in bytes from ``/proc/<pid>/smaps_rollup``; None where unavailable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    cpu = proc.cpu_times()
+    return cpu.user + cpu.system
+
+
+def _wait_until_quiet(root: psutil.Process, *, timeout: float = 20.0, share: float = 0.05) -> float:
+    """Wait until this process's descendants use under ``share`` of a core; return the seconds waited.
+
+    After the stage, Ray's processes take a few seconds to exit (or, with a
+    shared Ray, to go idle); the model-only loop must not share the CPU with them.
+    """
+    def usage() -> dict[int, float]:
+        seconds = {}
+        for proc in root.children(recursive=True):
+            try:
+                seconds[proc.pid] = _cpu_seconds(proc)
+            except psutil.Error:
+                pass
+        return seconds
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = usage()
+        time.sleep(0.5)
+        after = usage()
+        if sum(after[pid] - before[pid] for pid in after.keys() & before.keys()) < share * 0.5:
+            break
+    return time.monotonic() - started
 
 
 def _process_name(proc: psutil.Process) -> str:
@@ -243,8 +325,8 @@ def _done_times(mosaic: Path) -> list[float]:
 
 
 def _model_only(checkpoint: Path, scene: Path, mosaic: Path, tiles, *, batch_size: int, device: str, threads: int,
-                max_batches: int) -> tuple[float, int]:
-    """Seconds per tile of the model alone on the run's batches, and the tiles timed.
+                max_batches: int) -> tuple[float, int, float]:
+    """Seconds per tile of the model alone on the run's batches, the tiles timed, other work's CPU share.
 
     The model is loaded by :class:`TilePredictor` itself (same threads, same
     cuDNN flags, channels_last on CUDA) and forwarded with
@@ -273,12 +355,13 @@ def _model_only(checkpoint: Path, scene: Path, mosaic: Path, tiles, *, batch_siz
                       for tile in batch]
             inputs.append(np.stack(arrays))
         predict_logits(predictor.model, inputs[0], predictor.device)  # warm-up: allocator, oneDNN/cuDNN plans
+        contention, own = _Contention(), _cpu_seconds(psutil.Process())
         started = time.perf_counter()
         for array in inputs:
             predict_logits(predictor.model, array, predictor.device)  # returns on the CPU: synchronised
         seconds = time.perf_counter() - started
         timed = sum(len(batch) for batch in batches)
-        return seconds / timed, timed
+        return seconds / timed, timed, contention.share(_cpu_seconds(psutil.Process()) - own)
     finally:
         predictor.close()
         del predictor
@@ -302,6 +385,16 @@ def _random_checkpoint(folder: Path, arch: str, encoder: str, options: dict):
 def _sig(value: float, digits: int = 4) -> float:
     """Round to significant digits: rates of a tiny test scene and of a GPU run both stay readable."""
     return float(f"{value:.{digits}g}")
+
+
+@contextlib.contextmanager
+def _timed_ray_session(address: str | None):
+    """Start (or attach to) Ray and yield how long that took."""
+    from geoseg.runtime import ray_session  # Ray is imported only when a benchmark runs
+
+    started = time.perf_counter()
+    with ray_session(address):
+        yield time.perf_counter() - started
 
 
 def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size: int = 4, workers: int = 1,
@@ -363,16 +456,19 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         tiles = plan_tiles(size, size, tile_size=tile_size, halo=halo)
         load_before = os.getloadavg()[0]
 
-        wall_start = time.time()
-        with MemorySampler() as memory:
+        # Ray itself is started before the clock: a cluster has it running already, and
+        # the embedded start-up is a once-per-job cost, reported as ray_start_s.
+        with MemorySampler() as memory, _timed_ray_session(address) as ray_start_s:
+            wall_start = time.time()
             started = time.perf_counter()
             run_predict(job, address=address, log=log)
             end_to_end = time.perf_counter() - started
         mosaic = Path(job.output_dir) / "mosaic.zarr"
         done = _done_times(mosaic)
 
+        quiet_wait = _wait_until_quiet(psutil.Process())
         device = "cuda" if use_gpu else "cpu"
-        per_tile, timed = _model_only(checkpoint, scene, mosaic, tiles, batch_size=batch_size, device=device,
+        per_tile, timed, model_only_other_cpu = _model_only(checkpoint, scene, mosaic, tiles, batch_size=batch_size, device=device,
                                       threads=cpus_per_worker, max_batches=model_only_batches)
         load_after = os.getloadavg()[0]
     finally:
@@ -394,6 +490,8 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         per_tile_steady = (done[-1] - done[first - 1]) / (len(done) - first)
         steady_rate = mpix / (per_tile_steady * len(tiles))
         first_batch_s = done[first - 1] - wall_start
+    # After the last tile: Ray Data teardown, overviews, the final rename.
+    tail_s = end_to_end - (done[-1] - wall_start) if done else None
     if use_gpu and torch.cuda.is_available():
         device_name = f"cuda:{torch.cuda.get_device_name(0)}"
     else:
@@ -403,18 +501,23 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         "tiles": len(tiles), "workers": workers, "batch_size": batch_size, "device": device_name,
         "arch": arch, "encoder": encoder, "options": options,
         "end_to_end_s": round(end_to_end, 2),
+        "ray_start_s": round(ray_start_s, 2),
         "end_to_end_mpix_s": _sig(e2e_rate),
         "model_only_mpix_s": _sig(model_rate),
         "model_only_tiles_timed": timed,
         "efficiency": _sig(e2e_rate / model_rate),
         "first_batch_done_s": None if first_batch_s is None else round(first_batch_s, 2),
+        "after_last_tile_s": None if tail_s is None else round(tail_s, 2),
         "steady_mpix_s": None if steady_rate is None else _sig(steady_rate),
         "steady_efficiency": None if steady_rate is None else _sig(steady_rate / model_rate),
         "peak_rss_mb": round(memory.peak_total / 2**20, 1),
         "peak_rss_driver_mb": round(memory.peak_driver / 2**20, 1),
         "memory_metric": memory.metric,
+        "peak_rss_sum_mb": round(memory.peak_rss_sum / 2**20, 1),
         "peak_processes": memory.peak_processes,
-        "memory_samples": memory.samples, "memory_sampler_busy_s": round(memory.busy_s, 2),
+        "memory_samples": memory.samples, "memory_pss_samples": memory.pss_samples,
+        "memory_sampler_busy_s": round(memory.busy_s, 2),
+        "other_cpu_share": round(memory.other_cpu_share, 3), "model_only_other_cpu_share": round(model_only_other_cpu, 3), "quiet_wait_s": round(quiet_wait, 1),
         "peak_by_process_mb": {name: round(value / 2**20, 1) for name, value in
                                sorted(memory.peak_by_name.items(), key=lambda kv: -kv[1])[:4]},
         "cpu_s_by_process": {name: round(value, 1) for name, value in

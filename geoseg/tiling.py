@@ -75,11 +75,20 @@ def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
     return np.where(idx >= length, period - idx, idx)
 
 
-def check_tile_size(tile_size: int, stride: int, arch: str) -> str | None:
-    """Return an error message if the model cannot take ``tile_size``, else None."""
-    if tile_size % stride == 0:
-        return None
-    lower = max(stride, (tile_size // stride) * stride)
-    upper = math.ceil(tile_size / stride) * stride
-    return (f"{tile_size} is not divisible by {arch}'s output stride {stride}; "
-            f"use {upper}" + (f" or {lower}" if lower != upper else ""))
+def check_tile_size(tile_size: int, stride: int, arch: str, halo: int = 0) -> str | None:
+    """Return an error message if the model cannot take this tiling, else None.
+
+    The tile must be a multiple of the stride for the model to run at all, and
+    so must the halo (hence the core): otherwise tiles sample the model's
+    downsampling grid at different phases than the whole image, leaving seams.
+    """
+    if tile_size % stride:
+        lower = max(stride, (tile_size // stride) * stride)
+        upper = math.ceil(tile_size / stride) * stride
+        return (f"{tile_size} is not divisible by {arch}'s output stride {stride}; "
+                f"use {upper}" + (f" or {lower}" if lower != upper else ""))
+    if halo % stride:
+        return (f"halo {halo} is not a multiple of {arch}'s output stride {stride}, so tile cores would fall "
+                f"off the model's grid and leave seams; use halo {math.ceil(halo / stride) * stride}"
+                + (f" or {halo // stride * stride}" if halo > stride else ""))
+    return None

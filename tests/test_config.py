@@ -74,3 +74,10 @@ def test_yaml_is_loaded_safely(tmp_path):
 def test_missing_job_file(tmp_path):
     with pytest.raises(JobConfigError, match="job file not found"):
         load_job(tmp_path / "nope.yaml")
+
+
+def test_auto_halo_resolves_to_the_measured_context(tmp_path):
+    job = load_job(write(tmp_path, {**MINIMAL, "tiling": {"tile_size": 1024, "halo": "auto"}}))
+    assert job.tiling.halo == 288 and job.tiling.core == 1024 - 2 * 288  # unet/resnet18: radius 281 → 288
+    lines = problems(tmp_path, {**MINIMAL, "tiling": {"tile_size": 512, "halo": "auto"}})
+    assert "leaves no core with unet's safe halo 288" in lines[0]

@@ -35,3 +35,9 @@ def test_tile_round_trips_through_a_plain_dict():
 
     tile = plan_tiles(900, 900, tile_size=256, halo=16)[5]
     assert Tile.from_row({k: np.int64(v) for k, v in tile.as_row().items()}) == tile
+
+
+def test_halo_off_the_stride_grid_is_refused_with_a_fix():
+    message = check_tile_size(512, 32, "unet", halo=16)
+    assert "halo 16" in message and "use halo 32" in message
+    assert check_tile_size(512, 32, "unet", halo=64) is None

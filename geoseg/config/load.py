@@ -89,4 +89,21 @@ def load_job(path: str | Path) -> Job:
         job = Job.model_validate(data)
     except ValidationError as exc:
         raise JobConfigError(format_validation_error(source, exc)) from None
-    return _resolve_paths(job, path.resolve().parent)
+    job = _resolve_paths(job, path.resolve().parent)
+    return _resolve_auto_halo(job, source) if job.tiling.halo == "auto" else job
+
+
+def _resolve_auto_halo(job: Job, source: str) -> Job:
+    """Replace ``halo: auto`` by the model's measured safe halo (see geoseg.models.context)."""
+    from geoseg.models.context import safe_halo  # imports torch: only when asked for
+
+    try:
+        halo = safe_halo(job.model.arch, encoder=job.model.encoder, options=dict(job.model.options),
+                         in_channels=len(job.bands) if job.bands else 3)
+    except Exception as exc:  # an unknown arch or encoder is reported by the input checks
+        raise JobConfigError(f"{source}: tiling.halo: cannot measure the context of {job.model.arch!r} ({exc}); "
+                             "give the halo in pixels") from None
+    if job.tiling.tile_size - 2 * halo <= 0:
+        raise JobConfigError(f"{source}: tiling.tile_size: {job.tiling.tile_size} leaves no core with "
+                             f"{job.model.arch}'s safe halo {halo}; use tile_size >= {2 * halo + 256}")
+    return job.model_copy(update={"tiling": job.tiling.model_copy(update={"halo": halo})})

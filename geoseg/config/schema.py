@@ -32,14 +32,24 @@ class ModelSpec(Strict):
 
 class Tiling(Strict):
     tile_size: int = Field(512, gt=0, description="Pixels a side the model sees per prediction tile (core + 2*halo).")
-    halo: int = Field(32, ge=0, description="Context pixels on every side of a tile's core; only the core is written.")
+    halo: int | Literal["auto"] = Field(
+        32, description="Context pixels on every side of a tile's core (only the core is written); a multiple of "
+                        "the model's stride, >= 0, or `auto`: the model's measured receptive-field radius, "
+                        "which makes crop-mode tiles equal whole-image prediction for convolutional models.")
     stitch: Literal["crop", "blend"] = Field(
         "crop", description="crop: keep each tile's core (exact when the halo covers the model's context); "
                             "blend: Hann-weighted average of the overlapping windows (for wide-context models).")
 
+    @field_validator("halo")
+    @classmethod
+    def _halo_not_negative(cls, value):
+        if value != "auto" and value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
     @model_validator(mode="after")
     def _core_positive(self):
-        if self.tile_size - 2 * self.halo <= 0:
+        if self.halo != "auto" and self.tile_size - 2 * self.halo <= 0:
             raise ValueError(
                 f"tile_size {self.tile_size} leaves no core with halo {self.halo}; "
                 f"use tile_size > 2*halo (e.g. {2 * self.halo + 256})"
@@ -49,6 +59,8 @@ class Tiling(Strict):
     @property
     def core(self) -> int:
         """Core pixels a side: the part of each tile written, and the Zarr chunk size."""
+        if self.halo == "auto":
+            raise ValueError("tiling.halo 'auto' must be resolved (load_job does) before the core is known")
         return self.tile_size - 2 * self.halo
 
 

@@ -60,6 +60,11 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, encoder: str =
 
 
 def output_stride(model: torch.nn.Module) -> int:
-    """Input sides must be multiples of this (smp checks the same and fails late)."""
+    """Tile sides (and halos) must be multiples of this.
+
+    Usually the encoder's stride; PAN pools its deepest features 8× further
+    (its FPA block), so it needs 8× that.
+    """
     encoder = getattr(model, "encoder", None)
-    return int(getattr(encoder, "output_stride", 32))
+    stride = int(getattr(encoder, "output_stride", 32))
+    return stride * 8 if type(model).__name__ == "PAN" else stride

@@ -13,6 +13,7 @@ from geoseg.io.mosaic import create_mosaic, done_chunks, open_mosaic
 from geoseg.io.overviews import build_overviews, list_overviews
 from geoseg.io.raster import inspect_scene
 from geoseg.models import output_stride
+from geoseg.models.context import KNOWN_HALOS, has_global_context
 from geoseg.infer.blend import BlendScratch, drop_scratch
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
 from geoseg.stages.paths import JobPaths
@@ -33,9 +34,10 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
             f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the model in {checkpoint} "
             f"expects {len(card['bands'])} of {card['dtype']}; predict imagery like the training scenes")
     stride = output_stride(build_model_from_card(card))
-    problem = check_tile_size(job.tiling.tile_size, stride, card["arch"])
+    problem = check_tile_size(job.tiling.tile_size, stride, card["arch"], job.tiling.halo)
     if problem:
         raise InputRasterError(f"tiling.tile_size: {problem}")
+    _note_seams(card, job, log)
 
     started = time.perf_counter()
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
@@ -85,6 +87,21 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
         f"overviews {levels or 'none'}; wrote {paths.mosaic}")
     return {"tiles": written, "skipped": len(tiles) - len(todo), "seconds": round(seconds, 1),
             "mpix_per_s": round(mpix / seconds, 3), "mosaic": str(paths.mosaic)}
+
+
+def _note_seams(card: dict, job: Job, log) -> None:
+    """Say when crop-mode tiles only approximate whole-image prediction (cheap: known halos only)."""
+    if job.tiling.stitch != "crop":
+        return
+    if has_global_context(card["arch"], card.get("options")):
+        log(f"predict: note: {card['arch']} pools over its whole input, so no halo makes tiles exact; "
+            "`stitch: blend` smooths the seams")
+        return
+    known = KNOWN_HALOS.get(card["arch"]) if card["encoder"] == "resnet18" else None
+    if known and job.tiling.halo < known:
+        log(f"predict: note: halo {job.tiling.halo} is below {card['arch']}/resnet18's receptive-field radius "
+            f"(halo {known}); tiles approximate whole-image prediction near core edges "
+            "(`halo: auto` makes them exact, `stitch: blend` smooths the seams)")
 
 
 def _predict_blended(tiles, todo, checkpoint, scene, partial, job: Job, progress, log) -> int:

@@ -39,9 +39,9 @@ def _check_model(job: Job, source: str, problems: list[str]) -> None:
         problems[-1] = f"{source}: {problems[-1]}"
         return
     stride = output_stride(model)
-    for field, size in (("tiling.tile_size", job.tiling.tile_size),
-                        ("train.tile_size", job.train.tile_size if job.train else None)):
-        message = check_tile_size(size, stride, job.model.arch) if size else None
+    for field, size, halo in (("tiling.tile_size", job.tiling.tile_size, job.tiling.halo),
+                              ("train.tile_size", job.train.tile_size if job.train else None, 0)):
+        message = check_tile_size(size, stride, job.model.arch, halo) if size else None
         if message:
             problems.append(f"{source}: {field}: {message}")
     if job.model.weights and not Path(job.model.weights).is_file():
