@@ -10,8 +10,17 @@ model actors), so the peak is what the whole job cost, not just the driver.
 
 Rates are per *scene* pixel (N² / seconds) for both numbers, so
 ``efficiency = end_to_end_mpix_s / model_only_mpix_s`` is the share of the
-model's speed the pipeline keeps once Ray start-up, reading, mirroring,
-normalising, cropping and Zarr writes are paid for.
+model's speed the pipeline keeps once actor start-up, model load, reading,
+mirroring, normalising, argmax, cropping, Zarr writes and overviews are paid
+for. Starting the embedded Ray itself is timed apart (``ray_start_s``): a
+cluster has Ray running already. ``steady_mpix_s`` times only the tiles after
+the first batch (from the mtimes of the mosaic's per-chunk ``done`` markers),
+so it leaves out start-up and the tail as well.
+
+Timings on a shared machine are only as good as its quiet:
+``other_cpu_share`` (and ``model_only_other_cpu_share``) is the share of all
+cores that *other* processes used while the stage (or the model-only loop)
+ran; compare runs only where both are near 0.
 
 Files (all under ``workdir``):
 
@@ -519,7 +528,7 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         "memory_sampler_busy_s": round(memory.busy_s, 2),
         "other_cpu_share": round(memory.other_cpu_share, 3), "model_only_other_cpu_share": round(model_only_other_cpu, 3), "quiet_wait_s": round(quiet_wait, 1),
         "peak_by_process_mb": {name: round(value / 2**20, 1) for name, value in
-                               sorted(memory.peak_by_name.items(), key=lambda kv: -kv[1])[:4]},
+                               sorted(memory.peak_by_name.items(), key=lambda kv: -kv[1])[:8]},
         "cpu_s_by_process": {name: round(value, 1) for name, value in
                              sorted(memory.cpu_by_name().items(), key=lambda kv: -kv[1])[:8]},
         "km2_per_h": _sig(e2e_rate * 1e6 * PIXEL_SIZE ** 2 / 1e6 * 3600),
