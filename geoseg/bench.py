@@ -34,7 +34,6 @@ Files (all under ``workdir``):
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import platform
@@ -423,7 +422,7 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         model_only_batches: batches timed for the model-only baseline; with
             more batches in the plan an evenly spread subset is timed and scaled.
         address: Ray address (default: embedded local Ray, or ``RAY_ADDRESS``).
-        log: progress and the final JSON line go here.
+        log: progress lines go here; the caller prints the returned dict (the CLI as one JSON line on stdout).
 
     Returns:
         The fields of the JSON line: rates in MPix/s per scene pixel, seconds,
@@ -536,5 +535,4 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         "cpu_count": os.cpu_count(), "load_before": round(load_before, 2), "load_after": round(load_after, 2),
         "python": platform.python_version(),
     }
-    log(json.dumps(result))
     return result

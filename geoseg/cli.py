@@ -81,10 +81,11 @@ def _cmd_bench_predict(args) -> int:
     from geoseg.bench import bench_predict
 
     options = json.loads(args.options) if args.options else None
-    bench_predict(size=args.size, tile_size=args.tile_size, halo=args.halo, batch_size=args.batch_size,
+    result = bench_predict(size=args.size, tile_size=args.tile_size, halo=args.halo, batch_size=args.batch_size,
                   workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.gpu, arch=args.arch,
                   encoder=args.encoder, options=options, workdir=Path(args.workdir) if args.workdir else None,
                   log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(json.dumps(result), flush=True)  # the one line on stdout; progress went to stderr
     return 0
 
 

@@ -65,8 +65,8 @@ def test_bench_predict_tiny_run(tmp_path, ray_local):
     result = bench_predict(size=size, tile_size=tile, halo=halo, batch_size=4, cpus_per_worker=1, options=TINY,
                            workdir=tmp_path, keep=True, log=lines.append)
 
-    printed = json.loads(lines[-1])
-    assert printed == json.loads(json.dumps(result))
+    assert json.loads(json.dumps(result)) == result  # one JSON line, as `geoseg bench predict` prints it
+    assert any("predict: tiles" in line for line in lines)  # progress goes to the log, not the result
     for key in ("bench", "size", "tile", "halo", "core", "tiles", "workers", "batch_size", "device", "arch",
                 "encoder", "end_to_end_s", "end_to_end_mpix_s", "model_only_mpix_s", "model_only_tiles_timed",
                 "efficiency", "peak_rss_mb", "peak_rss_driver_mb", "memory_metric", "km2_per_h", "torch",
@@ -83,6 +83,8 @@ def test_bench_predict_tiny_run(tmp_path, ray_local):
     assert result["end_to_end_mpix_s"] == pytest.approx(size * size / 1e6 / result["end_to_end_s"], rel=0.01)
     assert result["km2_per_h"] == pytest.approx(result["end_to_end_mpix_s"] * 0.25 * 3600, rel=0.01)  # 0.25 m² pixels
     assert result["peak_rss_mb"] > result["peak_rss_driver_mb"] > 0  # Ray's processes are counted
+    assert result["memory_metric"] in ("pss", "rss") and result["peak_processes"] > 1
+    assert 0 <= result["other_cpu_share"] <= 1 and 0 <= result["model_only_other_cpu_share"] <= 1
 
     # The scene is kept for the next run (keep=True); the run's checkpoint and mosaic are gone.
     assert scene_path(tmp_path, size).exists()
