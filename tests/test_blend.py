@@ -55,6 +55,7 @@ def test_blend_mode_runs_through_the_stage_and_leaves_no_scratch(tmp_path, ray_l
     for stitch in ("blend", "crop"):
         job = {"name": stitch, "output_dir": str(tmp_path / stitch), "classes": ["background", "water", "building"],
                "stages": ["predict"], "tiling": {"tile_size": 96, "halo": 16, "stitch": stitch},
+               "model": {"arch": "unet", "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}},
                "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "scores": True},
                "runtime": {"workers": 1, "cpus_per_worker": 1}}
         path = tmp_path / f"{stitch}.yaml"
