@@ -498,7 +498,7 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         per_tile_steady = (done[-1] - done[first - 1]) / (len(done) - first)
         steady_rate = mpix / (per_tile_steady * len(tiles))
         first_batch_s = done[first - 1] - wall_start
-    # After the last tile: Ray Data teardown, overviews, the final rename.
+    # After the last tile: stopping the actors, overviews, the final rename.
     tail_s = end_to_end - (done[-1] - wall_start) if done else None
     if use_gpu and torch.cuda.is_available():
         device_name = f"cuda:{torch.cuda.get_device_name(0)}"

@@ -20,7 +20,7 @@ __all__ = ["Tile", "plan_tiles", "mirror_indices", "check_tile_size"]
 
 @dataclass(frozen=True)
 class Tile:
-    """One unit of prediction work: small and serializable (a Ray Data row)."""
+    """One unit of prediction work: small and serializable (sent to a Ray actor as is)."""
 
     index: int
     row: int  # core's top-left pixel in the scene

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -72,18 +73,22 @@ def test_same_bytes_for_any_batch_size_and_tile_order(small):
     folder, scene, checkpoint = small
     tiles = plan_tiles(300, 300, tile_size=96, halo=16)
     runs = {}
-    for name, batch, shuffle in (("b1", 1, False), ("b8_shuffled", 8, True)):
+    for name, batch, shuffle, callers in (("b1", 1, False, 1), ("b8_shuffled", 8, True, 1),
+                                          ("b3_three_threads", 3, True, 3)):
         mosaic = folder / f"{name}.zarr"
         new_mosaic(mosaic, scene, 64)
         order = list(tiles)
         if shuffle:
             random.Random(1).shuffle(order)
         predictor = TilePredictor(checkpoint, scene, mosaic, threads=2)
-        for start in range(0, len(order), batch):
-            predictor(order[start:start + batch])
+        batches = [order[start:start + batch] for start in range(0, len(order), batch)]
+        # Several threads call one predictor at once, as a Ray actor with two calls in flight does.
+        with ThreadPoolExecutor(callers) as pool:
+            list(pool.map(predictor, batches))
+        predictor.close()
         runs[name] = chunk_bytes(mosaic)
     assert len(runs["b1"]) == len(tiles) * 2
-    assert runs["b1"] == runs["b8_shuffled"]
+    assert runs["b1"] == runs["b8_shuffled"] == runs["b3_three_threads"]
 
 
 def test_same_bytes_for_one_and_two_ray_workers(small, ray_local):

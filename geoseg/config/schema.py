@@ -103,9 +103,12 @@ class EvaluateSpec(Strict):
 
 class RuntimeSpec(Strict):
     address: str | None = Field(None, description="Ray address; null starts the embedded local Ray (or uses RAY_ADDRESS).")
-    workers: int = Field(1, gt=0, description="Training workers (Ray Train) and prediction model actors (Ray Data).")
+    workers: int = Field(1, gt=0, description="Training workers (Ray Train) and prediction model actors (Ray actors).")
     cpus_per_worker: int = Field(2, gt=0, description="CPU cores each worker or actor reserves (and torch threads it uses).")
     use_gpu: bool = Field(False, description="Give each worker one GPU.")
+    dashboard: bool = Field(False, description="Start the embedded Ray's dashboard (http://127.0.0.1:8265) to "
+                            "watch a run; off by default, as it costs a few percent of a laptop's CPU. "
+                            "A cluster's own dashboard is not affected.")
 
 
 class Job(Strict):

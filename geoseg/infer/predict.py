@@ -1,13 +1,23 @@
 """Predict batches of tiles and write their cores into the mosaic. No Ray inside.
 
-A :class:`TilePredictor` lives in one worker (a Ray Data actor, or the test
+A :class:`TilePredictor` lives in one worker (a Ray actor, or the test
 process): it keeps the model, the open scene and the open mosaic, so a batch
 of tile *descriptors* goes in and only tile indexes come out; pixels never
 travel between processes.
+
+It may be called from several threads at once (the Ray actor runs two calls
+concurrently): the forward pass is serialised by a lock, so while one batch
+is in the model the next one is read and normalised and the previous one is
+cropped and written. On a CPU that hides the single-threaded I/O behind the
+multi-threaded model; on a GPU it keeps the device fed. Each thread reads
+through its own GDAL dataset handle (GDAL handles are not thread-safe);
+chunks are still written once each, and a tile's result does not depend on
+which batch or thread it went through, so the bytes do not change.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -67,36 +77,54 @@ class TilePredictor:
         # once, so a small cache (enough for neighbouring halos) loses nothing.
         self._gdal_env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
         self._gdal_env.__enter__()
-        self.scene = rasterio.open(scene)
+        self.scene_path = Path(scene)
+        self._handles: list[rasterio.DatasetReader] = []
+        self._local = threading.local()
+        self._forward_lock = threading.Lock()
         self.mosaic = open_mosaic(mosaic, mode="r+")
         self.scratch = BlendScratch(self.mosaic) if stitch == "blend" else None
 
+    @property
+    def scene(self) -> rasterio.DatasetReader:
+        """This thread's handle on the scene (opened on first use)."""
+        handle = getattr(self._local, "scene", None)
+        if handle is None:
+            handle = self._local.scene = rasterio.open(self.scene_path)
+            self._handles.append(handle)
+        return handle
+
     def __call__(self, tiles: list[Tile]) -> list[int]:
-        inputs, valids = [], []
-        for tile in tiles:
+        inputs = np.empty((len(tiles), len(self.bands), tiles[0].size, tiles[0].size), np.float32)
+        valids = []
+        for i, tile in enumerate(tiles):
             pixels, valid = read_tile(self.scene, tile, self.bands)
-            inputs.append(normalize(pixels, self.mean, self.std))
+            inputs[i] = normalize(pixels, self.mean, self.std)
             valids.append(valid)
-        logits = predict_logits(self.model, np.stack(inputs), self.device)
+        with self._forward_lock:  # one batch in the model at a time; I/O of other calls overlaps it
+            logits = predict_logits(self.model, inputs, self.device)
+        del inputs
         if self.scratch is not None:  # blend mode, first pass: keep whole windows for the blend pass
             for tile, probs in zip(tiles, torch.softmax(logits, dim=1).numpy()):
                 self.scratch.write(tile, probs)
             return [tile.index for tile in tiles]
-        labels = logits.argmax(dim=1).to(torch.uint8).numpy()
-        scores = quantized_scores(logits) if self.mosaic.has_scores else [None] * len(tiles)
-        for tile, label, score, valid in zip(tiles, labels, scores, valids):
-            core = (slice(tile.halo, tile.halo + tile.height), slice(tile.halo, tile.halo + tile.width))
-            label = label[core].copy()
+        logits = logits.numpy()
+        for tile, tile_logits, valid in zip(tiles, logits, valids):
+            # Only the core is kept, so only the core is reduced.
+            core = tile_logits[:, tile.halo:tile.halo + tile.height, tile.halo:tile.halo + tile.width]
+            label = core.argmax(axis=0).astype(np.uint8)
             label[~valid] = 0
-            if score is not None:
-                score = score[(slice(None), *core)].copy()
+            score = None
+            if self.mosaic.has_scores:
+                score = quantized_scores(torch.from_numpy(core[None]))[0]
                 score[:, ~valid] = 0
             write_block(self.mosaic, tile.row, tile.col, label, valid.astype(np.uint8), score)
             mark_done(self.mosaic, tile.row, tile.col)  # only after the pixels are on disk
         return [tile.index for tile in tiles]
 
     def close(self) -> None:
-        self.scene.close()
+        for handle in self._handles:
+            handle.close()
+        self._handles.clear()
         self._gdal_env.__exit__(None, None, None)
 
 

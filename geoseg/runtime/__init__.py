@@ -1,5 +1,24 @@
-"""Ray: the only place geoseg touches it."""
+"""Ray: the only place geoseg touches it.
 
-from geoseg.runtime.ray_jobs import blend_tiles, fit_model, predict_tiles, ray_session
+- :mod:`geoseg.runtime.session`: start or attach to Ray (``ray_session``).
+- :mod:`geoseg.runtime.train_job`: training through Ray Train (``fit_model``).
+- :mod:`geoseg.runtime.predict_pool`: prediction through Ray Data actors
+  (``predict_tiles``, ``blend_tiles``).
+
+The names are loaded lazily: a prediction actor imports
+``geoseg.runtime.predict_pool`` in a fresh process, and must not pay for
+importing Ray Train on the way.
+"""
+
+from importlib import import_module
 
 __all__ = ["blend_tiles", "fit_model", "predict_tiles", "ray_session"]
+
+_HOMES = {"ray_session": "session", "fit_model": "train_job", "predict_tiles": "predict_pool",
+          "blend_tiles": "predict_pool"}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(import_module(f"geoseg.runtime.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'geoseg.runtime' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Predict stage: tile plan → Ray Data model actors → chunk-aligned Zarr mosaic."""
+"""Predict stage: tile plan → a pool of Ray model actors → chunk-aligned Zarr mosaic."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
             log(f"predict: tiles {finished}/{len(tiles)}")
 
     runtime = job.runtime
-    with ray_session(address or runtime.address):
+    with ray_session(address or runtime.address, dashboard=runtime.dashboard):
         if job.tiling.stitch == "crop":
             written = predict_tiles(todo, checkpoint=checkpoint, scene=scene.path, mosaic=partial,
                                     batch_size=spec.batch_size, workers=runtime.workers,

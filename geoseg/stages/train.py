@@ -53,7 +53,7 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
     }
     log(f"train: {job.model.arch}/{job.model.encoder}, {spec.epochs} epochs x {spec.steps_per_epoch} steps "
         f"x {spec.batch_size} crops of {spec.tile_size} px on {job.runtime.workers} worker(s)")
-    with ray_session(address or job.runtime.address):
+    with ray_session(address or job.runtime.address, dashboard=job.runtime.dashboard):
         metrics = fit_model(config, name=job.name, storage=paths.ray_storage, checkpoint_out=paths.checkpoint,
                             workers=job.runtime.workers, cpus_per_worker=job.runtime.cpus_per_worker,
                             use_gpu=job.runtime.use_gpu, max_failures=spec.max_failures)
