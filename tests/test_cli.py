@@ -105,7 +105,7 @@ def test_wrong_band_count_for_the_model(tiny, capsys):
 
 
 def test_end_to_end_run_on_a_tiny_scene(tiny):
-    """The real CLI in a subprocess: Ray Train, Ray Data, Zarr, vectors, metrics."""
+    """The real CLI in a subprocess: Ray Train, Ray actors, Zarr, vectors, metrics."""
     folder, scene, labels = tiny
     job = tiny_job(folder, scene, labels, vectorize={"classes": ["water"]})
     result = subprocess.run([sys.executable, "-m", "geoseg.cli", "run", str(job)], capture_output=True, text=True,
@@ -122,6 +122,13 @@ def test_end_to_end_run_on_a_tiny_scene(tiny):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["model"]["mean_iou"] <= 1
     assert metrics["model"]["pixels"] == 192 * 192
+    # Loss and held-out validation mIoU per epoch: in metrics.json, history.json and a plot.
+    epochs = metrics["training"]["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(e["loss"] > 0 and 0 <= e["val_miou"] <= 1 for e in epochs)
+    assert card["training"]["best_epoch"] in (1, 2) and card["training"]["epochs_run"] == 2
+    assert (out / "train" / "history.png").stat().st_size > 1000
+    assert "val mIoU" in result.stdout
     assert (out / "quicklook.png").stat().st_size > 1000
     polygons = gpd.read_file(out / "vectors" / "polygons.gpkg")
     assert set(polygons["class"]) <= {"water"}

@@ -69,6 +69,10 @@ class TrainScene(Strict):
     labels: Path = Field(description="Label polygons (GeoPackage/GeoJSON/Shapefile) with a class-name attribute.")
 
 
+# The names geoseg.train.losses builds (kept here so validating a job does not import torch).
+LOSS_NAMES = ("ce", "weighted_ce", "border_ce", "dice", "focal", "lovasz", "jaccard", "tversky")
+
+
 class TrainSpec(Strict):
     scenes: list[TrainScene] = Field(min_length=1, description="Training scenes with their label polygons.")
     label_field: str = Field("class", description="Attribute of the label polygons holding the class name.")
@@ -80,6 +84,26 @@ class TrainSpec(Strict):
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed for crops, augmentation and initial weights.")
     max_failures: int = Field(0, ge=-1, description="Worker failures Ray Train retries from the last checkpoint (-1: forever).")
+    loss: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0, "dice": 1.0}, description=(
+        "Losses and their weights, summed: ce, weighted_ce (median-frequency class weights), border_ce "
+        "(U-Net border weights; needs label polygons), dice, focal, lovasz, jaccard, tversky."))
+    schedule: Literal["onecycle", "cosine"] = Field("onecycle", description="Learning-rate schedule (AdamW).")
+    validation_fraction: float = Field(0.15, ge=0, lt=0.5, description=(
+        "Share of every training scene held out as a validation strip (never cropped for training); 0: none."))
+    validation_side: Literal["bottom", "top", "left", "right"] = Field("bottom", description="Side of each scene the validation strip lies along.")
+    early_stopping: int | None = Field(None, gt=0, description="Stop after this many epochs without a better validation mIoU; null: run every epoch.")
+    oversample: float = Field(0.5, ge=0, le=1, description="Share of crops centred on a class drawn uniformly among those present (lifts rare classes).")
+    jitter: float = Field(0.1, ge=0, lt=1, description="Photometric jitter: per-band gain 1±jitter and offset ±jitter (in band std); 0: off.")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_losses(cls, value):
+        unknown = sorted(set(value) - set(LOSS_NAMES))
+        if unknown:
+            raise ValueError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSS_NAMES)}")
+        if any(w < 0 for w in value.values()) or not sum(value.values()) > 0:
+            raise ValueError(f"loss weights must be >= 0 with a positive sum (got {value})")
+        return value
 
 
 class PredictSpec(Strict):

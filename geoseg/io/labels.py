@@ -59,30 +59,35 @@ def load_labels(path: str | Path, *, scene: SceneInfo, classes: list[str], field
     return frame[["class_id", "geometry"]].reset_index(drop=True)
 
 
-def rasterize_labels(labels: gpd.GeoDataFrame, scene: SceneInfo, out_path: str | Path, *, block: int = 512) -> Path:
+def rasterize_labels(labels: gpd.GeoDataFrame, scene: SceneInfo, out_path: str | Path, *, block: int = 512,
+                     instances: bool = False) -> Path:
     """Burn ``labels`` onto the scene grid as a tiled uint8 GeoTIFF, one block at a time.
 
     Background is 0; pixels where the scene has no data are :data:`IGNORE`.
-    Written to a temporary name and renamed when complete.
+    With ``instances`` each polygon burns its own id instead (row number + 1,
+    uint32; 0 where there is no polygon or no data), for losses that need to
+    tell touching objects apart. Written to a temporary name and renamed when complete.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_path.with_name(out_path.name + ".partial")
     profile = {
-        "driver": "GTiff", "height": scene.height, "width": scene.width, "count": 1, "dtype": "uint8",
-        "crs": scene.crs, "transform": scene.transform, "nodata": IGNORE, "tiled": True,
+        "driver": "GTiff", "height": scene.height, "width": scene.width, "count": 1,
+        "dtype": "uint32" if instances else "uint8",
+        "crs": scene.crs, "transform": scene.transform, "nodata": 0 if instances else IGNORE, "tiled": True,
         "blockxsize": block, "blockysize": block, "compress": "deflate",
     }
     index = labels.sindex
     with rasterio.open(scene.path) as src, rasterio.open(tmp_path, "w", **profile) as dst:
         for window in iter_blocks(scene.height, scene.width, block):
             hits = np.sort(index.query(box(*window_bounds(window, scene.transform))))  # file order = burn order
-            shapes = [(geom, int(cid)) for geom, cid in zip(labels.geometry.values[hits], labels.class_id.values[hits])]
-            out = np.zeros((int(window.height), int(window.width)), np.uint8)
+            values = hits + 1 if instances else labels.class_id.values[hits]
+            shapes = [(geom, int(value)) for geom, value in zip(labels.geometry.values[hits], values)]
+            out = np.zeros((int(window.height), int(window.width)), profile["dtype"])
             if shapes:
                 out = rasterize(shapes, out_shape=out.shape, transform=window_transform(window, scene.transform),
-                                fill=0, dtype="uint8")
-            out[~read_valid(src, window)] = IGNORE
+                                fill=0, dtype=profile["dtype"])
+            out[~read_valid(src, window)] = 0 if instances else IGNORE
             dst.write(out, 1, window=window)
     os.replace(tmp_path, out_path)
     return out_path

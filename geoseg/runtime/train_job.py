@@ -41,7 +41,8 @@ def _train_worker(config: dict) -> None:
 
     previous = ray.train.get_checkpoint()
     with previous.as_directory() if previous else nullcontext() as resume:
-        train_model(config, rank=context.get_world_rank(), device=ray.train.torch.get_device(),
+        train_model(config, rank=context.get_world_rank(), world=context.get_world_size(),
+                    device=ray.train.torch.get_device(),
                     prepare_model=ray.train.torch.prepare_model, report=report,
                     resume_from=Path(resume) if resume else None)
 

@@ -65,6 +65,8 @@ def run_evaluate(job: Job, *, log=print) -> dict:
     truth = _truth_raster(job, paths)
     matrix, class_names = mosaic_confusion(paths.mosaic, truth)
     report = {"job": job.name, "scene": str(job.predict.scene), "model": scores_from_confusion(matrix, class_names)}
+    if paths.training_history.exists():  # loss and validation mIoU per epoch, from the train stage
+        report["training"] = json.loads(paths.training_history.read_text())
     if job.evaluate.colour_baseline and job.train:
         report["colour_baseline"] = _colour_baseline(job, paths, truth, log)
     mosaic = open_mosaic(paths.mosaic)

@@ -25,6 +25,17 @@ class JobPaths:
     def train_labels(self, index: int) -> Path:
         return self.train_dir / f"labels_{index}.tif"
 
+    def train_instances(self, index: int) -> Path:
+        return self.train_dir / f"instances_{index}.tif"
+
+    @property
+    def training_history(self) -> Path:
+        return self.train_dir / "history.json"
+
+    @property
+    def training_plot(self) -> Path:
+        return self.train_dir / "history.png"
+
     @property
     def ray_storage(self) -> Path:
         return self.train_dir / "ray"

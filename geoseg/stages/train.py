@@ -1,18 +1,27 @@
-"""Train stage: rasterize labels, compute band statistics, fit through Ray Train."""
+"""Train stage: rasterize labels, hold out validation strips, compute band statistics, fit through Ray Train."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 from geoseg import __version__
 from geoseg.config import Job
 from geoseg.io.labels import load_labels, rasterize_labels
 from geoseg.io.raster import inspect_scene
+from geoseg.models import output_stride
 from geoseg.runtime import fit_model, ray_session
 from geoseg.stages.paths import JobPaths
+from geoseg.errors import GeosegError
+from geoseg.train.checkpoint import build_model_from_card, read_card
 from geoseg.train.data import band_statistics
+from geoseg.train.history import plot_history
+from geoseg.train.sampler import LabelIndex, split_area
 
 __all__ = ["run_train"]
+
+_CLASS_WEIGHTED = {"weighted_ce", "border_ce"}
 
 
 def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
@@ -21,13 +30,22 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
     started = time.perf_counter()
     scenes = [inspect_scene(pair.image, field=f"train.scenes[{i}].image", bands=job.bands)
               for i, pair in enumerate(spec.scenes)]
-    pairs = []
+    pairs, instances, train_areas, val_areas, cells = [], [], [], [], []
+    counts = None
     for i, (pair, scene) in enumerate(zip(spec.scenes, scenes)):
         labels = load_labels(pair.labels, scene=scene, classes=job.classes, field=spec.label_field,
                              source=f"train.scenes[{i}].labels")
         out = rasterize_labels(labels, scene, paths.train_labels(i))
+        if "border_ce" in spec.loss:  # U-Net's separation borders need each object's own id
+            instances.append(str(rasterize_labels(labels, scene, paths.train_instances(i), instances=True)))
         log(f"train: rasterized {len(labels)} label polygons of {pair.labels.name} onto {scene.width}x{scene.height} px")
         pairs.append((str(scene.path), str(out)))
+        train_area, val_area = split_area(scene.height, scene.width, spec.validation_fraction, spec.validation_side)
+        index = LabelIndex.build(out, train_area, len(job.classes))
+        counts = index.counts if counts is None else counts + index.counts
+        train_areas.append(_box(train_area))
+        val_areas.append(_box(val_area))
+        cells.append(index.cells)
     mean, std = band_statistics([s.path for s in scenes], scenes[0].bands)
     card = {
         "format": "geoseg-model-card/1",
@@ -44,19 +62,73 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
         "halo": job.tiling.halo,
         "crs": scenes[0].crs.to_string(),
         "pixel_size": [abs(scenes[0].transform.a), abs(scenes[0].transform.e)],
+        "loss": dict(spec.loss),
     }
+    class_weights = None
+    if _CLASS_WEIGHTED & set(spec.loss):
+        from geoseg.train.losses import median_frequency_weights
+
+        class_weights = [float(w) for w in median_frequency_weights(counts)]
+        log("train: median-frequency class weights " + ", ".join(
+            f"{name} {w:.2f}" for name, w in zip(job.classes, class_weights)))
     config = {
-        "card": card, "pairs": pairs, "tile_size": spec.tile_size, "batch_size": spec.batch_size,
+        "card": card, "pairs": pairs, "train_areas": train_areas, "val_areas": val_areas, "cells": cells,
+        "instances": instances or None, "class_weights": class_weights, "loss": dict(spec.loss),
+        "schedule": spec.schedule, "tile_size": spec.tile_size, "batch_size": spec.batch_size,
         "epochs": spec.epochs, "steps_per_epoch": spec.steps_per_epoch, "learning_rate": spec.learning_rate,
-        "weight_decay": spec.weight_decay, "seed": spec.seed,
+        "weight_decay": spec.weight_decay, "seed": spec.seed, "oversample": spec.oversample,
+        "jitter": spec.jitter, "patience": spec.early_stopping,
+        "stride": output_stride(build_model_from_card(card)),
         "initial_weights": str(job.model.weights) if job.model.weights else None,
     }
+    run = _run_name(job, config)
+    config["card"] = {**card, "run": run}  # a rerun of the same job finds its checkpoint by this
+    if _already_trained(paths, run):
+        log(f"train: {paths.checkpoint} already holds this job's model (run {run}); nothing to do")
+        return {"seconds": 0.0, "checkpoint": str(paths.checkpoint), "skipped": True}
+    held_out = f", {spec.validation_fraction:.0%} held out along the {spec.validation_side}" \
+        if spec.validation_fraction else ", no validation"
     log(f"train: {job.model.arch}/{job.model.encoder}, {spec.epochs} epochs x {spec.steps_per_epoch} steps "
-        f"x {spec.batch_size} crops of {spec.tile_size} px on {job.runtime.workers} worker(s)")
+        f"x {spec.batch_size} crops of {spec.tile_size} px on {job.runtime.workers} worker(s){held_out}; "
+        f"loss {' + '.join(f'{w:g} {name}' for name, w in spec.loss.items())}")
     with ray_session(address or job.runtime.address, dashboard=job.runtime.dashboard):
-        metrics = fit_model(config, name=job.name, storage=paths.ray_storage, checkpoint_out=paths.checkpoint,
-                            workers=job.runtime.workers, cpus_per_worker=job.runtime.cpus_per_worker,
-                            use_gpu=job.runtime.use_gpu, max_failures=spec.max_failures)
+        metrics = fit_model(config, name=run, storage=paths.ray_storage,
+                            checkpoint_out=paths.checkpoint, workers=job.runtime.workers,
+                            cpus_per_worker=job.runtime.cpus_per_worker, use_gpu=job.runtime.use_gpu,
+                            max_failures=spec.max_failures)
+    history = metrics.pop("history", [])
+    _write_history(paths, history, metrics)
     seconds = time.perf_counter() - started
-    log(f"train: done in {seconds:.0f} s, final loss {metrics.get('loss', float('nan')):.4f}; wrote {paths.checkpoint}")
+    best = f", best validation mIoU {max(h['val_miou'] or 0 for h in history):.3f} (epoch {metrics['best_epoch']})" \
+        if history and "val_miou" in history[-1] else ""
+    log(f"train: done in {seconds:.0f} s, final loss {metrics.get('loss', float('nan')):.4f}{best}; "
+        f"wrote {paths.checkpoint}, {paths.training_plot}")
     return {"seconds": round(seconds, 1), **metrics, "checkpoint": str(paths.checkpoint)}
+
+
+def _box(window) -> list[int] | None:
+    return None if window is None else [int(window.col_off), int(window.row_off), int(window.width), int(window.height)]
+
+
+def _run_name(job: Job, config: dict) -> str:
+    """Ray Train run name: the same job and data resume their run; a changed job starts a new one."""
+    plain = {k: v for k, v in config.items() if k != "cells"}
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{job.name}-{digest}"
+
+
+def _already_trained(paths: JobPaths, run: str) -> bool:
+    try:
+        return read_card(paths.checkpoint).get("run") == run
+    except GeosegError:  # no checkpoint yet, or an unreadable one: train
+        return False
+
+
+def _write_history(paths: JobPaths, history: list[dict], metrics: dict) -> None:
+    """Loss and validation mIoU per epoch: ``train/history.json`` and a PNG plot."""
+    record = {"epochs": history, "best_epoch": metrics.get("best_epoch"),
+              "stopped_early": bool(metrics.get("stopped_early"))}
+    tmp = paths.training_history.with_name(paths.training_history.name + ".partial")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(paths.training_history)
+    plot_history(history, paths.training_plot)

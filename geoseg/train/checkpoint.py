@@ -14,11 +14,12 @@ from safetensors.torch import load_file, save_file
 from geoseg.errors import CheckpointError
 from geoseg.models import build_model
 
-__all__ = ["WEIGHTS", "CARD", "save_checkpoint", "load_checkpoint", "read_card", "publish_checkpoint",
+__all__ = ["WEIGHTS", "CARD", "BEST_WEIGHTS", "save_checkpoint", "load_checkpoint", "read_card", "publish_checkpoint",
            "build_model_from_card"]
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
+BEST_WEIGHTS = "best_model.safetensors"  # kept by the training loop beside the last epoch's weights
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, card: dict) -> Path:
@@ -69,8 +70,10 @@ def publish_checkpoint(source: str | Path, target: str | Path) -> Path:
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in (WEIGHTS, CARD):
-        shutil.copy2(source / name, tmp / name)
+    # The best validation epoch's weights when the loop kept them, else the last epoch's.
+    best = source / BEST_WEIGHTS
+    shutil.copy2(best if best.is_file() else source / WEIGHTS, tmp / WEIGHTS)
+    shutil.copy2(source / CARD, tmp / CARD)
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)

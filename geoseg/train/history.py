@@ -1,0 +1,37 @@
+"""A picture of a training run: loss and validation mIoU per epoch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot_history"]
+
+
+def plot_history(history: list[dict], out_path: str | Path) -> Path:
+    """Plot training loss (left axis) and validation mIoU (right axis) per epoch into a PNG."""
+    out_path = Path(out_path)
+    epochs = [h["epoch"] for h in history]
+    fig, loss_axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    loss_axis.plot(epochs, [h["loss"] for h in history], "o-", color="tab:red", label="training loss")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("training loss", color="tab:red")
+    validated = [h for h in history if h.get("val_miou") is not None]
+    if validated:
+        miou_axis = loss_axis.twinx()
+        miou_axis.plot([h["epoch"] for h in validated], [h["val_miou"] for h in validated], "s-",
+                       color="tab:blue", label="validation mIoU")
+        miou_axis.set_ylabel("validation mIoU (held-out strip)", color="tab:blue")
+        miou_axis.set_ylim(0, 1)
+    loss_axis.set_title("training history")
+    fig.tight_layout()
+    tmp = out_path.with_name(out_path.name + ".partial.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return out_path

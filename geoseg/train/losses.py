@@ -1,0 +1,362 @@
+"""Training losses by name, combined with weights from the job file.
+
+A job names its loss as ``{name: weight}``, e.g. ``{"ce": 1.0, "dice": 1.0}``;
+:func:`build_loss` turns that into one :class:`CombinedLoss` that returns the
+weighted sum. Every loss skips pixels labelled :data:`~geoseg.io.labels.IGNORE`
+(no data): they add nothing to the value, the normalization or the gradient.
+
+The soft overlap losses come from segmentation-models-pytorch (``smp.losses``,
+``mode="multiclass"``); the cross-entropy family is ``F.cross_entropy`` with
+per-pixel weights. Two smp losses mishandle a batch whose pixels are all
+ignored (``FocalLoss`` returns NaN, ``LovaszLoss`` an empty tensor instead of
+a scalar); they are wrapped to return a zero that still backpropagates.
+
+The weights of ``weighted_ce`` come from :func:`median_frequency_weights`; the
+per-pixel weight maps of ``border_ce`` are built per crop, on the data side,
+with :func:`class_weight_map` and :func:`unet_border_weights` and handed to
+the loss as ``pixel_weights``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from geoseg.errors import JobConfigError
+from geoseg.io.labels import IGNORE
+
+__all__ = [
+    "LOSSES",
+    "CombinedLoss",
+    "build_loss",
+    "class_weight_map",
+    "median_frequency_weights",
+    "unet_border_weights",
+]
+
+LOSSES = ("ce", "weighted_ce", "border_ce", "dice", "focal", "lovasz", "jaccard", "tversky")
+
+# Tversky weights of false positives (alpha) and false negatives (beta). smp's
+# defaults (0.5, 0.5) make it the Dice loss again; 0.3/0.7 favours recall of
+# small classes, as in Salehi et al. (2017).
+TVERSKY_ALPHA, TVERSKY_BETA = 0.3, 0.7
+FOCAL_GAMMA = 2.0
+
+# The U-Net border term is dropped where it is below this fraction of w0; that
+# bounds how far from each instance its distance map must be computed.
+_NEGLIGIBLE = 1e-6
+
+
+# --------------------------------------------------------------------- weights
+
+def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """Median-frequency balancing class weights (Eigen & Fergus, 2015).
+
+    ``freq(c) = counts[c] / counts.sum()`` and ``weight(c) = median(freq) / freq(c)``,
+    the median taken over the classes that occur. A class with no pixels gets
+    weight 0: it never appears as a target, and 0 keeps it from dominating if a
+    stray pixel of it shows up in a crop the counts did not cover.
+
+    Args:
+        counts: (C,) pixel count per class, ignored pixels left out, e.g.
+            ``np.bincount(labels[labels != IGNORE], minlength=C)``.
+
+    Returns:
+        (C,) float64 weights; the median-frequency class has weight 1.
+
+    Raises:
+        ValueError: if counts are not 1-D, are negative, or are all zero.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any() or not np.isfinite(counts).all():
+        raise ValueError(f"class pixel counts must be a 1-D array of counts ≥ 0 (got {counts.tolist()!r})")
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("class pixel counts are all zero: no labelled pixels to balance")
+    freq = counts / total
+    present = freq > 0
+    weights = np.zeros_like(freq)
+    weights[present] = np.median(freq[present]) / freq[present]
+    return weights
+
+
+def class_weight_map(labels: np.ndarray, class_weights: Sequence[float]) -> np.ndarray:
+    """Per-pixel class weights ``w_c(x) = class_weights[labels[x]]``, 0 on ignored pixels.
+
+    Args:
+        labels: (H, W) class labels, :data:`IGNORE` for no data.
+        class_weights: (C,) weight per class.
+
+    Returns:
+        (H, W) float32 weight map, the ``w_c`` of :func:`unet_border_weights`.
+    """
+    labels = np.asarray(labels)
+    table = np.zeros(max(256, int(labels.max(initial=0)) + 1), np.float32)
+    table[:len(class_weights)] = np.asarray(class_weights, np.float32)
+    table[IGNORE] = 0.0
+    return table[labels]
+
+
+def unet_border_weights(instances: np.ndarray, class_weight_map: np.ndarray | None = None, *,
+                        w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+    """U-Net weight map: class balance plus a bonus on the gaps between objects.
+
+    ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))**2 / (2 * sigma**2))``, with
+    ``d1``, ``d2`` the distances (in pixels) to the nearest and second-nearest
+    instance (Ronneberger et al., 2015, eq. 2). As in the paper the border term
+    goes on background pixels only (``instances == 0``): it makes the network
+    learn the thin separating strips between touching objects, which is what
+    keeps them apart when the class mask is polygonized. Pixels inside an
+    instance keep ``w_c``. With fewer than two instances in the crop there is no
+    gap to separate and the border term is 0 everywhere.
+
+    Distances are measured to instances inside the array only (a crop does not
+    see objects beyond its edge). The border term is set to 0 where it is below
+    ``1e-6 * w0``; that lets each instance's distance map be computed in a
+    window around it instead of over the whole crop (fast for many instances).
+
+    Args:
+        instances: (H, W) integer instance ids; 0 = no instance.
+        class_weight_map: (H, W) ``w_c``, e.g. from :func:`class_weight_map`;
+            None means ``w_c = 1`` (plain border-weighted cross-entropy).
+        w0: height of the border term.
+        sigma: width of the border term, in pixels.
+
+    Returns:
+        (H, W) float32 weights.
+    """
+    instances = np.asarray(instances)
+    if instances.ndim != 2:
+        raise ValueError(f"instances must be an (H, W) array of ids (got shape {instances.shape})")
+    if w0 < 0 or sigma <= 0:
+        raise ValueError(f"U-Net border weights need w0 ≥ 0 and sigma > 0 (got w0={w0!r}, sigma={sigma!r})")
+    if class_weight_map is None:
+        base = np.ones(instances.shape, np.float32)
+    else:
+        base = np.asarray(class_weight_map, np.float32)
+        if base.shape != instances.shape:
+            raise ValueError(f"class_weight_map shape {base.shape} does not match instances {instances.shape}")
+    # Compact the ids to 1..n so that find_objects gives one bounding box per instance.
+    ids, compact = np.unique(instances, return_inverse=True)
+    compact = compact.reshape(instances.shape) + 1
+    compact[instances == 0] = 0
+    boxes = ndimage.find_objects(compact)
+    if sum(box is not None for box in boxes) < 2 or w0 == 0:
+        return base.copy()
+
+    # Beyond d1 + d2 > reach the term is negligible; when d2 ≤ reach both nearest
+    # instances lie within reach, so a window of that margin around each
+    # instance holds every pixel whose term matters, with exact distances.
+    reach = sigma * math.sqrt(2.0 * math.log(1.0 / _NEGLIGIBLE))
+    margin = int(math.ceil(reach))
+    d1 = np.full(instances.shape, np.inf)
+    d2 = np.full(instances.shape, np.inf)
+    for label, box in enumerate(boxes, start=1):
+        if box is None:  # the id slot of background 0
+            continue
+        window = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin))
+                       for s, n in zip(box, instances.shape))
+        dist = ndimage.distance_transform_edt(compact[window] != label)
+        near = d1[window]
+        d2[window] = np.minimum(d2[window], np.maximum(near, dist))  # before d1 changes under it
+        d1[window] = np.minimum(near, dist)
+    border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))  # inf distances give exactly 0
+    border[(instances != 0) | (border < _NEGLIGIBLE * w0)] = 0.0
+    return (base + border).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- losses
+
+class _CrossEntropy(torch.nn.Module):
+    """Cross-entropy as a weighted mean over the non-ignored pixels.
+
+    ``sum(w * ce) / sum(w)``: with no weights this is ``F.cross_entropy``'s
+    mean, with class weights it is its ``weight=`` mean, and a border-weighted
+    batch keeps the same scale whatever the share of border pixels. The sum of
+    weights is clamped so an all-ignored batch gives 0, not 0/0.
+    """
+
+    def __init__(self, class_weights: torch.Tensor | None = None, use_pixel_weights: bool = False):
+        super().__init__()
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.use_pixel_weights = use_pixel_weights
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
+                pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+        per_pixel = F.cross_entropy(logits, targets, reduction="none", ignore_index=IGNORE)
+        valid = targets != IGNORE
+        weights = valid.to(per_pixel.dtype)
+        if self.class_weights is not None:
+            # .to(): the caller may leave this module on the CPU while the logits are on a GPU.
+            table = self.class_weights.to(per_pixel.device, per_pixel.dtype)
+            weights = weights * table[targets.masked_fill(~valid, 0)]
+        if self.use_pixel_weights:
+            if pixel_weights is None:
+                raise ValueError("border_ce needs pixel_weights (N, H, W); build them per crop with "
+                                 "unet_border_weights")
+            if pixel_weights.shape != targets.shape:
+                raise ValueError(f"pixel_weights shape {tuple(pixel_weights.shape)} does not match "
+                                 f"targets {tuple(targets.shape)}")
+            weights = weights * pixel_weights.to(per_pixel.dtype)
+        total = weights.sum().clamp_min(torch.finfo(per_pixel.dtype).tiny)
+        return (weights * per_pixel).sum() / total
+
+
+class _SkipAllIgnored(torch.nn.Module):
+    """Run an smp loss, but give 0 (with a gradient) when every pixel is ignored.
+
+    smp's FocalLoss averages over an empty selection (NaN) and LovaszLoss returns
+    an empty (0, C) tensor in that case; both handle partly ignored batches fine.
+    """
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
+                pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+        if not (targets != IGNORE).any():
+            return logits.sum() * 0.0
+        return self.loss(logits, targets)
+
+
+class _Smp(torch.nn.Module):
+    """Adapt an smp loss to the ``(logits, targets, pixel_weights)`` call."""
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
+                pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self.loss(logits, targets)
+
+
+def _make(name: str, class_weights: torch.Tensor | None) -> torch.nn.Module:
+    kw = {"mode": "multiclass", "ignore_index": IGNORE}
+    if name == "ce":
+        return _CrossEntropy()
+    if name == "weighted_ce":
+        return _CrossEntropy(class_weights)
+    if name == "border_ce":  # the class balance is already in the pixel weights (w_c)
+        return _CrossEntropy(use_pixel_weights=True)
+    if name == "dice":
+        return _Smp(smp.losses.DiceLoss(**kw))
+    if name == "jaccard":
+        return _Smp(smp.losses.JaccardLoss(**kw))
+    if name == "tversky":
+        return _Smp(smp.losses.TverskyLoss(alpha=TVERSKY_ALPHA, beta=TVERSKY_BETA, **kw))
+    if name == "focal":
+        return _SkipAllIgnored(smp.losses.FocalLoss(gamma=FOCAL_GAMMA, **kw))
+    if name == "lovasz":
+        return _SkipAllIgnored(smp.losses.LovaszLoss(**kw))
+    raise AssertionError(name)  # names are validated before
+
+
+class CombinedLoss(torch.nn.Module):
+    """Weighted sum of named losses; build it with :func:`build_loss`.
+
+    Call it as ``loss(logits, targets, pixel_weights=None)`` with logits
+    (N, C, H, W), integer targets (N, H, W) and, when :attr:`needs_pixel_weights`,
+    per-pixel weights (N, H, W) from :func:`unet_border_weights`. Returns a
+    scalar tensor.
+
+    Attributes:
+        weights: ``{name: weight}`` of the terms summed (zero weights dropped).
+        needs_pixel_weights: True when ``border_ce`` is a term.
+        needs_class_weights: True when ``weighted_ce`` or ``border_ce`` is a term
+            (``border_ce`` takes them through its pixel weights' ``w_c``).
+    """
+
+    def __init__(self, weights: Mapping[str, float], num_classes: int,
+                 class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.weights = dict(weights)
+        self.num_classes = num_classes
+        self.terms = torch.nn.ModuleDict({name: _make(name, class_weights) for name in self.weights})
+        self.needs_pixel_weights = "border_ce" in self.weights
+        self.needs_class_weights = bool({"weighted_ce", "border_ce"} & self.weights.keys())
+
+    def parts(self, logits: torch.Tensor, targets: torch.Tensor,
+              pixel_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Each term's unweighted value, by name (for logging)."""
+        if logits.ndim != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be (N, {self.num_classes}, H, W) (got {tuple(logits.shape)})")
+        if targets.shape != logits.shape[:1] + logits.shape[2:]:
+            raise ValueError(f"targets shape {tuple(targets.shape)} does not match logits {tuple(logits.shape)}")
+        # Sums over a whole batch of pixels lose too much precision in bf16/fp16.
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        targets = targets.long()
+        return {name: term(logits, targets, pixel_weights) for name, term in self.terms.items()}
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
+                pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+        parts = self.parts(logits, targets, pixel_weights)
+        return sum(self.weights[name] * value for name, value in parts.items())
+
+
+def _check_spec(spec) -> dict[str, float]:
+    """Validate ``train.loss``; raise one JobConfigError listing every problem."""
+    choices = ", ".join(LOSSES)
+    if not isinstance(spec, Mapping) or not spec:
+        raise JobConfigError(f"train.loss: must map loss names to weights, e.g. {{ce: 1.0, dice: 1.0}} "
+                             f"(got {spec!r}); choose from {choices}")
+    problems, weights = [], {}
+    for name, weight in spec.items():
+        if name not in LOSSES:
+            close = difflib.get_close_matches(str(name), LOSSES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"train.loss: unknown loss {name!r}{hint}; choose from {choices}")
+            continue
+        number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+        if not number or not math.isfinite(weight) or weight < 0:
+            problems.append(f"train.loss.{name}: weight must be a number ≥ 0 (got {weight!r})")
+            continue
+        weights[name] = float(weight)
+    if not problems and sum(weights.values()) == 0:
+        problems.append(f"train.loss: weights must not all be 0 (got {dict(spec)!r})")
+    if problems:
+        raise JobConfigError(problems)
+    return {name: w for name, w in weights.items() if w > 0}
+
+
+def build_loss(spec: Mapping[str, float], *, num_classes: int,
+               class_weights: Sequence[float] | None = None) -> CombinedLoss:
+    """Build the training loss the job names, e.g. ``{"ce": 1.0, "dice": 1.0}``.
+
+    Names (:data:`LOSSES`): ``ce``; ``weighted_ce`` (class weights, see
+    :func:`median_frequency_weights`); ``border_ce`` (per-pixel weights, see
+    :func:`unet_border_weights`); ``dice``, ``jaccard``, ``tversky``
+    (alpha=0.3, beta=0.7), ``focal`` (gamma=2), ``lovasz`` (Lovász-Softmax),
+    from ``smp.losses`` in multiclass mode. Terms with weight 0 are left out.
+
+    Note that smp's multiclass FocalLoss is a one-vs-rest *sigmoid* focal loss
+    averaged over classes, and its Dice/Jaccard/Tversky average over all C
+    classes with 0 for those absent from the batch.
+
+    Args:
+        spec: ``{name: weight}``, weights ≥ 0 and not all 0.
+        num_classes: number of classes C (the logits' channels).
+        class_weights: (C,) weights, needed for ``weighted_ce``.
+
+    Raises:
+        JobConfigError: unknown names or bad weights (all problems at once).
+        ValueError: ``weighted_ce`` without ``class_weights``, or a wrong length.
+    """
+    weights = _check_spec(spec)
+    tensor = None
+    if class_weights is not None:
+        tensor = torch.as_tensor(np.asarray(class_weights, np.float32))
+        if tensor.shape != (num_classes,) or (tensor < 0).any() or not torch.isfinite(tensor).all():
+            raise ValueError(f"class_weights must be {num_classes} numbers ≥ 0 (got {list(class_weights)!r})")
+    if "weighted_ce" in weights and tensor is None:
+        raise ValueError("weighted_ce needs class_weights; compute them with median_frequency_weights")
+    return CombinedLoss(weights, num_classes, tensor)
