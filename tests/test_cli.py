@@ -142,3 +142,20 @@ def test_end_to_end_run_on_a_tiny_scene(tiny):
     with rasterio.open(cog) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert src.crs.to_epsg() == 32633 and src.shape == (192, 192)
+
+
+def test_tiles_are_checked_against_the_checkpoints_model_not_the_jobs(tiny, capsys):
+    """predict.checkpoint holds a PAN (stride 256): 96-pixel tiles do not fit it, whatever `model:` says."""
+    import torch
+
+    from geoseg.models import build_model
+    from geoseg.train import save_checkpoint
+
+    folder, scene, labels = tiny
+    torch.manual_seed(0)
+    card = {"arch": "pan", "encoder": "resnet18", "options": {}, "classes": ["background", "water", "vegetation"],
+            "bands": [1, 2, 3], "dtype": "uint8", "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3}}
+    checkpoint = save_checkpoint(folder / "pan", build_model("pan", in_channels=3, num_classes=3), card)
+    job = tiny_job(folder, scene, labels, stages=["predict"],
+                   predict={"scene": str(scene), "checkpoint": str(checkpoint)})
+    assert_one_line_error(capsys, job, "tiling.tile_size", "pan", str(checkpoint))

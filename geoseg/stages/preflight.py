@@ -15,7 +15,7 @@ from geoseg.io.raster import SceneInfo, inspect_scene
 from geoseg.models import ARCHITECTURES, build_model, output_stride
 from geoseg.stages.paths import JobPaths
 from geoseg.tiling import check_tile_size
-from geoseg.train.checkpoint import read_card
+from geoseg.train.checkpoint import build_model_from_card, read_card
 
 __all__ = ["check_job_inputs"]
 
@@ -46,6 +46,16 @@ def _check_model(job: Job, source: str, problems: list[str]) -> None:
             problems.append(f"{source}: {field}: {message}")
     if job.model.weights and not Path(job.model.weights).is_file():
         problems.append(f"{source}: model.weights: file not found: {job.model.weights}")
+
+
+def _check_checkpoint_stride(job: Job, source: str, card: dict, checkpoint: Path, problems: list[str]) -> None:
+    """The checkpoint's model, not the job's `model:`, is what predicts: check the tiles against its stride."""
+    model = _collect(problems, build_model_from_card, card)
+    if model is None:
+        return
+    message = check_tile_size(job.tiling.tile_size, output_stride(model), card["arch"], job.tiling.halo)
+    if message:
+        problems.append(f"{source}: tiling.tile_size: {message} (for the {card['arch']} model in {checkpoint})")
 
 
 def _check_band_match(scene: SceneInfo, reference: SceneInfo, field: str, problems: list[str]) -> None:
@@ -83,6 +93,9 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
             if card is not None and (len(card["bands"]) != len(scene.bands) or card["dtype"] != scene.dtype):
                 problems.append(f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the "
                                 f"model in {checkpoint} was trained on {len(card['bands'])} of {card['dtype']}")
+            if card is not None and (card["arch"], card["encoder"], card.get("options", {})) != (
+                    job.model.arch, job.model.encoder, dict(job.model.options)):
+                _check_checkpoint_stride(job, source, card, checkpoint, problems)
         if scene is not None and "evaluate" in stages and job.evaluate:
             labels = Path(job.evaluate.labels)
             if labels.suffix.lower() in (".tif", ".tiff"):
