@@ -84,15 +84,23 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
                      field=job.train.label_field, source=f"train.scenes[{i}].labels")
     needs_scene = {"predict", "evaluate"} & set(stages)
     if needs_scene and job.predict:
-        scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=bands)
-        if scene is not None and first is not None:
-            _check_band_match(scene, first, "predict.scene", problems)
-        if scene is not None and "train" not in stages and "predict" in stages:
+        card = checkpoint = None
+        if "train" not in stages and "predict" in stages:  # an existing model predicts: its card rules
             checkpoint = job.predict.checkpoint or JobPaths.of(job).checkpoint
             card = _collect(problems, read_card, checkpoint)
-            if card is not None and (len(card["bands"]) != len(scene.bands) or card["dtype"] != scene.dtype):
+            if card is not None and bands and list(bands) != list(card["bands"]):
+                problems.append(f"{source}: bands: {list(bands)} differs from the bands the model in {checkpoint} "
+                                f"was trained on ({card['bands']}); remove `bands:` or set it to {card['bands']}")
+        # Prediction reads the card's bands when the job names none (as run_predict does).
+        scene_bands = bands or (card["bands"] if card is not None else None)
+        scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=scene_bands)
+        if scene is not None and first is not None:
+            _check_band_match(scene, first, "predict.scene", problems)
+        if scene is not None and card is not None:
+            if len(card["bands"]) != len(scene.bands) or card["dtype"] != scene.dtype:
                 problems.append(f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the "
-                                f"model in {checkpoint} was trained on {len(card['bands'])} of {card['dtype']}")
+                                f"model in {checkpoint} was trained on {len(card['bands'])} of {card['dtype']}; "
+                                "predict imagery like the training scenes, or choose them with `bands:`")
             if card is not None and (card["arch"], card["encoder"], card.get("options", {})) != (
                     job.model.arch, job.model.encoder, dict(job.model.options)):
                 _check_checkpoint_stride(job, source, card, checkpoint, problems)
