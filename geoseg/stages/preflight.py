@@ -91,9 +91,11 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
             if card is not None and bands and list(bands) != list(card["bands"]):
                 problems.append(f"{source}: bands: {list(bands)} differs from the bands the model in {checkpoint} "
                                 f"was trained on ({card['bands']}); remove `bands:` or set it to {card['bands']}")
-        # Prediction reads the card's bands when the job names none (as run_predict does).
-        scene_bands = bands or (card["bands"] if card is not None else None)
-        scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=scene_bands)
+        scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=bands)
+        if scene is not None and card is not None and not bands and \
+                all(1 <= b <= scene.count and b != scene.alpha for b in card["bands"]):
+            # Prediction reads the card's bands when the job names none (as run_predict does).
+            scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=card["bands"])
         if scene is not None and first is not None:
             _check_band_match(scene, first, "predict.scene", problems)
         if scene is not None and card is not None:
