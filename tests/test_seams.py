@@ -5,18 +5,22 @@ Tiles are cut with the real ``plan_tiles`` + ``mirror_indices`` and run with
 by the halo (numpy ``reflect``, and up to a multiple of the stride), cropped
 back. Models are tiny (shallow encoders, narrow decoders) so that every
 architecture runs on images of a few dozen pixels in a few seconds on 2 cores.
+torchvision's fcn_resnet50 and deeplabv3_resnet50 are fixed recipes that cannot
+be shrunk: they get their own tests, on scenes of 8 × 16 pixels.
 """
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from geoseg.infer.predict import predict_logits
 from geoseg.models import build_model
 from geoseg.models.context import (EXACT_TILING, GLOBAL_CONTEXT, GLOBAL_HALO_CAP, KNOWN_HALOS, NOT_EQUIVARIANT,
                                    context_radius, exact_tiling, has_global_context, measure_halo, safe_halo,
                                    tiling_stride)
-from geoseg.models.registry import ARCHITECTURES
+from geoseg.models.registry import ARCHITECTURES, TORCHVISION_ARCHITECTURES
 from geoseg.tiling import mirror_indices, plan_tiles
 
 CPU = torch.device("cpu")
@@ -35,7 +39,10 @@ SMALL = {
     "manet": dict(encoder_depth=3, decoder_channels=[32, 16, 8], decoder_pab_channels=8),
     "pan": dict(decoder_channels=16),
     "upernet": dict(encoder_depth=3, decoder_channels=32),
+    "fcn_resnet50": {},  # torchvision's recipes take no options
+    "deeplabv3_resnet50": {},
 }
+FULL_SIZE = set(TORCHVISION_ARCHITECTURES)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -120,7 +127,7 @@ def test_every_architecture_is_classified():
 SCENE = (24, 40)
 
 
-@pytest.mark.parametrize("arch", sorted(EXACT_TILING))
+@pytest.mark.parametrize("arch", sorted(EXACT_TILING - FULL_SIZE))
 def test_tiles_equal_whole_image_when_halo_covers_context(arch):
     model = small_model(arch)
     stride = tiling_stride(arch, model)
@@ -169,7 +176,7 @@ def test_align_corners_upsampling_is_what_breaks_segformer():
     assert seam_gap(model, scene, stride=stride, halo=halo) < 1e-5
 
 
-@pytest.mark.parametrize("arch", sorted(set(GLOBAL_CONTEXT) - {"pan"}))
+@pytest.mark.parametrize("arch", sorted(set(GLOBAL_CONTEXT) - {"pan"} - FULL_SIZE))
 def test_global_context_seams_shrink_but_do_not_vanish(arch):
     model = small_model(arch)
     stride = tiling_stride(arch, model)
@@ -180,6 +187,69 @@ def test_global_context_seams_shrink_but_do_not_vanish(arch):
     no_halo, wide = (seam_gap(model, scene, stride=stride, halo=halo) for halo in (0, round_up(128, stride)))
     assert wide < no_halo / 2, (no_halo, wide)
     assert wide > 1e-4, wide  # honest: no finite halo makes these exact
+
+
+class _Record(TorchFunctionMode):
+    """Every torch function a forward pass calls, with its keyword arguments (not the nested ones)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _calls(arch: str, side: int = 64) -> list:
+    model = small_model(arch)
+    with _Record() as record, torch.no_grad():
+        model(torch.zeros(1, 3, side, side))
+    return record.calls
+
+
+def test_fcn_resnet50_is_local_with_one_integer_bilinear_upsample():
+    """Why fcn_resnet50 tiles exactly: no operator mixes all pixels, and its one resampling,
+    bilinear with align_corners=False by exactly its stride, keeps a fixed grid on every tile."""
+    calls = _calls("fcn_resnet50")
+    mixing = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.softmax, torch.softmax, torch.matmul, torch.bmm,
+              F.group_norm, F.instance_norm, F.layer_norm, F.grid_sample}
+    assert not [func for func, _, _ in calls if func in mixing]
+    resampling = [(args, kwargs) for func, args, kwargs in calls if func is F.interpolate]
+    assert len(resampling) == 1
+    (features, *_), kwargs = resampling[0]
+    assert kwargs["mode"] == "bilinear" and kwargs["align_corners"] is False
+    assert tuple(kwargs["size"]) == (64, 64) and tuple(features.shape[-2:]) == (8, 8)  # × 8, the stride
+
+
+def test_deeplabv3_resnet50_pools_its_whole_input():
+    assert any(func is F.adaptive_avg_pool2d for func, _, _ in _calls("deeplabv3_resnet50"))  # ASPPPooling
+
+
+def test_fcn_resnet50_tiles_equal_whole_image_at_its_known_halo():
+    """~10 s on one core: resnet50 on two 472-pixel tiles and the 472 × 480 whole image."""
+    model = small_model("fcn_resnet50")
+    stride, halo = tiling_stride("fcn_resnet50", model), safe_halo("fcn_resnet50")
+    assert (stride, halo) == (8, 232)  # exact radius 229 (measured; slow test below re-measures it)
+    scene = image(8, 16)
+    tiled = tiled_logits(model, scene, core=stride, halo=halo)
+    whole = whole_logits(model, scene, halo=halo, stride=stride)
+    assert (tiled.argmax(0) == whole.argmax(0)).all()
+    np.testing.assert_allclose(tiled, whole, rtol=1e-6, atol=1e-5)  # logits reach ~300 with random BN
+    assert seam_gap(model, scene, stride=stride, halo=96, core=stride) > 1e-1  # a short halo shows seams
+
+
+def test_deeplabv3_resnet50_seams_do_not_vanish():
+    model = small_model("deeplabv3_resnet50")
+    stride = tiling_stride("deeplabv3_resnet50", model)
+    assert stride == 8
+    assert context_radius(model, in_channels=3, stride=stride, probe=64) is None  # sees the whole input
+    # Its local paths alone (ASPP rate 36 at stride 8: 288 px) outreach GLOBAL_HALO_CAP, hence the cap.
+    assert context_radius(model, in_channels=3, stride=stride, probe=256, local_only=True) is None
+    assert safe_halo("deeplabv3_resnet50") == GLOBAL_HALO_CAP
+    # On a scene this small the seams do not even shrink from halo 0 to 64 (measured 0.06 -> 2.2).
+    assert seam_gap(model, image(8, 16), stride=stride, halo=64, core=stride) > 1e-2
 
 
 @pytest.mark.slow
@@ -215,12 +285,15 @@ def test_known_halos_are_stride_multiples():
         stride = tiling_stride(arch, build_model(arch, in_channels=3, num_classes=2))  # resnet18 defaults
         assert safe_halo(arch) == halo and halo % stride == 0 and halo >= stride
         assert halo <= GLOBAL_HALO_CAP or not has_global_context(arch)
+    for arch in TORCHVISION_ARCHITECTURES:  # "resnet50" names the same fixed backbone as the default
+        assert safe_halo(arch, encoder="resnet50") == KNOWN_HALOS[arch]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_known_halos_match_measurement(arch):
-    """Minutes on 2 cores: re-measures resnet18's default context for every architecture."""
+    """Minutes on 2 cores: re-measures the default context for every architecture
+    (torchvision's resnet50s: probes of 512 pixels, about a minute each)."""
     torch.manual_seed(0)
     stride = tiling_stride(arch, build_model(arch, in_channels=3, num_classes=2))
     halo = measure_halo(arch)

@@ -1,5 +1,7 @@
-"""Model registry over segmentation-models-pytorch."""
+"""Model registry over segmentation-models-pytorch and torchvision."""
 
-from geoseg.models.registry import ARCHITECTURES, build_model, output_stride
+from geoseg.models.registry import (ARCHITECTURES, DEFAULT_ENCODER, ModelInfo, build_model, model_info, output_stride,
+                                    resolve_encoder, smallest_tile)
 
-__all__ = ["ARCHITECTURES", "build_model", "output_stride"]
+__all__ = ["ARCHITECTURES", "DEFAULT_ENCODER", "ModelInfo", "build_model", "model_info", "output_stride",
+           "resolve_encoder", "smallest_tile"]

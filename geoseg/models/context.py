@@ -6,6 +6,11 @@ inside its tile (halo >= context radius) and (b) every tile sees the same
 downsampling phase as the whole image (halo and core multiples of the model's
 stride), with the model in eval mode (BatchNorm uses running statistics).
 
+Resampling is fine when its grid does not depend on the input size: nearest
+upsampling, or bilinear with ``align_corners=False`` by an integer factor
+(torchvision's FCN upsamples its stride-8 logits that way), so a shift by a
+multiple of the stride shifts the output exactly.
+
 Some architectures break (a) or shift-equivariance for any finite halo:
 pooling over the whole input, GroupNorm statistics, attention over all pixels,
 or bilinear upsampling with ``align_corners=True`` (its sampling grid stretches
@@ -27,16 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from geoseg.models.registry import ARCHITECTURES, build_model, output_stride
+from geoseg.models.registry import ARCHITECTURES, DEFAULT_ENCODER, build_model, output_stride, resolve_encoder
 
 __all__ = ["EXACT_TILING", "GLOBAL_CONTEXT", "NOT_EQUIVARIANT", "GLOBAL_HALO_CAP", "KNOWN_HALOS", "exact_tiling",
            "has_global_context", "tiling_stride", "context_radius", "measure_halo", "safe_halo"]
 
 # Tiled == whole (to float round-off) once the halo covers the radius: only local
-# convolutions, nearest upsampling, no resampling in the segmentation head.
-EXACT_TILING = frozenset({"unet", "unetplusplus", "linknet"})
+# convolutions, nearest upsampling, no resampling in the segmentation head; or
+# (fcn_resnet50) one bilinear ×8 with align_corners=False after the whole network.
+EXACT_TILING = frozenset({"unet", "unetplusplus", "linknet", "fcn_resnet50"})
 
-# What lets each other architecture see the whole input (smp 0.6).
+# What lets each other architecture see the whole input (smp 0.6, torchvision 0.29).
 GLOBAL_CONTEXT = {
     "deeplabv3": "ASPP image pooling (AdaptiveAvgPool2d(1))",
     "deeplabv3plus": "ASPP image pooling (AdaptiveAvgPool2d(1))",
@@ -45,6 +51,7 @@ GLOBAL_CONTEXT = {
     "manet": "position attention over all pixels and SE channel pooling",
     "pan": "global pooling in the FPA and GAU blocks",
     "upernet": "pyramid pooling module (PPM)",
+    "deeplabv3_resnet50": "ASPP image pooling (torchvision ASPPPooling, AdaptiveAvgPool2d(1))",
 }
 # Local context, but not shift-equivariant: the head upsamples with bilinear
 # ``align_corners=True``, whose grid depends on the tile size (up to 3/8 of a
@@ -55,10 +62,13 @@ NOT_EQUIVARIANT = {"segformer": "head upsampling with bilinear align_corners=Tru
 # it the seams shrink slowly while the halo costs (core + 2·halo)² / core².
 GLOBAL_HALO_CAP = 256
 
-# measure_halo(arch) for resnet18, default options, 3 bands (smp 0.6), so that
-# the common case costs nothing at run time; tests/test_seams.py re-measures them.
+# measure_halo(arch) for the default encoder (resnet18; torchvision's fixed resnet50),
+# default options, 3 bands (smp 0.6, torchvision 0.29), so that the common case
+# costs nothing at run time; tests/test_seams.py re-measures them (slow).
+# fcn_resnet50: exact receptive-field radius 229 px (1e-6 effective: 225) → 232.
 KNOWN_HALOS = {"unet": 288, "unetplusplus": 288, "linknet": 256, "segformer": 256, "pspnet": 72,
-               "deeplabv3": 256, "deeplabv3plus": 256, "fpn": 256, "manet": 256, "pan": 256, "upernet": 256}
+               "deeplabv3": 256, "deeplabv3plus": 256, "fpn": 256, "manet": 256, "pan": 256, "upernet": 256,
+               "fcn_resnet50": 232, "deeplabv3_resnet50": 256}
 
 
 def _options_global(options: dict | None) -> bool:
@@ -176,7 +186,8 @@ def _measure_halo(arch: str, encoder: str, options_json: str, in_channels: int) 
     return _round_up(radius, stride)
 
 
-def measure_halo(arch: str, *, encoder: str = "resnet18", options: dict | None = None, in_channels: int = 3) -> int:
+def measure_halo(arch: str, *, encoder: str = DEFAULT_ENCODER, options: dict | None = None,
+                 in_channels: int = 3) -> int:
     """Halo (a multiple of the tiling stride) covering the model's measured context.
 
     Exact-tiling models: the exact receptive-field radius, rounded up. Global-
@@ -187,11 +198,12 @@ def measure_halo(arch: str, *, encoder: str = "resnet18", options: dict | None =
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}")
+    encoder = resolve_encoder(arch, encoder)  # one cache entry for torchvision's "resnet18" and "resnet50"
     return _measure_halo(arch, encoder, json.dumps(options or {}, sort_keys=True), in_channels)
 
 
-def safe_halo(arch: str, *, encoder: str = "resnet18", options: dict | None = None, in_channels: int = 3) -> int:
-    """:func:`measure_halo`, from KNOWN_HALOS for resnet18 with default options."""
-    if encoder == "resnet18" and not options and arch in KNOWN_HALOS:
+def safe_halo(arch: str, *, encoder: str = DEFAULT_ENCODER, options: dict | None = None, in_channels: int = 3) -> int:
+    """:func:`measure_halo`, from KNOWN_HALOS for the default encoder with default options."""
+    if not options and arch in KNOWN_HALOS and resolve_encoder(arch, encoder) == resolve_encoder(arch):
         return KNOWN_HALOS[arch]  # the radius does not depend on the number of bands
     return measure_halo(arch, encoder=encoder, options=options, in_channels=in_channels)
