@@ -110,6 +110,20 @@ def _cmd_bench_predict(args) -> int:
     return 0
 
 
+def _cmd_bench_train(args) -> int:
+    import json
+
+    from geoseg.bench_train import bench_train
+
+    options = json.loads(args.options) if args.options else None
+    result = bench_train(size=args.size, tile_size=args.tile_size, batch_size=args.batch_size, epochs=args.epochs,
+                         steps=args.steps, cpus=args.cpus, arch=args.arch, encoder=args.encoder, options=options,
+                         workdir=Path(args.workdir) if args.workdir else None,
+                         log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoseg", description="Segment huge aerial GeoTIFFs into maps.")
     parser.add_argument("--version", action="version", version=f"geoseg {__version__}")
@@ -164,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", help='JSON model options, e.g. \'{"decoder_channels": [128, 64, 32, 16, 8]}\'')
     p.add_argument("--workdir", help="where the synthetic scene and outputs go (default: a temporary folder)")
     p.set_defaults(func=_cmd_bench_predict)
+    p = bench.add_parser("train", help="training samples/s: Ray Train with 1 and 2 workers against a plain loop")
+    p.add_argument("--size", type=int, default=2048, help="synthetic training scene side in pixels (default: 2048)")
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is left out of the rates")
+    p.add_argument("--steps", type=int, default=10, help="steps per epoch")
+    p.add_argument("--cpus", type=int, help="cores in all (default: all of this machine's)")
+    p.add_argument("--arch", default="unet")
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--options", help="JSON model options")
+    p.add_argument("--workdir", help="where the synthetic scene goes (default: a temporary folder)")
+    p.set_defaults(func=_cmd_bench_train)
 
     p = sub.add_parser("models", help="list the model architectures")
     p.add_argument("--encoder", default="resnet18", help="encoder to size them with (default: resnet18)")

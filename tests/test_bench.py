@@ -89,3 +89,20 @@ def test_bench_predict_tiny_run(tmp_path, ray_local):
     # The scene is kept for the next run (keep=True); the run's checkpoint and mosaic are gone.
     assert scene_path(tmp_path, size).exists()
     assert [p.name for p in tmp_path.iterdir()] == [scene_path(tmp_path, size).name]
+
+
+def test_bench_train_tiny_run(tmp_path, ray_local):
+    """`geoseg bench train`: the same loop plain and through Ray Train with 1 and 2 workers, one JSON line."""
+    from geoseg.bench_train import bench_train
+
+    lines = []
+    result = bench_train(size=256, tile_size=64, batch_size=2, epochs=2, steps=2, cpus=2, options=TINY,
+                         workdir=tmp_path, log=lines.append)
+    assert json.loads(json.dumps(result)) == result
+    for key in ("plain_samples_s", "ray_1_samples_s", "ray_2_samples_s"):
+        assert result[key] > 0, key
+    assert result["ray_1_efficiency"] == pytest.approx(result["ray_1_samples_s"] / result["plain_samples_s"], rel=0.01)
+    assert result["ray_2_vs_plain"] == pytest.approx(result["ray_2_samples_s"] / result["plain_samples_s"], rel=0.01)
+    assert sum("train: epoch 2/2" in line for line in lines) == 1  # the plain run logs here; Ray's workers elsewhere
+    assert (tmp_path / "checkpoint_1" / "model.safetensors").exists()
+    assert (tmp_path / "checkpoint_2" / "model.safetensors").exists()

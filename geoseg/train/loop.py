@@ -50,6 +50,26 @@ def _border_weights(ids, target, *, class_weights: np.ndarray):
     return unet_border_weights(ids, class_weight_map(target, class_weights))
 
 
+def _freeze_unused(model: torch.nn.Module, bands: int, size: int) -> int:
+    """Stop tracking parameters the forward pass never uses; return how many tensors that was.
+
+    smp builds the whole encoder even with ``encoder_depth`` < 5 and leaves the
+    deepest stages idle. Their gradients stay empty, which DistributedDataParallel
+    treats as an error (or, with find_unused_parameters, pays for every step).
+    One dry forward/backward in eval mode (no BatchNorm statistics change) finds them.
+    """
+    was_training = model.training
+    model.eval()
+    model(torch.zeros(1, bands, size, size)).float().sum().backward()
+    unused = [p for p in model.parameters() if p.requires_grad and p.grad is None]
+    for parameter in model.parameters():
+        parameter.grad = None
+    for parameter in unused:
+        parameter.requires_grad_(False)
+    model.train(was_training)
+    return len(unused)
+
+
 def _schedule(optimizer, kind: str, total_steps: int, learning_rate: float):
     if kind == "cosine":  # short linear warm-up, then cosine decay to zero
         warmup = max(1, total_steps // 20)
@@ -118,6 +138,7 @@ def train_model(config: dict, *, rank: int = 0, world: int = 1, device: str | to
     model = build_model_from_card(card)
     if config.get("initial_weights"):
         model.load_state_dict(load_file(str(config["initial_weights"])))
+    _freeze_unused(model, len(card["bands"]), int(config["tile_size"]))
     on_gpu = device.type == "cuda"
     model = model.to(device)
     if on_gpu:
@@ -126,7 +147,8 @@ def train_model(config: dict, *, rank: int = 0, world: int = 1, device: str | to
     plain = getattr(model, "module", model)  # unwrapped (DDP) for saving
 
     epochs, steps = int(config["epochs"]), int(config["steps_per_epoch"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config["learning_rate"], weight_decay=config["weight_decay"])
     schedule = _schedule(optimizer, config.get("schedule", "onecycle"), epochs * steps, config["learning_rate"])
     state = {"epoch": -1, "best_miou": -1.0, "best_epoch": 0, "stale": 0, "history": []}
     if resume_from is not None:
@@ -175,7 +197,7 @@ def train_model(config: dict, *, rank: int = 0, world: int = 1, device: str | to
             loss = loss_fn(logits.float(), targets, batch[2] if len(batch) > 2 else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+            torch.nn.utils.clip_grad_norm_(trained, max_norm=1.0)
             optimizer.step()
             schedule.step()
             losses.append(float(loss.detach()))
