@@ -81,3 +81,11 @@ def test_auto_halo_resolves_to_the_measured_context(tmp_path):
     assert job.tiling.halo == 288 and job.tiling.core == 1024 - 2 * 288  # unet/resnet18: radius 281 → 288
     lines = problems(tmp_path, {**MINIMAL, "tiling": {"tile_size": 512, "halo": "auto"}})
     assert "leaves no core with unet's safe halo 288" in lines[0]
+
+
+def test_model_options_may_not_set_what_geoseg_sets(tmp_path):
+    from geoseg.config.schema import Job
+
+    with pytest.raises(Exception, match="in_channels.*set by geoseg"):
+        Job.model_validate({"name": "x", "output_dir": str(tmp_path), "classes": ["a", "b"],
+                            "model": {"arch": "unet", "options": {"in_channels": 4}}})

@@ -29,6 +29,16 @@ class ModelSpec(Strict):
         default_factory=dict,
         description="Extra keyword arguments for the architecture (e.g. encoder_depth, decoder_channels).")
 
+    @field_validator("options")
+    @classmethod
+    def _no_reserved_options(cls, value):
+        # geoseg sets these itself from the job (bands, classes, model.encoder).
+        reserved = sorted({"in_channels", "classes", "num_classes", "encoder", "encoder_name"} & set(value))
+        if reserved:
+            raise ValueError(f"{reserved[0]!r} is set by geoseg (from bands:, classes: or model.encoder); "
+                             "remove it from model.options")
+        return value
+
 
 class Tiling(Strict):
     tile_size: int = Field(512, gt=0, description="Pixels a side the model sees per prediction tile (core + 2*halo).")

@@ -12,7 +12,7 @@ from geoseg.errors import GeosegError, InputRasterError, StageError
 from geoseg.io.mosaic import create_mosaic, done_chunks, open_mosaic
 from geoseg.io.overviews import build_overviews, list_overviews
 from geoseg.io.raster import inspect_scene
-from geoseg.models import output_stride
+from geoseg.models import output_stride, resolve_encoder
 from geoseg.models.context import KNOWN_HALOS, has_global_context
 from geoseg.infer.blend import BlendScratch, drop_scratch
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
@@ -97,9 +97,10 @@ def _note_seams(card: dict, job: Job, log) -> None:
         log(f"predict: note: {card['arch']} pools over its whole input, so no halo makes tiles exact; "
             "`stitch: blend` smooths the seams")
         return
-    known = KNOWN_HALOS.get(card["arch"]) if card["encoder"] == "resnet18" else None
+    encoder = resolve_encoder(card["arch"], card["encoder"])
+    known = KNOWN_HALOS.get(card["arch"]) if encoder == resolve_encoder(card["arch"]) else None
     if known and job.tiling.halo < known:
-        log(f"predict: note: halo {job.tiling.halo} is below {card['arch']}/resnet18's receptive-field radius "
+        log(f"predict: note: halo {job.tiling.halo} is below {card['arch']}/{encoder}'s receptive-field radius "
             f"(halo {known}); tiles approximate whole-image prediction near core edges "
             "(`halo: auto` makes them exact, `stitch: blend` smooths the seams)")
 
