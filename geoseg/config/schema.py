@@ -140,9 +140,9 @@ class RuntimeSpec(Strict):
     workers: int = Field(1, gt=0, description="Training workers (Ray Train) and prediction model actors (Ray actors).")
     cpus_per_worker: int = Field(2, gt=0, description="CPU cores each worker or actor reserves (and torch threads it uses).")
     use_gpu: bool = Field(False, description="Give each worker one GPU.")
-    dashboard: bool = Field(False, description="Start the embedded Ray's dashboard (http://127.0.0.1:8265) to "
-                            "watch a run; off by default, as it costs a few percent of a laptop's CPU. "
-                            "A cluster's own dashboard is not affected.")
+    dashboard: bool = Field(False, description="Start the embedded Ray's dashboard (http://127.0.0.1:8265) for "
+                            "prediction too; off by default, as it costs a few percent of a laptop's CPU. Training "
+                            "always starts it (Ray Train needs its state API). A cluster's own dashboard is not affected.")
 
 
 class Job(Strict):

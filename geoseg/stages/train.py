@@ -91,7 +91,9 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
     log(f"train: {job.model.arch}/{job.model.encoder}, {spec.epochs} epochs x {spec.steps_per_epoch} steps "
         f"x {spec.batch_size} crops of {spec.tile_size} px on {job.runtime.workers} worker(s){held_out}; "
         f"loss {' + '.join(f'{w:g} {name}' for name, w in spec.loss.items())}")
-    with ray_session(address or job.runtime.address, dashboard=job.runtime.dashboard):
+    # Ray Train V2 watches its controller through the dashboard's state API (without it, it logs a
+    # warning every second), so training always starts the dashboard of an embedded Ray.
+    with ray_session(address or job.runtime.address, dashboard=True):
         metrics = fit_model(config, name=run, storage=paths.ray_storage,
                             checkpoint_out=paths.checkpoint, workers=job.runtime.workers,
                             cpus_per_worker=job.runtime.cpus_per_worker, use_gpu=job.runtime.use_gpu,
