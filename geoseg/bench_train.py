@@ -95,7 +95,7 @@ def bench_train(*, size: int = 2048, tile_size: int = 256, batch_size: int = 8, 
         torch.set_num_threads(previous)
         result["plain_samples_s"] = round(_steady_rate(plain["history"], batch_size, steps, 1), 3)
 
-        with ray_session(None):
+        with ray_session(None, dashboard=True):  # as the train stage: Ray Train polls the state API
             for workers in (1, 2):
                 per_worker = max(1, cpus // workers)
                 log(f"bench: Ray Train, {workers} worker(s) x {per_worker} CPU")

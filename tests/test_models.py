@@ -21,13 +21,7 @@ STRIDES = {"unet": 32, "unetplusplus": 32, "deeplabv3": 8, "deeplabv3plus": 16, 
            "fcn_resnet50": 8, "deeplabv3_resnet50": 8}  # resnet18 defaults; torchvision's dilated resnet50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions gain nothing from threads, and spinning threads on shared cores cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registry_has_smp_and_torchvision_architectures():

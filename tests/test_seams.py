@@ -45,13 +45,7 @@ SMALL = {
 FULL_SIZE = set(TORCHVISION_ARCHITECTURES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and spinning threads on shared cores cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model(arch: str) -> torch.nn.Module:
