@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from sklearn.linear_model import LogisticRegression
@@ -50,22 +51,21 @@ def _windows(ds: rasterio.DatasetReader) -> Iterator[Window]:
         yield window
 
 
-def _read(scene: rasterio.DatasetReader, labels: rasterio.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixels as ``(n, bands)`` floats in [0, 1], their labels, and the validity mask."""
-    pixels = scene.read(window=window)
+def _read(scene: rasterio.DatasetReader, labels: rasterio.DatasetReader, window: Window,
+          bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels of ``bands`` as ``(n, bands)`` floats, their labels, and the validity mask."""
+    pixels = scene.read(list(bands), window=window)
     truth = labels.read(1, window=window)
-    valid = np.ones(truth.shape, bool)
-    if scene.nodata is not None:
-        # A pixel is no-data only when *every* band holds the nodata value.
-        valid &= ~np.all(pixels == scene.nodata, axis=0)
+    # GDAL's dataset mask folds nodata (no-data only where every band holds it) and alpha together.
+    valid = scene.dataset_mask(window=window) > 0
     if labels.nodata is not None:
         valid &= truth != labels.nodata
-    scale = float(np.iinfo(pixels.dtype).max) if np.issubdtype(pixels.dtype, np.integer) else 1.0
-    return pixels.reshape(pixels.shape[0], -1).T.astype(np.float32) / scale, truth.ravel(), valid.ravel()
+    return pixels.reshape(pixels.shape[0], -1).T.astype(np.float32), truth.ravel(), valid.ravel()
 
 
 def colour_baseline(train_scene: Path, train_labels: Path, survey_scene: Path, survey_labels: Path,
-                    class_names: Sequence[str], *, sample_pixels: int = 200_000, seed: int = 0) -> dict:
+                    class_names: Sequence[str], *, bands: Sequence[int] | None = None,
+                    sample_pixels: int = 200_000, seed: int = 0) -> dict:
     """Score a per-pixel colour classifier trained on one scene, on another.
 
     Args:
@@ -73,6 +73,7 @@ def colour_baseline(train_scene: Path, train_labels: Path, survey_scene: Path, s
             (class indices, same grid).
         survey_scene, survey_labels: the scene to score, likewise.
         class_names: names of classes ``0..n-1`` of the label rasters.
+        bands: 1-based bands to classify on (the model's); default: every band but alpha.
         sample_pixels: number of valid training pixels to fit on.
         seed: seed of the pixel sample.
 
@@ -89,13 +90,15 @@ def colour_baseline(train_scene: Path, train_labels: Path, survey_scene: Path, s
     rng = np.random.default_rng(seed)
 
     scene, labels = _open_pair(Path(train_scene), Path(train_labels))
+    if bands is None:
+        bands = [i for i, kind in enumerate(scene.colorinterp, 1) if kind != ColorInterp.alpha]
     with scene, labels:
         # Bernoulli thinning per window with a slight surplus, then an exact draw:
         # one pass, memory bounded by the sample, not by the scene.
         keep_prob = min(1.0, 1.25 * sample_pixels / (scene.width * scene.height))
         xs, ys = [], []
         for window in _windows(scene):
-            x, y, valid = _read(scene, labels, window)
+            x, y, valid = _read(scene, labels, window, bands)
             valid &= y < num_classes
             valid &= rng.random(valid.shape) < keep_prob
             xs.append(x[valid])
@@ -106,6 +109,10 @@ def colour_baseline(train_scene: Path, train_labels: Path, survey_scene: Path, s
         x, y = x[pick], y[pick]
     if len(np.unique(y)) < 2:
         raise InputRasterError(f"{train_labels}: fewer than two classes among the sampled valid pixels; nothing to learn")
+    # Standardised per band with the training sample's statistics, so 8-bit, 12-bit-in-uint16
+    # and 16-bit imagery all reach the regularised fit on the same scale.
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    x = (x - mean) / std
     model = LogisticRegression(max_iter=1000)
     model.fit(x, y)
 
@@ -113,9 +120,9 @@ def colour_baseline(train_scene: Path, train_labels: Path, survey_scene: Path, s
     scene, labels = _open_pair(Path(survey_scene), Path(survey_labels))
     with scene, labels:
         for window in _windows(scene):
-            x, truth, valid = _read(scene, labels, window)
+            x, truth, valid = _read(scene, labels, window, bands)
             pred = np.zeros(truth.shape, np.int64)
             if valid.any():
-                pred[valid] = model.predict(x[valid])
+                pred[valid] = model.predict((x[valid] - mean) / std)
             matrix += confusion_matrix(truth, pred, num_classes, valid)
     return scores_from_confusion(matrix, list(class_names))

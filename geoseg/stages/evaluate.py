@@ -56,7 +56,8 @@ def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log) -> dict | None
         frame = load_labels(pair.labels, scene=scene, classes=job.classes, field=job.train.label_field)
         rasterize_labels(frame, scene, train_labels)
     log("evaluate: fitting the per-pixel colour baseline (logistic regression on band values)")
-    return colour_baseline(pair.image, train_labels, job.predict.scene, truth, job.classes)
+    bands = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands).bands
+    return colour_baseline(pair.image, train_labels, job.predict.scene, truth, job.classes, bands=bands)
 
 
 def run_evaluate(job: Job, *, log=print) -> dict:
