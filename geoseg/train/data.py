@@ -20,8 +20,10 @@ def band_statistics(images: list[Path], bands: tuple[int, ...], *, step: int = 4
     total = np.zeros(len(bands))
     total_sq = np.zeros(len(bands))
     count = 0
+    integer = False
     for image in images:
         with rasterio.open(image) as src:
+            integer = integer or np.issubdtype(np.dtype(src.dtypes[0]), np.integer)
             for window in iter_blocks(src.height, src.width):
                 pixels = src.read(list(bands), window=window)[:, ::step, ::step].astype(np.float64)
                 valid = read_valid(src, window)[::step, ::step]
@@ -32,7 +34,11 @@ def band_statistics(images: list[Path], bands: tuple[int, ...], *, step: int = 4
     if count == 0:
         raise ValueError("training scenes have no valid pixels")
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    # A band that is constant in training would otherwise be divided by ~0 and turn
+    # any other value at prediction into a huge input: floor the std at one digital
+    # number for integer imagery (its resolution), and at 1e-6 for float imagery.
+    std = np.maximum(std, 1.0 if integer else 1e-6)
     return mean.tolist(), std.tolist()
 
 
