@@ -160,3 +160,19 @@ def test_tiles_are_checked_against_the_checkpoints_model_not_the_jobs(tiny, caps
     job = tiny_job(folder, scene, labels, stages=["predict"],
                    predict={"scene": str(scene), "checkpoint": str(checkpoint)})
     assert_one_line_error(capsys, job, "tiling.tile_size", "pan", str(checkpoint))
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3plus", "deeplabv3"])
+def test_batch_of_one_is_refused_for_models_that_normalise_pooled_features(tiny, capsys, arch):
+    folder, scene, labels = tiny
+    job = tiny_job(folder, scene, labels)
+    edit_job(job, model={"arch": arch, "encoder": "resnet18", "options": {}}, train__batch_size=1,
+             tiling={"tile_size": 128, "halo": 32})
+    assert_one_line_error(capsys, job, "train.batch_size", arch, "batch_size 2 or more")
+
+
+def test_batch_of_one_is_fine_for_unet(tiny, capsys):
+    folder, scene, labels = tiny
+    job = edit_job(tiny_job(folder, scene, labels), train__batch_size=1)
+    code, err, _ = run_cli(["validate", job], capsys)
+    assert code == 0, err

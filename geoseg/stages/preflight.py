@@ -44,6 +44,9 @@ def _check_model(job: Job, source: str, problems: list[str]) -> None:
         message = check_tile_size(size, stride, job.model.arch, halo) if size else None
         if message:
             problems.append(f"{source}: {field}: {message}")
+    if job.train and job.train.batch_size == 1 and not _trains_on_single_crops(model, job.train.tile_size):
+        problems.append(f"{source}: train.batch_size: {job.model.arch} normalises pooled features over the batch "
+                        "and cannot train on one crop at a time; use batch_size 2 or more")
     if job.model.weights and not Path(job.model.weights).is_file():
         problems.append(f"{source}: model.weights: file not found: {job.model.weights}")
 
@@ -56,6 +59,19 @@ def _check_checkpoint_stride(job: Job, source: str, card: dict, checkpoint: Path
     message = check_tile_size(job.tiling.tile_size, output_stride(model), card["arch"], job.tiling.halo)
     if message:
         problems.append(f"{source}: tiling.tile_size: {message} (for the {card['arch']} model in {checkpoint})")
+
+
+def _trains_on_single_crops(model, size: int) -> bool:
+    """BatchNorm after global pooling (DeepLab's ASPP image pooling) needs more than one value per channel."""
+    import torch
+
+    model.train()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    except ValueError as exc:  # "Expected more than 1 value per channel when training"
+        return "more than 1 value per channel" not in str(exc)
+    return True
 
 
 def _check_band_match(scene: SceneInfo, reference: SceneInfo, field: str, problems: list[str]) -> None:
