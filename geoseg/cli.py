@@ -124,6 +124,14 @@ def _cmd_bench_train(args) -> int:
     return 0
 
 
+def _add_bench_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and work folder, the same for every benchmark."""
+    p.add_argument("--arch", default="unet")
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--options", help='JSON model options, e.g. \'{"decoder_channels": [128, 64, 32, 16, 8]}\'')
+    p.add_argument("--workdir", help="where the synthetic scene and outputs go (default: a temporary folder)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoseg", description="Segment huge aerial GeoTIFFs into maps.")
     parser.add_argument("--version", action="version", version=f"geoseg {__version__}")
@@ -173,10 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cpus-per-worker", type=int, default=2)
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16, channels_last)")
-    p.add_argument("--arch", default="unet")
-    p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--options", help='JSON model options, e.g. \'{"decoder_channels": [128, 64, 32, 16, 8]}\'')
-    p.add_argument("--workdir", help="where the synthetic scene and outputs go (default: a temporary folder)")
+    _add_bench_model_arguments(p)
     p.set_defaults(func=_cmd_bench_predict)
     p = bench.add_parser("train", help="training samples/s: Ray Train with 1 and 2 workers against a plain loop")
     p.add_argument("--size", type=int, default=2048, help="synthetic training scene side in pixels (default: 2048)")
@@ -185,10 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is left out of the rates")
     p.add_argument("--steps", type=int, default=10, help="steps per epoch")
     p.add_argument("--cpus", type=int, help="cores in all (default: all of this machine's)")
-    p.add_argument("--arch", default="unet")
-    p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--options", help="JSON model options")
-    p.add_argument("--workdir", help="where the synthetic scene goes (default: a temporary folder)")
+    _add_bench_model_arguments(p)
     p.set_defaults(func=_cmd_bench_train)
 
     p = sub.add_parser("models", help="list the model architectures")
