@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["Job", "ModelSpec", "Tiling", "TrainScene", "TrainSpec", "PredictSpec", "VectorizeSpec",
-           "EvaluateSpec", "RuntimeSpec", "STAGES"]
+           "EvaluateSpec", "InstanceSpec", "RuntimeSpec", "STAGES"]
 
 STAGES = ("train", "predict", "vectorize", "evaluate")
 
@@ -104,6 +104,9 @@ class TrainSpec(Strict):
     early_stopping: int | None = Field(None, gt=0, description="Stop after this many epochs without a better validation mIoU; null: run every epoch.")
     oversample: float = Field(0.5, ge=0, le=1, description="Share of crops centred on a class drawn uniformly among those present (lifts rare classes).")
     jitter: float = Field(0.1, ge=0, lt=1, description="Photometric jitter: per-band gain 1±jitter and offset ±jitter (in band std); 0: off.")
+    empty_ratio: float = Field(0.1, ge=0, lt=1, description=(
+        "Instance models (Mask R-CNN): share of training crops drawn where no instance is (teaches what is "
+        "not a building); the rest are centred near a random instance."))
 
     @field_validator("loss")
     @classmethod
@@ -128,6 +131,23 @@ class VectorizeSpec(Strict):
     classes: list[str] | None = Field(None, description="Class names to turn into polygons; default: all but the first.")
     simplify_m: float = Field(0.0, ge=0, description="Simplification tolerance in metres (0: exact pixel edges).")
     min_area_m2: float = Field(0.0, ge=0, description="Drop polygons smaller than this.")
+    format: Literal["gpkg", "parquet"] = Field("gpkg", description=(
+        "Vectors in the mosaic CRS: gpkg (GeoPackage) or parquet (GeoParquet); a GeoJSON in EPSG:4326 is always written."))
+    instances: bool = Field(False, description=(
+        "Semantic models: also number every connected region of the vectorized classes across the whole mosaic "
+        "(mosaic.zarr/instances + instances.parquet; a region spanning many chunks is one id). "
+        "Instance models always write them at prediction."))
+
+
+class InstanceSpec(Strict):
+    score_threshold: float = Field(0.5, ge=0, le=1, description="Keep detections at least this confident.")
+    mask_threshold: float = Field(0.5, gt=0, lt=1, description="Mask probability above which a pixel is in the instance.")
+    merge_iou: float = Field(0.5, gt=0, le=1, description=(
+        "Two detections from overlapping tiles are one object when their masks' IoU, counted where both tiles "
+        "saw, reaches this."))
+    merge_ios: float = Field(0.7, gt=0, le=1, description=(
+        "Or when the intersection over the smaller of the two masks (where both tiles saw) reaches this."))
+    min_area_px: int = Field(16, ge=1, description="Drop instances smaller than this many pixels.")
 
 
 class EvaluateSpec(Strict):
@@ -158,6 +178,7 @@ class Job(Strict):
     predict: PredictSpec | None = Field(None, description="Prediction settings (needed by predict and later stages).")
     vectorize: VectorizeSpec = Field(default_factory=VectorizeSpec, description="Polygon export settings.")
     evaluate: EvaluateSpec | None = Field(None, description="Accuracy assessment settings.")
+    instances: InstanceSpec = Field(default_factory=InstanceSpec, description="Instance models (Mask R-CNN): detection thresholds and the cross-tile merge.")
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Where and with what it runs.")
 
     @field_validator("classes")

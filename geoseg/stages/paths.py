@@ -49,6 +49,16 @@ class JobPaths:
         return self.root / "mosaic.zarr"
 
     @property
+    def instance_table(self) -> Path:
+        """One row per id of ``mosaic.zarr/instances`` (see :mod:`geoseg.io.instances`)."""
+        return self.root / "instances.parquet"
+
+    @property
+    def tile_detections(self) -> Path:
+        """Instance models: each tile's raw detections before the cross-tile merge (one .npz per tile)."""
+        return self.root / "detections"
+
+    @property
     def vectors(self) -> Path:
         return self.root / "vectors"
 

@@ -1,0 +1,98 @@
+"""The instance outputs: an ``instances`` array in the mosaic and the instance table.
+
+``mosaic.zarr/instances`` is uint32 (y, x), chunked like ``labels`` (one
+chunk per tile core), 0 where no instance is. Ids run 1..N with no gaps, in
+row-major order of each instance's top-left bounding-box corner, so the same
+predictions always give the same ids.
+
+``instances.parquet`` (beside the mosaic) has one row per id:
+
+=========  =======  ===========================================================
+column     type     meaning
+=========  =======  ===========================================================
+id         uint32   the value in ``instances``
+class_id   uint8    class index (``labels`` holds it under the instance)
+class      string   class name
+score      float32  detection confidence (NaN for connected components)
+row_min    int64    bounding box in mosaic pixels (``*_max`` exclusive)
+col_min    int64
+row_max    int64
+col_max    int64
+area_px    int64    pixels of the instance
+area_m2    float64  the same in square metres
+=========  =======  ===========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from geoseg.errors import InputRasterError
+from geoseg.io.mosaic import MosaicInfo, _layout
+
+__all__ = ["INSTANCES", "TABLE_COLUMNS", "create_instance_array", "write_instance_table", "read_instance_table",
+           "empty_instance_table", "table_from_columns"]
+
+INSTANCES = "instances"
+TABLE_COLUMNS = {"id": "uint32", "class_id": "uint8", "class": "object", "score": "float32",
+                 "row_min": "int64", "col_min": "int64", "row_max": "int64", "col_max": "int64",
+                 "area_px": "int64", "area_m2": "float64"}
+
+
+def create_instance_array(mosaic: MosaicInfo) -> zarr.Array:
+    """Add (or replace) the empty ``instances`` array, with the mosaic's georeferencing attributes."""
+    zarr_format = int(mosaic.group.attrs["geoseg"].get("zarr_format", 2))
+    if INSTANCES in mosaic.group:
+        del mosaic.group[INSTANCES]
+    arr = mosaic.group.create_array(
+        INSTANCES, shape=(mosaic.height, mosaic.width), dtype="uint32", fill_value=0,
+        dimension_names=["y", "x"] if zarr_format == 3 else None, **_layout(mosaic.chunk, zarr_format))
+    attrs = dict(mosaic.labels.attrs)
+    for key in ("flag_values", "flag_meanings", "class_names", "long_name"):
+        attrs.pop(key, None)
+    attrs["long_name"] = "instance id (0: none); see instances.parquet"
+    arr.attrs.update(attrs)
+    return arr
+
+
+def empty_instance_table() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series([], dtype=dtype) for name, dtype in TABLE_COLUMNS.items()})
+
+
+def write_instance_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write the table as Parquet under a temporary name, then rename it into place."""
+    path = Path(path)
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"instance table lacks columns {missing!r}")
+    table = table[list(TABLE_COLUMNS)].astype(TABLE_COLUMNS)
+    tmp = path.with_name(f".{path.name}.partial")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_instance_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise InputRasterError(f"{path}: instance table not found; run `geoseg predict` first")
+    table = pd.read_parquet(path)
+    return table.astype({k: v for k, v in TABLE_COLUMNS.items() if k in table.columns})
+
+
+def table_from_columns(ids, class_ids, class_names, scores, bboxes, areas_px, pixel_area_m2: float) -> pd.DataFrame:
+    """Build the table from per-instance arrays (``bboxes``: (n, 4) row0, col0, row1, col1)."""
+    bboxes = np.asarray(bboxes, dtype=np.int64).reshape(-1, 4)
+    class_ids = np.asarray(class_ids, dtype=np.uint8)
+    areas_px = np.asarray(areas_px, dtype=np.int64)
+    return pd.DataFrame({
+        "id": np.asarray(ids, dtype=np.uint32), "class_id": class_ids,
+        "class": [str(class_names[c]) for c in class_ids], "score": np.asarray(scores, dtype=np.float32),
+        "row_min": bboxes[:, 0], "col_min": bboxes[:, 1], "row_max": bboxes[:, 2], "col_max": bboxes[:, 3],
+        "area_px": areas_px, "area_m2": areas_px * float(pixel_area_m2),
+    })
