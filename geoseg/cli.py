@@ -57,9 +57,9 @@ def _cmd_demo_data(args) -> int:
 
 def _cmd_models(args) -> int:
     from geoseg.errors import ModelError
-    from geoseg.models import ARCHITECTURES, model_info, resolve_encoder
+    from geoseg.models import ARCHITECTURES, is_instance_arch, model_info, resolve_encoder
     from geoseg.models.context import KNOWN_HALOS, exact_tiling
-    from geoseg.models.registry import SMP_ARCHITECTURES, TORCHVISION_BACKBONE
+    from geoseg.models.registry import SMP_ARCHITECTURES
 
     # Sized for 3 bands and 2 classes. halo: the pre-measured safe halo (`halo: auto` measures
     # others); tiling: "exact" when crop mode with that halo equals whole-image prediction,
@@ -67,21 +67,21 @@ def _cmd_models(args) -> int:
     rows, refused = [], []
     for arch, source in ARCHITECTURES.items():
         # --encoder sizes the smp architectures; torchvision's have a fixed backbone.
-        encoder = args.encoder if arch in SMP_ARCHITECTURES else TORCHVISION_BACKBONE
+        encoder = args.encoder if arch in SMP_ARCHITECTURES else resolve_encoder(arch)
         try:
             info = model_info(arch, encoder=encoder)
         except ModelError as exc:
             refused.append(exc)
-            rows.append(f"{arch:<19} {source:<31} {encoder:<14} not available: {exc}")
+            rows.append(f"{arch:<21} {source:<35} {encoder:<14} not available: {exc}")
             continue
         known = arch in KNOWN_HALOS and info.encoder == resolve_encoder(arch)
         halo = str(KNOWN_HALOS[arch]) if known else "-"
-        tiling = "exact (crop)" if exact_tiling(arch) else "blend"
-        rows.append(f"{arch:<19} {source:<31} {info.encoder:<14} {info.parameters:>12,} {info.stride:>6} "
+        tiling = "instances" if is_instance_arch(arch) else "exact (crop)" if exact_tiling(arch) else "blend"
+        rows.append(f"{arch:<21} {source:<35} {info.encoder:<14} {info.parameters:>12,} {info.stride:>6} "
                     f"{info.smallest_tile:>13} {halo:>5}  {tiling}")
     if len(refused) >= len(SMP_ARCHITECTURES):  # no smp architecture takes this encoder: a bad argument
         raise refused[0]
-    _log(f"{'arch':<19} {'source':<31} {'encoder':<14} {'parameters':>12} {'stride':>6} {'smallest tile':>13} "
+    _log(f"{'arch':<21} {'source':<35} {'encoder':<14} {'parameters':>12} {'stride':>6} {'smallest tile':>13} "
          f"{'halo':>5}  tiling")
     for row in rows:
         _log(row)

@@ -96,7 +96,12 @@ def load_job(path: str | Path) -> Job:
 def _resolve_auto_halo(job: Job, source: str) -> Job:
     """Replace ``halo: auto`` by the model's measured safe halo (see geoseg.models.context)."""
     from geoseg.models.context import safe_halo  # imports torch: only when asked for
+    from geoseg.models.instance import is_instance_arch
 
+    if is_instance_arch(job.model.arch):
+        raise JobConfigError(f"{source}: tiling.halo: 'auto' measures a segmentation model's context; for "
+                             f"{job.model.arch} give the halo in pixels, at least half the largest object "
+                             "(tiles then overlap by more than any object, and the merge keeps a whole view)")
     try:
         halo = safe_halo(job.model.arch, encoder=job.model.encoder, options=dict(job.model.options),
                          in_channels=len(job.bands) if job.bands else 3)

@@ -86,6 +86,9 @@ LOSS_NAMES = ("ce", "weighted_ce", "border_ce", "dice", "focal", "lovasz", "jacc
 class TrainSpec(Strict):
     scenes: list[TrainScene] = Field(min_length=1, description="Training scenes with their label polygons.")
     label_field: str = Field("class", description="Attribute of the label polygons holding the class name.")
+    ignore_classes: list[str] = Field(default_factory=list, description=(
+        "Label class names to leave out of training and evaluation (e.g. everything but `building` for a "
+        "building-instance job on labels that also map roads and water)."))
     tile_size: int = Field(256, gt=0, description="Pixels a side of each training crop.")
     batch_size: int = Field(8, gt=0, description="Crops per step per worker.")
     epochs: int = Field(6, gt=0, description="Training epochs.")
@@ -207,6 +210,11 @@ class Job(Strict):
             missing.append("'evaluate' needs a `predict:` section")
         if missing:
             raise ValueError("; ".join(missing))
+        if self.train is not None:
+            clash = sorted(set(self.train.ignore_classes) & set(self.classes))
+            if clash:
+                raise ValueError(f"train.ignore_classes names {clash!r}, which are also in classes:; remove them "
+                                 "from one of the two")
         if self.vectorize.classes:
             unknown = [c for c in self.vectorize.classes if c not in self.classes]
             if unknown:

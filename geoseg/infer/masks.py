@@ -107,16 +107,19 @@ def mask_ios(a: InstanceMask, b: InstanceMask, region: tuple[int, int, int, int]
     return inter / smaller if smaller else 0.0
 
 
-def bbox_pairs(left: list[InstanceMask], right: list[InstanceMask] | None = None) -> np.ndarray:
+def bbox_pairs(left: list[InstanceMask], right: list[InstanceMask] | None = None, margin: int = 0) -> np.ndarray:
     """Index pairs ``(i, j)`` whose bounding boxes overlap (by at least one pixel), as an (n, 2) array.
 
     With one list, each unordered pair ``i < j`` comes once; with two, ``i``
-    indexes ``left`` and ``j`` ``right``. An STR-tree keeps this near-linear.
+    indexes ``left`` and ``j`` ``right``. ``margin`` grows every box by that
+    many pixels first (pairs that come within ``2 * margin`` of each other).
+    An STR-tree keeps this near-linear.
     """
     def boxes(items):
         # Shrunk by a hair so boxes that only share an edge do not count as overlapping.
         bb = np.array([m.bbox for m in items], dtype=np.float64).reshape(-1, 4)
-        return shapely.box(bb[:, 1] + 1e-6, bb[:, 0] + 1e-6, bb[:, 3] - 1e-6, bb[:, 2] - 1e-6)
+        eps = 1e-6 - margin
+        return shapely.box(bb[:, 1] + eps, bb[:, 0] + eps, bb[:, 3] - eps, bb[:, 2] - eps)
 
     if not left or (right is not None and not right):
         return np.zeros((0, 2), dtype=np.int64)

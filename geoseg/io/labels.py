@@ -23,11 +23,12 @@ IGNORE = 255  # label value for pixels without data; losses and metrics skip it
 
 
 def load_labels(path: str | Path, *, scene: SceneInfo, classes: list[str], field: str,
-                source: str = "labels") -> gpd.GeoDataFrame:
+                source: str = "labels", ignore: list[str] | tuple[str, ...] = ()) -> gpd.GeoDataFrame:
     """Read label polygons, check them against the scene and classes, return them in the scene CRS.
 
     The result keeps the file order (later features are burned over earlier
-    ones) and has an integer ``class_id`` column.
+    ones) and has an integer ``class_id`` column. Polygons whose class is in
+    ``ignore`` are left out (any other unknown class name is an error).
     """
     path = Path(path)
     if not path.exists():
@@ -43,10 +44,12 @@ def load_labels(path: str | Path, *, scene: SceneInfo, classes: list[str], field
     if frame.crs is None:
         raise InputVectorError(f"{path}: {source}: labels have no CRS; save them with one (QGIS: Export > Save Features As)")
     names = frame[field].astype(str)
+    if ignore:
+        frame, names = frame[~names.isin(list(ignore))], names[~names.isin(list(ignore))]
     unknown = sorted(set(names) - set(classes))
     if unknown:
         raise InputVectorError(f"{path}: {source}: class names {unknown!r} are not in the job's classes {classes!r}; "
-                               "add them to `classes:` or fix the labels")
+                               "add them to `classes:` or `train.ignore_classes:`, or fix the labels")
     frame = frame.assign(class_id=names.map({name: i for i, name in enumerate(classes)}).astype("uint8"))
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if frame.crs != scene.crs:

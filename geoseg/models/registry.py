@@ -36,11 +36,12 @@ import torch
 from torchvision.models.segmentation import FCN, DeepLabV3, deeplabv3_resnet50, fcn_resnet50
 
 from geoseg.errors import ModelError
+from geoseg.models.instance import INSTANCE_ARCHITECTURES, build_instance_model, is_instance_arch
 from geoseg.tiling import check_tile_size
 
 __all__ = ["ARCHITECTURES", "SMP_ARCHITECTURES", "TORCHVISION_ARCHITECTURES", "DEFAULT_ENCODER",
            "TORCHVISION_BACKBONE", "ModelInfo", "build_model", "resolve_encoder", "output_stride", "smallest_tile",
-           "model_info", "FCNLogits", "DeepLabV3Logits"]
+           "model_info", "FCNLogits", "DeepLabV3Logits", "is_instance_arch"]
 
 
 class FCNLogits(FCN):
@@ -82,7 +83,8 @@ _TORCHVISION = {"fcn_resnet50": (fcn_resnet50, FCNLogits), "deeplabv3_resnet50":
 TORCHVISION_ARCHITECTURES = {name: builder.__name__ for name, (builder, _) in _TORCHVISION.items()}
 # Every architecture → where it comes from (what `geoseg models` lists)
 ARCHITECTURES = {**{name: f"smp.{cls}" for name, cls in SMP_ARCHITECTURES.items()},
-                 **{name: f"torchvision.{fn}" for name, fn in TORCHVISION_ARCHITECTURES.items()}}
+                 **{name: f"torchvision.{fn}" for name, fn in TORCHVISION_ARCHITECTURES.items()},
+                 **INSTANCE_ARCHITECTURES}
 
 DEFAULT_ENCODER = "resnet18"
 TORCHVISION_BACKBONE = "resnet50"
@@ -122,11 +124,13 @@ def resolve_encoder(arch: str, encoder: str = DEFAULT_ENCODER) -> str:
     _check_arch(arch)
     if arch in SMP_ARCHITECTURES:
         return encoder
-    if encoder not in (DEFAULT_ENCODER, TORCHVISION_BACKBONE):
-        raise ModelError(f"model.encoder: {arch} has a fixed {TORCHVISION_BACKBONE} backbone (got {encoder!r}); "
-                         f"remove model.encoder or set it to {TORCHVISION_BACKBONE!r}, or use an smp "
-                         f"architecture (deeplabv3, fpn, ...) for encoder {encoder!r}")
-    return TORCHVISION_BACKBONE
+    backbone = "resnet18" if arch == "maskrcnn_resnet18_fpn" else TORCHVISION_BACKBONE
+    if encoder not in (DEFAULT_ENCODER, backbone):
+        other = ("or use maskrcnn_resnet18_fpn / maskrcnn_resnet50_fpn" if is_instance_arch(arch)
+                 else "or use an smp architecture (deeplabv3, fpn, ...)")
+        raise ModelError(f"model.encoder: {arch} has a fixed {backbone} backbone (got {encoder!r}); "
+                         f"remove model.encoder or set it to {backbone!r}, {other} for encoder {encoder!r}")
+    return backbone
 
 
 def _one_line(exc: BaseException) -> str:
@@ -263,6 +267,9 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, encoder: str =
     """
     _check_arch(arch)
     _check_sizes(in_channels, num_classes)
+    if is_instance_arch(arch):
+        resolve_encoder(arch, encoder)
+        return build_instance_model(arch, in_channels=in_channels, num_classes=num_classes, options=options)
     if arch in TORCHVISION_ARCHITECTURES:
         return _build_torchvision(arch, in_channels, num_classes, encoder, options)
     return _build_smp(arch, in_channels, num_classes, encoder, options)
@@ -317,6 +324,9 @@ def model_info(arch: str, *, encoder: str = DEFAULT_ENCODER, in_channels: int = 
     """Build ``arch`` once (random weights) and describe it."""
     with torch.random.fork_rng(devices=[]):  # listing models must not move the caller's random stream
         model = build_model(arch, in_channels=in_channels, num_classes=num_classes, encoder=encoder, **options)
+    # Mask R-CNN pads any tile to its stride and returns detections, not logits: no size to probe.
+    smallest = (2 * output_stride(model) if is_instance_arch(arch)
+                else smallest_tile(model, arch=arch, in_channels=in_channels))
     return ModelInfo(arch=arch, encoder=resolve_encoder(arch, encoder),
                      parameters=sum(p.numel() for p in model.parameters()), stride=output_stride(model),
-                     smallest_tile=smallest_tile(model, arch=arch, in_channels=in_channels))
+                     smallest_tile=smallest)

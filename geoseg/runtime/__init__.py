@@ -2,8 +2,8 @@
 
 - :mod:`geoseg.runtime.session`: start or attach to Ray (``ray_session``).
 - :mod:`geoseg.runtime.train_job`: training through Ray Train (``fit_model``).
-- :mod:`geoseg.runtime.predict_pool`: prediction through Ray Data actors
-  (``predict_tiles``, ``blend_tiles``).
+- :mod:`geoseg.runtime.predict_pool`: prediction through a pool of Ray actors
+  (``predict_tiles``, ``blend_tiles``, ``detect_tiles``).
 
 The names are loaded lazily: a prediction actor imports
 ``geoseg.runtime.predict_pool`` in a fresh process, and must not pay for
@@ -12,10 +12,10 @@ importing Ray Train on the way.
 
 from importlib import import_module
 
-__all__ = ["blend_tiles", "fit_model", "predict_tiles", "ray_session"]
+__all__ = ["blend_tiles", "detect_tiles", "fit_model", "predict_tiles", "ray_session"]
 
 _HOMES = {"ray_session": "session", "fit_model": "train_job", "predict_tiles": "predict_pool",
-          "blend_tiles": "predict_pool"}
+          "blend_tiles": "predict_pool", "detect_tiles": "predict_pool"}
 
 
 def __getattr__(name: str):

@@ -31,7 +31,7 @@ import ray
 from geoseg.errors import GeosegError, StageError
 from geoseg.tiling import Tile
 
-__all__ = ["predict_tiles", "blend_tiles"]
+__all__ = ["predict_tiles", "blend_tiles", "detect_tiles"]
 
 ACTOR_RESTARTS = 3  # a dead actor process is restarted and its batches retried this many times
 
@@ -46,6 +46,18 @@ class _PredictActor:
 
     def run(self, tiles: list[Tile]) -> list[int]:
         return self.predictor(tiles)
+
+
+class _DetectActor:
+    """Mask R-CNN + open scene per actor; batches of tiles in, tile indexes out (detections go to files)."""
+
+    def __init__(self, checkpoint: str, scene: str, out_dir: str, device: str, threads: int, thresholds: dict):
+        from geoseg.infer.detect import TileDetector
+
+        self.detector = TileDetector(checkpoint, scene, out_dir, device=device, threads=threads, **thresholds)
+
+    def run(self, tiles: list[Tile]) -> list[int]:
+        return self.detector(tiles)
 
 
 class _BlendActor:
@@ -139,3 +151,13 @@ def blend_tiles(tiles: list[Tile], *, scene: Path, mosaic: Path, workers: int,
     """Blend mode's second pass: write each chunk once from the windows covering it."""
     return _run_pool(tiles, _BlendActor, {"scene": str(scene), "mosaic": str(mosaic)}, batch_size=4,
                      workers=workers, cpus=1, gpus=0, progress=progress)
+
+
+def detect_tiles(tiles: list[Tile], *, checkpoint: Path, scene: Path, out_dir: Path, batch_size: int, workers: int,
+                 cpus_per_worker: int, use_gpu: bool, thresholds: dict,
+                 progress: Callable[[int], None] | None = None) -> int:
+    """Run tiles through a pool of Mask R-CNN actors; each tile's detections land in ``out_dir``."""
+    constructor = {"checkpoint": str(checkpoint), "scene": str(scene), "out_dir": str(out_dir),
+                   "device": "cuda" if use_gpu else "cpu", "threads": cpus_per_worker, "thresholds": thresholds}
+    return _run_pool(tiles, _DetectActor, constructor, batch_size=batch_size, workers=workers,
+                     cpus=cpus_per_worker, gpus=1 if use_gpu else 0, progress=progress, calls_per_actor=2)

@@ -28,7 +28,8 @@ def _truth_raster(job: Job, paths: JobPaths) -> Path:
         return labels
     scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
     field = job.train.label_field if job.train else "class"
-    frame = load_labels(labels, scene=scene, classes=job.classes, field=field, source="evaluate.labels")
+    frame = load_labels(labels, scene=scene, classes=job.classes, field=field, source="evaluate.labels",
+                        ignore=job.train.ignore_classes if job.train else ())
     return rasterize_labels(frame, scene, paths.truth)
 
 
@@ -53,7 +54,8 @@ def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log) -> dict | None
     train_labels = paths.train_labels(0)
     if not train_labels.exists():
         scene = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands)
-        frame = load_labels(pair.labels, scene=scene, classes=job.classes, field=job.train.label_field)
+        frame = load_labels(pair.labels, scene=scene, classes=job.classes, field=job.train.label_field,
+                            ignore=job.train.ignore_classes)
         rasterize_labels(frame, scene, train_labels)
     log("evaluate: fitting the per-pixel colour baseline (logistic regression on band values)")
     bands = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands).bands

@@ -8,11 +8,11 @@ import shutil
 import time
 
 from geoseg.config import Job
-from geoseg.errors import GeosegError, InputRasterError, StageError
+from geoseg.errors import GeosegError, InputRasterError, JobConfigError, StageError
 from geoseg.io.mosaic import create_mosaic, done_chunks, open_mosaic
 from geoseg.io.overviews import build_overviews, list_overviews
 from geoseg.io.raster import inspect_scene
-from geoseg.models import output_stride, resolve_encoder
+from geoseg.models import is_instance_arch, output_stride, resolve_encoder
 from geoseg.models.context import KNOWN_HALOS, has_global_context
 from geoseg.infer.blend import BlendScratch, drop_scratch
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
@@ -37,16 +37,28 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
     problem = check_tile_size(job.tiling.tile_size, stride, card["arch"], job.tiling.halo)
     if problem:
         raise InputRasterError(f"tiling.tile_size: {problem}")
-    _note_seams(card, job, log)
+    instance_model = is_instance_arch(card["arch"])
+    if instance_model and job.tiling.stitch != "crop":
+        raise JobConfigError(f"tiling.stitch: {card['arch']} predicts instances, which are merged across tiles, "
+                             "not blended; remove `stitch: blend`")
+    if not instance_model:
+        _note_seams(card, job, log)
 
     started = time.perf_counter()
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
     fingerprint = _fingerprint(scene, checkpoint, job)
-    if _is_complete(paths.mosaic, fingerprint):
+    if instance_model:
+        fingerprint["instances"] = job.instances.model_dump()
+    if _is_complete(paths.mosaic, fingerprint) and (not instance_model or paths.instance_table.exists()):
         if not list_overviews(paths.mosaic):
             build_overviews(paths.mosaic)
         log(f"predict: {paths.mosaic} is already complete for this scene, checkpoint and tiling; nothing to do")
         return {"tiles": 0, "skipped": len(tiles), "seconds": 0.0, "mosaic": str(paths.mosaic)}
+    if instance_model:
+        from geoseg.stages.predict_instances import run_predict_instances
+
+        return run_predict_instances(job, card=card, checkpoint=checkpoint, scene=scene, fingerprint=fingerprint,
+                                     address=address, log=log)
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
     done = _resume_or_create(partial, fingerprint, scene, job, card["classes"], log)
     todo = [tile for tile in tiles if (tile.row // job.tiling.core, tile.col // job.tiling.core) not in done]

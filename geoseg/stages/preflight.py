@@ -12,7 +12,7 @@ from geoseg.config import Job
 from geoseg.errors import GeosegError
 from geoseg.io.labels import load_labels
 from geoseg.io.raster import SceneInfo, inspect_scene
-from geoseg.models import ARCHITECTURES, build_model, output_stride
+from geoseg.models import is_instance_arch, ARCHITECTURES, build_model, output_stride
 from geoseg.stages.paths import JobPaths
 from geoseg.tiling import check_tile_size
 from geoseg.train.checkpoint import build_model_from_card, read_card
@@ -44,7 +44,8 @@ def _check_model(job: Job, source: str, problems: list[str]) -> None:
         message = check_tile_size(size, stride, job.model.arch, halo) if size else None
         if message:
             problems.append(f"{source}: {field}: {message}")
-    if job.train and job.train.batch_size == 1 and not _trains_on_single_crops(model, job.train.tile_size):
+    if job.train and job.train.batch_size == 1 and not is_instance_arch(job.model.arch) \
+            and not _trains_on_single_crops(model, job.train.tile_size):
         problems.append(f"{source}: train.batch_size: {job.model.arch} normalises pooled features over the batch "
                         "and cannot train on one crop at a time; use batch_size 2 or more")
     if job.model.weights and not Path(job.model.weights).is_file():
@@ -97,7 +98,8 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
             else:
                 _check_band_match(scene, first, f"train.scenes[{i}].image", problems)
             _collect(problems, load_labels, pair.labels, scene=scene, classes=job.classes,
-                     field=job.train.label_field, source=f"train.scenes[{i}].labels")
+                     field=job.train.label_field, source=f"train.scenes[{i}].labels",
+                     ignore=job.train.ignore_classes)
     needs_scene = {"predict", "evaluate"} & set(stages)
     if needs_scene and job.predict:
         card = checkpoint = None
@@ -133,5 +135,5 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
             else:
                 field = job.train.label_field if job.train else "class"
                 _collect(problems, load_labels, labels, scene=scene, classes=job.classes, field=field,
-                         source="evaluate.labels")
+                         source="evaluate.labels", ignore=job.train.ignore_classes if job.train else ())
     return problems

@@ -10,13 +10,14 @@ from geoseg import __version__
 from geoseg.config import Job
 from geoseg.io.labels import load_labels, rasterize_labels
 from geoseg.io.raster import inspect_scene
-from geoseg.models import output_stride
+from geoseg.models import is_instance_arch, output_stride
 from geoseg.runtime import fit_model, ray_session
 from geoseg.stages.paths import JobPaths
 from geoseg.errors import GeosegError
 from geoseg.train.checkpoint import build_model_from_card, read_card
 from geoseg.train.data import band_statistics
 from geoseg.train.history import plot_history
+from geoseg.train.instances import instance_centres
 from geoseg.train.sampler import LabelIndex, split_area
 
 __all__ = ["run_train"]
@@ -30,11 +31,25 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
     started = time.perf_counter()
     scenes = [inspect_scene(pair.image, field=f"train.scenes[{i}].image", bands=job.bands)
               for i, pair in enumerate(spec.scenes)]
+    instance_model = is_instance_arch(job.model.arch)
     pairs, instances, train_areas, val_areas, cells = [], [], [], [], []
+    id_classes, centres = [], []
     counts = None
     for i, (pair, scene) in enumerate(zip(spec.scenes, scenes)):
         labels = load_labels(pair.labels, scene=scene, classes=job.classes, field=spec.label_field,
-                             source=f"train.scenes[{i}].labels")
+                             source=f"train.scenes[{i}].labels", ignore=spec.ignore_classes)
+        if instance_model:  # one id per polygon: each polygon is one instance
+            ids = rasterize_labels(labels, scene, paths.train_instances(i), instances=True)
+            train_area, val_area = split_area(scene.height, scene.width, spec.validation_fraction,
+                                              spec.validation_side)
+            pairs.append((str(scene.path), str(ids)))
+            id_classes.append([0] + labels.class_id.astype(int).tolist())
+            centres.append(instance_centres(ids, train_area))
+            train_areas.append(_box(train_area))
+            val_areas.append(_box(val_area))
+            log(f"train: {len(labels)} instances in {pair.labels.name}, {len(centres[-1])} of them in the "
+                f"training area of {scene.path.name}")
+            continue
         out = rasterize_labels(labels, scene, paths.train_labels(i))
         if "border_ce" in spec.loss:  # U-Net's separation borders need each object's own id
             instances.append(str(rasterize_labels(labels, scene, paths.train_instances(i), instances=True)))
@@ -62,10 +77,10 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
         "halo": job.tiling.halo,
         "crs": scenes[0].crs.to_string(),
         "pixel_size": [abs(scenes[0].transform.a), abs(scenes[0].transform.e)],
-        "loss": dict(spec.loss),
+        "loss": {"maskrcnn": 1.0} if instance_model else dict(spec.loss),
     }
     class_weights = None
-    if _CLASS_WEIGHTED & set(spec.loss):
+    if _CLASS_WEIGHTED & set(spec.loss) and not instance_model:
         from geoseg.train.losses import median_frequency_weights
 
         class_weights = [float(w) for w in median_frequency_weights(counts)]
@@ -81,6 +96,9 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
         "stride": output_stride(build_model_from_card(card)),
         "initial_weights": str(job.model.weights) if job.model.weights else None,
     }
+    if instance_model:
+        config.update(id_classes=id_classes, centres=centres, empty_ratio=spec.empty_ratio, loss=None,
+                      oversample=0.0)
     run = _run_name(job, config)
     config["card"] = {**card, "run": run}  # a rerun of the same job finds its checkpoint by this
     if _already_trained(paths, run):
@@ -88,9 +106,12 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
         return {"seconds": 0.0, "checkpoint": str(paths.checkpoint), "skipped": True}
     held_out = f", {spec.validation_fraction:.0%} held out along the {spec.validation_side}" \
         if spec.validation_fraction else ", no validation"
+    losses = ("Mask R-CNN's own (RPN + box + class + mask), "
+              f"{spec.empty_ratio:.0%} of crops without instances" if instance_model
+              else ' + '.join(f'{w:g} {name}' for name, w in spec.loss.items()))
     log(f"train: {job.model.arch}/{job.model.encoder}, {spec.epochs} epochs x {spec.steps_per_epoch} steps "
         f"x {spec.batch_size} crops of {spec.tile_size} px on {job.runtime.workers} worker(s){held_out}; "
-        f"loss {' + '.join(f'{w:g} {name}' for name, w in spec.loss.items())}")
+        f"loss {losses}")
     # Ray Train V2 watches its controller through the dashboard's state API (without it, it logs a
     # warning every second), so training always starts the dashboard of an embedded Ray.
     with ray_session(address or job.runtime.address, dashboard=True):
@@ -101,8 +122,9 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
     history = metrics.pop("history", [])
     _write_history(paths, history, metrics)
     seconds = time.perf_counter() - started
-    best = f", best validation mIoU {max(h['val_miou'] or 0 for h in history):.3f} (epoch {metrics['best_epoch']})" \
-        if history and "val_miou" in history[-1] else ""
+    key, name = ("val_f1", "F1") if instance_model else ("val_miou", "mIoU")
+    best = f", best validation {name} {max(h[key] or 0 for h in history):.3f} (epoch {metrics['best_epoch']})" \
+        if history and key in history[-1] else ""
     log(f"train: done in {seconds:.0f} s, final loss {metrics.get('loss', float('nan')):.4f}{best}; "
         f"wrote {paths.checkpoint}, {paths.training_plot}")
     return {"seconds": round(seconds, 1), **metrics, "checkpoint": str(paths.checkpoint)}
@@ -114,7 +136,7 @@ def _box(window) -> list[int] | None:
 
 def _run_name(job: Job, config: dict) -> str:
     """Ray Train run name: the same job and data resume their run; a changed job starts a new one."""
-    plain = {k: v for k, v in config.items() if k != "cells"}
+    plain = {k: v for k, v in config.items() if k not in ("cells", "centres")}
     digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{job.name}-{digest}"
 

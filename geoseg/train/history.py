@@ -21,12 +21,13 @@ def plot_history(history: list[dict], out_path: str | Path) -> Path:
     loss_axis.plot(epochs, [h["loss"] for h in history], "o-", color="tab:red", label="training loss")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("training loss", color="tab:red")
-    validated = [h for h in history if h.get("val_miou") is not None]
+    key, name = ("val_f1", "F1 at IoU 0.5") if any("val_f1" in h for h in history) else ("val_miou", "mIoU")
+    validated = [h for h in history if h.get(key) is not None]
     if validated:
         miou_axis = loss_axis.twinx()
-        miou_axis.plot([h["epoch"] for h in validated], [h["val_miou"] for h in validated], "s-",
-                       color="tab:blue", label="validation mIoU")
-        miou_axis.set_ylabel("validation mIoU (held-out strip)", color="tab:blue")
+        miou_axis.plot([h["epoch"] for h in validated], [h[key] for h in validated], "s-",
+                       color="tab:blue", label=f"validation {name}")
+        miou_axis.set_ylabel(f"validation {name} (held-out strip)", color="tab:blue")
         miou_axis.set_ylim(0, 1)
     loss_axis.set_title("training history")
     fig.tight_layout()

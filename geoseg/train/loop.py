@@ -27,10 +27,12 @@ from rasterio.windows import Window
 from safetensors.torch import load_file, save_file
 
 from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
+from geoseg.models import is_instance_arch
 from geoseg.train.checkpoint import BEST_WEIGHTS, WEIGHTS, build_model_from_card, save_checkpoint
 from geoseg.train.data import normalize
 from geoseg.train.losses import build_loss, class_weight_map, unet_border_weights
 from geoseg.train.sampler import CropSampler, LabelIndex, validation_windows
+from geoseg.train.instances import InstanceCropSampler, collate_instances, validate_instances
 
 __all__ = ["train_model", "OPTIMIZER_STATE", "BEST_WEIGHTS"]
 
@@ -82,7 +84,7 @@ def _schedule(optimizer, kind: str, total_steps: int, learning_rate: float):
 
 
 def _sum_across_workers(matrix: np.ndarray, device) -> np.ndarray:
-    """Sum a confusion matrix over all workers (no-op for one process)."""
+    """Sum a confusion matrix (or any count array) over all workers (no-op for one process)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return matrix
     tensor = torch.from_numpy(matrix.astype(np.int64)).to(device)
@@ -138,7 +140,9 @@ def train_model(config: dict, *, rank: int = 0, world: int = 1, device: str | to
     model = build_model_from_card(card)
     if config.get("initial_weights"):
         model.load_state_dict(load_file(str(config["initial_weights"])))
-    _freeze_unused(model, len(card["bands"]), int(config["tile_size"]))
+    instance = is_instance_arch(card["arch"])
+    if not instance:  # Mask R-CNN uses every head in training; its forward needs targets
+        _freeze_unused(model, len(card["bands"]), int(config["tile_size"]))
     on_gpu = device.type == "cuda"
     model = model.to(device)
     if on_gpu:
@@ -174,12 +178,22 @@ def train_model(config: dict, *, rank: int = 0, world: int = 1, device: str | to
                    for area, cells in zip(areas, config["cells"])]
     pixel_weights = (functools.partial(_border_weights, class_weights=class_weights)
                      if loss_fn.needs_pixel_weights else None)
-    sampler = CropSampler(config["pairs"], areas=areas, bands=tuple(card["bands"]), size=int(config["tile_size"]),
-                          mean=card["normalization"]["mean"], std=card["normalization"]["std"], seed=seed,
-                          indexes=indexes, oversample=float(config.get("oversample", 0)),
-                          jitter=float(config.get("jitter", 0)), instances=config.get("instances"),
-                          pixel_weights=pixel_weights)
-    loader = iter(torch.utils.data.DataLoader(sampler, batch_size=int(config["batch_size"]), num_workers=0))
+    if instance:
+        sampler = InstanceCropSampler(config["pairs"], id_classes=config["id_classes"], centres=config["centres"],
+                                      areas=areas, bands=tuple(card["bands"]), size=int(config["tile_size"]),
+                                      mean=card["normalization"]["mean"], std=card["normalization"]["std"],
+                                      seed=seed, jitter=float(config.get("jitter", 0)),
+                                      empty_ratio=float(config.get("empty_ratio", 0.1)))
+        loader = iter(torch.utils.data.DataLoader(sampler, batch_size=int(config["batch_size"]), num_workers=0,
+                                                  collate_fn=collate_instances))
+    else:
+        sampler = CropSampler(config["pairs"], areas=areas, bands=tuple(card["bands"]), size=int(config["tile_size"]),
+                              mean=card["normalization"]["mean"], std=card["normalization"]["std"], seed=seed,
+                              indexes=indexes, oversample=float(config.get("oversample", 0)),
+                              jitter=float(config.get("jitter", 0)), instances=config.get("instances"),
+                              pixel_weights=pixel_weights)
+        loader = iter(torch.utils.data.DataLoader(sampler, batch_size=int(config["batch_size"]), num_workers=0))
+    score_name = "val_f1" if instance else "val_miou"
     patience = config.get("patience")
     has_validation = any(a is not None for a in val_areas)
 
@@ -188,13 +202,21 @@ def train_model(config: dict, *, rank: int = 0, world: int = 1, device: str | to
         model.train()
         started, losses = time.perf_counter(), []
         for _ in range(steps):
-            batch = [t.to(device) for t in next(loader)]
-            images, targets = batch[0], batch[1]
-            if on_gpu:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-                logits = model(images)
-            loss = loss_fn(logits.float(), targets, batch[2] if len(batch) > 2 else None)
+            if instance:  # Mask R-CNN computes its own losses (RPN, boxes, classes, masks)
+                images, targets = next(loader)
+                images = [image.to(device) for image in images]
+                targets = [{k: v.to(device) for k, v in target.items()} for target in targets]
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                    loss = sum(model(images, targets).values())
+                loss = loss.float()
+            else:
+                batch = [t.to(device) for t in next(loader)]
+                images, targets = batch[0], batch[1]
+                if on_gpu:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                    logits = model(images)
+                loss = loss_fn(logits.float(), targets, batch[2] if len(batch) > 2 else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, max_norm=1.0)
@@ -206,15 +228,23 @@ def train_model(config: dict, *, rank: int = 0, world: int = 1, device: str | to
                    "learning_rate": float(schedule.get_last_lr()[0]),
                    "seconds": round(seconds, 2), "samples_per_s": round(steps * int(config["batch_size"]) / seconds, 2)}
         improved = True
-        if has_validation:
+        if has_validation and instance:
+            tp, fp, fn = _sum_across_workers(
+                validate_instances(plain, card, config["pairs"], config["id_classes"], val_areas,
+                                   size=2 * int(config["tile_size"]), device=device, rank=rank, world=world), device)
+            metrics["val_f1"] = float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+            metrics.update(val_precision=float(tp / (tp + fp)) if tp + fp else 0.0,
+                           val_recall=float(tp / (tp + fn)) if tp + fn else 0.0)
+            improved = metrics["val_f1"] > state["best_miou"]
+        elif has_validation:
             matrix = validate(plain, card, config["pairs"], val_areas, size=2 * int(config["tile_size"]),
                               stride=int(config.get("stride", 32)), device=device, rank=rank, world=world)
             scores = scores_from_confusion(matrix, card["classes"])
             metrics["val_miou"] = scores["mean_iou"]
             metrics["val_per_class_iou"] = scores["per_class_iou"]
             improved = (scores["mean_iou"] or 0.0) > state["best_miou"]
-        if improved:
-            state["best_miou"] = metrics.get("val_miou") or 0.0
+        if improved:  # state["best_miou"] holds the best validation score: mIoU, or F1 for instance models
+            state["best_miou"] = metrics.get(score_name) or 0.0
             state["best_epoch"], state["stale"] = epoch + 1, 0
             best_weights = {k: v.detach().to("cpu").clone() for k, v in plain.state_dict().items()}
         else:
@@ -225,14 +255,15 @@ def train_model(config: dict, *, rank: int = 0, world: int = 1, device: str | to
         stop = bool(patience) and has_validation and state["stale"] >= int(patience)
         metrics["stopped_early"] = stop
         if rank == 0:
-            val = f", val mIoU {metrics['val_miou']:.3f}" if has_validation else ""
+            val = (f", val {'F1' if instance else 'mIoU'} {metrics[score_name]:.3f}") if has_validation else ""
             log(f"train: epoch {epoch + 1}/{epochs} loss {metrics['loss']:.4f}{val} "
                 f"({metrics['samples_per_s']:.1f} samples/s)")
         if report is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = None
                 if rank == 0:
-                    folder = save_checkpoint(tmp, plain, {**card, "training": _card_summary(state, has_validation)})
+                    folder = save_checkpoint(tmp, plain, {**card, "training": _card_summary(state, has_validation,
+                                                                                            score_name)})
                     save_file(best_weights, str(folder / BEST_WEIGHTS))
                     torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                                 **{k: state[k] for k in ("epoch", "best_miou", "best_epoch", "stale", "history")}},
@@ -240,15 +271,15 @@ def train_model(config: dict, *, rank: int = 0, world: int = 1, device: str | to
                 report(metrics, folder)
         if stop:
             if rank == 0:
-                log(f"train: stopping early: validation mIoU has not improved for {patience} epochs "
+                log(f"train: stopping early: validation {'F1' if instance else 'mIoU'} has not improved for {patience} epochs "
                     f"(best {state['best_miou']:.3f} at epoch {state['best_epoch']})")
             break
     return metrics
 
 
-def _card_summary(state: dict, has_validation: bool) -> dict:
+def _card_summary(state: dict, has_validation: bool, score_name: str = "val_miou") -> dict:
     """What the published model card says about how it was trained."""
     summary = {"epochs_run": state["epoch"] + 1, "best_epoch": state["best_epoch"]}
     if has_validation:
-        summary["val_miou"] = state["best_miou"]
+        summary[score_name] = state["best_miou"]
     return summary

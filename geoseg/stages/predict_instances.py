@@ -1,0 +1,155 @@
+"""Predict stage for instance models: tiles → Mask R-CNN actors → merge across tiles → instance mosaic.
+
+1. Every tile (core + halo, the usual tile plan) goes through a pool of Ray
+   actors running :class:`~geoseg.infer.detect.TileDetector`; each tile's
+   raw detections land in ``detections/tile_NNNNNN.npz``. A rerun skips the
+   tiles whose file exists (the folder is kept only while the scene,
+   checkpoint, tiling and thresholds match).
+2. The driver reads those files and merges duplicates on mask overlap
+   (:func:`~geoseg.infer.merge.merge_detections`), then gives every pixel
+   to one instance (:func:`~geoseg.infer.merge.resolve_overlaps`).
+3. The mosaic is written chunk by chunk (one writer per chunk): ``labels``
+   holds each instance's class, ``instances`` its id, ``valid`` the scene's
+   data mask; ``instances.parquet`` lists every id. Both are written under
+   temporary names and renamed when complete.
+
+The driver holds the detections (bit-packed on disk, a bounding-box crop
+each in memory): memory grows with the number of objects, not the scene's
+pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.windows import Window
+
+from geoseg.config import Job
+from geoseg.errors import StageError
+from geoseg.infer.detect import tile_file
+from geoseg.infer.masks import InstanceMask, load_masks
+from geoseg.infer.merge import merge_detections, resolve_overlaps
+from geoseg.io.instances import create_instance_array, table_from_columns, write_instance_table
+from geoseg.io.mosaic import MosaicInfo, create_mosaic, mark_done, open_mosaic, write_block
+from geoseg.io.overviews import build_overviews
+from geoseg.io.raster import read_valid
+from geoseg.runtime import detect_tiles, ray_session
+from geoseg.stages.paths import JobPaths
+from geoseg.tiling import plan_tiles
+from geoseg.vectorize.export import metres_per_unit
+
+__all__ = ["run_predict_instances", "write_instance_mosaic"]
+
+FINGERPRINT = "fingerprint.json"
+
+
+def _detections_folder(paths: JobPaths, fingerprint: dict, log) -> set[int]:
+    """The tiles already detected under this fingerprint (a stale folder is emptied first)."""
+    folder = paths.tile_detections
+    stamp = folder / FINGERPRINT
+    if folder.exists():
+        try:
+            same = json.loads(stamp.read_text()) == fingerprint
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:
+            log(f"predict: discarding {folder.name}/: it was made with another scene, checkpoint, tiling or thresholds")
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(fingerprint, indent=1))
+    return {int(p.stem.split("_")[1]) for p in folder.glob("tile_*.npz")}
+
+
+def write_instance_mosaic(instances: list[InstanceMask], mosaic: MosaicInfo, scene_path) -> None:
+    """Paint non-overlapping instances (id = position + 1) into ``labels``/``instances``, chunk by chunk."""
+    ids_array = create_instance_array(mosaic)
+    bounds = np.array([i.bbox for i in instances], dtype=np.float64).reshape(-1, 4)
+    tree = shapely.STRtree(shapely.box(bounds[:, 1], bounds[:, 0], bounds[:, 3] - 1e-6, bounds[:, 2] - 1e-6))
+    with rasterio.open(scene_path) as src:
+        for row, col, h, w in mosaic.chunk_windows():
+            ids = np.zeros((h, w), np.uint32)
+            labels = np.zeros((h, w), np.uint8)
+            for k in tree.query(shapely.box(col, row, col + w - 1e-6, row + h - 1e-6)).tolist():
+                instance = instances[k]
+                part = instance.crop((row, col, row + h, col + w))
+                top, left = max(instance.row, row) - row, max(instance.col, col) - col
+                target = (slice(top, top + part.shape[0]), slice(left, left + part.shape[1]))
+                ids[target][part] = k + 1
+                labels[target][part] = instance.class_id
+            valid = read_valid(src, Window(col, row, w, h))
+            ids[~valid], labels[~valid] = 0, 0
+            write_block(mosaic, row, col, labels, valid.astype(np.uint8))
+            ids_array[row:row + h, col:col + w] = ids
+            mark_done(mosaic, row, col)
+
+
+def _table(instances: list[InstanceMask], mosaic: MosaicInfo):
+    pixel_m2 = abs(mosaic.transform.a * mosaic.transform.e) * metres_per_unit(mosaic.crs) ** 2
+    return table_from_columns(
+        ids=np.arange(1, len(instances) + 1), class_ids=[i.class_id for i in instances],
+        class_names=mosaic.class_names, scores=[i.score for i in instances], bboxes=[i.bbox for i in instances],
+        areas_px=[i.area for i in instances], pixel_area_m2=pixel_m2)
+
+
+def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprint: dict, address, log) -> dict:
+    """Detect, merge and write the instance mosaic and table (see the module doc)."""
+    paths = JobPaths.of(job)
+    spec, settings = job.predict, job.instances
+    started = time.perf_counter()
+    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
+    have = _detections_folder(paths, fingerprint, log)
+    todo = [tile for tile in tiles if tile.index not in have]
+    log(f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles (tile "
+        f"{job.tiling.tile_size}, halo {job.tiling.halo}: neighbours overlap by {2 * job.tiling.halo} px)"
+        + (f"; resuming: {len(have)} tiles already detected" if have else ""))
+    finished, step = len(tiles) - len(todo), max(1, len(tiles) // 10)
+
+    def progress(count: int) -> None:
+        nonlocal finished
+        before, finished = finished, finished + count
+        if finished // step != before // step or finished == len(tiles):
+            log(f"predict: tiles {finished}/{len(tiles)}")
+
+    runtime = job.runtime
+    thresholds = {"score_threshold": settings.score_threshold, "mask_threshold": settings.mask_threshold,
+                  "min_area": settings.min_area_px}
+    with ray_session(address or runtime.address, dashboard=runtime.dashboard):
+        detect_tiles(todo, checkpoint=checkpoint, scene=scene.path, out_dir=paths.tile_detections,
+                     batch_size=spec.batch_size, workers=runtime.workers, cpus_per_worker=runtime.cpus_per_worker,
+                     use_gpu=runtime.use_gpu, thresholds=thresholds, progress=progress)
+    missing = [tile.index for tile in tiles if not tile_file(paths.tile_detections, tile.index).exists()]
+    if missing:
+        raise StageError(f"predict: {len(missing)} tiles have no detections file in {paths.tile_detections}; "
+                         "rerun to resume")
+    detections = [d for tile in tiles for d in load_masks(tile_file(paths.tile_detections, tile.index))]
+    merged = merge_detections(detections, iou=settings.merge_iou, ios=settings.merge_ios)
+    instances = resolve_overlaps(merged, min_area=settings.min_area_px)
+
+    partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    mosaic = create_mosaic(partial, height=scene.height, width=scene.width, chunk=job.tiling.core, crs=scene.crs,
+                           transform=scene.transform, class_names=card["classes"], fingerprint=fingerprint,
+                           zarr_format=spec.zarr_format)
+    write_instance_mosaic(instances, mosaic, scene.path)
+    table = _table(instances, mosaic)
+    levels = build_overviews(partial)
+    if paths.mosaic.exists():
+        shutil.rmtree(paths.mosaic)
+    os.replace(partial, paths.mosaic)
+    # After the mosaic: a rerun finds a complete mosaic only with its table beside it.
+    write_instance_table(table, paths.instance_table)
+    seconds = time.perf_counter() - started
+    cut = sum(d.cut for d in detections)
+    log(f"predict: {len(detections)} raw detections ({cut} cut by a tile edge) → {len(merged)} after the "
+        f"cross-tile merge → {len(instances)} instances; {len(todo)} tiles in {seconds:.0f} s, overviews "
+        f"{levels or 'none'}; wrote {paths.mosaic}, {paths.instance_table}")
+    return {"tiles": len(todo), "skipped": len(tiles) - len(todo), "seconds": round(seconds, 1),
+            "raw_detections": len(detections), "cut_detections": cut, "merged": len(merged),
+            "instances": len(instances), "mosaic": str(paths.mosaic), "table": str(paths.instance_table)}
