@@ -124,6 +124,16 @@ def _cmd_bench_train(args) -> int:
     return 0
 
 
+def _cmd_bench_merge(args) -> int:
+    import json
+
+    from geoseg.bench_merge import bench_merge
+
+    result = bench_merge(args.job, log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def _add_bench_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and work folder, the same for every benchmark."""
     p.add_argument("--arch", default="unet")
@@ -192,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=int, help="cores in all (default: all of this machine's)")
     _add_bench_model_arguments(p)
     p.set_defaults(func=_cmd_bench_train)
+    p = bench.add_parser("merge", help="an instance job's raw tile detections merged by geoseg and SAHI-style; "
+                                       "splits, duplicates, merged neighbours, F1, mask AP")
+    p.add_argument("job", help="an instance job whose predict stage has run (e.g. jobs/building_instances.yaml)")
+    p.set_defaults(func=_cmd_bench_merge)
 
     p = sub.add_parser("models", help="list the model architectures")
     p.add_argument("--encoder", default="resnet18", help="encoder to size them with (default: resnet18)")

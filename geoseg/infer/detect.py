@@ -100,6 +100,9 @@ class TileDetector:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.model, self.card = load_checkpoint(checkpoint, device=self.device)
+        # Boxes under the threshold would be dropped anyway; dropping them inside the model also
+        # skips pasting their full-tile masks, the slowest step of an unsure model.
+        self.model.roi_heads.score_thresh = max(self.model.roi_heads.score_thresh, score_threshold)
         self.bands = tuple(self.card["bands"])
         self.mean, self.std = self.card["normalization"]["mean"], self.card["normalization"]["std"]
         self.scene_path, self.out_dir = Path(scene), Path(out_dir)

@@ -14,6 +14,8 @@ from geoseg.config import Job
 from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
 from geoseg.evaluate.quicklook import write_quicklook
 from geoseg.io.labels import load_labels, rasterize_labels
+from geoseg.evaluate.instances import instance_report, mosaic_instances, truth_instances
+from geoseg.io.instances import INSTANCES, read_instance_table
 from geoseg.io.mosaic import open_mosaic
 from geoseg.io.raster import inspect_scene
 from geoseg.stages.paths import JobPaths
@@ -62,6 +64,29 @@ def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log) -> dict | None
     return colour_baseline(pair.image, train_labels, job.predict.scene, truth, job.classes, bands=bands)
 
 
+def _instance_metrics(job: Job, paths: JobPaths, mosaic, log) -> dict:
+    """Instances against the reference polygons (one per polygon): F1 at IoU 0.5, splits, duplicates, mask AP."""
+    labels = Path(job.evaluate.labels)
+    if labels.suffix.lower() in (".tif", ".tiff"):
+        log("evaluate: instance metrics need reference polygons (one per object), not a label raster; skipped")
+        return {"skipped": "evaluate.labels is a raster"}
+    scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
+    frame = load_labels(labels, scene=scene, classes=job.classes, field=job.train.label_field if job.train else "class",
+                        source="evaluate.labels", ignore=job.train.ignore_classes if job.train else ())
+    table = read_instance_table(paths.instance_table)
+    classes = sorted(set(table["class_id"].astype(int))) or list(range(1, len(job.classes)))
+    # Reference pixels where the scene has no data are not expected to be found (as in the label raster).
+    truth = truth_instances(frame, mosaic.transform, mosaic.height, mosaic.width, class_ids=classes,
+                            valid=lambda w: np.asarray(mosaic.valid[w[0]:w[2], w[1]:w[3]]) > 0)
+    pred = mosaic_instances(paths.mosaic, table)
+    result = instance_report(pred, truth, mosaic.height, mosaic.width)
+    log(f"evaluate: instances: {result['count_pred']} predicted, {result['count_truth']} in the reference; "
+        f"F1@0.5 {result['f1'] or 0:.3f} (precision {result['precision'] or 0:.3f}, recall "
+        f"{result['recall'] or 0:.3f}), mask AP {result['ap'] or 0:.3f}, AP50 {result['ap50'] or 0:.3f}; split {result['splits']}, "
+        f"duplicates {result['duplicates']}, merged neighbours {result['merged']}")
+    return result
+
+
 def run_evaluate(job: Job, *, log=print) -> dict:
     paths = JobPaths.of(job)
     started = time.perf_counter()
@@ -73,6 +98,8 @@ def run_evaluate(job: Job, *, log=print) -> dict:
     if job.evaluate.colour_baseline and job.train:
         report["colour_baseline"] = _colour_baseline(job, paths, truth, log)
     mosaic = open_mosaic(paths.mosaic)
+    if INSTANCES in mosaic.group and paths.instance_table.exists():
+        report["instances"] = _instance_metrics(job, paths, mosaic, log)
     scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
     write_quicklook(scene.path, list(scene.bands), truth, mosaic, paths.quicklook)
     tmp = paths.metrics.with_name(paths.metrics.name + ".partial")

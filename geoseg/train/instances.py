@@ -161,6 +161,8 @@ def validate_instances(model: torch.nn.Module, card: dict, pairs, id_classes, ar
     jobs = [(scene, window) for scene, area in enumerate(areas) if area is not None
             for window in validation_windows(area, size)]
     model.eval()
+    # Only detections at 0.5 and above are scored: drop the rest before their masks are pasted.
+    score_thresh, model.roi_heads.score_thresh = model.roi_heads.score_thresh, 0.5
     for scene, window in jobs[rank::world]:
         image_path, ids_path = pairs[scene]
         with rasterio.open(image_path) as src, rasterio.open(ids_path) as lab:
@@ -174,5 +176,6 @@ def validate_instances(model: torch.nn.Module, card: dict, pairs, id_classes, ar
                                    scene_shape=(row + h, col + w), min_area=MIN_PIXELS)
         result = match_instances(pred, _truth_in(ids, np.asarray(id_classes[scene]), row, col), iou=0.5)
         totals += (result["tp"], result["fp"], result["fn"])
+    model.roi_heads.score_thresh = score_thresh
     model.train()
     return totals
