@@ -12,7 +12,7 @@ from geoseg.cli import main
 from geoseg.errors import GeosegError, ModelError
 from geoseg.models import ARCHITECTURES, build_model, model_info, output_stride, resolve_encoder, smallest_tile
 from geoseg.models.context import EXACT_TILING
-from geoseg.models.registry import SMP_ARCHITECTURES, TORCHVISION_ARCHITECTURES
+from geoseg.models.registry import SEGMENTATION_ARCHITECTURES, SMP_ARCHITECTURES, TORCHVISION_ARCHITECTURES
 from geoseg.train.checkpoint import build_model_from_card, load_checkpoint, save_checkpoint
 
 CLASSES = 5
@@ -25,12 +25,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registry_has_smp_and_torchvision_architectures():
-    assert len(ARCHITECTURES) == 13 and set(STRIDES) == set(ARCHITECTURES)
+    assert len(SEGMENTATION_ARCHITECTURES) == 13 and set(STRIDES) == set(SEGMENTATION_ARCHITECTURES)
     assert set(TORCHVISION_ARCHITECTURES) == {"fcn_resnet50", "deeplabv3_resnet50"}
-    assert set(SMP_ARCHITECTURES) | set(TORCHVISION_ARCHITECTURES) == set(ARCHITECTURES)
+    assert set(SMP_ARCHITECTURES) | set(TORCHVISION_ARCHITECTURES) == set(SEGMENTATION_ARCHITECTURES)
+    assert set(ARCHITECTURES) - set(SEGMENTATION_ARCHITECTURES) == {"maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"}
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", list(SEGMENTATION_ARCHITECTURES))
 def test_builds_for_3_and_4_bands_with_input_sized_logits(arch):
     """The default configuration (resnet18, or torchvision's fixed resnet50), one small forward each."""
     for bands in (3, 4):
@@ -68,7 +69,7 @@ def _loss(model, x, y) -> float:
         return F.cross_entropy(model(x), y).item()
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", list(SEGMENTATION_ARCHITECTURES))
 def test_trains_a_few_steps(arch):
     """Three AdamW steps on one tiny 4-band batch: the loss falls, the weights move and stay finite."""
     torch.manual_seed(0)
@@ -218,6 +219,9 @@ def test_cli_lists_every_architecture_with_stride_and_smallest_tile(capsys):
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == set(ARCHITECTURES)
     for arch, row in rows.items():
+        if arch.startswith("maskrcnn"):  # detections, not logits: padded to 32, merged across tiles
+            assert row[2] == arch.split("_")[1] and row[4:] == ["32", "64", "-", "instances"], row
+            continue
         # arch source encoder parameters stride smallest-tile halo tiling...
         stride, tile = int(row[4]), int(row[5])
         assert stride == STRIDES[arch] and tile % stride == 0 and tile == stride, row

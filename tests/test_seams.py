@@ -20,7 +20,8 @@ from geoseg.models import build_model
 from geoseg.models.context import (EXACT_TILING, GLOBAL_CONTEXT, GLOBAL_HALO_CAP, KNOWN_HALOS, NOT_EQUIVARIANT,
                                    context_radius, exact_tiling, has_global_context, measure_halo, safe_halo,
                                    tiling_stride)
-from geoseg.models.registry import ARCHITECTURES, TORCHVISION_ARCHITECTURES
+from geoseg.models.registry import SEGMENTATION_ARCHITECTURES as ARCHITECTURES  # instance models are merged, not tiled
+from geoseg.models.registry import TORCHVISION_ARCHITECTURES
 from geoseg.tiling import mirror_indices, plan_tiles
 
 CPU = torch.device("cpu")

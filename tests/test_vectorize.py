@@ -45,7 +45,7 @@ def vectorize(tmp_path, labels, valid=None, **kwargs):
     """Vectorize ``labels``; return the outputs and the GeoPackage as a GeoDataFrame."""
     mosaic = make_mosaic(tmp_path / "mosaic.zarr", labels, valid)
     out = vectorize_mosaic(mosaic, tmp_path / "vectors", **kwargs)
-    return out, pyogrio.read_dataframe(out.gpkg, layer="polygons")
+    return out, pyogrio.read_dataframe(out.vectors, layer="polygons")
 
 
 def blank():
@@ -166,7 +166,7 @@ def test_matches_whole_array_labelling_on_a_random_scene(tmp_path):
 def test_gpkg_crs_and_bounds(tmp_path):
     lab = spiral_water()
     out, gdf = vectorize(tmp_path, lab)
-    info = pyogrio.read_info(out.gpkg, layer="polygons")
+    info = pyogrio.read_info(out.vectors, layer="polygons")
     assert pyproj.CRS(info["crs"]) == pyproj.CRS.from_epsg(32633)
     assert info["geometry_type"] == "Polygon"
     assert list(info["fields"]) == ["class", "class_id", "area_m2"]
@@ -210,7 +210,7 @@ def test_simplification_stays_valid_and_seamless(tmp_path):
     lab = smooth_classes(seed=4)
     exact, exact_gdf = vectorize(tmp_path, lab)
     simple = vectorize_mosaic(tmp_path / "mosaic.zarr", tmp_path / "simple", simplify_m=1.5)
-    gdf = pyogrio.read_dataframe(simple.gpkg)
+    gdf = pyogrio.read_dataframe(simple.vectors)
     assert simple.features == exact.features  # no region vanishes
     assert gdf.is_valid.all() and (gdf.geom_type == "Polygon").all()
     assert shapely.get_num_coordinates(gdf.geometry.values).sum() < 0.7 * shapely.get_num_coordinates(
@@ -233,7 +233,7 @@ def test_min_area_drops_small_regions(tmp_path):
 def test_empty_result_writes_valid_empty_files(tmp_path):
     out, gdf = vectorize(tmp_path, blank())
     assert out.features == 0 and len(gdf) == 0 and out.per_class == {"water": 0, "building": 0, "forest": 0}
-    info = pyogrio.read_info(out.gpkg, layer="polygons")
+    info = pyogrio.read_info(out.vectors, layer="polygons")
     assert list(info["fields"]) == ["class", "class_id", "area_m2"] and info["geometry_type"] == "Polygon"
     assert pyproj.CRS(info["crs"]) == pyproj.CRS.from_epsg(32633)
     assert json.loads(out.geojson.read_text())["features"] == []
@@ -243,13 +243,13 @@ def test_progress_and_no_partial_files(tmp_path):
     calls = []
     out, _ = vectorize(tmp_path, spiral_water(), progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
-    assert sorted(p.name for p in out.gpkg.parent.iterdir()) == ["polygons.geojson", "polygons.gpkg"]
+    assert sorted(p.name for p in out.vectors.parent.iterdir()) == ["polygons.geojson", "polygons.gpkg"]
 
 
 def test_failed_write_leaves_no_finished_looking_file(tmp_path, monkeypatch):
     make_mosaic(tmp_path / "mosaic.zarr", spiral_water())
     first = vectorize_mosaic(tmp_path / "mosaic.zarr", tmp_path / "vectors")
-    before = first.geojson.read_bytes(), first.gpkg.read_bytes()
+    before = first.geojson.read_bytes(), first.vectors.read_bytes()
     real_write = pyogrio.write_dataframe
 
     def crash_on_geojson(df, path, **kwargs):
@@ -261,7 +261,7 @@ def test_failed_write_leaves_no_finished_looking_file(tmp_path, monkeypatch):
     monkeypatch.setattr(export_module.pyogrio, "write_dataframe", crash_on_geojson)
     with pytest.raises(StageError, match="disk full"):
         vectorize_mosaic(tmp_path / "mosaic.zarr", tmp_path / "vectors")
-    assert (first.geojson.read_bytes(), first.gpkg.read_bytes()) == before  # earlier outputs untouched
+    assert (first.geojson.read_bytes(), first.vectors.read_bytes()) == before  # earlier outputs untouched
     assert sorted(p.name for p in (tmp_path / "vectors").iterdir()) == ["polygons.geojson", "polygons.gpkg"]
 
 
@@ -271,7 +271,7 @@ def test_geographic_mosaic_gets_geodesic_area(tmp_path):
     transform = Affine(1e-5, 0, 15.0, 0, -1e-5, 45.0)
     make_mosaic(tmp_path / "geo.zarr", lab, chunk=32, crs=CRS.from_epsg(4326), transform=transform)
     out = vectorize_mosaic(tmp_path / "geo.zarr", tmp_path / "geo", simplify_m=0.5)
-    gdf = pyogrio.read_dataframe(out.gpkg)
+    gdf = pyogrio.read_dataframe(out.vectors)
     west, east, north, south = 15.0 + 20e-5, 15.0 + 90e-5, 45.0 - 10e-5, 45.0 - 60e-5
     expected, _ = pyproj.Geod(ellps="WGS84").polygon_area_perimeter(
         [west, east, east, west], [south, south, north, north])
@@ -319,7 +319,7 @@ def test_drop_collinear_and_union_pieces_keep_the_shape():
 @pytest.mark.skipif(shutil.which("ogrinfo") is None, reason="GDAL's ogrinfo is not installed")
 def test_ogrinfo_reads_both_outputs(tmp_path):
     out, _ = vectorize(tmp_path, spiral_water())
-    run = subprocess.run(["ogrinfo", "-so", "-al", str(out.gpkg)], capture_output=True, text=True, check=True)
+    run = subprocess.run(["ogrinfo", "-so", "-al", str(out.vectors)], capture_output=True, text=True, check=True)
     gpkg = run.stdout
     assert "partially supported" not in run.stderr  # a GeoPackage version old GDAL/QGIS read fully
     assert "Layer name: polygons" in gpkg and "Feature Count: 1" in gpkg and "Geometry: Polygon" in gpkg

@@ -2,8 +2,9 @@
 
 ``mosaic.zarr/instances`` is uint32 (y, x), chunked like ``labels`` (one
 chunk per tile core), 0 where no instance is. Ids run 1..N with no gaps, in
-row-major order of each instance's top-left bounding-box corner, so the same
-predictions always give the same ids.
+row-major order of each instance's first pixel (smallest row, then smallest
+column), so the same predictions always give the same ids, whatever the
+chunk size or the order tiles finished in.
 
 ``instances.parquet`` (beside the mosaic) has one row per id:
 

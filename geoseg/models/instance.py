@@ -81,8 +81,9 @@ def _resnet18_fpn(in_channels: int, num_classes: int) -> MaskRCNN:
 
 
 def _resnet50_fpn(in_channels: int, num_classes: int) -> MaskRCNN:
+    # Without weights torchvision trains every backbone layer, with ordinary BatchNorm.
     return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
-                                 trainable_backbone_layers=5, box_detections_per_img=DETECTIONS_PER_TILE)
+                                 box_detections_per_img=DETECTIONS_PER_TILE)
 
 
 def build_instance_model(arch: str, *, in_channels: int, num_classes: int, options: dict | None = None) -> MaskRCNN:

@@ -39,7 +39,7 @@ from geoseg.errors import ModelError
 from geoseg.models.instance import INSTANCE_ARCHITECTURES, build_instance_model, is_instance_arch
 from geoseg.tiling import check_tile_size
 
-__all__ = ["ARCHITECTURES", "SMP_ARCHITECTURES", "TORCHVISION_ARCHITECTURES", "DEFAULT_ENCODER",
+__all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "SMP_ARCHITECTURES", "TORCHVISION_ARCHITECTURES", "DEFAULT_ENCODER",
            "TORCHVISION_BACKBONE", "ModelInfo", "build_model", "resolve_encoder", "output_stride", "smallest_tile",
            "model_info", "FCNLogits", "DeepLabV3Logits", "is_instance_arch"]
 
@@ -82,9 +82,10 @@ _TORCHVISION = {"fcn_resnet50": (fcn_resnet50, FCNLogits), "deeplabv3_resnet50":
 # geoseg name → torchvision builder name
 TORCHVISION_ARCHITECTURES = {name: builder.__name__ for name, (builder, _) in _TORCHVISION.items()}
 # Every architecture → where it comes from (what `geoseg models` lists)
-ARCHITECTURES = {**{name: f"smp.{cls}" for name, cls in SMP_ARCHITECTURES.items()},
-                 **{name: f"torchvision.{fn}" for name, fn in TORCHVISION_ARCHITECTURES.items()},
-                 **INSTANCE_ARCHITECTURES}
+# Semantic models (logits per pixel; what tiling, seams and `halo: auto` are about)
+SEGMENTATION_ARCHITECTURES = {**{name: f"smp.{cls}" for name, cls in SMP_ARCHITECTURES.items()},
+                              **{name: f"torchvision.{fn}" for name, fn in TORCHVISION_ARCHITECTURES.items()}}
+ARCHITECTURES = {**SEGMENTATION_ARCHITECTURES, **INSTANCE_ARCHITECTURES}
 
 DEFAULT_ENCODER = "resnet18"
 TORCHVISION_BACKBONE = "resnet50"

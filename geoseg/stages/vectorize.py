@@ -1,4 +1,9 @@
-"""Vectorize stage: mosaic → polygons merged across chunk seams (GPKG + GeoJSON)."""
+"""Vectorize stage: mosaic → polygons merged across chunk seams (GPKG + GeoJSON).
+
+With ``vectorize.instances`` it also numbers every region across the whole
+mosaic: ``mosaic.zarr/instances`` and ``instances.parquet``, and an ``id`` column
+on the polygons.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import time
 
 from geoseg.config import Job
 from geoseg.stages.paths import JobPaths
-from geoseg.vectorize import vectorize_mosaic
+from geoseg.io.mosaic import open_mosaic
+from geoseg.vectorize import vectorize_instances, vectorize_mosaic
 
 __all__ = ["run_vectorize"]
 
@@ -23,10 +29,32 @@ def run_vectorize(job: Job, *, log=print) -> dict:
             shown = done * 10 // total
             log(f"vectorize: chunk rows {done}/{total}")
 
+    if "instances" in open_mosaic(paths.mosaic).fingerprint:  # a Mask R-CNN mosaic: one polygon per instance
+        return _vectorize_instances(job, paths, progress, log, started)
     outputs = vectorize_mosaic(paths.mosaic, paths.vectors, classes=spec.classes, simplify_m=spec.simplify_m,
-                               min_area_m2=spec.min_area_m2, progress=progress)
+                               min_area_m2=spec.min_area_m2, progress=progress,
+                               instances_table=paths.instance_table if spec.instances else None, fmt=spec.format)
     counts = ", ".join(f"{count} {name}" for name, count in outputs.per_class.items())
     log(f"vectorize: {outputs.features} polygons ({counts}) in {time.perf_counter() - started:.0f} s; "
-        f"wrote {outputs.gpkg}, {outputs.geojson}")
-    return {"features": outputs.features, "per_class": outputs.per_class,
-            "gpkg": str(outputs.gpkg), "geojson": str(outputs.geojson)}
+        f"wrote {outputs.vectors}, {outputs.geojson}")
+    result = {"features": outputs.features, "per_class": outputs.per_class,
+              "vectors": str(outputs.vectors), "geojson": str(outputs.geojson)}
+    if outputs.instance_table is not None:
+        log(f"vectorize: {outputs.instances} instances (connected regions across the mosaic); "
+            f"wrote {paths.mosaic / 'instances'}, {outputs.instance_table}")
+        result.update(instances=outputs.instances, instance_table=str(outputs.instance_table))
+    return result
+
+
+def _vectorize_instances(job: Job, paths: JobPaths, progress, log, started: float) -> dict:
+    """The predicted instances (ids from the predict stage), one polygon each, with class, score and area."""
+    spec = job.vectorize
+    if spec.instances:
+        log("vectorize: note: the instance model's own ids are kept; vectorize.instances applies to semantic models")
+    out = vectorize_instances(paths.mosaic, paths.instance_table, paths.vectors, simplify_m=spec.simplify_m,
+                              min_area_m2=spec.min_area_m2, fmt=spec.format, progress=progress)
+    counts = ", ".join(f"{count} {name}" for name, count in out.per_class.items())
+    log(f"vectorize: {out.features} instances ({counts}) in {time.perf_counter() - started:.0f} s; "
+        f"wrote {out.vectors}, {out.geojson}")
+    return {"features": out.features, "per_class": out.per_class, "vectors": str(out.vectors),
+            "geojson": str(out.geojson)}

@@ -3,7 +3,8 @@
 Regions arrive as polygons in global pixel coordinates (see ``polygonize``).
 Here they are filtered by area, optionally simplified, moved into the mosaic
 CRS with its affine transform, repaired, measured and written twice: a
-GeoPackage in the mosaic CRS for analysts and a GeoJSON in EPSG:4326 (RFC 7946).
+GeoPackage or GeoParquet in the mosaic CRS for analysts and a GeoJSON in
+EPSG:4326 (RFC 7946).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from rasterio.errors import CRSError
 from geoseg.errors import StageError
 from geoseg.vectorize.pixelgeom import node_polygons
 
-__all__ = ["LAYER", "regions_to_frame", "write_vectors", "empty_frame"]
+__all__ = ["LAYER", "FORMATS", "regions_to_frame", "write_vectors", "empty_frame", "features_frame"]
 
 LAYER = "polygons"
+# Vector formats in the mosaic CRS (``vectorize.format``) and their file suffixes.
+FORMATS = {"gpkg": ".gpkg", "parquet": ".parquet"}
 # Metres per degree of latitude (mean), to turn a tolerance in metres into
 # degrees when a mosaic is in a geographic CRS. Good to a few per cent, which
 # is plenty for a simplification tolerance.
@@ -132,6 +135,14 @@ def empty_frame(crs: CRS) -> gpd.GeoDataFrame:
     )
 
 
+def features_frame(columns: dict, geoms, crs: CRS) -> gpd.GeoDataFrame:
+    """A GeoDataFrame of ``columns`` (name -> values, in order) and map geometries in ``crs``.
+
+    The CRS is the mosaic's own WKT (see :func:`_pyproj_crs`), as for every output.
+    """
+    return gpd.GeoDataFrame(dict(columns), geometry=gpd.GeoSeries(geoms, crs=_pyproj_crs(crs)))
+
+
 def _pyproj_crs(crs: CRS) -> pyproj.CRS:
     # The mosaic's own WKT, not a looked-up EPSG code: a near-match (another
     # datum shift, say) must not be swapped in. Its AUTHORITY, if any, is kept.
@@ -192,16 +203,25 @@ def _remove_partial(partial: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _write_partial(frame: gpd.GeoDataFrame, final: Path, driver: str, **options) -> Path:
-    """Write ``frame`` under the partial name of ``final``; return that name."""
+def _write_partial(frame: gpd.GeoDataFrame, final: Path, driver: str, *, layer: str = LAYER, **options) -> Path:
+    """Write ``frame`` with GDAL under the partial name of ``final``; return that name."""
     partial = _partial_name(final)
     _remove_partial(partial)  # left by an earlier crash; GDAL would add to it
     geometry_type = _geometry_type(frame)
     with warnings.catch_warnings():
         # pyogrio warns that an empty frame's geometry type is guessed; we set it.
         warnings.filterwarnings("ignore", message=".*geometry type.*", category=UserWarning)
-        pyogrio.write_dataframe(frame, partial, layer=LAYER, driver=driver, geometry_type=geometry_type,
+        pyogrio.write_dataframe(frame, partial, layer=layer, driver=driver, geometry_type=geometry_type,
                                 promote_to_multi=geometry_type == "MultiPolygon", **options)
+    return partial
+
+
+def _write_parquet_partial(frame: gpd.GeoDataFrame, final: Path) -> Path:
+    """Write ``frame`` as GeoParquet (geometry as WKB, CRS as PROJJSON) under a partial name."""
+    partial = _partial_name(final)
+    _remove_partial(partial)
+    # No index column: row labels left by filtering mean nothing to a reader.
+    frame.reset_index(drop=True).to_parquet(partial, index=False)
     return partial
 
 
@@ -215,29 +235,53 @@ def _to_wgs84(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return wgs84
 
 
-def write_vectors(frame: gpd.GeoDataFrame, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``polygons.gpkg`` (mosaic CRS) and ``polygons.geojson`` (EPSG:4326, RFC 7946).
+def write_vectors(frame: gpd.GeoDataFrame, out_dir: Path, *, fmt: str = "gpkg",
+                  name: str = LAYER) -> tuple[Path, Path]:
+    """Write the features in the mosaic CRS and in EPSG:4326.
 
-    Both are written under hidden partial names and renamed only once both are
-    complete, so a crash leaves neither a truncated file nor one new file next
-    to one from an earlier run.
+    ``<name>.gpkg`` (GeoPackage 1.2, layer ``name``) or ``<name>.parquet``
+    (GeoParquet, CRS kept as PROJJSON) in the frame's CRS, and always
+    ``<name>.geojson`` in EPSG:4326 (RFC 7946). Every attribute column is kept.
+
+    Both files are written under hidden partial names and renamed only once both
+    are complete, so a crash leaves neither a truncated file nor one new file next
+    to one from an earlier run. For the same reason a ``<name>`` file in the
+    *other* format, left by an earlier run, is removed once the new one is in place.
+
+    Args:
+        frame: the features, with a CRS.
+        out_dir: created if missing.
+        fmt: ``"gpkg"`` or ``"parquet"``.
+        name: file stem (and GeoPackage/GeoJSON layer name).
+
+    Returns:
+        ``(vectors, geojson)``: the GeoPackage or GeoParquet path, then the GeoJSON path.
 
     Raises:
+        ValueError: an unknown ``fmt``.
         StageError: a file could not be written.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"vector format must be one of {sorted(FORMATS)!r} (got {fmt!r})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gpkg, geojson = out_dir / f"{LAYER}.gpkg", out_dir / f"{LAYER}.geojson"
+    vectors, geojson = out_dir / f"{name}{FORMATS[fmt]}", out_dir / f"{name}.geojson"
     try:
-        # GeoPackage 1.2: GDAL >= 3.7 writes 1.4 by default, which Debian's GDAL
-        # 3.6 (and so older QGIS) opens only with a "partially supported" warning.
-        _write_partial(frame, gpkg, "GPKG", dataset_options={"VERSION": "1.2"})
+        if fmt == "gpkg":
+            # GeoPackage 1.2: GDAL >= 3.7 writes 1.4 by default, which Debian's GDAL
+            # 3.6 (and so older QGIS) opens only with a "partially supported" warning.
+            _write_partial(frame, vectors, "GPKG", layer=name, dataset_options={"VERSION": "1.2"})
+        else:
+            _write_parquet_partial(frame, vectors)
         # RFC7946=YES: WGS84 lon/lat, right-hand winding, 7 decimals (~1 cm).
-        _write_partial(_to_wgs84(frame), geojson, "GeoJSON", layer_options={"RFC7946": "YES"})
+        _write_partial(_to_wgs84(frame), geojson, "GeoJSON", layer=name, layer_options={"RFC7946": "YES"})
     except Exception as exc:
-        for final in (gpkg, geojson):
+        for final in (vectors, geojson):
             _remove_partial(_partial_name(final))
         raise StageError(f"{out_dir}: writing the vector outputs failed: {exc}") from exc
-    for final in (gpkg, geojson):
+    for final in (vectors, geojson):
         os.replace(_partial_name(final), final)
-    return gpkg, geojson
+    for other, suffix in FORMATS.items():
+        if other != fmt:
+            (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    return vectors, geojson

@@ -13,6 +13,11 @@ row: nothing read later can reach it. Pieces are therefore held only while
 their region is still open, so memory follows the regions crossing the current
 seam, not the scene (invariant 2). Chunks can be polygonized anywhere (in
 parallel); only this bookkeeping needs to see them in order.
+
+With ``track_pieces=True`` the merger also remembers which region every piece
+went into (one int32 per piece, not per pixel), so that a second pass can give
+each chunk's components their whole-mosaic region (see
+:mod:`geoseg.vectorize.components`).
 """
 
 from __future__ import annotations
@@ -64,13 +69,22 @@ class SeamMerger:
 
     After the last row ``end_row`` returns every region still open.
     Polygons stay in whatever coordinates the pieces used (global pixels).
+
+    Regions are numbered 0, 1, ... in the order ``end_row`` returns them, over
+    all calls. With ``track_pieces=True``, once the last row is ended,
+    :meth:`chunk_regions` gives that number for every component of every chunk.
     """
 
-    def __init__(self, height: int, width: int) -> None:
+    def __init__(self, height: int, width: int, *, track_pieces: bool = False) -> None:
         self.height = int(height)
         self.width = int(width)
         self._uf = _UnionFind()
         self._next_id = 1
+        self._emitted = 0
+        self._track = bool(track_pieces)
+        # Global piece id -> region number (-1 until emitted); [0] is unused.
+        self._piece_region = np.full(1024 if track_pieces else 0, -1, dtype=np.int32)
+        self._chunk_base: list[int] = []  # per chunk added: global id of its component 0
         # id -> (class, polygon) for every piece whose region is not yet emitted.
         self._pending: dict[int, tuple[int, object]] = {}
         # Global ids and classes along the bottom edge of the previous / current row.
@@ -93,6 +107,12 @@ class SeamMerger:
         self._check_order(pieces)
         base = self._next_id - 1
         self._next_id += pieces.count
+        if self._track:
+            self._chunk_base.append(base)
+            if self._next_id > len(self._piece_region):  # grow geometrically: amortized O(1) per piece
+                grown = np.full(max(self._next_id, 2 * len(self._piece_region)), -1, dtype=np.int32)
+                grown[:len(self._piece_region)] = self._piece_region
+                self._piece_region = grown
         for local in range(1, pieces.count + 1):
             self._pending[base + local] = (int(pieces.classes[local]), pieces.polygons[local])
 
@@ -136,10 +156,42 @@ class SeamMerger:
         self._next_col = 0
         return regions
 
+    def chunk_regions(self, index: int, count: int) -> np.ndarray:
+        """Region number of each component of the ``index``-th chunk added (row-major).
+
+        Args:
+            index: the chunk's position in the order :meth:`add` saw it.
+            count: its number of components (``ChunkPieces.count``).
+
+        Returns:
+            int32 array ``r`` of length ``count + 1``: ``r[i]`` is the number of
+            the region (position in the concatenated ``end_row`` outputs) that
+            component ``i`` belongs to; ``r[0]`` is -1 (no component).
+
+        Raises:
+            ValueError: pieces were not tracked, the merge is not finished, or
+                ``count`` is not the chunk's component count.
+        """
+        if not self._track:
+            raise ValueError("SeamMerger was made without track_pieces=True")
+        if not self.done:
+            raise ValueError("chunk_regions needs the merge finished: end the last chunk row first")
+        base = self._chunk_base[index]
+        end = self._chunk_base[index + 1] if index + 1 < len(self._chunk_base) else self._next_id - 1
+        if end - base != count:
+            raise ValueError(f"chunk {index} had {end - base} components when merged, not {count}")
+        out = np.empty(count + 1, dtype=np.int32)
+        out[0] = -1
+        out[1:] = self._piece_region[base + 1:end + 1]
+        return out
+
     def _emit(self, members: list[int]) -> tuple[int, object]:
         class_id = self._pending[members[0]][0]
         polygons = [self._pending.pop(member)[1] for member in members]
         self._uf.forget(members)
+        if self._track:
+            self._piece_region[members] = self._emitted
+        self._emitted += 1
         if len(polygons) == 1:
             return class_id, polygons[0]
         # Pieces of one group share seam edges, so their union is one polygon.

@@ -15,6 +15,7 @@ import numpy as np
 
 from geoseg.errors import JobConfigError
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
+from geoseg.vectorize.components import number_regions, with_ids, write_instances
 from geoseg.vectorize.export import regions_to_frame, write_vectors
 from geoseg.vectorize.polygonize import polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
@@ -27,16 +28,20 @@ class VectorOutputs:
     """What the vectorize stage wrote.
 
     Attributes:
-        gpkg: the GeoPackage, layer ``polygons``, in the mosaic CRS.
+        vectors: the GeoPackage (layer ``polygons``) or GeoParquet, in the mosaic CRS.
         geojson: the same features in EPSG:4326 (RFC 7946).
         features: number of features written.
         per_class: features per vectorized class name (0 for classes with none).
+        instances: number of instance ids written (None unless asked for).
+        instance_table: the instance table (None unless asked for).
     """
 
-    gpkg: Path
+    vectors: Path
     geojson: Path
     features: int
     per_class: dict[str, int]
+    instances: int | None = None
+    instance_table: Path | None = None
 
 
 def select_classes(class_names: Sequence[str], classes: Sequence[str] | None) -> list[int]:
@@ -60,9 +65,10 @@ def select_classes(class_names: Sequence[str], classes: Sequence[str] | None) ->
     return [i for i, name in enumerate(class_names) if name in wanted]
 
 
-def _merge_chunks(mosaic: MosaicInfo, class_ids: list[int],
-                  progress: Callable[[int, int], None] | None) -> list[tuple[int, object]]:
-    merger = SeamMerger(mosaic.height, mosaic.width)
+def _merge_chunks(mosaic: MosaicInfo, class_ids: list[int], progress: Callable[[int, int], None] | None,
+                  merger: SeamMerger | None = None, total: int | None = None) -> list[tuple[int, object]]:
+    if merger is None:
+        merger = SeamMerger(mosaic.height, mosaic.width)
     row_offsets = range(0, mosaic.height, mosaic.chunk)
     regions: list[tuple[int, object]] = []
     for done, row_off in enumerate(row_offsets, start=1):
@@ -76,7 +82,7 @@ def _merge_chunks(mosaic: MosaicInfo, class_ids: list[int],
             merger.add(polygonize_chunk(labels, valid, row_off, col_off, class_ids))
         regions.extend(merger.end_row())
         if progress is not None:
-            progress(done, len(row_offsets))
+            progress(done, total or len(row_offsets))
     return regions
 
 
@@ -88,21 +94,32 @@ def vectorize_mosaic(
     simplify_m: float = 0.0,
     min_area_m2: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
+    instances_table: Path | None = None,
+    fmt: str = "gpkg",
 ) -> VectorOutputs:
     """Polygonize a mosaic: one feature per 4-connected region of each class.
 
     Regions that cross chunk seams come out as one feature; pixels whose
     ``valid`` is 0 belong to no feature; holes are kept.
 
+    With ``instances_table``, every region also gets an id, 1..N in row-major
+    order of its first pixel, the same whatever the chunk size: a second pass
+    writes it to ``mosaic.zarr/instances`` (uint32, 0: no region) and the table
+    (:mod:`geoseg.io.instances`), and the features carry it as an ``id`` column
+    and come in id order (see :mod:`geoseg.vectorize.components`).
+
     Args:
         mosaic_path: the Zarr mosaic written by the predict stage.
-        out_dir: where ``polygons.gpkg`` and ``polygons.geojson`` go (created
+        out_dir: where ``polygons.gpkg`` (or ``.parquet``) and ``polygons.geojson`` go (created
             if missing; existing outputs are replaced only once complete).
         classes: class names to vectorize; default every class but index 0.
         simplify_m: simplification tolerance in metres (0: none). Touching
             polygons are simplified as one coverage and stay valid.
         min_area_m2: drop regions whose exact area is smaller.
-        progress: called as ``progress(done, total)`` after each chunk row.
+        progress: called as ``progress(done, total)`` after each chunk row
+            (of each pass: ``total`` is twice the chunk rows with instances).
+        instances_table: where to write ``instances.parquet``; None: no instances.
+        fmt: ``gpkg`` (GeoPackage) or ``parquet`` (GeoParquet) for the mosaic-CRS file.
 
     Returns:
         The paths written and the feature counts.
@@ -117,13 +134,38 @@ def vectorize_mosaic(
                 if not value >= 0]
     if problems:
         raise JobConfigError(problems)
-    mosaic = open_mosaic(mosaic_path)
+    mosaic = open_mosaic(mosaic_path, mode="r" if instances_table is None else "r+")
     class_ids = select_classes(mosaic.class_names, classes)
-    # Nested so the pixel-space regions are freed once the table is built.
-    frame = regions_to_frame(_merge_chunks(mosaic, class_ids, progress), transform=mosaic.transform,
-                             crs=mosaic.crs, class_names=mosaic.class_names,
-                             simplify_m=simplify_m, min_area_m2=min_area_m2)
-    gpkg, geojson = write_vectors(frame, Path(out_dir))
+    if instances_table is None:
+        # Nested so the pixel-space regions are freed once the table is built.
+        frame = regions_to_frame(_merge_chunks(mosaic, class_ids, progress), transform=mosaic.transform,
+                                 crs=mosaic.crs, class_names=mosaic.class_names,
+                                 simplify_m=simplify_m, min_area_m2=min_area_m2)
+    else:
+        frame, numbering, merger = _numbered_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
+    vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
     counts = frame["class"].value_counts()
     per_class = {mosaic.class_names[i]: int(counts.get(mosaic.class_names[i], 0)) for i in class_ids}
-    return VectorOutputs(gpkg=gpkg, geojson=geojson, features=len(frame), per_class=per_class)
+    features = len(frame)
+    if instances_table is None:
+        return VectorOutputs(vectors=vectors, geojson=geojson, features=features, per_class=per_class)
+    del frame  # pass 2 needs only the numbering, not the features
+    rows = mosaic.grid[0]
+    table = write_instances(mosaic, class_ids, merger.chunk_regions, numbering, Path(instances_table),
+                            progress=None if progress is None else lambda done, _: progress(rows + done, 2 * rows))
+    return VectorOutputs(vectors=vectors, geojson=geojson, features=features, per_class=per_class,
+                         instances=len(table), instance_table=Path(instances_table))
+
+
+def _numbered_frame(mosaic: MosaicInfo, class_ids: list[int], simplify_m: float, min_area_m2: float,
+                    progress: Callable[[int, int], None] | None):
+    """Pass 1 with ids: the features in id order with an ``id`` column, the numbering, the merger."""
+    merger = SeamMerger(mosaic.height, mosaic.width, track_pieces=True)
+    regions = _merge_chunks(mosaic, class_ids, progress, merger, total=2 * mosaic.grid[0])
+    numbering = number_regions(regions, transform=mosaic.transform, crs=mosaic.crs, min_area_m2=min_area_m2)
+    kept = [regions[i] for i in numbering.order]
+    del regions
+    # Filtered here, so regions_to_frame's own filter (the same test) has nothing left to drop.
+    frame = regions_to_frame(kept, transform=mosaic.transform, crs=mosaic.crs, class_names=mosaic.class_names,
+                             simplify_m=simplify_m, min_area_m2=0.0)
+    return with_ids(frame, kept, mosaic.transform), numbering, merger

@@ -1,0 +1,119 @@
+"""Instance jobs end to end: Mask R-CNN models, validation of instance settings, the instance outputs."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import torch
+import yaml
+from shapely.geometry import box
+
+from conftest import ORIGIN, UTM33, _to_map, write_geotiff
+from geoseg.cli import main
+from geoseg.models import build_model, is_instance_arch
+
+
+def _building_scene(folder, size: int = 256, seed: int = 0):
+    """Grey rectangles (buildings) on green, with roads the labels carry but the job ignores."""
+    rng = np.random.default_rng(seed)
+    shapes = [("road", box(0, 120, size, 132))]
+    for row in range(10, size - 40, 46):
+        for col in range(10, size - 40, 46):
+            if 90 < row < 140:  # the road
+                continue
+            h, w = rng.integers(14, 34, 2)
+            shapes.append(("building", box(col, row, col + w, row + h)))
+    image = np.zeros((3, size, size), np.float32) + np.array([60, 130, 60], np.float32)[:, None, None]
+    for cls, geom in shapes:
+        c0, r0, c1, r1 = (int(v) for v in geom.bounds)
+        image[:, r0:r1, c0:c1] = np.array([200, 200, 205] if cls == "building" else [90, 90, 90])[:, None, None]
+    image += rng.normal(0, 5, image.shape)
+    scene = write_geotiff(folder / "scene.tif", np.clip(image, 1, 255).astype(np.uint8), nodata=0)
+    labels = gpd.GeoDataFrame({"class": [c for c, _ in shapes]}, geometry=[_to_map(g) for _, g in shapes], crs=UTM33)
+    labels.to_file(folder / "labels.gpkg", layer="labels", driver="GPKG")
+    return scene, folder / "labels.gpkg"
+
+
+def _job(folder, scene, labels, **overrides) -> str:
+    job = {
+        "name": "houses", "output_dir": str(folder / "out"), "classes": ["background", "building"],
+        "model": {"arch": "maskrcnn_resnet18_fpn"},
+        "tiling": {"tile_size": 128, "halo": 32},
+        "train": {"scenes": [{"image": str(scene), "labels": str(labels)}], "ignore_classes": ["road"],
+                  "tile_size": 96, "batch_size": 2, "epochs": 1, "steps_per_epoch": 2, "validation_fraction": 0.25},
+        "predict": {"scene": str(scene), "batch_size": 2},
+        # An untrained model is unsure of everything: a low threshold still gives it detections to merge.
+        "instances": {"score_threshold": 0.05},
+        "evaluate": {"labels": str(labels)},
+        "runtime": {"workers": 1, "cpus_per_worker": 1},
+    }
+    job.update(overrides)
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return str(path)
+
+
+def test_mask_rcnn_takes_any_band_count_and_keeps_the_tile_resolution(one_torch_thread):
+    assert is_instance_arch("maskrcnn_resnet18_fpn") and not is_instance_arch("unet")
+    torch.manual_seed(0)
+    model = build_model("maskrcnn_resnet18_fpn", in_channels=4, num_classes=3)
+    masks = torch.zeros(1, 96, 96, dtype=torch.uint8)
+    masks[0, 10:40, 20:60] = 1
+    target = {"boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0]]), "labels": torch.tensor([2]), "masks": masks}
+    model.train()
+    losses = model([torch.randn(4, 96, 96)], [target])
+    assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.randn(4, 80, 112)])[0]
+    # No resizing: masks come back on the input's own pixel grid.
+    assert out["masks"].shape[-2:] == (80, 112)
+
+
+def test_instance_settings_are_checked(tmp_path, capsys):
+    scene, labels = _building_scene(tmp_path)
+    assert main(["validate", _job(tmp_path, scene, labels, tiling={"tile_size": 128, "halo": "auto"})]) == 2
+    assert "tiling.halo: 'auto'" in capsys.readouterr().err
+    # The labels also hold roads: without ignore_classes that is an unknown class, and the message says what to do.
+    path = _job(tmp_path, scene, labels)
+    spec = yaml.safe_load(open(path))
+    spec["train"].pop("ignore_classes")
+    open(path, "w").write(yaml.safe_dump(spec))
+    assert main(["validate", path]) == 2
+    assert "train.ignore_classes" in capsys.readouterr().err
+
+
+def test_instance_job_end_to_end(tmp_path, capsys):
+    import pandas as pd
+    import zarr
+
+    scene, labels = _building_scene(tmp_path)
+    path = _job(tmp_path, scene, labels, vectorize={"format": "parquet"})
+    assert main(["run", path]) == 0
+    out = tmp_path / "out"
+    table = pd.read_parquet(out / "instances.parquet")
+    group = zarr.open_group(str(out / "mosaic.zarr"), mode="r")
+    ids, classes = group["instances"][:], group["labels"][:]
+    assert ids.dtype == np.uint32 and group["instances"].attrs["grid_mapping"] == "spatial_ref"
+    # The table lists exactly the ids in the raster, 1..N, with their pixel counts; labels hold their class.
+    assert list(table["id"]) == list(range(1, len(table) + 1))
+    present, counts = np.unique(ids[ids > 0], return_counts=True)
+    assert list(present) == list(table["id"]) and list(counts) == list(table["area_px"])
+    assert set(np.unique(classes[ids > 0])) <= {1} and not classes[ids == 0].any()
+    assert (table["score"] >= 0.05).all()
+    polygons = gpd.read_parquet(out / "vectors" / "polygons.parquet")
+    assert polygons.crs.to_epsg() == 32633
+    assert list(polygons["id"]) == list(table["id"]) and polygons.is_valid.all()
+    assert np.allclose(polygons.area, table["area_px"] * abs(ORIGIN.a * ORIGIN.e))
+    report = json.loads((out / "metrics.json").read_text())["instances"]
+    assert report["count_truth"] == 20 and report["count_pred"] == len(table)
+    assert report["duplicates"] == 0
+    assert {"f1", "precision", "recall", "ap", "ap50", "splits", "merged"} <= set(report)
+    # Raw detections stay for `geoseg bench merge`; a rerun reuses them and the finished mosaic.
+    assert len(list((out / "detections").glob("tile_*.npz"))) == 9
+    assert main(["predict", path]) == 0
+    assert "nothing to do" in capsys.readouterr().out
