@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from shapely.geometry import box
 
 from geoseg.evaluate.instances import count_duplicates, count_merged, count_splits, match_instances
 from geoseg.infer.detect import detections_to_masks

@@ -6,7 +6,6 @@ import json
 
 import geopandas as gpd
 import numpy as np
-import pytest
 import torch
 import yaml
 from shapely.geometry import box

@@ -25,7 +25,7 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.infer.masks import InstanceMask, save_masks, tight
-from geoseg.io.raster import read_tile, read_valid
+from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
 from geoseg.tiling import Tile
 from geoseg.train.checkpoint import load_checkpoint
 from geoseg.train.data import normalize
@@ -105,21 +105,16 @@ class TileDetector:
         self.model.roi_heads.score_thresh = max(self.model.roi_heads.score_thresh, score_threshold)
         self.bands = tuple(self.card["bands"])
         self.mean, self.std = self.card["normalization"]["mean"], self.card["normalization"]["std"]
-        self.scene_path, self.out_dir = Path(scene), Path(out_dir)
+        self.out_dir = Path(out_dir)
         self.thresholds = {"score_threshold": score_threshold, "mask_threshold": mask_threshold, "min_area": min_area}
-        self._local = threading.local()
-        self._handles: list[rasterio.DatasetReader] = []
+        self._scenes = ThreadLocalRaster(scene)
         self._forward_lock = threading.Lock()
-        with rasterio.open(self.scene_path) as src:
-            self.scene_shape = (src.height, src.width)
+        self.scene_shape = (self.scene.height, self.scene.width)
 
     @property
     def scene(self) -> rasterio.DatasetReader:
-        handle = getattr(self._local, "scene", None)
-        if handle is None:  # one GDAL handle per thread: they are not thread-safe
-            handle = self._local.scene = rasterio.open(self.scene_path)
-            self._handles.append(handle)
-        return handle
+        """This thread's handle on the scene (opened on first use)."""
+        return self._scenes.get()
 
     def __call__(self, tiles: list[Tile]) -> list[int]:
         inputs = np.empty((len(tiles), len(self.bands), tiles[0].size, tiles[0].size), np.float32)
@@ -140,9 +135,7 @@ class TileDetector:
         return [tile.index for tile in tiles]
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.close()
-        self._handles.clear()
+        self._scenes.close()
 
 
 def _window_valid(src: rasterio.DatasetReader, tile: Tile) -> np.ndarray:

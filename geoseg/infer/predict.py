@@ -29,7 +29,7 @@ from rasterio.windows import Window
 from geoseg.infer.blend import BlendScratch, blend_tiles
 from geoseg.io.mosaic import mark_done, open_mosaic, write_block
 from geoseg.tiling import Tile
-from geoseg.io.raster import read_tile, read_valid
+from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
 from geoseg.train.checkpoint import load_checkpoint
 from geoseg.train.data import normalize
 
@@ -77,9 +77,7 @@ class TilePredictor:
         # once, so a small cache (enough for neighbouring halos) loses nothing.
         self._gdal_env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
         self._gdal_env.__enter__()
-        self.scene_path = Path(scene)
-        self._handles: list[rasterio.DatasetReader] = []
-        self._local = threading.local()
+        self._scenes = ThreadLocalRaster(scene)
         self._forward_lock = threading.Lock()
         self.mosaic = open_mosaic(mosaic, mode="r+")
         self.scratch = BlendScratch(self.mosaic) if stitch == "blend" else None
@@ -87,11 +85,7 @@ class TilePredictor:
     @property
     def scene(self) -> rasterio.DatasetReader:
         """This thread's handle on the scene (opened on first use)."""
-        handle = getattr(self._local, "scene", None)
-        if handle is None:
-            handle = self._local.scene = rasterio.open(self.scene_path)
-            self._handles.append(handle)
-        return handle
+        return self._scenes.get()
 
     def __call__(self, tiles: list[Tile]) -> list[int]:
         inputs = np.empty((len(tiles), len(self.bands), tiles[0].size, tiles[0].size), np.float32)
@@ -122,9 +116,7 @@ class TilePredictor:
         return [tile.index for tile in tiles]
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.close()
-        self._handles.clear()
+        self._scenes.close()
         self._gdal_env.__exit__(None, None, None)
 
 

@@ -5,6 +5,8 @@ Nothing here reads a whole scene; every read is a rasterio window.
 
 from __future__ import annotations
 
+import threading
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from rasterio.windows import Window
 from geoseg.errors import InputRasterError
 from geoseg.tiling import Tile, mirror_indices
 
-__all__ = ["SceneInfo", "inspect_scene", "read_tile", "read_valid", "iter_blocks"]
+__all__ = ["SceneInfo", "inspect_scene", "read_tile", "read_valid", "iter_blocks", "ThreadLocalRaster"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,24 @@ def iter_blocks(height: int, width: int, block: int = 512):
     for row in range(0, height, block):
         for col in range(0, width, block):
             yield Window(col, row, min(block, width - col), min(block, height - row))
+
+
+class ThreadLocalRaster:
+    """One GDAL handle on a raster per thread (GDAL handles are not thread-safe), opened on first use."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._handles: list[rasterio.DatasetReader] = []
+
+    def get(self) -> rasterio.DatasetReader:
+        handle = getattr(self._local, "handle", None)
+        if handle is None:
+            handle = self._local.handle = rasterio.open(self.path)
+            self._handles.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        self._handles.clear()

@@ -67,14 +67,7 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
     if done:
         log(f"predict: resuming: skipped {len(tiles) - len(todo)} of {len(tiles)} chunks already written")
 
-    finished = len(tiles) - len(todo)
-    step = max(1, len(tiles) // 10)
-
-    def progress(count: int) -> None:
-        nonlocal finished
-        before, finished = finished, finished + count
-        if finished // step != before // step or finished == len(tiles):
-            log(f"predict: tiles {finished}/{len(tiles)}")
+    progress = tile_progress(len(tiles), len(tiles) - len(todo), log)
 
     runtime = job.runtime
     with ray_session(address or runtime.address, dashboard=runtime.dashboard):
@@ -99,6 +92,19 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
         f"overviews {levels or 'none'}; wrote {paths.mosaic}")
     return {"tiles": written, "skipped": len(tiles) - len(todo), "seconds": round(seconds, 1),
             "mpix_per_s": round(mpix / seconds, 3), "mosaic": str(paths.mosaic)}
+
+
+def tile_progress(total: int, finished: int, log):
+    """A callback for the actor pool: logs "tiles done/total" about every tenth of the way."""
+    step = max(1, total // 10)
+
+    def progress(count: int) -> None:
+        nonlocal finished
+        before, finished = finished, finished + count
+        if finished // step != before // step or finished == total:
+            log(f"predict: tiles {finished}/{total}")
+
+    return progress
 
 
 def _note_seams(card: dict, job: Job, log) -> None:

@@ -36,7 +36,7 @@ from geoseg.infer.detect import tile_file
 from geoseg.infer.masks import InstanceMask, load_masks
 from geoseg.infer.merge import merge_detections, resolve_overlaps
 from geoseg.io.instances import create_instance_array, table_from_columns, write_instance_table
-from geoseg.io.mosaic import MosaicInfo, create_mosaic, mark_done, open_mosaic, write_block
+from geoseg.io.mosaic import MosaicInfo, create_mosaic, mark_done, write_block
 from geoseg.io.overviews import build_overviews
 from geoseg.io.raster import read_valid
 from geoseg.runtime import detect_tiles, ray_session
@@ -99,6 +99,8 @@ def _table(instances: list[InstanceMask], mosaic: MosaicInfo):
 
 def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprint: dict, address, log) -> dict:
     """Detect, merge and write the instance mosaic and table (see the module doc)."""
+    from geoseg.stages.predict import tile_progress  # the stage that calls this one
+
     paths = JobPaths.of(job)
     spec, settings = job.predict, job.instances
     started = time.perf_counter()
@@ -108,13 +110,7 @@ def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprin
     log(f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles (tile "
         f"{job.tiling.tile_size}, halo {job.tiling.halo}: neighbours overlap by {2 * job.tiling.halo} px)"
         + (f"; resuming: {len(have)} tiles already detected" if have else ""))
-    finished, step = len(tiles) - len(todo), max(1, len(tiles) // 10)
-
-    def progress(count: int) -> None:
-        nonlocal finished
-        before, finished = finished, finished + count
-        if finished // step != before // step or finished == len(tiles):
-            log(f"predict: tiles {finished}/{len(tiles)}")
+    progress = tile_progress(len(tiles), len(tiles) - len(todo), log)
 
     runtime = job.runtime
     thresholds = {"score_threshold": settings.score_threshold, "mask_threshold": settings.mask_threshold,

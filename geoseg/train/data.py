@@ -12,7 +12,7 @@ import rasterio
 
 from geoseg.io.raster import iter_blocks, read_valid
 
-__all__ = ["band_statistics", "normalize"]
+__all__ = ["band_statistics", "normalize", "photometric_jitter"]
 
 
 def band_statistics(images: list[Path], bands: tuple[int, ...], *, step: int = 4) -> tuple[list[float], list[float]]:
@@ -47,3 +47,11 @@ def normalize(pixels: np.ndarray, mean: list[float], std: list[float]) -> np.nda
     mean_ = np.asarray(mean, np.float32)[:, None, None]
     std_ = np.asarray(std, np.float32)[:, None, None]
     return (pixels.astype(np.float32) - mean_) / std_
+
+
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Per-band gain in 1 ± strength and offset in ± strength (normalized units, i.e. band std)."""
+    bands = image.shape[0]
+    gain = rng.uniform(1 - strength, 1 + strength, (bands, 1, 1))
+    offset = rng.uniform(-strength, strength, (bands, 1, 1))
+    return (image * gain + offset).astype(np.float32)

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 
 from geoseg.infer.detect import detections_to_masks, run_detector
 from geoseg.infer.masks import InstanceMask, tight
-from geoseg.train.data import normalize
+from geoseg.train.data import normalize, photometric_jitter
 from geoseg.train.sampler import validation_windows
 
 __all__ = ["InstanceCropSampler", "crop_targets", "collate_instances", "validate_instances", "instance_centres",
@@ -129,9 +129,7 @@ class InstanceCropSampler(torch.utils.data.IterableDataset):
                 image = normalize(src.read(list(self.bands), window=window), self.mean, self.std)
                 ids = ids_src.read(1, window=window)
                 if self.jitter > 0:
-                    gain = rng.uniform(1 - self.jitter, 1 + self.jitter, (len(self.bands), 1, 1))
-                    offset = rng.uniform(-self.jitter, self.jitter, (len(self.bands), 1, 1))
-                    image = (image * gain + offset).astype(np.float32)
+                    image = photometric_jitter(image, rng, self.jitter)
                 turns, flip = int(rng.integers(4)), bool(rng.integers(2))
                 image, ids = np.rot90(image, turns, axes=(1, 2)), np.rot90(ids, turns)
                 if flip:

@@ -23,7 +23,7 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.io.labels import IGNORE
-from geoseg.train.data import normalize
+from geoseg.train.data import normalize, photometric_jitter
 
 __all__ = ["split_area", "LabelIndex", "CropSampler", "validation_windows", "CELL"]
 
@@ -143,9 +143,7 @@ class CropSampler(torch.utils.data.IterableDataset):
                     continue
                 image = normalize(src.read(list(self.bands), window=window), self.mean, self.std)
                 if self.jitter > 0:
-                    gain = rng.uniform(1 - self.jitter, 1 + self.jitter, (len(self.bands), 1, 1))
-                    offset = rng.uniform(-self.jitter, self.jitter, (len(self.bands), 1, 1))
-                    image = (image * gain + offset).astype(np.float32)
+                    image = photometric_jitter(image, rng, self.jitter)
                 pixel_weights = None
                 if self.pixel_weights is not None:
                     ids = extra[scene].read(1, window=window) if extra else None
