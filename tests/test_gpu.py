@@ -44,3 +44,24 @@ def test_gpu_benchmark_reports_a_cuda_device(tmp_path):
     result = bench_predict(size=1024, tile_size=256, halo=32, batch_size=8, use_gpu=True, workdir=tmp_path,
                            log=lambda message: None)
     assert result["device"].startswith("cuda") and result["efficiency"] > 0
+
+
+def test_mask_rcnn_resnet50_trains_and_detects_on_the_gpu():
+    """The GPU recipe: torchvision's ResNet-50-FPN Mask R-CNN, a bf16 training step and a detection pass."""
+    from geoseg.infer.detect import run_detector
+    from geoseg.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("maskrcnn_resnet50_fpn", in_channels=3, num_classes=2).cuda().train()
+    masks = torch.zeros(1, 256, 256, dtype=torch.uint8, device="cuda")
+    masks[0, 40:90, 60:140] = 1
+    target = {"boxes": torch.tensor([[60.0, 40.0, 140.0, 90.0]], device="cuda"),
+              "labels": torch.tensor([1], device="cuda"), "masks": masks}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = sum(model([torch.randn(3, 256, 256, device="cuda")], [target]).values())
+    loss.float().backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    outputs = run_detector(model, np.random.default_rng(0).standard_normal((2, 3, 512, 512)).astype(np.float32),
+                           torch.device("cuda"))
+    assert len(outputs) == 2 and all(o["masks"].shape[-2:] == (512, 512) for o in outputs if len(o["masks"]))

@@ -7,7 +7,7 @@ import numpy as np
 from geoseg.evaluate.instances import count_duplicates, count_merged, count_splits, match_instances
 from geoseg.infer.detect import detections_to_masks
 from geoseg.infer.masks import InstanceMask, load_masks, mask_iou, save_masks, tight
-from geoseg.infer.merge import first_pixel, merge_detections, resolve_overlaps
+from geoseg.infer.merge import first_pixel, merge_detections, resolve_overlaps, tile_windows
 from geoseg.tiling import plan_tiles
 
 SIZE, TILE, HALO = 400, 160, 32  # cores of 96 px, neighbours overlap by 64 px
@@ -123,6 +123,19 @@ def test_an_object_larger_than_the_overlap_is_stitched_from_its_pieces():
     assert mask_iou(merged[0], truth[0]) == 1.0
 
 
+def test_a_cut_piece_defers_to_the_tile_that_saw_its_area_whole():
+    # Tile 0 sees the whole L-shaped building but finds only its body; tile 1 sees the wing, cut by its edge.
+    body = InstanceMask(100, 40, np.ones((20, 50), bool), score=0.9, tile=0, window=(0, 0, 200, 200))
+    wing = InstanceMask(130, 70, np.ones((20, 20), bool), score=0.8, tile=1, cut=True, window=(130, 0, 330, 200))
+    windows = {0: (0, 0, 200, 200), 1: (130, 0, 330, 200)}
+    assert len(merge_detections([body, wing])) == 2  # no mask overlap: no match
+    kept = merge_detections([body, wing], windows=windows, scene_shape=(330, 200))
+    assert kept == [body]  # tile 0 saw the wing's area with room around it and found no building there
+    # A piece of an object no tile saw whole (larger than the overlap) stays.
+    far = InstanceMask(190, 70, np.ones((20, 20), bool), score=0.8, tile=1, cut=True, window=(130, 0, 330, 200))
+    assert far in merge_detections([body, far], windows=windows, scene_shape=(330, 200))
+
+
 def test_detections_are_clipped_to_the_scene_and_flagged_cut_only_at_inner_edges():
     prob = np.zeros((2, 1, 64, 64), np.float32)
     prob[0, 0, 0:10, 20:30] = 0.9    # touches the window's top edge, which is the scene edge: not cut
@@ -209,7 +222,8 @@ def test_demo_survey_buildings_come_out_once_each_with_the_demo_tiling():
             truth.append(InstanceMask(sl[0].start, sl[1].start, ids[sl] == k))
     detections = _oracle_tile_detections(ids, tile_size=512, halo=64, rng=np.random.default_rng(0))
     assert sum(d.cut for d in detections) > 500  # plenty of buildings cross tile edges
-    merged = merge_detections(detections)
+    merged = merge_detections(detections, windows=tile_windows(plan_tiles(4096, 4096, tile_size=512, halo=64),
+                                                               4096, 4096), scene_shape=(4096, 4096))
     final = resolve_overlaps(merged, min_area=16)
     for result in (merged, final):
         assert count_duplicates(result) == 0

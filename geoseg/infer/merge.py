@@ -28,11 +28,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import shapely
 from scipy import ndimage
 
 from geoseg.infer.masks import InstanceMask, bbox_pairs, overlap, tight
 
-__all__ = ["merge_detections", "resolve_overlaps", "first_pixel"]
+__all__ = ["merge_detections", "resolve_overlaps", "first_pixel", "tile_windows"]
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 # Pixels: a mask this close to an inner window edge is "cut"; a cut piece this close to another
@@ -91,8 +92,17 @@ def _union(a: InstanceMask, b: InstanceMask) -> InstanceMask:
     return replace(a, row=r0, col=c0, mask=mask, score=max(a.score, b.score))
 
 
-def merge_detections(detections: list[InstanceMask], *, iou: float = 0.5, ios: float = 0.7) -> list[InstanceMask]:
+def merge_detections(detections: list[InstanceMask], *, iou: float = 0.5, ios: float = 0.7,
+                     windows: dict[int, tuple[int, int, int, int]] | None = None,
+                     scene_shape: tuple[int, int] | None = None) -> list[InstanceMask]:
     """Merge the raw detections of all tiles into one instance per object (see the module doc).
+
+    With ``windows`` (every tile's window, clipped to the scene of
+    ``scene_shape``), a cut piece that matched nothing is dropped when another
+    tile saw all of its area whole (inside that tile's window, clear of its
+    inner edges): that tile is the one to believe there, and it found no such
+    object (typically the wing of an L-shaped building that the whole view
+    already holds, or nothing at all).
 
     Returns the kept instances (possibly overlapping a little; see
     :func:`resolve_overlaps`), in a deterministic order.
@@ -133,7 +143,34 @@ def merge_detections(detections: list[InstanceMask], *, iou: float = 0.5, ios: f
             # Absorbed by a whole view: dropped, and not matched against again, so no chain of
             # matches through it can pull in a neighbour.
         merged.extend(instance for _, instance in kept)
+    if windows is not None and scene_shape is not None:
+        merged = _drop_pieces_seen_whole(merged, windows, scene_shape)
     return merged
+
+
+def _drop_pieces_seen_whole(instances: list[InstanceMask], windows: dict[int, tuple[int, int, int, int]],
+                            scene_shape: tuple[int, int]) -> list[InstanceMask]:
+    height, width = scene_shape
+    tiles = sorted(windows)
+    # Each window less a margin on its inner edges: what that tile saw with room around it.
+    inner = np.array([(r0 + TOUCH * (r0 > 0), c0 + TOUCH * (c0 > 0), r1 - TOUCH * (r1 < height),
+                       c1 - TOUCH * (c1 < width)) for r0, c0, r1, c1 in (windows[t] for t in tiles)], np.float64)
+    tree = shapely.STRtree(shapely.box(inner[:, 1], inner[:, 0], inner[:, 3], inner[:, 2]))
+    kept = []
+    for instance in instances:
+        if instance.cut:
+            r0, c0, r1, c1 = instance.bbox
+            seen_by = {tiles[k] for k in tree.query(shapely.box(c0, r0, c1, r1), predicate="within").tolist()}
+            if seen_by - {instance.tile}:
+                continue
+        kept.append(instance)
+    return kept
+
+
+def tile_windows(tiles, height: int, width: int) -> dict[int, tuple[int, int, int, int]]:
+    """Each tile's window (core + halo) clipped to the scene: ``{index: (row0, col0, row1, col1)}``."""
+    return {t.index: (max(t.row - t.halo, 0), max(t.col - t.halo, 0), min(t.row - t.halo + t.size, height),
+                      min(t.col - t.halo + t.size, width)) for t in tiles}
 
 
 def first_pixel(instance: InstanceMask) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from geoseg.config import Job
 from geoseg.errors import StageError
 from geoseg.infer.detect import tile_file
 from geoseg.infer.masks import InstanceMask, load_masks
-from geoseg.infer.merge import merge_detections, resolve_overlaps
+from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
 from geoseg.io.instances import create_instance_array, table_from_columns, write_instance_table
 from geoseg.io.mosaic import MosaicInfo, create_mosaic, mark_done, write_block
 from geoseg.io.overviews import build_overviews
@@ -124,7 +124,9 @@ def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprin
         raise StageError(f"predict: {len(missing)} tiles have no detections file in {paths.tile_detections}; "
                          "rerun to resume")
     detections = [d for tile in tiles for d in load_masks(tile_file(paths.tile_detections, tile.index))]
-    merged = merge_detections(detections, iou=settings.merge_iou, ios=settings.merge_ios)
+    merged = merge_detections(detections, iou=settings.merge_iou, ios=settings.merge_ios,
+                              windows=tile_windows(tiles, scene.height, scene.width),
+                              scene_shape=(scene.height, scene.width))
     instances = resolve_overlaps(merged, min_area=settings.min_area_px)
 
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
