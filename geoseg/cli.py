@@ -31,7 +31,7 @@ def _cmd_validate(args) -> int:
 def _cmd_run(args) -> int:
     from geoseg.stages import run_job
 
-    run_job(args.job, stages=args.stages, address=args.address, log=_log)
+    run_job(args.job, stages=args.stages, address=args.address, log=_log, force=args.force)
     return 0
 
 
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", nargs="+", choices=["train", "predict", "vectorize", "evaluate"],
                    help="run only these stages (default: the job's `stages:`)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else the embedded local Ray)")
+    p.add_argument("--force", action="store_true",
+                   help="run every stage again, even when the last run already finished this job "
+                        "(by default such a rerun does nothing and says so)")
     p.set_defaults(func=_cmd_run)
 
     for stage, text in (("train", "train the model"), ("predict", "predict the scene into the Zarr mosaic"),
@@ -216,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(os.environ.get("GEOSEG_DEBUG"))
+    # s3:// inputs on an S3-compatible server: GDAL needs the endpoint in its own variables. Set before
+    # Ray starts, so the embedded Ray's workers inherit them.
+    from geoseg.io.remote import configure_gdal_for_endpoint
+
+    configure_gdal_for_endpoint()
     try:
         return args.func(args)
     except GeosegError as exc:

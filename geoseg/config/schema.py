@@ -9,12 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
+
+from geoseg.io.remote import RemotePath, is_uri
 
 __all__ = ["Job", "ModelSpec", "Tiling", "TrainScene", "TrainSpec", "PredictSpec", "VectorizeSpec",
            "EvaluateSpec", "InstanceSpec", "RuntimeSpec", "STAGES"]
 
 STAGES = ("train", "predict", "vectorize", "evaluate")
+
+
+def _input_location(value):
+    """A local path (relative to the job file) or an object-storage URI such as ``s3://bucket/key``."""
+    if is_uri(value):
+        return RemotePath(value)
+    if isinstance(value, (str, Path)) and str(value):
+        return Path(value)
+    raise ValueError("must be a file path or an s3:// URI")
+
+
+# Inputs may live in object storage (read through GDAL); outputs are local or shared folders.
+InputLocation = Annotated[Path, PlainValidator(_input_location)]
 
 
 class Strict(BaseModel):
@@ -75,8 +92,9 @@ class Tiling(Strict):
 
 
 class TrainScene(Strict):
-    image: Path = Field(description="Training GeoTIFF.")
-    labels: Path = Field(description="Label polygons (GeoPackage/GeoJSON/Shapefile) with a class-name attribute.")
+    image: InputLocation = Field(description="Training GeoTIFF (a path or an s3:// URI).")
+    labels: InputLocation = Field(description="Label polygons (GeoPackage/GeoJSON/Shapefile; a path or an s3:// URI) "
+                                              "with a class-name attribute.")
 
 
 # The names geoseg.train.losses builds (kept here so validating a job does not import torch).
@@ -123,7 +141,7 @@ class TrainSpec(Strict):
 
 
 class PredictSpec(Strict):
-    scene: Path = Field(description="GeoTIFF to map.")
+    scene: InputLocation = Field(description="GeoTIFF to map (a path or an s3:// URI); read tile by tile.")
     batch_size: int = Field(4, gt=0, description="Tiles per forward pass.")
     checkpoint: Path | None = Field(None, description="Checkpoint folder; default: <output_dir>/checkpoint from the train stage.")
     scores: bool = Field(False, description="Also write per-class probabilities (uint8, p*255) to the mosaic.")
@@ -154,7 +172,8 @@ class InstanceSpec(Strict):
 
 
 class EvaluateSpec(Strict):
-    labels: Path = Field(description="Reference labels of the predicted scene: polygons (like train labels) or a label GeoTIFF.")
+    labels: InputLocation = Field(description="Reference labels of the predicted scene: polygons (like train labels) "
+                                              "or a label GeoTIFF; a path or an s3:// URI.")
     colour_baseline: bool = Field(False, description="Also score a per-pixel colour classifier trained on the train scenes.")
 
 

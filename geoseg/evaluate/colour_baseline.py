@@ -22,6 +22,7 @@ from rasterio.windows import Window
 from sklearn.linear_model import LogisticRegression
 
 from geoseg.errors import InputRasterError
+from geoseg.io.remote import as_location
 from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
 
 __all__ = ["colour_baseline"]
@@ -89,7 +90,7 @@ def colour_baseline(train_scene: Path, train_labels: Path, survey_scene: Path, s
         raise ValueError(f"sample_pixels must be at least the number of classes (got {sample_pixels!r})")
     rng = np.random.default_rng(seed)
 
-    scene, labels = _open_pair(Path(train_scene), Path(train_labels))
+    scene, labels = _open_pair(as_location(train_scene), as_location(train_labels))
     if bands is None:
         bands = [i for i, kind in enumerate(scene.colorinterp, 1) if kind != ColorInterp.alpha]
     with scene, labels:
@@ -117,7 +118,7 @@ def colour_baseline(train_scene: Path, train_labels: Path, survey_scene: Path, s
     model.fit(x, y)
 
     matrix = np.zeros((num_classes, num_classes), np.int64)
-    scene, labels = _open_pair(Path(survey_scene), Path(survey_labels))
+    scene, labels = _open_pair(as_location(survey_scene), as_location(survey_labels))
     with scene, labels:
         for window in _windows(scene):
             x, truth, valid = _read(scene, labels, window, bands)

@@ -16,6 +16,7 @@ from shapely.geometry import box
 
 from geoseg.errors import InputVectorError
 from geoseg.io.raster import SceneInfo, iter_blocks, read_valid
+from geoseg.io.remote import as_location, is_uri
 
 __all__ = ["load_labels", "rasterize_labels", "IGNORE"]
 
@@ -30,13 +31,15 @@ def load_labels(path: str | Path, *, scene: SceneInfo, classes: list[str], field
     ones) and has an integer ``class_id`` column. Polygons whose class is in
     ``ignore`` are left out (any other unknown class name is an error).
     """
-    path = Path(path)
-    if not path.exists():
+    path = as_location(path)
+    if not path.exists():  # an object-storage URI is checked by opening it
         raise InputVectorError(f"{path}: {source}: file not found; check the path in the job file")
     try:
-        frame = gpd.read_file(path)
+        frame = gpd.read_file(str(path))
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, ValueError) as exc:
-        raise InputVectorError(f"{path}: {source}: not a readable vector file ({exc})") from None
+        hint = ("; check the URI, and the credentials and endpoint in the environment (AWS_* variables)"
+                if is_uri(path) else "")
+        raise InputVectorError(f"{path}: {source}: not a readable vector file ({exc}){hint}") from None
     if field not in frame.columns:
         raise InputVectorError(
             f"{path}: {source}: no attribute {field!r} (has {[c for c in frame.columns if c != 'geometry']!r}); "

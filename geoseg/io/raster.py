@@ -19,6 +19,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
+from geoseg.io.remote import as_location, is_uri
 from geoseg.tiling import Tile, mirror_indices
 
 __all__ = ["SceneInfo", "inspect_scene", "read_tile", "read_valid", "iter_blocks", "ThreadLocalRaster"]
@@ -53,8 +54,8 @@ def inspect_scene(path: str | Path, *, field: str = "scene", bands: list[int] | 
 
     ``field`` names the job field the path came from, for the error message.
     """
-    path = Path(path)
-    if not path.exists():
+    path = as_location(path)
+    if not path.exists():  # an object-storage URI is checked by opening it
         raise InputRasterError(f"{path}: {field}: file not found; check the path in the job file")
     try:
         with rasterio.open(path) as src:
@@ -65,6 +66,9 @@ def inspect_scene(path: str | Path, *, field: str = "scene", bands: list[int] | 
             # Touch one pixel so that a corrupt body fails here, not in a worker.
             src.read(1, window=Window(0, 0, 1, 1))
     except RasterioIOError as exc:
+        if is_uri(path):
+            raise InputRasterError(f"{path}: {field}: cannot read it from object storage ({exc}); check the URI, "
+                                   "and the credentials and endpoint in the environment (AWS_* variables)") from None
         raise InputRasterError(f"{path}: {field}: not a readable raster ({exc}); re-export it as GeoTIFF") from None
     if crs is None:
         raise InputRasterError(
@@ -114,7 +118,7 @@ class ThreadLocalRaster:
     """One GDAL handle on a raster per thread (GDAL handles are not thread-safe), opened on first use."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = as_location(path)
         self._local = threading.local()
         self._handles: list[rasterio.DatasetReader] = []
 

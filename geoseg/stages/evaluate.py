@@ -25,7 +25,7 @@ __all__ = ["run_evaluate", "mosaic_confusion"]
 
 def _truth_raster(job: Job, paths: JobPaths) -> Path:
     """The reference as a label raster on the scene grid (polygons are rasterized first)."""
-    labels = Path(job.evaluate.labels)
+    labels = job.evaluate.labels  # a Path, or a RemotePath for an s3:// URI
     if labels.suffix.lower() in (".tif", ".tiff"):
         return labels
     scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
@@ -66,7 +66,7 @@ def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log) -> dict | None
 
 def _instance_metrics(job: Job, paths: JobPaths, mosaic, log) -> dict:
     """Instances against the reference polygons (one per polygon): F1 at IoU 0.5, splits, duplicates, mask AP."""
-    labels = Path(job.evaluate.labels)
+    labels = job.evaluate.labels  # a Path, or a RemotePath for an s3:// URI
     if labels.suffix.lower() in (".tif", ".tiff"):
         log("evaluate: instance metrics need reference polygons (one per object), not a label raster; skipped")
         return {"skipped": "evaluate.labels is a raster"}

@@ -125,7 +125,7 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
                     job.model.arch, job.model.encoder, dict(job.model.options)):
                 _check_checkpoint_stride(job, source, card, checkpoint, problems)
         if scene is not None and "evaluate" in stages and job.evaluate:
-            labels = Path(job.evaluate.labels)
+            labels = job.evaluate.labels  # a Path, or a RemotePath for an s3:// URI
             if labels.suffix.lower() in (".tif", ".tiff"):
                 truth = _collect(problems, inspect_scene, labels, field="evaluate.labels")
                 if truth is not None and (truth.height, truth.width, truth.transform, truth.crs) != (

@@ -92,7 +92,7 @@ class InstanceCropSampler(torch.utils.data.IterableDataset):
     def __init__(self, pairs, *, id_classes, centres, areas: list[Window], bands, size: int, mean, std, seed: int,
                  jitter: float = 0.0, empty_ratio: float = 0.1):
         super().__init__()
-        self.pairs = [(Path(a), Path(b)) for a, b in pairs]
+        self.pairs = [(str(a), str(b)) for a, b in pairs]  # paths or s3:// URIs, as rasterio takes them
         self.id_classes = [np.asarray(c, np.int64) for c in id_classes]
         self.centres = [np.asarray(c, np.int64).reshape(-1, 2) for c in centres]
         self.areas, self.bands, self.size, self.mean, self.std = areas, tuple(bands), size, mean, std

@@ -99,7 +99,7 @@ class CropSampler(torch.utils.data.IterableDataset):
                  oversample: float = 0.0, jitter: float = 0.0, instances: list[Path] | None = None,
                  pixel_weights=None):
         super().__init__()
-        self.pairs = [(Path(a), Path(b)) for a, b in pairs]
+        self.pairs = [(str(a), str(b)) for a, b in pairs]  # paths or s3:// URIs, as rasterio takes them
         self.areas, self.bands, self.size, self.mean, self.std, self.seed = areas, bands, size, mean, std, seed
         self.indexes, self.oversample, self.jitter = indexes, oversample, jitter
         self.instances, self.pixel_weights = instances, pixel_weights
