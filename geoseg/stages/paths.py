@@ -73,3 +73,8 @@ class JobPaths:
     @property
     def quicklook(self) -> Path:
         return self.root / "quicklook.png"
+
+    @property
+    def runs(self) -> Path:
+        """One folder per ``geoseg run`` (``runs/<run id>/run.json``) and ``runs/latest.json``."""
+        return self.root / "runs"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -18,12 +17,17 @@ from geoseg.infer.blend import BlendScratch, drop_scratch
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
 from geoseg.stages.paths import JobPaths
 from geoseg.tiling import check_tile_size, plan_tiles
-from geoseg.train.checkpoint import WEIGHTS, build_model_from_card, read_card
+from geoseg.train.checkpoint import build_model_from_card, read_card, weights_sha256
 
 __all__ = ["run_predict"]
 
 
-def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
+def run_predict(job: Job, *, address: str | None = None, log=print, force: bool = False) -> dict:
+    """Predict the scene into ``mosaic.zarr``; skip a complete one, resume a half-written one.
+
+    ``force`` redoes it all: a complete mosaic, a half-written one and (instance models) the tiles'
+    detections are ignored and written again.
+    """
     paths = JobPaths.of(job)
     spec = job.predict
     checkpoint = spec.checkpoint or paths.checkpoint
@@ -49,7 +53,7 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
     fingerprint = _fingerprint(scene, checkpoint, job)
     if instance_model:
         fingerprint["instances"] = job.instances.model_dump()
-    if _is_complete(paths.mosaic, fingerprint) and (not instance_model or paths.instance_table.exists()):
+    if not force and _is_complete(paths.mosaic, fingerprint) and (not instance_model or paths.instance_table.exists()):
         if not list_overviews(paths.mosaic):
             build_overviews(paths.mosaic)
         log(f"predict: {paths.mosaic} is already complete for this scene, checkpoint and tiling; nothing to do")
@@ -58,8 +62,11 @@ def run_predict(job: Job, *, address: str | None = None, log=print) -> dict:
         from geoseg.stages.predict_instances import run_predict_instances
 
         return run_predict_instances(job, card=card, checkpoint=checkpoint, scene=scene, fingerprint=fingerprint,
-                                     address=address, log=log)
+                                     address=address, log=log, force=force)
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
+    if force and partial.exists():
+        log(f"predict: --force: discarding {partial.name} and its finished chunks")
+        shutil.rmtree(partial)
     done = _resume_or_create(partial, fingerprint, scene, job, card["classes"], log)
     todo = [tile for tile in tiles if (tile.row // job.tiling.core, tile.col // job.tiling.core) not in done]
     log(f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles "
@@ -142,12 +149,8 @@ def _predict_blended(tiles, todo, checkpoint, scene, partial, job: Job, progress
 
 def _fingerprint(scene, checkpoint, job: Job) -> dict:
     """What must match for a half-written mosaic to be resumed rather than redone."""
-    digest = hashlib.sha256()
-    with open(checkpoint / WEIGHTS, "rb") as weights:
-        for block in iter(lambda: weights.read(1 << 20), b""):
-            digest.update(block)
     return {"scene": str(scene.path), "size": [scene.height, scene.width], "transform": list(scene.transform)[:6],
-            "bands": list(scene.bands), "checkpoint_sha256": digest.hexdigest(),
+            "bands": list(scene.bands), "checkpoint_sha256": weights_sha256(checkpoint),
             "tile_size": job.tiling.tile_size, "halo": job.tiling.halo, "stitch": job.tiling.stitch,
             "scores": job.predict.scores, "zarr_format": job.predict.zarr_format}
 

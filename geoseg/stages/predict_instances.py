@@ -49,10 +49,13 @@ __all__ = ["run_predict_instances", "write_instance_mosaic"]
 FINGERPRINT = "fingerprint.json"
 
 
-def _detections_folder(paths: JobPaths, fingerprint: dict, log) -> set[int]:
-    """The tiles already detected under this fingerprint (a stale folder is emptied first)."""
+def _detections_folder(paths: JobPaths, fingerprint: dict, log, force: bool = False) -> set[int]:
+    """The tiles already detected under this fingerprint (a stale folder, or any with ``force``, is emptied first)."""
     folder = paths.tile_detections
     stamp = folder / FINGERPRINT
+    if force and folder.exists():
+        log(f"predict: --force: discarding {folder.name}/ and its tiles' detections")
+        shutil.rmtree(folder)
     if folder.exists():
         try:
             same = json.loads(stamp.read_text()) == fingerprint
@@ -97,7 +100,8 @@ def _table(instances: list[InstanceMask], mosaic: MosaicInfo):
         areas_px=[i.area for i in instances], pixel_area_m2=pixel_m2)
 
 
-def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprint: dict, address, log) -> dict:
+def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprint: dict, address, log,
+                          force: bool = False) -> dict:
     """Detect, merge and write the instance mosaic and table (see the module doc)."""
     from geoseg.stages.predict import tile_progress  # the stage that calls this one
 
@@ -105,7 +109,7 @@ def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprin
     spec, settings = job.predict, job.instances
     started = time.perf_counter()
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
-    have = _detections_folder(paths, fingerprint, log)
+    have = _detections_folder(paths, fingerprint, log, force)
     todo = [tile for tile in tiles if tile.index not in have]
     log(f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles (tile "
         f"{job.tiling.tile_size}, halo {job.tiling.halo}: neighbours overlap by {2 * job.tiling.halo} px)"

@@ -7,7 +7,10 @@ from pathlib import Path
 
 from geoseg.config import Job, load_job
 from geoseg.errors import JobConfigError
+from geoseg.stages.paths import JobPaths
 from geoseg.stages.preflight import check_job_inputs
+from geoseg.stages.runrecord import (RUN_FILE, RunRecord, code_version, finished_run, input_fingerprints,
+                                      noop_message, stage_outputs)
 
 __all__ = ["validate_job", "run_job"]
 
@@ -27,24 +30,58 @@ def validate_job(path: str | Path, stages: list[str] | None = None) -> tuple[Job
     return job, stages
 
 
-def run_job(path: str | Path, *, stages: list[str] | None = None, address: str | None = None, log=print) -> dict:
-    """Run ``stages`` (default: the job's) in order; return each stage's summary."""
+def run_job(path: str | Path, *, stages: list[str] | None = None, address: str | None = None, log=print,
+            force: bool = False) -> dict:
+    """Run ``stages`` (default: the job's) in order; return each stage's summary, and the run under "run".
+
+    Each run is recorded in ``output_dir/runs/<run id>/run.json``. When the most recent run already
+    did this work (same job, code, stages and inputs, outputs still there) nothing runs and Ray is
+    not started; ``force`` runs every stage again from scratch (see :mod:`geoseg.stages.runrecord`).
+    """
     job, stages = validate_job(path, stages)
+    code, inputs = code_version(), input_fingerprints(job, stages)
+    if not force:
+        previous, why = finished_run(job, stages, code=code, inputs=inputs)
+        if previous is not None:
+            log(noop_message(job, previous))
+            run_file = JobPaths.of(job).runs / previous["run_id"] / RUN_FILE
+            return {"run": {"id": previous["run_id"], "file": str(run_file), "noop": True}}
+        if why:
+            log(f"geoseg: running again: {why}")
+    record = RunRecord.start(job, path, stages, force=force, address=address, code=code, inputs=inputs)
     started = time.perf_counter()
     log(f"geoseg: job {job.name!r}: stages {', '.join(stages)}; outputs in {job.output_dir}")
+    log(f"geoseg: run {record.run_id}{' (--force: every stage again)' if force else ''}; record in {record.path}")
     summary = {}
-    for stage in stages:
-        if stage == "train":
-            from geoseg.stages.train import run_train
-            summary[stage] = run_train(job, address=address, log=log)
-        elif stage == "predict":
-            from geoseg.stages.predict import run_predict
-            summary[stage] = run_predict(job, address=address, log=log)
-        elif stage == "vectorize":
-            from geoseg.stages.vectorize import run_vectorize
-            summary[stage] = run_vectorize(job, log=log)
-        elif stage == "evaluate":
-            from geoseg.stages.evaluate import run_evaluate
-            summary[stage] = run_evaluate(job, log=log)
-    log(f"geoseg: job {job.name!r} finished in {time.perf_counter() - started:.0f} s")
+    try:
+        for stage in stages:
+            with record.stage(stage):
+                summary[stage] = _run_stage(stage, job, address=address, log=log, force=force)
+                record.data["stages"][stage]["outputs"] = stage_outputs(stage, job, summary[stage])
+                if stage in ("train", "predict"):
+                    record.note_checkpoint(job)
+        if record.data["checkpoint"]["weights_sha256"] is None:
+            record.note_checkpoint(job)
+    except BaseException as exc:
+        record.fail(exc)  # a stage's failure is already recorded; this catches one between stages
+        raise
+    record.finish()
+    log(f"geoseg: job {job.name!r} finished in {time.perf_counter() - started:.0f} s; run {record.run_id}")
+    summary["run"] = {"id": record.run_id, "file": str(record.path), "noop": False}
     return summary
+
+
+def _run_stage(stage: str, job: Job, *, address: str | None, log, force: bool) -> dict:
+    if stage == "train":
+        from geoseg.stages.train import run_train
+        return run_train(job, address=address, log=log, force=force)
+    if stage == "predict":
+        from geoseg.stages.predict import run_predict
+        return run_predict(job, address=address, log=log, force=force)
+    if stage == "vectorize":
+        from geoseg.stages.vectorize import run_vectorize
+        return run_vectorize(job, log=log)
+    if stage == "evaluate":
+        from geoseg.stages.evaluate import run_evaluate
+        return run_evaluate(job, log=log)
+    raise JobConfigError(f"unknown stage {stage!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 
 from geoseg import __version__
@@ -25,7 +26,12 @@ __all__ = ["run_train"]
 _CLASS_WEIGHTED = {"weighted_ce", "border_ce"}
 
 
-def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
+def run_train(job: Job, *, address: str | None = None, log=print, force: bool = False) -> dict:
+    """Train the job's model into ``checkpoint/``; skip it when the checkpoint already holds this job's model.
+
+    ``force`` trains again from the start: the "already trained" shortcut is skipped and Ray Train's
+    folder for this run is dropped, so nothing resumes from its checkpoints.
+    """
     paths = JobPaths.of(job)
     spec = job.train
     started = time.perf_counter()
@@ -101,7 +107,9 @@ def run_train(job: Job, *, address: str | None = None, log=print) -> dict:
                       oversample=0.0)
     run = _run_name(job, config)
     config["card"] = {**card, "run": run}  # a rerun of the same job finds its checkpoint by this
-    if _already_trained(paths, run):
+    if force:
+        shutil.rmtree(paths.ray_storage / run, ignore_errors=True)  # else Ray Train resumes its last checkpoint
+    elif _already_trained(paths, run):
         log(f"train: {paths.checkpoint} already holds this job's model (run {run}); nothing to do")
         return {"seconds": 0.0, "checkpoint": str(paths.checkpoint), "skipped": True}
     held_out = f", {spec.validation_fraction:.0%} held out along the {spec.validation_side}" \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from geoseg.errors import CheckpointError
 from geoseg.models import build_model
 
 __all__ = ["WEIGHTS", "CARD", "BEST_WEIGHTS", "save_checkpoint", "load_checkpoint", "read_card", "publish_checkpoint",
-           "build_model_from_card"]
+           "build_model_from_card", "weights_sha256"]
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
@@ -31,6 +32,15 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, card: dict) -> P
     save_file(state, str(folder / WEIGHTS))
     (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
     return folder
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """sha256 of a checkpoint's weights file: what a mosaic's fingerprint and a run's run.json record."""
+    digest = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS, "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_card(folder: str | Path) -> dict:
