@@ -63,21 +63,40 @@ def test_a_job_reads_its_scenes_and_labels_from_s3(s3, tmp_path):
     spec["train"].update(uris)
     spec["predict"]["scene"] = "s3://surveys/tiny/scene.tif"
     spec["evaluate"]["labels"] = "s3://surveys/tiny/labels.gpkg"
+    spec["publish"] = "s3://surveys/results/tiny"
     path.write_text(yaml.safe_dump(spec))
     run = _geoseg(["run", str(path)], s3["env"], tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "scene.tif 192x192 px" in run.stdout
+    assert "published predict outputs to s3://surveys/results/tiny" in run.stdout
 
     # The same checkpoint on the same scene read from a local file gives the same bytes.
     import zarr
 
-    local = dict(spec, output_dir=str(tmp_path / "local"), stages=["predict"])
+    local = dict(spec, output_dir=str(tmp_path / "local"), stages=["predict"], publish=None)
     local["predict"] = dict(spec["predict"], scene=str(s3["scene"]), checkpoint=str(tmp_path / "out" / "checkpoint"))
     (tmp_path / "local.yaml").write_text(yaml.safe_dump(local))
     assert _geoseg(["run", str(tmp_path / "local.yaml")], {}, tmp_path).returncode == 0
     remote_labels = zarr.open_group(str(tmp_path / "out" / "mosaic.zarr"), mode="r")["labels"][:]
     local_labels = zarr.open_group(str(tmp_path / "local" / "mosaic.zarr"), mode="r")["labels"][:]
     assert np.array_equal(remote_labels, local_labels)
+
+    # Published: every stage's outputs under the prefix, opened in place; the run record, done, last.
+    import json
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3["env"]["AWS_ENDPOINT_URL"], key=s3["env"]["AWS_ACCESS_KEY_ID"],
+                           secret=s3["env"]["AWS_SECRET_ACCESS_KEY"])
+    keys = {k.removeprefix("surveys/results/tiny/") for k in fs.find("surveys/results/tiny")}
+    assert {"checkpoint/model.safetensors", "mosaic.zarr/.zgroup", "mosaic.zarr/labels/.zarray",
+            "vectors/polygons.gpkg", "vectors/polygons.geojson", "metrics.json", "runs/latest.json"} <= keys
+    options = {"endpoint_url": s3["env"]["AWS_ENDPOINT_URL"], "key": s3["env"]["AWS_ACCESS_KEY_ID"],
+               "secret": s3["env"]["AWS_SECRET_ACCESS_KEY"]}
+    published = zarr.open_group("s3://surveys/results/tiny/mosaic.zarr", mode="r", storage_options=options)
+    assert np.array_equal(published["labels"][:], remote_labels)
+    latest = json.loads(fs.cat_file("surveys/results/tiny/runs/latest.json"))
+    assert latest["status"] == "done" and f"runs/{latest['run_id']}/run.json" in keys
 
 
 def test_missing_objects_and_missing_credentials_are_one_line_errors(s3, tmp_path):
@@ -96,6 +115,17 @@ def test_missing_objects_and_missing_credentials_are_one_line_errors(s3, tmp_pat
     wrong = dict(s3["env"], AWS_SECRET_ACCESS_KEY="not-the-secret", AWS_ACCESS_KEY_ID="")
     run = _geoseg(["validate", str(path)], {k: v for k, v in wrong.items() if v}, tmp_path)
     assert run.returncode == 2 and "AWS_* variables" in run.stderr
+
+
+def test_publish_must_be_an_object_storage_uri(s3, tmp_path, capsys):
+    from geoseg.cli import main
+
+    path = tiny_job(tmp_path, s3["scene"], s3["labels"])
+    spec = yaml.safe_load(path.read_text())
+    spec["publish"] = "/mnt/results"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["validate", str(path)]) == 2
+    assert "publish: must be an s3:// URI" in capsys.readouterr().err
 
 
 def test_credentials_cannot_be_put_in_a_job_file(s3, tmp_path, capsys):

@@ -7,9 +7,7 @@ the job file's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
@@ -189,7 +187,11 @@ class RuntimeSpec(Strict):
 
 class Job(Strict):
     name: str = Field(description="Job name, used in logs and output folders.")
-    output_dir: Path = Field(description="Folder for checkpoint, mosaic, vectors and metrics.")
+    output_dir: Path = Field(description="Folder for checkpoint, mosaic, vectors and metrics (local, or shared by "
+                                         "every node of a cluster).")
+    publish: str | None = Field(None, description=(
+        "Object-storage prefix (s3://bucket/prefix) that each stage's outputs are copied to once the stage is done; "
+        "runs/<run id>/run.json goes last. Credentials come from the environment (AWS_*), never from here."))
     classes: list[str] = Field(min_length=2, description="Class names; index 0 is the background class.")
     stages: list[Literal["train", "predict", "vectorize", "evaluate"]] = Field(
         default_factory=lambda: list(STAGES), description="Stages `geoseg run` chains, in this order.")
@@ -211,6 +213,13 @@ class Job(Strict):
             raise ValueError(f"class names must be unique (repeated: {', '.join(dupes)})")
         if len(value) > 255:
             raise ValueError(f"at most 255 classes fit the uint8 mosaic (got {len(value)})")
+        return value
+
+    @field_validator("publish")
+    @classmethod
+    def _publish_is_a_uri(cls, value):
+        if value is not None and not is_uri(value):
+            raise ValueError("must be an s3:// URI, e.g. s3://bucket/surveys/flood")
         return value
 
     @field_validator("bands")

@@ -9,7 +9,7 @@ from geoseg.config import Job, load_job
 from geoseg.errors import JobConfigError
 from geoseg.stages.paths import JobPaths
 from geoseg.stages.preflight import check_job_inputs
-from geoseg.stages.runrecord import (RUN_FILE, RunRecord, code_version, finished_run, input_fingerprints,
+from geoseg.stages.runrecord import (LATEST, RUN_FILE, RunRecord, code_version, finished_run, input_fingerprints,
                                       noop_message, stage_outputs)
 
 __all__ = ["validate_job", "run_job"]
@@ -60,12 +60,16 @@ def run_job(path: str | Path, *, stages: list[str] | None = None, address: str |
                 record.data["stages"][stage]["outputs"] = stage_outputs(stage, job, summary[stage])
                 if stage in ("train", "predict"):
                     record.note_checkpoint(job)
+                if job.publish:
+                    _publish(job, record.data["stages"][stage]["outputs"], f"{stage} outputs", log)
         if record.data["checkpoint"]["weights_sha256"] is None:
             record.note_checkpoint(job)
     except BaseException as exc:
         record.fail(exc)  # a stage's failure is already recorded; this catches one between stages
         raise
     record.finish()
+    if job.publish:  # last: a reader that finds this run "done" finds every output it lists
+        _publish(job, [record.path, JobPaths.of(job).runs / LATEST], "the run record", log)
     log(f"geoseg: job {job.name!r} finished in {time.perf_counter() - started:.0f} s; run {record.run_id}")
     summary["run"] = {"id": record.run_id, "file": str(record.path), "noop": False}
     return summary
@@ -85,3 +89,10 @@ def _run_stage(stage: str, job: Job, *, address: str | None, log, force: bool) -
         from geoseg.stages.evaluate import run_evaluate
         return run_evaluate(job, log=log)
     raise JobConfigError(f"unknown stage {stage!r}")
+
+
+def _publish(job: Job, outputs: list, what: str, log) -> None:
+    from geoseg.io.publish import publish_outputs
+
+    written = publish_outputs(outputs, Path(job.output_dir), job.publish)
+    log(f"geoseg: published {what} to {job.publish} ({len(written)} item(s))")
