@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geoseg-installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-cluster test-all clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+test-cluster: install
+	$(BIN)/python -m pytest -m cluster
 
 test-all: install
 	$(BIN)/python -m pytest -m 'not gpu'

@@ -134,6 +134,49 @@ def _cmd_bench_merge(args) -> int:
     return 0
 
 
+def _cluster_address(args) -> str | None:
+    return args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
+
+
+def _cmd_submit(args) -> int:
+    from geoseg.runtime.jobs import submit_job
+
+    sent = submit_job(args.job, address=_cluster_address(args), stages=args.stages, job_dir=args.job_dir,
+                      submission_id=args.submission_id)
+    print(sent.submission_id, flush=True)  # the one line on stdout, for scripts: ID=$(geoseg submit ...)
+    print(f"geoseg: submitted job {sent.job_name!r} (stages {', '.join(sent.stages)}) to {sent.address} as "
+          f"{sent.submission_id}; follow it with `geoseg logs {sent.submission_id} --address {sent.address} --follow`",
+          file=sys.stderr, flush=True)
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from geoseg.runtime.jobs import job_status
+
+    status = job_status(args.submission_id, address=_cluster_address(args))
+    _log(f"{status['submission_id']}: {status['status']}" + (f": {status['message']}" if status["message"] else ""))
+    return 0
+
+
+def _cmd_logs(args) -> int:
+    from geoseg.runtime.jobs import follow_job_logs, job_logs
+
+    address = _cluster_address(args)
+    if not args.follow:
+        sys.stdout.write(job_logs(args.submission_id, address=address))
+        sys.stdout.flush()
+        return 0
+    final = follow_job_logs(args.submission_id, address=address,
+                            write=lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+    print(f"geoseg: job {args.submission_id} {final}", file=sys.stderr, flush=True)
+    return 0 if final == "SUCCEEDED" else 1
+
+
+def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="the cluster's Ray dashboard (job server), e.g. http://HEAD_IP:8265 "
+                                     "(default: RAY_API_SERVER_ADDRESS)")
+
+
 def _add_bench_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and work folder, the same for every benchmark."""
     p.add_argument("--arch", default="unet")
@@ -209,6 +252,29 @@ def build_parser() -> argparse.ArgumentParser:
                                        "splits, duplicates, merged neighbours, F1, mask AP")
     p.add_argument("job", help="an instance job whose predict stage has run (e.g. jobs/building_instances.yaml)")
     p.set_defaults(func=_cmd_bench_merge)
+
+    p = sub.add_parser("submit", help="run a job on a Ray cluster through Ray's Jobs API (the job file travels "
+                                      "with it); prints the submission id")
+    p.add_argument("job", help="job YAML file (validated here before it is sent)")
+    _add_cluster_arguments(p)
+    p.add_argument("--stages", nargs="+", choices=["train", "predict", "vectorize", "evaluate"],
+                   help="run only these stages (default: the job's `stages:`)")
+    p.add_argument("--job-dir", help="the job file's folder as the cluster's nodes see it, which its relative paths "
+                                     "are resolved against (default: its absolute path here: a shared filesystem); "
+                                     "given, the inputs are checked on the cluster, not here")
+    p.add_argument("--submission-id", help="id for the job (default: Ray makes one); the cluster refuses a second "
+                                           "job with the same id, so a schedule cannot run a day twice")
+    p.set_defaults(func=_cmd_submit)
+    p = sub.add_parser("status", help="a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)")
+    p.add_argument("submission_id", help="the id `geoseg submit` printed")
+    _add_cluster_arguments(p)
+    p.set_defaults(func=_cmd_status)
+    p = sub.add_parser("logs", help="a submitted job's logs")
+    p.add_argument("submission_id", help="the id `geoseg submit` printed")
+    _add_cluster_arguments(p)
+    p.add_argument("--follow", action="store_true",
+                   help="stream until the job ends; exit 0 if it succeeded, 1 if not")
+    p.set_defaults(func=_cmd_logs)
 
     p = sub.add_parser("models", help="list the model architectures")
     p.add_argument("--encoder", default="resnet18", help="encoder to size them with (default: resnet18)")

@@ -15,6 +15,7 @@ __all__ = [
     "ModelError",
     "CheckpointError",
     "StageError",
+    "ClusterError",
 ]
 
 
@@ -58,3 +59,7 @@ class StageError(GeosegError, RuntimeError):
     """A stage failed while running (exit code 1), not because of bad input."""
 
     exit_code = 1
+
+
+class ClusterError(GeosegError, ConnectionError):
+    """A Ray cluster's job server is unreachable, refuses a request or knows no such job."""

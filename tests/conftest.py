@@ -125,6 +125,20 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def local_cluster():
+    """A real two-node Ray cluster on 127.0.0.1 (``ray start`` processes; see tests/localcluster.py).
+
+    Its clients run with ``local_cluster.env()`` (the cluster's token). A test that stops a node
+    restarts it (``restart_second``); ``local_cluster.ready()`` waits until both nodes are up.
+    """
+    from localcluster import start_cluster
+
+    cluster = start_cluster()
+    yield cluster
+    cluster.shutdown()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Small convolutions gain nothing from threads, and spinning threads on shared cores cost a lot."""

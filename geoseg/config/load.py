@@ -6,6 +6,8 @@ one line each: ``jobs/x.yaml: tiling.halo: must be >= 0 (got -8)``.
 
 from __future__ import annotations
 
+import posixpath
+import typing
 from pathlib import Path
 
 import yaml
@@ -13,8 +15,9 @@ from pydantic import BaseModel, ValidationError
 
 from geoseg.config.schema import Job
 from geoseg.errors import JobConfigError
+from geoseg.io.remote import is_uri
 
-__all__ = ["load_job", "format_validation_error"]
+__all__ = ["load_job", "format_validation_error", "rebase_job_paths"]
 
 # pydantic's error types → our wording; the fallback is pydantic's own message.
 _MESSAGES = {
@@ -70,6 +73,47 @@ def _resolve_paths(model: BaseModel, base: Path) -> BaseModel:
         elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
             updates[name] = [_resolve_paths(item, base) for item in value]
     return model.model_copy(update=updates)
+
+
+def rebase_job_paths(data: dict, base: str) -> dict:
+    """A copy of a job file's mapping with every relative path made absolute against ``base``.
+
+    ``base`` is the job file's folder as another machine (a cluster node) sees
+    it, so the copy names the same files there wherever it is put. Absolute
+    paths and object-storage URIs are kept as written; nothing else changes,
+    and the copy is validated again by :func:`load_job` where it runs.
+    """
+    return _rebase(data, Job, posixpath.normpath(base))
+
+
+def _rebase(data: dict, model: type[BaseModel], base: str) -> dict:
+    out = dict(data)
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None or value is None:
+            continue  # an unknown key: load_job reports it where the copy runs
+        kinds = _nested_types(field.annotation)
+        if Path in kinds and isinstance(value, str):
+            if value and not is_uri(value) and not posixpath.isabs(value):
+                out[key] = posixpath.normpath(posixpath.join(base, value))
+            continue
+        sections = [kind for kind in kinds if isinstance(kind, type) and issubclass(kind, BaseModel)]
+        if sections and isinstance(value, dict):
+            out[key] = _rebase(value, sections[0], base)
+        elif sections and isinstance(value, list):
+            out[key] = [_rebase(item, sections[0], base) if isinstance(item, dict) else item for item in value]
+    return out
+
+
+def _nested_types(annotation) -> list:
+    """The annotation and every type inside it (``X | None``, ``list[X]``, ``Annotated[X, ...]``)."""
+    found, todo = [], [annotation]  # a list: some annotation metadata is not hashable
+    while todo:
+        kind = todo.pop()
+        if kind not in found:
+            found.append(kind)
+            todo.extend(typing.get_args(kind))
+    return found
 
 
 def load_job(path: str | Path) -> Job:

@@ -4,6 +4,8 @@
 - :mod:`geoseg.runtime.train_job`: training through Ray Train (``fit_model``).
 - :mod:`geoseg.runtime.predict_pool`: prediction through a pool of Ray actors
   (``predict_tiles``, ``blend_tiles``, ``detect_tiles``).
+- :mod:`geoseg.runtime.jobs`: batch jobs on a cluster through Ray's Jobs API
+  (``submit_job``, ``job_status``, ``job_logs``, ``follow_job_logs``).
 
 The names are loaded lazily: a prediction actor imports
 ``geoseg.runtime.predict_pool`` in a fresh process, and must not pay for
@@ -12,10 +14,12 @@ importing Ray Train on the way.
 
 from importlib import import_module
 
-__all__ = ["blend_tiles", "detect_tiles", "fit_model", "predict_tiles", "ray_session"]
+__all__ = ["blend_tiles", "detect_tiles", "fit_model", "follow_job_logs", "job_logs", "job_status",
+           "predict_tiles", "ray_session", "submit_job"]
 
 _HOMES = {"ray_session": "session", "fit_model": "train_job", "predict_tiles": "predict_pool",
-          "blend_tiles": "predict_pool", "detect_tiles": "predict_pool"}
+          "blend_tiles": "predict_pool", "detect_tiles": "predict_pool", "submit_job": "jobs",
+          "job_status": "jobs", "job_logs": "jobs", "follow_job_logs": "jobs"}
 
 
 def __getattr__(name: str):

@@ -33,7 +33,12 @@ from geoseg.tiling import Tile
 
 __all__ = ["predict_tiles", "blend_tiles", "detect_tiles"]
 
-ACTOR_RESTARTS = 3  # a dead actor process is restarted and its batches retried this many times
+ACTOR_RESTARTS = 3  # a dead actor process is restarted this many times; then the stage fails
+# An actor's batches are retried for as long as the actor itself may come back (bounded by
+# ACTOR_RESTARTS): a count of their own would run out in the seconds between losing a node and the
+# cluster declaring it dead, every retry failing at once against the unreachable actor. Batches
+# are idempotent (same chunks, same bytes), and an exception raised by the actor's code is not retried.
+TASK_RETRIES = -1
 
 
 class _PredictActor:
@@ -86,7 +91,7 @@ def _run_pool(tiles: list[Tile], actor_class, constructor: dict, *, batch_size: 
     batches = deque(tiles[i:i + batch_size] for i in range(0, len(tiles), batch_size))
     remote_class = ray.remote(actor_class).options(
         num_cpus=cpus, num_gpus=gpus, max_concurrency=calls_per_actor,
-        max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+        max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
     actors = [remote_class.remote(**constructor) for _ in range(min(workers, len(batches)))]
     per_actor = calls_per_actor + 1
     in_flight: dict[ray.ObjectRef, int] = {}  # result → the actor working on it
