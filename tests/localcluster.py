@@ -229,6 +229,9 @@ def client_env(root: Path) -> dict[str, str]:
            if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "token"))
     env.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # The nodes have geoseg on their PATH, as a real cluster's image does: a submitted job's
+    # entrypoint (`geoseg run ...`) must find it even when the tests run without an activated venv.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
 
