@@ -1,4 +1,39 @@
-"""geoseg: seamless, out-of-core segmentation of huge aerial GeoTIFFs."""
+"""geoseg: seamless, out-of-core segmentation of huge aerial GeoTIFFs.
 
-__version__ = "0.1.0"
-__all__ = ["__version__"]
+The public API is small::
+
+    import geoseg
+
+    job = geoseg.load_job("jobs/flood_survey.yaml")   # a validated, typed geoseg.Job
+    summary = geoseg.run_job("jobs/flood_survey.yaml")  # every stage the job names
+    try:
+        ...
+    except geoseg.GeosegError as error:                 # bad job or input (exit code 2) or a known failure (1)
+        ...
+
+The names are loaded on first use, so ``import geoseg`` (which every module of
+the package does) imports neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from geoseg._version import __version__
+
+if TYPE_CHECKING:
+    from geoseg.config import Job
+    from geoseg.errors import GeosegError
+    from geoseg.job import load_job, run_job, validate_job
+
+__all__ = ["GeosegError", "Job", "__version__", "load_job", "run_job", "validate_job"]
+
+_HOMES = {"Job": "geoseg.config", "load_job": "geoseg.job", "GeosegError": "geoseg.errors",
+          "run_job": "geoseg.job", "validate_job": "geoseg.job"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'geoseg' has no attribute {name!r}")

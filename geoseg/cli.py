@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from geoseg import __version__
+from geoseg._version import __version__
+from geoseg.config.stages import STAGE_NAMES, STAGES
 from geoseg.errors import GeosegError
 
 __all__ = ["main"]
@@ -21,7 +22,7 @@ def _log(message: str) -> None:
 
 
 def _cmd_validate(args) -> int:
-    from geoseg.stages import validate_job
+    from geoseg.job import validate_job
 
     job, stages = validate_job(args.job)
     _log(f"{args.job}: OK (job {job.name!r}, stages {', '.join(stages)})")
@@ -29,7 +30,7 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from geoseg.stages import run_job
+    from geoseg.job import run_job
 
     run_job(args.job, stages=args.stages, address=args.address, log=_log, force=args.force)
     return 0
@@ -37,7 +38,7 @@ def _cmd_run(args) -> int:
 
 def _stage_command(stage: str):
     def command(args) -> int:
-        from geoseg.stages import run_job
+        from geoseg.job import run_job
 
         run_job(args.job, stages=[stage], address=getattr(args, "address", None), log=_log)
         return 0
@@ -99,7 +100,7 @@ def _cmd_export(args) -> int:
 def _cmd_bench_predict(args) -> int:
     import json
 
-    from geoseg.bench import bench_predict
+    from geoseg.bench.predict import bench_predict
 
     options = json.loads(args.options) if args.options else None
     result = bench_predict(size=args.size, tile_size=args.tile_size, halo=args.halo, batch_size=args.batch_size,
@@ -113,7 +114,7 @@ def _cmd_bench_predict(args) -> int:
 def _cmd_bench_train(args) -> int:
     import json
 
-    from geoseg.bench_train import bench_train
+    from geoseg.bench.train import bench_train
 
     options = json.loads(args.options) if args.options else None
     result = bench_train(size=args.size, tile_size=args.tile_size, batch_size=args.batch_size, epochs=args.epochs,
@@ -127,7 +128,7 @@ def _cmd_bench_train(args) -> int:
 def _cmd_bench_merge(args) -> int:
     import json
 
-    from geoseg.bench_merge import bench_merge
+    from geoseg.bench.merge import bench_merge
 
     result = bench_merge(args.job, log=lambda message: print(message, file=sys.stderr, flush=True))
     print(json.dumps(result), flush=True)
@@ -139,7 +140,7 @@ def _cluster_address(args) -> str | None:
 
 
 def _cmd_submit(args) -> int:
-    from geoseg.runtime.jobs import submit_job
+    from geoseg.job.submit import submit_job
 
     sent = submit_job(args.job, address=_cluster_address(args), stages=args.stages, job_dir=args.job_dir,
                       submission_id=args.submission_id)
@@ -194,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="job YAML file")
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("run", help="run the stages a job names (train, predict, vectorize, evaluate)")
+    p = sub.add_parser("run", help=f"run the stages a job names ({', '.join(STAGE_NAMES)})")
     p.add_argument("job", help="job YAML file")
-    p.add_argument("--stages", nargs="+", choices=["train", "predict", "vectorize", "evaluate"],
+    p.add_argument("--stages", nargs="+", choices=STAGE_NAMES,
                    help="run only these stages (default: the job's `stages:`)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else the embedded local Ray)")
     p.add_argument("--force", action="store_true",
@@ -204,14 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(by default such a rerun does nothing and says so)")
     p.set_defaults(func=_cmd_run)
 
-    for stage, text in (("train", "train the model"), ("predict", "predict the scene into the Zarr mosaic"),
-                        ("vectorize", "turn the mosaic into polygons"),
-                        ("evaluate", "score the mosaic against labels")):
-        p = sub.add_parser(stage, help=f"{text} (one stage of `run`)")
+    for stage in STAGES:
+        p = sub.add_parser(stage.name, help=f"{stage.help} (one stage of `run`)")
         p.add_argument("job", help="job YAML file")
-        if stage in ("train", "predict"):
+        if stage.uses_ray_address:
             p.add_argument("--address", help="Ray cluster address")
-        p.set_defaults(func=_stage_command(stage))
+        p.set_defaults(func=_stage_command(stage.name))
 
     p = sub.add_parser("demo-data", help="generate the demo training and survey scenes")
     p.add_argument("--out", default="data/demo", help="output folder (default: data/demo)")
@@ -257,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "with it); prints the submission id")
     p.add_argument("job", help="job YAML file (validated here before it is sent)")
     _add_cluster_arguments(p)
-    p.add_argument("--stages", nargs="+", choices=["train", "predict", "vectorize", "evaluate"],
+    p.add_argument("--stages", nargs="+", choices=STAGE_NAMES,
                    help="run only these stages (default: the job's `stages:`)")
     p.add_argument("--job-dir", help="the job file's folder as the cluster's nodes see it, which its relative paths "
                                      "are resolved against (default: its absolute path here: a shared filesystem); "

@@ -18,8 +18,9 @@ from geoseg.errors import InputRasterError
 from geoseg.io.mosaic import open_mosaic
 from geoseg.io.raster import inspect_scene
 from geoseg.synthetic import DEMO_CLASSES, make_rgbn_scene
-from geoseg.train import band_statistics, load_checkpoint
-from geoseg.train.data import normalize
+from geoseg.io.normalization import band_statistics
+from geoseg.models.checkpoint import load_checkpoint
+from geoseg.io.normalization import normalize
 from test_predict import TINY, make_checkpoint, predict_scene
 
 STEP = 4  # band_statistics' default sampling step
@@ -95,7 +96,7 @@ def test_rgbn_scene_is_4_band_uint16_with_plausible_nir_and_is_deterministic(rgb
 
 
 def test_rgbn_uint16_trains_and_predicts_end_to_end(rgbn, tmp_path, ray_local):
-    from geoseg.stages import run_job
+    from geoseg.job import run_job
 
     lines: list[str] = []
     run_job(write_job(tmp_path, rgbn), log=lines.append)
@@ -129,7 +130,7 @@ def test_rgbn_uint16_trains_and_predicts_end_to_end(rgbn, tmp_path, ray_local):
 def fit_in_process(config: dict, *, checkpoint_out: Path, **_) -> dict:
     """What ``geoseg.runtime.fit_model`` does, minus Ray Train's start-up (~20 s on 2 cores): one worker,
     in this process. The test above trains through the real Ray Train; this one is about bands."""
-    from geoseg.train.checkpoint import publish_checkpoint
+    from geoseg.models.checkpoint import publish_checkpoint
     from geoseg.train.loop import train_model
 
     last: dict = {}
@@ -147,7 +148,7 @@ def fit_in_process(config: dict, *, checkpoint_out: Path, **_) -> dict:
 def test_bands_subset_in_job_order_trains_a_3_input_model_and_predicts_with_it(rgbn, tmp_path, ray_local,
                                                                                 monkeypatch):
     import geoseg.stages.train
-    from geoseg.stages import run_job
+    from geoseg.job import run_job
 
     monkeypatch.setattr(geoseg.stages.train, "fit_model", fit_in_process)
     # One tile covers the scene (core 256, halo 32 mirrored): the mosaic must equal the model run by hand.
@@ -238,7 +239,7 @@ def test_scene_that_does_not_match_the_card_is_refused_in_one_line(tmp_path, cap
 
 def test_the_predict_stage_itself_refuses_a_mismatch_with_the_fix(tmp_path, rgbn_card):
     """Called without the preflight (as a library), the stage raises InputRasterError before starting Ray."""
-    from geoseg.config import load_job
+    from geoseg.job import load_job
     from geoseg.stages.predict import run_predict
 
     scene = _uint8_4band(tmp_path)

@@ -13,7 +13,9 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.bench import MemorySampler, _synthetic_block, bench_predict, scene_path, write_synthetic_scene
+from geoseg.bench.measure import MemorySampler
+from geoseg.bench.predict import bench_predict
+from geoseg.synthetic.blocks import scene_path, synthetic_block, write_synthetic_scene
 
 TINY = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 
@@ -36,7 +38,7 @@ def test_synthetic_scene_is_georeferenced_tiled_and_written_block_by_block(tmp_p
         assert src.block_shapes == [(512, 512)] * 3
         assert src.profile["compress"] == "deflate"
         corner = Window(2560, 2560, 440, 440)  # the partial last block
-        assert np.array_equal(src.read(window=corner), _synthetic_block(corner, 0))
+        assert np.array_equal(src.read(window=corner), synthetic_block(corner, 0))
         inner = src.read(window=Window(1024, 512, 512, 512))
     assert inner.std() > 5 and len(np.unique(inner)) > 50  # not constant
     assert path.stat().st_size < 0.8 * 3 * size * size  # but compressible
@@ -93,7 +95,7 @@ def test_bench_predict_tiny_run(tmp_path, ray_local):
 
 def test_bench_train_tiny_run(tmp_path, ray_local):
     """`geoseg bench train`: the same loop plain and through Ray Train with 1 and 2 workers, one JSON line."""
-    from geoseg.bench_train import bench_train
+    from geoseg.bench.train import bench_train
 
     lines = []
     result = bench_train(size=256, tile_size=64, batch_size=2, epochs=2, steps=2, cpus=2, options=TINY,

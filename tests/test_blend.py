@@ -47,7 +47,7 @@ def test_two_windows_blend_by_their_hann_weights(tmp_path, make_geotiff):
 
 
 def test_blend_mode_runs_through_the_stage_and_leaves_no_scratch(tmp_path, ray_local):
-    from geoseg.stages import run_job
+    from geoseg.job import run_job
 
     scene, labels = tiny_scene(tmp_path)
     checkpoint = random_checkpoint(tmp_path / "ckpt", scene, encoder_depth=3, decoder_channels=[32, 16, 8])

@@ -150,7 +150,7 @@ def test_tiles_are_checked_against_the_checkpoints_model_not_the_jobs(tiny, caps
     import torch
 
     from geoseg.models import build_model
-    from geoseg.train import save_checkpoint
+    from geoseg.models.checkpoint import save_checkpoint
 
     folder, scene, labels = tiny
     torch.manual_seed(0)

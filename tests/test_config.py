@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geoseg.config import load_job
+from geoseg.job import load_job
 from geoseg.errors import JobConfigError
 
 REPO = Path(__file__).resolve().parents[1]

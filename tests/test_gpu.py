@@ -39,7 +39,7 @@ def test_gpu_prediction_agrees_with_cpu_and_is_deterministic(tmp_path, make_geot
 
 
 def test_gpu_benchmark_reports_a_cuda_device(tmp_path):
-    from geoseg.bench import bench_predict
+    from geoseg.bench.predict import bench_predict
 
     result = bench_predict(size=1024, tile_size=256, halo=32, batch_size=8, use_gpu=True, workdir=tmp_path,
                            log=lambda message: None)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from geoseg.cli import build_parser
-from geoseg.config import load_job
+from geoseg.job import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

@@ -6,7 +6,7 @@ import numpy as np
 
 from geoseg.evaluate.instances import count_duplicates, count_merged, count_splits, match_instances
 from geoseg.infer.detect import detections_to_masks
-from geoseg.infer.masks import InstanceMask, load_masks, mask_iou, save_masks, tight
+from geoseg.io.masks import InstanceMask, load_masks, mask_iou, save_masks, tight
 from geoseg.infer.merge import first_pixel, merge_detections, resolve_overlaps, tile_windows
 from geoseg.tiling import plan_tiles
 

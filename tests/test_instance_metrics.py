@@ -23,7 +23,7 @@ from geoseg.evaluate.instances import (
     mosaic_instances,
     truth_instances,
 )
-from geoseg.infer.masks import InstanceMask, tight
+from geoseg.io.masks import InstanceMask, tight
 from geoseg.io.instances import create_instance_array, table_from_columns
 from geoseg.io.mosaic import create_mosaic
 

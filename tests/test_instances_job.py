@@ -147,7 +147,7 @@ def test_building_job_on_the_demo_survey(tmp_path):
     assert report["f1"] > 0.95
     # Splits: only those the model made itself (one tile's own detections already hold both pieces,
     # e.g. an L-shaped building as body and wing); none made by cutting the scene into tiles.
-    from geoseg.bench_merge import bench_merge
+    from geoseg.bench.merge import bench_merge
 
     merged = bench_merge(path, log=lambda message: None)["geoseg"]
     assert merged["splits"] == merged["splits_by_the_model"] == report["splits"]

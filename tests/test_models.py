@@ -13,7 +13,7 @@ from geoseg.errors import GeosegError, ModelError
 from geoseg.models import ARCHITECTURES, build_model, model_info, output_stride, resolve_encoder, smallest_tile
 from geoseg.models.context import EXACT_TILING
 from geoseg.models.registry import SEGMENTATION_ARCHITECTURES, SMP_ARCHITECTURES, TORCHVISION_ARCHITECTURES
-from geoseg.train.checkpoint import build_model_from_card, load_checkpoint, save_checkpoint
+from geoseg.models.checkpoint import build_model_from_card, load_checkpoint, save_checkpoint
 
 CLASSES = 5
 STRIDES = {"unet": 32, "unetplusplus": 32, "deeplabv3": 8, "deeplabv3plus": 16, "fpn": 32, "pspnet": 8,

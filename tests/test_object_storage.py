@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from conftest import tiny_job, tiny_scene
-from geoseg.io.remote import RemotePath, configure_gdal_for_endpoint
+from geoseg.config.locations import RemotePath
+from geoseg.io.remote import configure_gdal_for_endpoint
 
 moto_server = pytest.importorskip("moto.server")
 

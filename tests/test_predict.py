@@ -11,7 +11,8 @@ from geoseg.io.mosaic import create_mosaic, open_mosaic
 from geoseg.io.raster import inspect_scene
 from geoseg.models import build_model
 from geoseg.tiling import plan_tiles
-from geoseg.train import band_statistics, save_checkpoint
+from geoseg.io.normalization import band_statistics
+from geoseg.models.checkpoint import save_checkpoint
 
 
 # A small U-Net (3 encoder stages, narrow decoder) keeps these tests fast on 2 cores.

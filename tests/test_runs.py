@@ -18,10 +18,10 @@ import yaml
 import geoseg
 from conftest import tiny_job, tiny_scene
 from geoseg.cli import main
-from geoseg.config import load_job
+from geoseg.job import load_job
 from geoseg.errors import StageError
 from geoseg.io.mosaic import open_mosaic
-from geoseg.stages.runrecord import code_version, finished_run
+from geoseg.job.runrecord import code_version, finished_run
 from test_resume_determinism import random_checkpoint
 
 STAGES = ["predict", "vectorize", "evaluate"]
@@ -112,12 +112,12 @@ def test_a_run_writes_run_json_with_the_job_code_checkpoint_and_timings(finished
 
 def test_rerunning_a_finished_job_is_a_noop_that_says_so(finished, capsys, monkeypatch):
     import geoseg.stages.predict
-    import geoseg.stages.run
+    import geoseg.job.run
 
     def refuse(*args, **kwargs):
         raise AssertionError("a no-op must not run a stage or start Ray")
 
-    monkeypatch.setattr(geoseg.stages.run, "_run_stage", refuse)
+    monkeypatch.setattr(geoseg.job.run, "_run_stage", refuse)
     monkeypatch.setattr(geoseg.stages.predict, "ray_session", refuse)
     out = Path(load_job(finished).output_dir)
     before, stamp, latest = runs_of(finished), mosaic_stamp(out), (out / "runs" / "latest.json").read_text()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geoseg.infer.masks import InstanceMask, mask_ios
-from geoseg.infer.sahi_merge import sahi_boxes, sahi_greedy_nmm
+from geoseg.io.masks import InstanceMask, mask_ios
+from geoseg.bench.sahi_merge import sahi_boxes, sahi_greedy_nmm
 
 
 def rect(row: int, col: int, h: int, w: int, score: float = 0.9, class_id: int = 1, tile: int = 0,

@@ -16,11 +16,11 @@ import torch
 import yaml
 
 from conftest import tiny_job, tiny_scene, write_geotiff
-from geoseg.config import load_job
+from geoseg.job import load_job
 from geoseg.io.labels import IGNORE, load_labels, rasterize_labels
 from geoseg.io.raster import inspect_scene
-from geoseg.stages.paths import JobPaths
-from geoseg.train.checkpoint import read_card
+from geoseg.config.paths import JobPaths
+from geoseg.models.checkpoint import read_card
 from geoseg.train.loop import train_model
 from geoseg.train.sampler import CropSampler, LabelIndex, split_area, validation_windows
 

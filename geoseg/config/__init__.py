@@ -1,6 +1,7 @@
 """Job files: schema and loading."""
 
-from geoseg.config.load import load_job
-from geoseg.config.schema import STAGES, Job
+from geoseg.config.load import read_job_file
+from geoseg.config.schema import Job
+from geoseg.config.stages import STAGE_NAMES, STAGES, StageInfo
 
-__all__ = ["Job", "STAGES", "load_job"]
+__all__ = ["Job", "STAGES", "STAGE_NAMES", "StageInfo", "read_job_file"]

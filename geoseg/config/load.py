@@ -15,9 +15,9 @@ from pydantic import BaseModel, ValidationError
 
 from geoseg.config.schema import Job
 from geoseg.errors import JobConfigError
-from geoseg.io.remote import is_uri
+from geoseg.config.locations import is_uri
 
-__all__ = ["load_job", "format_validation_error", "rebase_job_paths"]
+__all__ = ["read_job_file", "format_validation_error", "rebase_job_paths"]
 
 # pydantic's error types → our wording; the fallback is pydantic's own message.
 _MESSAGES = {
@@ -116,8 +116,12 @@ def _nested_types(annotation) -> list:
     return found
 
 
-def load_job(path: str | Path) -> Job:
-    """Read, validate and resolve a job file; raise JobConfigError listing every problem."""
+def read_job_file(path: str | Path) -> Job:
+    """Read and validate a job file, paths made absolute; raise JobConfigError listing every problem.
+
+    ``tiling.halo: auto`` is left as written: measuring it needs the model (see
+    :func:`geoseg.job.load_job`, which every stage is handed a job from).
+    """
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -133,26 +137,4 @@ def load_job(path: str | Path) -> Job:
         job = Job.model_validate(data)
     except ValidationError as exc:
         raise JobConfigError(format_validation_error(source, exc)) from None
-    job = _resolve_paths(job, path.resolve().parent)
-    return _resolve_auto_halo(job, source) if job.tiling.halo == "auto" else job
-
-
-def _resolve_auto_halo(job: Job, source: str) -> Job:
-    """Replace ``halo: auto`` by the model's measured safe halo (see geoseg.models.context)."""
-    from geoseg.models.context import safe_halo  # imports torch: only when asked for
-    from geoseg.models.instance import is_instance_arch
-
-    if is_instance_arch(job.model.arch):
-        raise JobConfigError(f"{source}: tiling.halo: 'auto' measures a segmentation model's context; for "
-                             f"{job.model.arch} give the halo in pixels, at least half the largest object "
-                             "(tiles then overlap by more than any object, and the merge keeps a whole view)")
-    try:
-        halo = safe_halo(job.model.arch, encoder=job.model.encoder, options=dict(job.model.options),
-                         in_channels=len(job.bands) if job.bands else 3)
-    except Exception as exc:  # an unknown arch or encoder is reported by the input checks
-        raise JobConfigError(f"{source}: tiling.halo: cannot measure the context of {job.model.arch!r} ({exc}); "
-                             "give the halo in pixels") from None
-    if job.tiling.tile_size - 2 * halo <= 0:
-        raise JobConfigError(f"{source}: tiling.tile_size: {job.tiling.tile_size} leaves no core with "
-                             f"{job.model.arch}'s safe halo {halo}; use tile_size >= {2 * halo + 256}")
-    return job.model_copy(update={"tiling": job.tiling.model_copy(update={"halo": halo})})
+    return _resolve_paths(job, path.resolve().parent)

@@ -11,12 +11,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
-from geoseg.io.remote import RemotePath, is_uri
+from geoseg.config.stages import STAGE_NAMES, STAGES, StageName
+from geoseg.config.locations import RemotePath, is_uri
 
 __all__ = ["Job", "ModelSpec", "Tiling", "TrainScene", "TrainSpec", "PredictSpec", "VectorizeSpec",
-           "EvaluateSpec", "InstanceSpec", "RuntimeSpec", "STAGES"]
-
-STAGES = ("train", "predict", "vectorize", "evaluate")
+           "EvaluateSpec", "InstanceSpec", "RuntimeSpec"]
 
 
 def _input_location(value):
@@ -193,8 +192,8 @@ class Job(Strict):
         "Object-storage prefix (s3://bucket/prefix) that each stage's outputs are copied to once the stage is done; "
         "runs/<run id>/run.json goes last. Credentials come from the environment (AWS_*), never from here."))
     classes: list[str] = Field(min_length=2, description="Class names; index 0 is the background class.")
-    stages: list[Literal["train", "predict", "vectorize", "evaluate"]] = Field(
-        default_factory=lambda: list(STAGES), description="Stages `geoseg run` chains, in this order.")
+    stages: list[StageName] = Field(
+        default_factory=lambda: list(STAGE_NAMES), description="Stages `geoseg run` chains, in this order.")
     bands: list[int] | None = Field(None, description="1-based band indexes fed to the model, in order; default: all non-alpha bands.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="The segmentation model.")
     tiling: Tiling = Field(default_factory=Tiling, description="Prediction tiling.")
@@ -231,11 +230,8 @@ class Job(Strict):
 
     @model_validator(mode="after")
     def _stage_sections(self):
-        needs = {"train": "train", "predict": "predict", "vectorize": "predict", "evaluate": "evaluate"}
-        missing = [f"{stage!r} needs a `{section}:` section" for stage, section in needs.items()
-                   if stage in self.stages and getattr(self, section) is None]
-        if "evaluate" in self.stages and self.predict is None:
-            missing.append("'evaluate' needs a `predict:` section")
+        missing = [f"{stage.name!r} needs a `{section}:` section" for stage in STAGES if stage.name in self.stages
+                   for section in stage.sections if getattr(self, section) is None]
         if missing:
             raise ValueError("; ".join(missing))
         if self.train is not None:

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from sklearn.linear_model import LogisticRegression
 
 from geoseg.errors import InputRasterError
-from geoseg.io.remote import as_location
+from geoseg.config.locations import as_location
 from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
 
 __all__ = ["colour_baseline"]

@@ -1,8 +1,8 @@
 """Instance metrics: predicted instances against reference polygons.
 
-Both sides are :class:`~geoseg.infer.masks.InstanceMask` lists in scene pixel
+Both sides are :class:`~geoseg.io.masks.InstanceMask` lists in scene pixel
 coordinates, so a scene costs the sum of its instances' bounding boxes, never
-its own size. Candidate pairs come from :func:`~geoseg.infer.masks.bbox_pairs`
+its own size. Candidate pairs come from :func:`~geoseg.io.masks.bbox_pairs`
 (an STR-tree), so every count here is near-linear in the number of instances.
 
 - :func:`match_instances`: one-to-one matching at an IoU threshold, as in
@@ -31,7 +31,7 @@ from rasterio.windows import Window, from_bounds
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import InputRasterError
-from geoseg.infer.masks import InstanceMask, bbox_pairs, tight
+from geoseg.io.masks import InstanceMask, bbox_pairs, tight
 from geoseg.io.instances import INSTANCES
 from geoseg.io.mosaic import open_mosaic
 

@@ -2,7 +2,7 @@
 
 A :class:`TileDetector` lives in one worker, like :class:`~geoseg.infer.TilePredictor`:
 batches of tile descriptors go in, and each tile's detections are written to
-their own ``.npz`` (see :func:`~geoseg.infer.masks.save_masks`) under the
+their own ``.npz`` (see :func:`~geoseg.io.masks.save_masks`) under the
 detections folder. Only tile indexes travel back; the cross-tile merge reads
 the files. A tile's file appears only once complete, so a rerun skips the
 tiles already detected.
@@ -24,11 +24,11 @@ import torch
 
 from rasterio.windows import Window
 
-from geoseg.infer.masks import InstanceMask, save_masks, tight
+from geoseg.io.masks import InstanceMask, save_masks, tight
 from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
 from geoseg.tiling import Tile
-from geoseg.train.checkpoint import load_checkpoint
-from geoseg.train.data import normalize
+from geoseg.models.checkpoint import load_checkpoint
+from geoseg.io.normalization import normalize
 
 __all__ = ["detections_to_masks", "run_detector", "TileDetector", "tile_file", "CUT_MARGIN"]
 

@@ -31,7 +31,7 @@ import numpy as np
 import shapely
 from scipy import ndimage
 
-from geoseg.infer.masks import InstanceMask, bbox_pairs, overlap, tight
+from geoseg.io.masks import InstanceMask, bbox_pairs, overlap, tight
 
 __all__ = ["merge_detections", "resolve_overlaps", "first_pixel", "tile_windows"]
 

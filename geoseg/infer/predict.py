@@ -30,8 +30,8 @@ from geoseg.infer.blend import BlendScratch, blend_tiles
 from geoseg.io.mosaic import mark_done, open_mosaic, write_block
 from geoseg.tiling import Tile
 from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
-from geoseg.train.checkpoint import load_checkpoint
-from geoseg.train.data import normalize
+from geoseg.models.checkpoint import load_checkpoint
+from geoseg.io.normalization import normalize
 
 __all__ = ["TilePredictor", "TileBlender", "predict_logits", "quantized_scores"]
 

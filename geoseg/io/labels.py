@@ -16,7 +16,7 @@ from shapely.geometry import box
 
 from geoseg.errors import InputVectorError
 from geoseg.io.raster import SceneInfo, iter_blocks, read_valid
-from geoseg.io.remote import as_location, is_uri
+from geoseg.config.locations import as_location, is_uri
 
 __all__ = ["load_labels", "rasterize_labels", "IGNORE"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from geoseg.errors import StageError
-from geoseg.io.remote import is_uri
+from geoseg.config.locations import is_uri
 
 __all__ = ["publish_outputs"]
 

@@ -19,7 +19,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
-from geoseg.io.remote import as_location, is_uri
+from geoseg.config.locations import as_location, is_uri
 from geoseg.tiling import Tile, mirror_indices
 
 __all__ = ["SceneInfo", "inspect_scene", "read_tile", "read_valid", "iter_blocks", "ThreadLocalRaster"]

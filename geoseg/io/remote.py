@@ -1,5 +1,8 @@
 """Inputs in object storage: ``s3://bucket/key`` scenes and labels, read through GDAL's /vsis3/.
 
+How a job names such an input (:class:`~geoseg.config.locations.RemotePath`) is in
+:mod:`geoseg.config.locations`; this module sets GDAL up to read it.
+
 A job may name a scene or a label file by URI instead of a path. Rasters and
 vectors are then read by GDAL (rasterio and pyogrio each bring their own
 GDAL) with HTTP range requests, window by window, exactly as local files are:
@@ -18,46 +21,9 @@ translates it into GDAL's own settings (``AWS_S3_ENDPOINT``, ``AWS_HTTPS``,
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from urllib.parse import urlparse
 
-__all__ = ["RemotePath", "as_location", "is_uri", "configure_gdal_for_endpoint", "SCHEMES"]
-
-SCHEMES = ("s3://",)
-
-
-def is_uri(value) -> bool:
-    return isinstance(value, str) and value.startswith(SCHEMES)
-
-
-def as_location(value) -> "Path | RemotePath":
-    """``Path`` for a local path; :class:`RemotePath` for an object-storage URI (``Path`` would fold its ``//``)."""
-    return RemotePath(value) if is_uri(value) else Path(value)
-
-
-class RemotePath(str):
-    """An object-storage URI with the few ``pathlib`` attributes geoseg reads (``name``, ``suffix``, ``stem``)."""
-
-    @property
-    def name(self) -> str:
-        return self.rstrip("/").rsplit("/", 1)[-1]
-
-    @property
-    def suffix(self) -> str:
-        name = self.name
-        return name[name.rfind("."):] if "." in name.lstrip(".") else ""
-
-    @property
-    def stem(self) -> str:
-        return self.name[:len(self.name) - len(self.suffix)] if self.suffix else self.name
-
-    def is_absolute(self) -> bool:
-        return True
-
-    def exists(self) -> bool:
-        """Unknown without a request: the reader that opens it reports a missing object."""
-        return True
-
+__all__ = ["configure_gdal_for_endpoint"]
 
 def configure_gdal_for_endpoint(environ=os.environ) -> dict[str, str]:
     """Derive GDAL's S3 settings from ``AWS_ENDPOINT_URL``; return what was set (nothing without it)."""

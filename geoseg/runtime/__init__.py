@@ -5,7 +5,7 @@
 - :mod:`geoseg.runtime.predict_pool`: prediction through a pool of Ray actors
   (``predict_tiles``, ``blend_tiles``, ``detect_tiles``).
 - :mod:`geoseg.runtime.jobs`: batch jobs on a cluster through Ray's Jobs API
-  (``submit_job``, ``job_status``, ``job_logs``, ``follow_job_logs``).
+  (``submit_job_file``, ``job_status``, ``job_logs``, ``follow_job_logs``).
 
 The names are loaded lazily: a prediction actor imports
 ``geoseg.runtime.predict_pool`` in a fresh process, and must not pay for
@@ -15,10 +15,10 @@ importing Ray Train on the way.
 from importlib import import_module
 
 __all__ = ["blend_tiles", "detect_tiles", "fit_model", "follow_job_logs", "job_logs", "job_status",
-           "predict_tiles", "ray_session", "submit_job"]
+           "predict_tiles", "ray_session", "submit_job_file"]
 
 _HOMES = {"ray_session": "session", "fit_model": "train_job", "predict_tiles": "predict_pool",
-          "blend_tiles": "predict_pool", "detect_tiles": "predict_pool", "submit_job": "jobs",
+          "blend_tiles": "predict_pool", "detect_tiles": "predict_pool", "submit_job_file": "jobs",
           "job_status": "jobs", "job_logs": "jobs", "follow_job_logs": "jobs"}
 
 

@@ -1,37 +1,7 @@
-"""Batch jobs on a Ray cluster through Ray's Jobs API: submit a job file, read its status and logs.
+"""Ray's Jobs API: hand a job file to a cluster's job server, read a job's status and logs back.
 
-``geoseg submit JOB --address http://HEAD:8265`` runs ``geoseg run JOB``
-*on the cluster* (its driver on the head node), so the job outlives the
-submitting laptop or CI runner; ``geoseg status`` and ``geoseg logs`` read
-it back by its submission id.
-
-What travels with the job, and why: the cluster's nodes already hold geoseg
-(the image in ``infra/``) and share the job's data and output folders
-(NFS, a ReadWriteMany volume, or object storage), as ``geoseg run --address``
-needs too. So only the job file travels, in the job's runtime environment:
-``working_dir`` is a fresh temporary folder holding one YAML file, and the
-entrypoint is ``geoseg run <that file> [--stages ...]``, run in that folder.
-Shipping the job file's own folder instead would carry whatever else lies
-there (or miss data outside it), and its relative paths would resolve
-against Ray's unpacked copy, where nothing else is. The shipped copy has
-every relative path made absolute against the job file's folder *as the
-cluster sees it* (``job_dir``): by default the folder's absolute path here,
-which is right when the submitter shares the nodes' filesystem layout (the
-head node itself, a VM on the same NFS, the local two-node test cluster);
-from a laptop that forwards the dashboard, ``--job-dir`` names where the
-repo's job folder lies on the nodes (``/home/ray/geoseg/jobs`` in the
-image). Absolute paths and ``s3://`` URIs are kept. The copy drops
-``runtime.address``: a submitted job runs on the cluster it was submitted
-to, which its driver finds through the ``RAY_ADDRESS`` Ray sets for it.
-Object-storage credentials are never written into the shipped file; they
-come from the nodes' environment as for any run.
-
-The job is validated here first (:func:`geoseg.stages.validate_job`, which
-also checks its input files; with ``job_dir`` only the job itself, as its
-files are where the cluster is), so a bad job fails in a second with exit
-code 2 instead of minutes later on the cluster. A ``submission_id``
-may be given: Ray refuses a second job with the same id, which makes a
-scheduled submission idempotent (e.g. ``flood-survey-2026-05-01``).
+What is submitted, and why only the job file travels, is explained in
+:mod:`geoseg.job.submit`, which validates the job and prepares the file.
 """
 
 from __future__ import annotations
@@ -42,79 +12,34 @@ import os
 import shlex
 import socket
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-import yaml
+from geoseg.errors import ClusterError
 
-from geoseg import __version__
-from geoseg.config import load_job
-from geoseg.config.load import rebase_job_paths
-from geoseg.errors import ClusterError, JobConfigError
-
-__all__ = ["Submission", "submit_job", "job_status", "job_logs", "follow_job_logs", "TERMINAL_STATES"]
+__all__ = ["submit_job_file", "job_status", "job_logs", "follow_job_logs", "TERMINAL_STATES"]
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 _CONNECT_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
-class Submission:
-    """A job handed to a cluster: its submission id, the job's name and stages, and where it went."""
+def submit_job_file(job_file: str, text: str, *, address: str | None, entrypoint: list[str],
+                    submission_id: str | None, metadata: dict[str, str]) -> str:
+    """Submit ``entrypoint`` to the cluster whose job server is at ``address``, with ``job_file`` beside it.
 
-    submission_id: str
-    job_name: str
-    stages: list[str]
-    address: str
-
-
-def submit_job(job_path: str | Path, *, address: str | None, stages: list[str] | None = None,
-               job_dir: str | None = None, submission_id: str | None = None) -> Submission:
-    """Validate the job here, then submit ``geoseg run`` of it to the cluster whose job server is at ``address``.
-
-    ``job_dir`` is the job file's folder as the cluster's nodes see it (default: its absolute path
-    here, and the job's input files are checked here too; given, only the job itself is checked
-    here and its files are checked where it runs).
+    The job file (``text``, a YAML the caller prepared: see :mod:`geoseg.job.submit`) is the only file
+    that travels: it is the whole of the job's ``working_dir``. Returns the submission id.
     """
-    job, stages_run = _validate(job_path, stages, job_dir)
-    job_path = Path(job_path)
-    data = yaml.safe_load(job_path.read_text(encoding="utf-8"))  # read and checked by _validate just now
-    shipped = rebase_job_paths(data, job_dir or str(job_path.resolve().parent))
-    if isinstance(shipped.get("runtime"), dict):
-        shipped["runtime"] = {key: value for key, value in shipped["runtime"].items() if key != "address"}
-    command = ["geoseg", "run", job_path.name] + (["--stages", *stages] if stages else [])
     client = _client(address)
     with tempfile.TemporaryDirectory(prefix="geoseg-submit-") as folder:
-        (Path(folder) / job_path.name).write_text(
-            f"# {job_path.name} as submitted by geoseg {__version__}; paths made absolute for the cluster\n"
-            + yaml.safe_dump(shipped, sort_keys=False), encoding="utf-8")
-        metadata = {"geoseg_job": job.name, "geoseg_version": __version__, "job_file": str(job_path.resolve())}
+        (Path(folder) / job_file).write_text(text, encoding="utf-8")
         try:  # uploads the folder (one small YAML file) to the cluster before returning
-            given = client.submit_job(entrypoint=shlex.join(command), runtime_env={"working_dir": folder},
-                                      submission_id=submission_id, metadata=metadata)
+            given: str = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env={"working_dir": folder},
+                                           submission_id=submission_id, metadata=metadata)
         except (RuntimeError, ValueError) as error:
             raise ClusterError(f"{address}: the cluster refused the job: {_first_line(error)}") from None
-    return Submission(given, job.name, stages_run, address)
-
-
-def _validate(job_path: str | Path, stages: list[str] | None, job_dir: str | None):
-    """The job and the stages it will run; JobConfigError (exit code 2) listing every problem."""
-    if job_dir is None:
-        from geoseg.stages import validate_job
-
-        return validate_job(job_path, stages)
-    if not job_dir.startswith("/"):
-        raise JobConfigError(f"--job-dir {job_dir!r}: give the job file's folder as an absolute path on the "
-                             "cluster's nodes, e.g. /home/ray/geoseg/jobs")
-    job = load_job(job_path)  # the schema, the stage sections of the job's own `stages:`, halo auto
-    sections = {"train": job.train, "predict": job.predict, "vectorize": job.predict, "evaluate": job.evaluate}
-    missing = [f"{job_path}: stage {stage!r} needs a `{'predict' if stage == 'vectorize' else stage}:` section"
-               for stage in stages or [] if sections[stage] is None]
-    if missing:
-        raise JobConfigError(missing)
-    return job, list(stages or job.stages)
+    return given
 
 
 def job_status(submission_id: str, *, address: str) -> dict:

@@ -13,7 +13,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from geoseg.errors import StageError
-from geoseg.train.checkpoint import publish_checkpoint
+from geoseg.models.checkpoint import publish_checkpoint
 from geoseg.train.loop import train_model
 
 __all__ = ["fit_model"]

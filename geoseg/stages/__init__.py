@@ -1,5 +1,8 @@
-"""Pipeline stages: each reads what the previous one wrote to disk."""
+"""The pipeline's stages, one module each: plain functions from a validated job to files on disk.
 
-from geoseg.stages.run import run_job, validate_job
+Each stage reads only what the previous one wrote, so a failed job restarts at
+the failed stage. Which stages exist, and the job section each needs, is the
+table in :mod:`geoseg.config.stages`; :mod:`geoseg.job` chains them.
+"""
 
-__all__ = ["run_job", "validate_job"]
+__all__: list[str] = []

@@ -18,7 +18,7 @@ from geoseg.evaluate.instances import instance_report, mosaic_instances, truth_i
 from geoseg.io.instances import INSTANCES, read_instance_table
 from geoseg.io.mosaic import open_mosaic
 from geoseg.io.raster import inspect_scene
-from geoseg.stages.paths import JobPaths
+from geoseg.config.paths import JobPaths
 
 __all__ = ["run_evaluate", "mosaic_confusion"]
 
@@ -87,7 +87,12 @@ def _instance_metrics(job: Job, paths: JobPaths, mosaic, log) -> dict:
     return result
 
 
-def run_evaluate(job: Job, *, log=print) -> dict:
+def run_evaluate(job: Job, *, address: str | None = None, log=print, force: bool = False) -> dict:
+    """Score the mosaic against ``evaluate.labels``; write ``metrics.json`` and the quicklook.
+
+    Runs in this process and always recomputes; ``address`` and ``force`` are taken for the
+    runners' one signature (:mod:`geoseg.config.stages`).
+    """
     paths = JobPaths.of(job)
     started = time.perf_counter()
     truth = _truth_raster(job, paths)

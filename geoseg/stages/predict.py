@@ -15,9 +15,10 @@ from geoseg.models import is_instance_arch, output_stride, resolve_encoder
 from geoseg.models.context import KNOWN_HALOS, has_global_context
 from geoseg.infer.blend import BlendScratch, drop_scratch
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
-from geoseg.stages.paths import JobPaths
+from geoseg.config.paths import JobPaths
+from geoseg.stages.progress import tile_progress
 from geoseg.tiling import check_tile_size, plan_tiles
-from geoseg.train.checkpoint import build_model_from_card, read_card, weights_sha256
+from geoseg.models.checkpoint import build_model_from_card, read_card, weights_sha256
 
 __all__ = ["run_predict"]
 
@@ -99,19 +100,6 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
         f"overviews {levels or 'none'}; wrote {paths.mosaic}")
     return {"tiles": written, "skipped": len(tiles) - len(todo), "seconds": round(seconds, 1),
             "mpix_per_s": round(mpix / seconds, 3), "mosaic": str(paths.mosaic)}
-
-
-def tile_progress(total: int, finished: int, log):
-    """A callback for the actor pool: logs "tiles done/total" about every tenth of the way."""
-    step = max(1, total // 10)
-
-    def progress(count: int) -> None:
-        nonlocal finished
-        before, finished = finished, finished + count
-        if finished // step != before // step or finished == total:
-            log(f"predict: tiles {finished}/{total}")
-
-    return progress
 
 
 def _note_seams(card: dict, job: Job, log) -> None:

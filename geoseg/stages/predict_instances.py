@@ -33,14 +33,15 @@ from rasterio.windows import Window
 from geoseg.config import Job
 from geoseg.errors import StageError
 from geoseg.infer.detect import tile_file
-from geoseg.infer.masks import InstanceMask, load_masks
+from geoseg.io.masks import InstanceMask, load_masks
 from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
 from geoseg.io.instances import create_instance_array, table_from_columns, write_instance_table
 from geoseg.io.mosaic import MosaicInfo, create_mosaic, mark_done, write_block
 from geoseg.io.overviews import build_overviews
 from geoseg.io.raster import read_valid
 from geoseg.runtime import detect_tiles, ray_session
-from geoseg.stages.paths import JobPaths
+from geoseg.config.paths import JobPaths
+from geoseg.stages.progress import tile_progress
 from geoseg.tiling import plan_tiles
 from geoseg.vectorize.export import metres_per_unit
 
@@ -103,7 +104,6 @@ def _table(instances: list[InstanceMask], mosaic: MosaicInfo):
 def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprint: dict, address, log,
                           force: bool = False) -> dict:
     """Detect, merge and write the instance mosaic and table (see the module doc)."""
-    from geoseg.stages.predict import tile_progress  # the stage that calls this one
 
     paths = JobPaths.of(job)
     spec, settings = job.predict, job.instances

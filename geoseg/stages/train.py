@@ -7,16 +7,16 @@ import json
 import shutil
 import time
 
-from geoseg import __version__
+from geoseg._version import __version__
 from geoseg.config import Job
 from geoseg.io.labels import load_labels, rasterize_labels
 from geoseg.io.raster import inspect_scene
 from geoseg.models import is_instance_arch, output_stride
 from geoseg.runtime import fit_model, ray_session
-from geoseg.stages.paths import JobPaths
+from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError
-from geoseg.train.checkpoint import build_model_from_card, read_card
-from geoseg.train.data import band_statistics
+from geoseg.models.checkpoint import build_model_from_card, read_card
+from geoseg.io.normalization import band_statistics
 from geoseg.train.history import plot_history
 from geoseg.train.instances import instance_centres
 from geoseg.train.sampler import LabelIndex, split_area

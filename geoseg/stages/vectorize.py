@@ -10,14 +10,19 @@ from __future__ import annotations
 import time
 
 from geoseg.config import Job
-from geoseg.stages.paths import JobPaths
+from geoseg.config.paths import JobPaths
 from geoseg.io.mosaic import open_mosaic
 from geoseg.vectorize import vectorize_instances, vectorize_mosaic
 
 __all__ = ["run_vectorize"]
 
 
-def run_vectorize(job: Job, *, log=print) -> dict:
+def run_vectorize(job: Job, *, address: str | None = None, log=print, force: bool = False) -> dict:
+    """Turn the mosaic's classes (or instances) into polygons under ``vectors/``.
+
+    Runs in this process and always rewrites its outputs; ``address`` and ``force`` are taken for
+    the runners' one signature (:mod:`geoseg.config.stages`).
+    """
     paths = JobPaths.of(job)
     spec = job.vectorize
     started = time.perf_counter()

@@ -1,9 +1,9 @@
-"""Training data, losses, loop and checkpoints (no Ray inside)."""
+"""Training: crop samplers, augmentation, losses, the training plan and loop (no Ray inside).
 
-from geoseg.train.checkpoint import load_checkpoint, read_card, save_checkpoint
-from geoseg.train.data import band_statistics, normalize
+Checkpoints and model cards are in :mod:`geoseg.models`; input normalization in :mod:`geoseg.io.normalization`.
+"""
+
 from geoseg.train.loop import train_model
 from geoseg.train.sampler import CropSampler
 
-__all__ = ["CropSampler", "band_statistics", "load_checkpoint", "normalize", "read_card", "save_checkpoint",
-           "train_model"]
+__all__ = ["CropSampler", "train_model"]

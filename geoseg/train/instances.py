@@ -25,8 +25,9 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.infer.detect import detections_to_masks, run_detector
-from geoseg.infer.masks import InstanceMask, tight
-from geoseg.train.data import normalize, photometric_jitter
+from geoseg.io.masks import InstanceMask, tight
+from geoseg.io.normalization import normalize
+from geoseg.train.augment import photometric_jitter
 from geoseg.train.sampler import validation_windows
 
 __all__ = ["InstanceCropSampler", "crop_targets", "collate_instances", "validate_instances", "instance_centres",

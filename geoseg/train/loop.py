@@ -28,8 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
 from geoseg.models import is_instance_arch
-from geoseg.train.checkpoint import BEST_WEIGHTS, WEIGHTS, build_model_from_card, save_checkpoint
-from geoseg.train.data import normalize
+from geoseg.models.checkpoint import BEST_WEIGHTS, WEIGHTS, build_model_from_card, save_checkpoint
+from geoseg.io.normalization import normalize
 from geoseg.train.losses import build_loss, class_weight_map, unet_border_weights
 from geoseg.train.sampler import CropSampler, LabelIndex, validation_windows
 from geoseg.train.instances import InstanceCropSampler, collate_instances, validate_instances

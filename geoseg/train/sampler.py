@@ -23,7 +23,8 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.io.labels import IGNORE
-from geoseg.train.data import normalize, photometric_jitter
+from geoseg.io.normalization import normalize
+from geoseg.train.augment import photometric_jitter
 
 __all__ = ["split_area", "LabelIndex", "CropSampler", "validation_windows", "CELL"]
 

@@ -8,7 +8,7 @@ runtime can polygonize chunks in parallel and merge them in order on one node.
 from geoseg.vectorize.instances import InstanceVectorOutputs, vectorize_instances
 from geoseg.vectorize.polygonize import ChunkPieces, polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
-from geoseg.vectorize.stage import VectorOutputs, select_classes, vectorize_mosaic
+from geoseg.vectorize.classes import VectorOutputs, select_classes, vectorize_mosaic
 
 __all__ = [
     "ChunkPieces",

@@ -1,6 +1,8 @@
-"""Training data: per-band statistics and normalization (the crop sampler is in :mod:`geoseg.train.sampler`).
+"""Input normalization: per-band statistics of the training scenes, and the standardization every model input gets.
 
-Statistics read windows only, so training scenes may be larger than memory.
+The train stage computes the statistics (reading windows only, so training
+scenes may be larger than memory) and the model card records them; training,
+prediction and the benchmarks standardize raw pixels with :func:`normalize`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import rasterio
 
 from geoseg.io.raster import iter_blocks, read_valid
 
-__all__ = ["band_statistics", "normalize", "photometric_jitter"]
+__all__ = ["band_statistics", "normalize"]
 
 
 def band_statistics(images: list[Path], bands: tuple[int, ...], *, step: int = 4) -> tuple[list[float], list[float]]:
@@ -47,11 +49,3 @@ def normalize(pixels: np.ndarray, mean: list[float], std: list[float]) -> np.nda
     mean_ = np.asarray(mean, np.float32)[:, None, None]
     std_ = np.asarray(std, np.float32)[:, None, None]
     return (pixels.astype(np.float32) - mean_) / std_
-
-
-def photometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Per-band gain in 1 ± strength and offset in ± strength (normalized units, i.e. band std)."""
-    bands = image.shape[0]
-    gain = rng.uniform(1 - strength, 1 + strength, (bands, 1, 1))
-    offset = rng.uniform(-strength, strength, (bands, 1, 1))
-    return (image * gain + offset).astype(np.float32)

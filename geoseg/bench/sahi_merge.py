@@ -45,7 +45,7 @@ Deliberate differences, none of which change the grouping:
 - Masks are unioned as boolean arrays (``np.logical_or``, as SAHI's bool-mask
   releases did); current SAHI unions the masks' COCO polygons with shapely,
   which is the same region up to contour rasterization (and it fills holes).
-- Pairs are found with an STR-tree (:func:`geoseg.infer.masks.bbox_pairs`)
+- Pairs are found with an STR-tree (:func:`geoseg.io.masks.bbox_pairs`)
   instead of SAHI's dense N×N matrix; every pair with a positive box
   intersection is among them, and only those can reach a positive threshold.
 - Empty masks are dropped (SAHI cannot represent them: ``ObjectPrediction``
@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoseg.infer.masks import InstanceMask, bbox_pairs, tight
+from geoseg.io.masks import InstanceMask, bbox_pairs, tight
 
 __all__ = ["sahi_greedy_nmm", "sahi_boxes"]
 

@@ -13,9 +13,9 @@ from geoseg.errors import GeosegError
 from geoseg.io.labels import load_labels
 from geoseg.io.raster import SceneInfo, inspect_scene
 from geoseg.models import is_instance_arch, ARCHITECTURES, build_model, output_stride
-from geoseg.stages.paths import JobPaths
+from geoseg.config.paths import JobPaths
 from geoseg.tiling import check_tile_size
-from geoseg.train.checkpoint import build_model_from_card, read_card
+from geoseg.models.checkpoint import build_model_from_card, read_card
 
 __all__ = ["check_job_inputs"]
 

@@ -34,292 +34,20 @@ Files (all under ``workdir``):
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
-import re
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
-import rasterio
-from affine import Affine
-from rasterio.windows import Window
 
-from geoseg.io.raster import iter_blocks
+from geoseg.bench.measure import Contention, MemorySampler, cpu_seconds, wait_until_quiet
+from geoseg.synthetic.blocks import CLASSES, MEAN, PIXEL_SIZE, STD, scene_path, usable_scene, write_synthetic_scene
 
-__all__ = ["bench_predict", "write_synthetic_scene", "scene_path", "MemorySampler", "SCENE_CRS", "PIXEL_SIZE"]
-
-SCENE_CRS = "EPSG:32633"
-PIXEL_SIZE = 0.5  # metres: a 0.25 m² ground pixel, as in a typical aerial survey
-SCENE_VERSION = 1  # bump when the generator changes, so cached scenes are not reused
-CLASSES = ["background", "water", "building"]
-# Mean/std of the generator's bands (128 ± ~40): the benchmark does not need
-# exact statistics, and computing them would read the whole scene.
-MEAN, STD = [128.0, 120.0, 110.0], [40.0, 40.0, 40.0]
-
-
-def scene_path(workdir: str | Path, size: int) -> Path:
-    """Where the cached synthetic scene of ``size`` pixels a side lives."""
-    return Path(workdir) / f"bench_scene_{size}_v{SCENE_VERSION}.tif"
-
-
-def _synthetic_block(window: Window, seed: int) -> np.ndarray:
-    """(3, h, w) uint8: a few sinusoids in scene coordinates plus per-block noise.
-
-    Smooth enough to compress, busy enough that no block is constant, and a
-    pure function of the block's position, so any block can be made alone.
-    """
-    h, w = int(window.height), int(window.width)
-    y = np.arange(window.row_off, window.row_off + h, dtype=np.float32)[:, None]
-    x = np.arange(window.col_off, window.col_off + w, dtype=np.float32)[None, :]
-    tau = np.float32(2 * np.pi)
-    rng = np.random.default_rng((seed, int(window.row_off), int(window.col_off)))
-    out = np.empty((3, h, w), np.uint8)
-    waves = (
-        (700.0, 900.0, 173.0),
-        (1300.0, 410.0, 97.0),
-        (530.0, 2100.0, 251.0),
-    )
-    for band, (px, py, pd) in enumerate(waves):
-        value = (np.sin(tau * x / px) * np.cos(tau * y / py)) * np.float32(50) \
-            + np.sin(tau * (x + y) / pd) * np.float32(20) + np.float32(MEAN[band])
-        value += rng.integers(-3, 4, size=(h, w), dtype=np.int16)
-        np.clip(value, 1, 255, out=value)
-        out[band] = value.astype(np.uint8)
-    return out
-
-
-def write_synthetic_scene(path: str | Path, size: int, *, block: int = 512, seed: int = 0) -> Path:
-    """Write a ``size``×``size`` 3-band uint8 GeoTIFF block by block; return its path.
-
-    Tiled (``block``-pixel blocks, pixel-interleaved), DEFLATE-compressed, at
-    0.5 m in EPSG:32633 (horizontal predictor, about 2:1 like real orthophotos). One block is in memory at a time and GDAL's block
-    cache is capped, so memory stays flat whatever ``size``. Written to a
-    temporary name and renamed, so an interrupted write is never reused.
-    """
-    if size < 1:
-        raise ValueError(f"size must be a positive number of pixels (got {size!r})")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    profile = {"driver": "GTiff", "height": size, "width": size, "count": 3, "dtype": "uint8",
-               "crs": SCENE_CRS, "transform": Affine(PIXEL_SIZE, 0, 500000.0, 0, -PIXEL_SIZE, 5000000.0),
-               "compress": "deflate", "predictor": 2, "interleave": "pixel", "BIGTIFF": "IF_SAFER"}
-    if size >= 16:  # GeoTIFF blocks are multiples of 16; tiny scenes stay striped
-        blocksize = min(block, 16 * (size // 16))
-        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
-    # Each write fills whole blocks; a small cache makes GDAL flush them as it
-    # goes instead of holding up to 5% of RAM of dirty blocks.
-    with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(tmp, "w", **profile) as dst:
-        step = profile.get("blockxsize", size)
-        for window in iter_blocks(size, size, step):
-            dst.write(_synthetic_block(window, seed), window=window)
-    os.replace(tmp, path)
-    return path
-
-
-def _usable_scene(path: Path, size: int) -> bool:
-    try:
-        with rasterio.open(path) as src:
-            return (src.width, src.height, src.count, src.dtypes[0]) == (size, size, 3, "uint8") \
-                and src.crs is not None and src.crs.to_epsg() == 32633
-    except rasterio.errors.RasterioIOError:
-        return False
-
-
-class MemorySampler:
-    """Background thread: peak memory of this process and all its descendants.
-
-    Every ``interval`` it sums RSS over the process tree (cheap: one read of
-    ``/proc/<pid>/statm`` each). RSS counts shared pages (torch's libraries,
-    Ray's object store) once per process that maps them, so it overstates a
-    dozen Ray processes; where the kernel offers it the reported peak is
-    therefore PSS (proportional set size: each shared page split among its
-    sharers). PSS costs a page-table walk (~10 ms for a process holding torch,
-    so a full tree costs ~0.1 s; listing the tree itself scans /proc), so it is read every ``pss_every`` seconds
-    and whenever the RSS sum reaches a new high (at most once a second), not
-    at every tick: sampling must not steal a 2-core machine from the run it
-    measures. ``busy_s`` says what sampling cost.
-    """
-
-    def __init__(self, interval: float = 1.0, pss_every: float = 5.0):
-        self.interval, self.pss_every = interval, pss_every
-        self.root = psutil.Process()
-        self.metric = "pss" if _pss(self.root.pid) is not None else "rss"
-        self.peak_total = 0  # in ``metric``
-        self.peak_driver = 0
-        self.peak_rss_sum = 0  # plain RSS sum, for comparison
-        self.peak_processes = 0
-        self.peak_by_name: dict[str, int] = {}
-        self.samples = 0
-        self.pss_samples = 0
-        self.busy_s = 0.0
-        self._names: dict[int, str] = {}
-        self._cpu: dict[int, tuple[str, float]] = {}  # pid → (name, last seen CPU seconds)
-        self._cpu_start = _cpu_seconds(self.root)
-        self._last_pss = -math.inf
-        self._rss_high = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="geoseg-bench-memory", daemon=True)
-
-    def _name(self, proc: psutil.Process, refresh: bool) -> str:
-        if proc.pid == self.root.pid:
-            return "driver"
-        if refresh or proc.pid not in self._names:  # Ray workers retitle themselves when they become actors
-            self._names[proc.pid] = _process_name(proc)
-        return self._names[proc.pid]
-
-    def sample(self, full: bool = False) -> int:
-        """Take one sample (with PSS if ``full`` or due); return the RSS sum in bytes."""
-        started = time.perf_counter()
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            procs = [self.root]
-        rows = []
-        for proc in procs:
-            try:
-                rss = proc.memory_info().rss
-                cpu = _cpu_seconds(proc)
-            except psutil.Error:  # exited between listing and reading
-                continue
-            rows.append((proc, rss))
-            self._cpu[proc.pid] = (self._name(proc, refresh=False), cpu)
-        rss_sum = sum(rss for _, rss in rows)
-        self.peak_rss_sum = max(self.peak_rss_sum, rss_sum)
-        self.peak_processes = max(self.peak_processes, len(rows))
-        now = time.monotonic()
-        due = now - self._last_pss >= self.pss_every or (rss_sum > self._rss_high and now - self._last_pss >= 1.0)
-        if self.metric == "rss" or full or due:
-            values = []
-            for proc, rss in rows:
-                value = rss if self.metric == "rss" else _pss(proc.pid)
-                if value is None:
-                    continue
-                name = self._name(proc, refresh=True)
-                values.append(value)
-                self.peak_by_name[name] = max(self.peak_by_name.get(name, 0), value)
-                if proc.pid == self.root.pid:
-                    self.peak_driver = max(self.peak_driver, value)
-            self.peak_total = max(self.peak_total, sum(values))
-            self._rss_high = max(self._rss_high, rss_sum)
-            self._last_pss = now
-            self.pss_samples += 1
-        self.samples += 1
-        self.busy_s += time.perf_counter() - started
-        return rss_sum
-
-    def cpu_by_name(self) -> dict[str, float]:
-        """CPU seconds each kind of process used, as last seen (at most one interval short).
-
-        The driver counts from when the sampler started; other processes their whole life.
-        """
-        totals: dict[str, float] = {}
-        for pid, (name, seconds) in self._cpu.items():
-            if pid == self.root.pid:
-                seconds -= self._cpu_start
-            totals[name] = totals.get(name, 0.0) + seconds
-        return totals
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def __enter__(self) -> "MemorySampler":
-        self.sample(full=True)
-        self._contention = _Contention()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample(full=True)
-        self.other_cpu_share = self._contention.share(sum(self.cpu_by_name().values()))
-
-
-class _Contention:
-    """How much of the machine *other* work used while we ran: the CPU-busy
-    time of the whole machine minus our own, as a share of all its cores.
-    On a shared 2-core box this is what makes two timings comparable or not."""
-
-    def __init__(self):
-        self.started = time.monotonic()
-        self.busy = _busy_seconds()
-
-    def share(self, own_cpu_seconds: float) -> float:
-        wall = time.monotonic() - self.started
-        other = _busy_seconds() - self.busy - own_cpu_seconds
-        return max(0.0, other) / (wall * (psutil.cpu_count() or 1)) if wall > 0 else 0.0
-
-
-def _busy_seconds() -> float:
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) \
-        - getattr(times, "guest_nice", 0.0)
-
-
-def _pss(pid: int) -> int | None:
-    """Proportional set size in bytes from ``/proc/<pid>/smaps_rollup``; None where unavailable."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
-            for line in rollup:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _cpu_seconds(proc: psutil.Process) -> float:
-    cpu = proc.cpu_times()
-    return cpu.user + cpu.system
-
-
-def _wait_until_quiet(root: psutil.Process, *, timeout: float = 20.0, share: float = 0.05) -> float:
-    """Wait until this process's descendants use under ``share`` of a core; return the seconds waited.
-
-    After the stage, Ray's processes take a few seconds to exit (or, with a
-    shared Ray, to go idle); the model-only loop must not share the CPU with them.
-    """
-    def usage() -> dict[int, float]:
-        seconds = {}
-        for proc in root.children(recursive=True):
-            try:
-                seconds[proc.pid] = _cpu_seconds(proc)
-            except psutil.Error:
-                pass
-        return seconds
-
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        before = usage()
-        time.sleep(0.5)
-        after = usage()
-        if sum(after[pid] - before[pid] for pid in after.keys() & before.keys()) < share * 0.5:
-            break
-    return time.monotonic() - started
-
-
-def _process_name(proc: psutil.Process) -> str:
-    """Ray workers retitle themselves (``ray::_MapWorker``); the first word says who is who."""
-    try:
-        cmdline = proc.cmdline()
-    except psutil.Error:
-        cmdline = []
-    word = cmdline[0].split()[0] if cmdline and cmdline[0].strip() else proc.name()
-    if word.startswith("ray::"):  # ray::MapWorker(MapBatches(_PredictActor)).submit → ray::MapWorker
-        return re.split(r"[(.]", word, maxsplit=1)[0]
-    if "python" in os.path.basename(word) and len(cmdline) > 1:  # name Python processes by their script
-        script = next((arg for arg in cmdline[1:] if not arg.startswith("-")), "")
-        return f"python {os.path.basename(script)}".strip()
-    return os.path.basename(word)
-
+__all__ = ["bench_predict"]
 
 def _done_times(mosaic: Path) -> list[float]:
     """Modification times of the mosaic's per-chunk ``done`` markers, sorted.
@@ -347,7 +75,7 @@ def _model_only(checkpoint: Path, scene: Path, mosaic: Path, tiles, *, batch_siz
     from geoseg.infer import TilePredictor
     from geoseg.infer.predict import predict_logits
     from geoseg.io.raster import read_tile
-    from geoseg.train.data import normalize
+    from geoseg.io.normalization import normalize
 
     previous_threads = torch.get_num_threads()
     previous_cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
@@ -363,13 +91,13 @@ def _model_only(checkpoint: Path, scene: Path, mosaic: Path, tiles, *, batch_siz
                       for tile in batch]
             inputs.append(np.stack(arrays))
         predict_logits(predictor.model, inputs[0], predictor.device)  # warm-up: allocator, oneDNN/cuDNN plans
-        contention, own = _Contention(), _cpu_seconds(psutil.Process())
+        contention, own = Contention(), cpu_seconds(psutil.Process())
         started = time.perf_counter()
         for array in inputs:
             predict_logits(predictor.model, array, predictor.device)  # returns on the CPU: synchronised
         seconds = time.perf_counter() - started
         timed = sum(len(batch) for batch in batches)
-        return seconds / timed, timed, contention.share(_cpu_seconds(psutil.Process()) - own)
+        return seconds / timed, timed, contention.share(cpu_seconds(psutil.Process()) - own)
     finally:
         predictor.close()
         del predictor
@@ -381,7 +109,7 @@ def _random_checkpoint(folder: Path, arch: str, encoder: str, options: dict):
     import torch
 
     from geoseg.models import build_model
-    from geoseg.train.checkpoint import save_checkpoint
+    from geoseg.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(arch, in_channels=3, num_classes=len(CLASSES), encoder=encoder, **options)
@@ -444,7 +172,7 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
     scene = scene_path(workdir, size)
     created = False
     try:
-        if scene.exists() and _usable_scene(scene, size):
+        if scene.exists() and usable_scene(scene, size):
             log(f"bench: reusing {scene}")
         else:
             log(f"bench: writing a {size}x{size} synthetic scene to {scene}")
@@ -474,7 +202,7 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         mosaic = Path(job.output_dir) / "mosaic.zarr"
         done = _done_times(mosaic)
 
-        quiet_wait = _wait_until_quiet(psutil.Process())
+        quiet_wait = wait_until_quiet(psutil.Process())
         device = "cuda" if use_gpu else "cpu"
         per_tile, timed, model_only_other_cpu = _model_only(checkpoint, scene, mosaic, tiles, batch_size=batch_size, device=device,
                                       threads=cpus_per_worker, max_batches=model_only_batches)

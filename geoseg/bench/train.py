@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from geoseg.bench import CLASSES, MEAN, STD, write_synthetic_scene
+from geoseg.synthetic.blocks import CLASSES, MEAN, STD, write_synthetic_scene
 
 __all__ = ["bench_train"]
 

@@ -60,9 +60,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-import geoseg
+import geoseg._version
 from geoseg.config import Job
-from geoseg.stages.paths import JobPaths
+from geoseg.config.paths import JobPaths
 
 __all__ = ["RunRecord", "finished_run", "code_version", "input_fingerprints", "RUN_FILE", "LATEST"]
 
@@ -115,7 +115,7 @@ def code_version() -> dict:
             dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", _PACKAGE.name))
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"geoseg_version": geoseg.__version__, "git_commit": commit, "git_dirty": dirty,
+    return {"geoseg_version": geoseg._version.__version__, "git_commit": commit, "git_dirty": dirty,
             "source_sha256": digest.hexdigest()}
 
 
@@ -125,7 +125,7 @@ def _checkpoint_path(job: Job) -> Path:
 
 
 def checkpoint_info(job: Job) -> dict:
-    from geoseg.train.checkpoint import WEIGHTS, weights_sha256
+    from geoseg.models.checkpoint import WEIGHTS, weights_sha256
 
     path = _checkpoint_path(job)
     return {"path": str(path), "weights_sha256": weights_sha256(path) if (path / WEIGHTS).is_file() else None}
@@ -161,7 +161,7 @@ def stage_outputs(stage: str, job: Job, summary: dict) -> list[str]:
     """The files a finished stage leaves for later stages and for people."""
     paths = JobPaths.of(job)
     if stage == "train":
-        from geoseg.train.checkpoint import CARD, WEIGHTS
+        from geoseg.models.checkpoint import CARD, WEIGHTS
 
         return [str(paths.checkpoint / WEIGHTS), str(paths.checkpoint / CARD)]
     if stage == "predict":

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from geoseg.config import Job, load_job
+from geoseg.config import Job
+from geoseg.job.load import load_job
+from geoseg.job.registry import check_stage_sections, stage_runner
 from geoseg.errors import JobConfigError
-from geoseg.stages.paths import JobPaths
-from geoseg.stages.preflight import check_job_inputs
-from geoseg.stages.runrecord import (LATEST, RUN_FILE, RunRecord, code_version, finished_run, input_fingerprints,
+from geoseg.config.paths import JobPaths
+from geoseg.job.preflight import check_job_inputs
+from geoseg.job.runrecord import (LATEST, RUN_FILE, RunRecord, code_version, finished_run, input_fingerprints,
                                       noop_message, stage_outputs)
 
 __all__ = ["validate_job", "run_job"]
@@ -18,12 +20,7 @@ __all__ = ["validate_job", "run_job"]
 def validate_job(path: str | Path, stages: list[str] | None = None) -> tuple[Job, list[str]]:
     """Load the job and check its inputs; raise JobConfigError listing every problem."""
     job = load_job(path)
-    stages = stages or list(job.stages)
-    missing = {"train": job.train, "predict": job.predict, "vectorize": job.predict, "evaluate": job.evaluate}
-    problems = [f"{path}: stage {stage!r} needs a `{'predict' if stage == 'vectorize' else stage}:` section"
-                for stage in stages if missing.get(stage) is None]
-    if problems:
-        raise JobConfigError(problems)
+    stages = check_stage_sections(job, stages, str(path))
     problems = check_job_inputs(job, stages, str(path))
     if problems:
         raise JobConfigError(problems)
@@ -36,7 +33,7 @@ def run_job(path: str | Path, *, stages: list[str] | None = None, address: str |
 
     Each run is recorded in ``output_dir/runs/<run id>/run.json``. When the most recent run already
     did this work (same job, code, stages and inputs, outputs still there) nothing runs and Ray is
-    not started; ``force`` runs every stage again from scratch (see :mod:`geoseg.stages.runrecord`).
+    not started; ``force`` runs every stage again from scratch (see :mod:`geoseg.job.runrecord`).
     """
     job, stages = validate_job(path, stages)
     code, inputs = code_version(), input_fingerprints(job, stages)
@@ -76,19 +73,7 @@ def run_job(path: str | Path, *, stages: list[str] | None = None, address: str |
 
 
 def _run_stage(stage: str, job: Job, *, address: str | None, log, force: bool) -> dict:
-    if stage == "train":
-        from geoseg.stages.train import run_train
-        return run_train(job, address=address, log=log, force=force)
-    if stage == "predict":
-        from geoseg.stages.predict import run_predict
-        return run_predict(job, address=address, log=log, force=force)
-    if stage == "vectorize":
-        from geoseg.stages.vectorize import run_vectorize
-        return run_vectorize(job, log=log)
-    if stage == "evaluate":
-        from geoseg.stages.evaluate import run_evaluate
-        return run_evaluate(job, log=log)
-    raise JobConfigError(f"unknown stage {stage!r}")
+    return stage_runner(stage)(job, address=address, log=log, force=force)
 
 
 def _publish(job: Job, outputs: list, what: str, log) -> None:

@@ -6,7 +6,7 @@ scores each result against the job's reference polygons:
 
 - ``none``: every raw detection as it is (what tiling without a merge gives);
 - ``sahi``: SAHI's default postprocess for sliced prediction (greedy NMM on
-  boxes, intersection over smaller 0.5, class-aware; :mod:`geoseg.infer.sahi_merge`);
+  boxes, intersection over smaller 0.5, class-aware; :mod:`geoseg.bench.sahi_merge`);
 - ``geoseg``: the mask-overlap merge (:func:`~geoseg.infer.merge.merge_detections`),
   before and after the per-pixel overlap resolution the mosaic gets.
 
@@ -26,15 +26,15 @@ from pathlib import Path
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.config import load_job
+from geoseg.job import load_job
 from geoseg.errors import InputRasterError
 from geoseg.evaluate.instances import instance_report, truth_instances
-from geoseg.infer.masks import bbox_pairs, load_masks, mask_iou
+from geoseg.io.masks import bbox_pairs, load_masks, mask_iou
 from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
-from geoseg.infer.sahi_merge import sahi_greedy_nmm
+from geoseg.bench.sahi_merge import sahi_greedy_nmm
 from geoseg.io.labels import load_labels
 from geoseg.io.raster import inspect_scene, read_valid
-from geoseg.stages.paths import JobPaths
+from geoseg.config.paths import JobPaths
 from geoseg.tiling import plan_tiles
 
 __all__ = ["bench_merge"]

@@ -1,0 +1,56 @@
+"""The stage table: every stage's name, the job sections it needs, what it does, and where its runner lives.
+
+One table that the job schema (which names ``stages:`` may hold), the command
+line (one subcommand per stage) and the orchestrator (:mod:`geoseg.job.run`)
+all read. Runners are named, not imported: the stages sit above the job
+schema, and validating a job must not import torch or Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+__all__ = ["STAGES", "STAGE_NAMES", "StageName", "StageInfo", "stage_info"]
+
+StageName = Literal["train", "predict", "vectorize", "evaluate"]
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One stage of the pipeline.
+
+    Attributes:
+        name: the stage's name in ``stages:``, ``--stages`` and the command line.
+        sections: the job sections it cannot run without.
+        help: what it does, in a few words (the command line's help).
+        runner: ``module:function`` of its runner, called as ``runner(job, address=..., log=..., force=...)``.
+        uses_ray_address: whether ``--address`` means anything to it.
+    """
+
+    name: StageName
+    sections: tuple[Literal["train", "predict", "evaluate"], ...]
+    help: str
+    runner: str
+    uses_ray_address: bool = True
+
+
+STAGES: tuple[StageInfo, ...] = (
+    StageInfo("train", ("train",), "train the model", "geoseg.stages.train:run_train"),
+    StageInfo("predict", ("predict",), "predict the scene into the Zarr mosaic", "geoseg.stages.predict:run_predict"),
+    StageInfo("vectorize", ("predict",), "turn the mosaic into polygons", "geoseg.stages.vectorize:run_vectorize",
+              uses_ray_address=False),
+    StageInfo("evaluate", ("evaluate", "predict"), "score the mosaic against labels", "geoseg.stages.evaluate:run_evaluate",
+              uses_ray_address=False),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+if STAGE_NAMES != get_args(StageName):  # pragma: no cover - a programming error, caught on import
+    raise RuntimeError(f"StageName {get_args(StageName)} and STAGES {STAGE_NAMES} disagree")
+
+
+def stage_info(name: str) -> StageInfo:
+    """The table row of stage ``name`` (KeyError for an unknown name)."""
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(name)
