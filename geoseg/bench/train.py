@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
+from geoseg.config.schema import TrainScene, TrainSpec
+from geoseg.models.card import ModelCard, Normalization
 from geoseg.synthetic.blocks import CLASSES, MEAN, STD, write_synthetic_scene
+from geoseg.train.plan import TrainingPlan, TrainingScene
 
 __all__ = ["bench_train"]
 
@@ -47,15 +50,16 @@ def _label_raster(scene: Path, out: Path) -> Path:
     return out
 
 
-def _config(scene: Path, labels: Path, *, size: int, arch: str, encoder: str, options: dict, tile_size: int,
-            batch_size: int, epochs: int, steps: int) -> dict:
-    card = {"arch": arch, "encoder": encoder, "options": options, "classes": CLASSES, "bands": [1, 2, 3],
-            "dtype": "uint8", "normalization": {"mean": MEAN, "std": STD}}
-    return {"card": card, "pairs": [(str(scene), str(labels))], "train_areas": [[0, 0, size, size]],
-            "val_areas": None, "cells": None, "instances": None, "class_weights": None,
-            "loss": {"ce": 1.0, "dice": 1.0}, "schedule": "onecycle", "tile_size": tile_size,
-            "batch_size": batch_size, "epochs": epochs, "steps_per_epoch": steps, "learning_rate": 1e-3,
-            "weight_decay": 1e-4, "seed": 0, "oversample": 0.0, "jitter": 0.1, "patience": None}
+def _plan(scene: Path, labels: Path, *, size: int, arch: str, encoder: str, options: dict, tile_size: int,
+          batch_size: int, epochs: int, steps: int) -> TrainingPlan:
+    """The training plan of every run: the whole scene for training, no validation, the same schedule."""
+    card = ModelCard(arch=arch, encoder=encoder, options=options, classes=tuple(CLASSES), bands=(1, 2, 3),
+                     dtype="uint8", normalization=Normalization(mean=tuple(MEAN), std=tuple(STD)))
+    spec = TrainSpec(scenes=[TrainScene(image=scene, labels=labels)], tile_size=tile_size, batch_size=batch_size,
+                     epochs=epochs, steps_per_epoch=steps, learning_rate=1e-3, weight_decay=1e-4, seed=0,
+                     oversample=0.0, jitter=0.1, validation_fraction=0.0, loss={"ce": 1.0, "dice": 1.0})
+    whole = TrainingScene(image=str(scene), labels=str(labels), train_area=(0, 0, size, size), val_area=None)
+    return TrainingPlan(card=card, spec=spec, scenes=(whole,), stride=32)
 
 
 def _steady_rate(history: list[dict], batch_size: int, steps: int, workers: int) -> float:
@@ -81,7 +85,7 @@ def bench_train(*, size: int = 2048, tile_size: int = 256, batch_size: int = 8, 
     try:
         scene = write_synthetic_scene(workdir / f"train_scene_{size}.tif", size)
         labels = _label_raster(scene, workdir / f"train_labels_{size}.tif")
-        config = _config(scene, labels, size=size, arch=arch, encoder=encoder, options=options,
+        plan = _plan(scene, labels, size=size, arch=arch, encoder=encoder, options=options,
                          tile_size=tile_size, batch_size=batch_size, epochs=epochs, steps=steps)
         result = {"bench": "train", "arch": arch, "encoder": encoder, "options": options, "tile": tile_size,
                   "batch_size": batch_size, "epochs": epochs, "steps_per_epoch": steps, "cpus": cpus}
@@ -90,7 +94,7 @@ def bench_train(*, size: int = 2048, tile_size: int = 256, batch_size: int = 8, 
         previous = torch.get_num_threads()
         torch.set_num_threads(cpus)
         started = time.perf_counter()
-        plain = train_model(config, log=log, report=lambda metrics, folder: None)
+        plain = train_model(plan, log=log, report=lambda metrics, folder: None)
         result["plain_wall_s"] = round(time.perf_counter() - started, 2)
         torch.set_num_threads(previous)
         result["plain_samples_s"] = round(_steady_rate(plain["history"], batch_size, steps, 1), 3)
@@ -100,7 +104,7 @@ def bench_train(*, size: int = 2048, tile_size: int = 256, batch_size: int = 8, 
                 per_worker = max(1, cpus // workers)
                 log(f"bench: Ray Train, {workers} worker(s) x {per_worker} CPU")
                 started = time.perf_counter()
-                metrics = fit_model({**config, "seed": 0}, name=f"bench-{workers}-{os.getpid()}",
+                metrics = fit_model(plan, name=f"bench-{workers}-{os.getpid()}",
                                     storage=workdir / "ray", checkpoint_out=workdir / f"checkpoint_{workers}",
                                     workers=workers, cpus_per_worker=per_worker, use_gpu=False, max_failures=0)
                 result[f"ray_{workers}_wall_s"] = round(time.perf_counter() - started, 2)

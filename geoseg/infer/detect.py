@@ -103,8 +103,8 @@ class TileDetector:
         # Boxes under the threshold would be dropped anyway; dropping them inside the model also
         # skips pasting their full-tile masks, the slowest step of an unsure model.
         self.model.roi_heads.score_thresh = max(self.model.roi_heads.score_thresh, score_threshold)
-        self.bands = tuple(self.card["bands"])
-        self.mean, self.std = self.card["normalization"]["mean"], self.card["normalization"]["std"]
+        self.bands = tuple(self.card.bands)
+        self.mean, self.std = self.card.normalization.mean, self.card.normalization.std
         self.out_dir = Path(out_dir)
         self.thresholds = {"score_threshold": score_threshold, "mask_threshold": mask_threshold, "min_area": min_area}
         self._scenes = ThreadLocalRaster(scene)

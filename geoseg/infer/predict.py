@@ -70,8 +70,8 @@ class TilePredictor:
         self.model, self.card = load_checkpoint(checkpoint, device=self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.bands = tuple(self.card["bands"])
-        self.mean, self.std = self.card["normalization"]["mean"], self.card["normalization"]["std"]
+        self.bands = tuple(self.card.bands)
+        self.mean, self.std = self.card.normalization.mean, self.card.normalization.std
         # GDAL's block cache defaults to 5% of RAM and fills with whatever was read,
         # so a worker's memory would grow with the scene; each tile is read about
         # once, so a small cache (enough for neighbouring halos) loses nothing.

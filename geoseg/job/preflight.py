@@ -15,6 +15,7 @@ from geoseg.io.raster import SceneInfo, inspect_scene
 from geoseg.models import is_instance_arch, ARCHITECTURES, build_model, output_stride
 from geoseg.config.paths import JobPaths
 from geoseg.tiling import check_tile_size
+from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import build_model_from_card, read_card
 
 __all__ = ["check_job_inputs"]
@@ -52,14 +53,14 @@ def _check_model(job: Job, source: str, problems: list[str]) -> None:
         problems.append(f"{source}: model.weights: file not found: {job.model.weights}")
 
 
-def _check_checkpoint_stride(job: Job, source: str, card: dict, checkpoint: Path, problems: list[str]) -> None:
+def _check_checkpoint_stride(job: Job, source: str, card: ModelCard, checkpoint: Path, problems: list[str]) -> None:
     """The checkpoint's model, not the job's `model:`, is what predicts: check the tiles against its stride."""
     model = _collect(problems, build_model_from_card, card)
     if model is None:
         return
-    message = check_tile_size(job.tiling.tile_size, output_stride(model), card["arch"], job.tiling.halo)
+    message = check_tile_size(job.tiling.tile_size, output_stride(model), card.arch, job.tiling.halo)
     if message:
-        problems.append(f"{source}: tiling.tile_size: {message} (for the {card['arch']} model in {checkpoint})")
+        problems.append(f"{source}: tiling.tile_size: {message} (for the {card.arch} model in {checkpoint})")
 
 
 def _trains_on_single_crops(model, size: int) -> bool:
@@ -106,22 +107,22 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
         if "train" not in stages and "predict" in stages:  # an existing model predicts: its card rules
             checkpoint = job.predict.checkpoint or JobPaths.of(job).checkpoint
             card = _collect(problems, read_card, checkpoint)
-            if card is not None and bands and list(bands) != list(card["bands"]):
+            if card is not None and bands and list(bands) != list(card.bands):
                 problems.append(f"{source}: bands: {list(bands)} differs from the bands the model in {checkpoint} "
-                                f"was trained on ({card['bands']}); remove `bands:` or set it to {card['bands']}")
+                                f"was trained on ({list(card.bands)}); remove `bands:` or set it to {list(card.bands)}")
         scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=bands)
         if scene is not None and card is not None and not bands and \
-                all(1 <= b <= scene.count and b != scene.alpha for b in card["bands"]):
+                all(1 <= b <= scene.count and b != scene.alpha for b in card.bands):
             # Prediction reads the card's bands when the job names none (as run_predict does).
-            scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=card["bands"])
+            scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=card.bands)
         if scene is not None and first is not None:
             _check_band_match(scene, first, "predict.scene", problems)
         if scene is not None and card is not None:
-            if len(card["bands"]) != len(scene.bands) or card["dtype"] != scene.dtype:
+            if len(card.bands) != len(scene.bands) or card.dtype != scene.dtype:
                 problems.append(f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the "
-                                f"model in {checkpoint} was trained on {len(card['bands'])} of {card['dtype']}; "
+                                f"model in {checkpoint} was trained on {len(card.bands)} of {card.dtype}; "
                                 "predict imagery like the training scenes, or choose them with `bands:`")
-            if card is not None and (card["arch"], card["encoder"], card.get("options", {})) != (
+            if card is not None and (card.arch, card.encoder, card.options) != (
                     job.model.arch, job.model.encoder, dict(job.model.options)):
                 _check_checkpoint_stride(job, source, card, checkpoint, problems)
         if scene is not None and "evaluate" in stages and job.evaluate:

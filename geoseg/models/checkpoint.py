@@ -1,9 +1,8 @@
-"""Checkpoints: weights as safetensors plus a JSON model card. Nothing is unpickled."""
+"""Checkpoints: weights as safetensors plus a JSON model card (:mod:`geoseg.models.card`). Nothing is unpickled."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +12,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from geoseg.errors import CheckpointError
-from geoseg.models import build_model
+from geoseg.models.card import ModelCard, card_from_json
+from geoseg.models.registry import build_model
 
 __all__ = ["WEIGHTS", "CARD", "BEST_WEIGHTS", "save_checkpoint", "load_checkpoint", "read_card", "publish_checkpoint",
            "build_model_from_card", "weights_sha256"]
@@ -23,14 +23,14 @@ CARD = "model_card.json"
 BEST_WEIGHTS = "best_model.safetensors"  # kept by the training loop beside the last epoch's weights
 
 
-def save_checkpoint(folder: str | Path, model: torch.nn.Module, card: dict) -> Path:
+def save_checkpoint(folder: str | Path, model: torch.nn.Module, card: ModelCard) -> Path:
     """Write weights + model card into ``folder`` (created)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(folder / WEIGHTS))
-    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    (folder / CARD).write_text(card.to_json())
     return folder
 
 
@@ -43,25 +43,23 @@ def weights_sha256(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_card(folder: str | Path) -> dict:
+def read_card(folder: str | Path) -> ModelCard:
+    """The validated model card of a checkpoint folder (CheckpointError when missing or invalid)."""
     folder = Path(folder)
     card_path = folder / CARD
     if not card_path.is_file() or not (folder / WEIGHTS).is_file():
         raise CheckpointError(f"{folder}: checkpoint not found (needs {WEIGHTS} and {CARD}); "
                               "run the train stage first or set predict.checkpoint")
-    try:
-        return json.loads(card_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{card_path}: model card is not valid JSON ({exc})") from None
+    return card_from_json(card_path.read_text(), card_path)
 
 
-def build_model_from_card(card: dict) -> torch.nn.Module:
+def build_model_from_card(card: ModelCard) -> torch.nn.Module:
     """A randomly initialised model of the architecture a model card describes."""
-    return build_model(card["arch"], in_channels=len(card["bands"]), num_classes=len(card["classes"]),
-                       encoder=card["encoder"], **card.get("options", {}))
+    return build_model(card.arch, in_channels=card.in_channels, num_classes=card.num_classes, encoder=card.encoder,
+                       **card.options)
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
     """Rebuild the model the card describes and load its weights (safetensors only)."""
     folder = Path(folder)
     card = read_card(folder)
@@ -70,7 +68,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> t
         state = load_file(str(folder / WEIGHTS), device=str(device))
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError) as exc:
-        raise CheckpointError(f"{folder / WEIGHTS}: weights do not load into {card['arch']}/{card['encoder']} ({exc})") from None
+        raise CheckpointError(f"{folder / WEIGHTS}: weights do not load into {card.arch}/{card.encoder} ({exc})") from None
     return model.to(device).eval(), card
 
 

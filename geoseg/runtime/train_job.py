@@ -15,6 +15,7 @@ from ray.train.torch import TorchTrainer
 from geoseg.errors import StageError
 from geoseg.models.checkpoint import publish_checkpoint
 from geoseg.train.loop import train_model
+from geoseg.train.plan import TrainingPlan
 
 __all__ = ["fit_model"]
 
@@ -30,7 +31,10 @@ def _quiet_report_logs() -> None:
 
 
 def _train_worker(config: dict) -> None:
-    """Ray Train entry point on every worker: thin glue around :func:`train_model`."""
+    """Ray Train entry point on every worker: thin glue around :func:`train_model`.
+
+    ``config`` is Ray Train's ``train_loop_config``: ``{"plan": TrainingPlan, "cpus_per_worker": int}``.
+    """
     torch.set_num_threads(int(config["cpus_per_worker"]))
     _quiet_report_logs()
     context = ray.train.get_context()
@@ -41,18 +45,18 @@ def _train_worker(config: dict) -> None:
 
     previous = ray.train.get_checkpoint()
     with previous.as_directory() if previous else nullcontext() as resume:
-        train_model(config, rank=context.get_world_rank(), world=context.get_world_size(),
+        train_model(config["plan"], rank=context.get_world_rank(), world=context.get_world_size(),
                     device=ray.train.torch.get_device(),
                     prepare_model=ray.train.torch.prepare_model, report=report,
                     resume_from=Path(resume) if resume else None)
 
 
-def fit_model(config: dict, *, name: str, storage: Path, checkpoint_out: Path, workers: int,
+def fit_model(plan: TrainingPlan, *, name: str, storage: Path, checkpoint_out: Path, workers: int,
               cpus_per_worker: int, use_gpu: bool, max_failures: int) -> dict:
     """Train across ``workers`` Ray Train workers; publish the final checkpoint; return last metrics."""
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={**config, "cpus_per_worker": cpus_per_worker},
+        train_loop_config={"plan": plan, "cpus_per_worker": cpus_per_worker},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),

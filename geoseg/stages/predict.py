@@ -18,6 +18,7 @@ from geoseg.runtime import blend_tiles, predict_tiles, ray_session
 from geoseg.config.paths import JobPaths
 from geoseg.stages.progress import tile_progress
 from geoseg.tiling import check_tile_size, plan_tiles
+from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import build_model_from_card, read_card, weights_sha256
 
 __all__ = ["run_predict"]
@@ -33,18 +34,18 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
     spec = job.predict
     checkpoint = spec.checkpoint or paths.checkpoint
     card = read_card(checkpoint)
-    scene = inspect_scene(spec.scene, field="predict.scene", bands=job.bands or card["bands"])
-    if len(scene.bands) != len(card["bands"]) or scene.dtype != card["dtype"]:
+    scene = inspect_scene(spec.scene, field="predict.scene", bands=job.bands or card.bands)
+    if len(scene.bands) != len(card.bands) or scene.dtype != card.dtype:
         raise InputRasterError(
             f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the model in {checkpoint} "
-            f"expects {len(card['bands'])} of {card['dtype']}; predict imagery like the training scenes")
+            f"expects {len(card.bands)} of {card.dtype}; predict imagery like the training scenes")
     stride = output_stride(build_model_from_card(card))
-    problem = check_tile_size(job.tiling.tile_size, stride, card["arch"], job.tiling.halo)
+    problem = check_tile_size(job.tiling.tile_size, stride, card.arch, job.tiling.halo)
     if problem:
         raise InputRasterError(f"tiling.tile_size: {problem}")
-    instance_model = is_instance_arch(card["arch"])
+    instance_model = is_instance_arch(card.arch)
     if instance_model and job.tiling.stitch != "crop":
-        raise JobConfigError(f"tiling.stitch: {card['arch']} predicts instances, which are merged across tiles, "
+        raise JobConfigError(f"tiling.stitch: {card.arch} predicts instances, which are merged across tiles, "
                              "not blended; remove `stitch: blend`")
     if not instance_model:
         _note_seams(card, job, log)
@@ -68,7 +69,7 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
     if force and partial.exists():
         log(f"predict: --force: discarding {partial.name} and its finished chunks")
         shutil.rmtree(partial)
-    done = _resume_or_create(partial, fingerprint, scene, job, card["classes"], log)
+    done = _resume_or_create(partial, fingerprint, scene, job, list(card.classes), log)
     todo = [tile for tile in tiles if (tile.row // job.tiling.core, tile.col // job.tiling.core) not in done]
     log(f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles "
         f"(tile {job.tiling.tile_size}, halo {job.tiling.halo}, core {job.tiling.core})")
@@ -102,18 +103,18 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
             "mpix_per_s": round(mpix / seconds, 3), "mosaic": str(paths.mosaic)}
 
 
-def _note_seams(card: dict, job: Job, log) -> None:
+def _note_seams(card: ModelCard, job: Job, log) -> None:
     """Say when crop-mode tiles only approximate whole-image prediction (cheap: known halos only)."""
     if job.tiling.stitch != "crop":
         return
-    if has_global_context(card["arch"], card.get("options")):
-        log(f"predict: note: {card['arch']} pools over its whole input, so no halo makes tiles exact; "
+    if has_global_context(card.arch, card.options):
+        log(f"predict: note: {card.arch} pools over its whole input, so no halo makes tiles exact; "
             "`stitch: blend` smooths the seams")
         return
-    encoder = resolve_encoder(card["arch"], card["encoder"])
-    known = KNOWN_HALOS.get(card["arch"]) if encoder == resolve_encoder(card["arch"]) else None
+    encoder = resolve_encoder(card.arch, card.encoder)
+    known = KNOWN_HALOS.get(card.arch) if encoder == resolve_encoder(card.arch) else None
     if known and job.tiling.halo < known:
-        log(f"predict: note: halo {job.tiling.halo} is below {card['arch']}/{encoder}'s receptive-field radius "
+        log(f"predict: note: halo {job.tiling.halo} is below {card.arch}/{encoder}'s receptive-field radius "
             f"(halo {known}); tiles approximate whole-image prediction near core edges "
             "(`halo: auto` makes them exact, `stitch: blend` smooths the seams)")
 

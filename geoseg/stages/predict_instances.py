@@ -42,6 +42,7 @@ from geoseg.io.raster import read_valid
 from geoseg.runtime import detect_tiles, ray_session
 from geoseg.config.paths import JobPaths
 from geoseg.stages.progress import tile_progress
+from geoseg.models.card import ModelCard
 from geoseg.tiling import plan_tiles
 from geoseg.vectorize.export import metres_per_unit
 
@@ -101,7 +102,7 @@ def _table(instances: list[InstanceMask], mosaic: MosaicInfo):
         areas_px=[i.area for i in instances], pixel_area_m2=pixel_m2)
 
 
-def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprint: dict, address, log,
+def run_predict_instances(job: Job, *, card: ModelCard, checkpoint, scene, fingerprint: dict, address, log,
                           force: bool = False) -> dict:
     """Detect, merge and write the instance mosaic and table (see the module doc)."""
 
@@ -137,7 +138,7 @@ def run_predict_instances(job: Job, *, card: dict, checkpoint, scene, fingerprin
     if partial.exists():
         shutil.rmtree(partial)
     mosaic = create_mosaic(partial, height=scene.height, width=scene.width, chunk=job.tiling.core, crs=scene.crs,
-                           transform=scene.transform, class_names=card["classes"], fingerprint=fingerprint,
+                           transform=scene.transform, class_names=list(card.classes), fingerprint=fingerprint,
                            zarr_format=spec.zarr_format)
     write_instance_mosaic(instances, mosaic, scene.path)
     table = _table(instances, mosaic)

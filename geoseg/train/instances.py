@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from geoseg.infer.detect import detections_to_masks, run_detector
 from geoseg.io.masks import InstanceMask, tight
+from geoseg.models.card import ModelCard
 from geoseg.io.normalization import normalize
 from geoseg.train.augment import photometric_jitter
 from geoseg.train.sampler import validation_windows
@@ -151,7 +152,7 @@ def _truth_in(ids: np.ndarray, id_classes: np.ndarray, row: int, col: int) -> li
     return out
 
 
-def validate_instances(model: torch.nn.Module, card: dict, pairs, id_classes, areas: list[Window | None], *,
+def validate_instances(model: torch.nn.Module, card: ModelCard, pairs, id_classes, areas: list[Window | None], *,
                        size: int, device, rank: int = 0, world: int = 1) -> np.ndarray:
     """``[tp, fp, fn]`` at mask IoU 0.5 over the validation areas (this worker's share of the windows)."""
     from geoseg.evaluate.instances import match_instances
@@ -165,9 +166,9 @@ def validate_instances(model: torch.nn.Module, card: dict, pairs, id_classes, ar
     for scene, window in jobs[rank::world]:
         image_path, ids_path = pairs[scene]
         with rasterio.open(image_path) as src, rasterio.open(ids_path) as lab:
-            pixels = src.read(list(card["bands"]), window=window)
+            pixels = src.read(list(card.bands), window=window)
             ids = lab.read(1, window=window)
-        image = normalize(pixels, card["normalization"]["mean"], card["normalization"]["std"])[None]
+        image = normalize(pixels, card.normalization.mean, card.normalization.std)[None]
         output = run_detector(model, np.ascontiguousarray(image, np.float32), torch.device(device))[0]
         row, col = int(window.row_off), int(window.col_off)
         h, w = ids.shape
