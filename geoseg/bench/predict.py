@@ -39,6 +39,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,13 +109,14 @@ def _model_only(checkpoint: Path, scene: Path, mosaic: Path, tiles, *, batch_siz
 def _random_checkpoint(folder: Path, arch: str, encoder: str, options: dict):
     import torch
 
-    from geoseg.models import build_model
+    from geoseg.models import ModelCard, build_model
+    from geoseg.models.card import Normalization
     from geoseg.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(arch, in_channels=3, num_classes=len(CLASSES), encoder=encoder, **options)
-    card = {"arch": arch, "encoder": encoder, "options": options, "classes": CLASSES, "bands": [1, 2, 3],
-            "dtype": "uint8", "normalization": {"mean": MEAN, "std": STD}}
+    card = ModelCard(arch=arch, encoder=encoder, options=options, classes=tuple(CLASSES), bands=(1, 2, 3),
+                     dtype="uint8", normalization=Normalization(mean=tuple(MEAN), std=tuple(STD)))
     return save_checkpoint(folder, model, card)
 
 
@@ -131,6 +133,168 @@ def _timed_ray_session(address: str | None):
     started = time.perf_counter()
     with ray_session(address):
         yield time.perf_counter() - started
+
+
+@dataclass
+class _Measured:
+    """What one benchmark run measured, before it becomes rates and the JSON line."""
+
+    tiles: int  # tiles in the plan
+    end_to_end_s: float  # the predict stage, Ray start-up excluded
+    ray_start_s: float
+    wall_start: float  # time.time() at the stage's start: the epoch of the ``done`` mtimes
+    done: list[float]  # mtimes of the per-chunk ``done`` markers, sorted
+    memory: MemorySampler
+    quiet_wait_s: float
+    model_only_per_tile_s: float
+    model_only_tiles_timed: int
+    model_only_other_cpu: float
+    load_before: float
+    load_after: float
+
+
+def _ensure_scene(scene: Path, size: int, log) -> bool:
+    """Reuse a valid cached scene or write one; return whether this run wrote it."""
+    if scene.exists() and usable_scene(scene, size):
+        log(f"bench: reusing {scene}")
+        return False
+    log(f"bench: writing a {size}x{size} synthetic scene to {scene}")
+    started = time.perf_counter()
+    write_synthetic_scene(scene, size)
+    log(f"bench: scene written in {time.perf_counter() - started:.0f} s "
+        f"({scene.stat().st_size / 1e6:.0f} MB on disk)")
+    return True
+
+
+def _bench_job(run_dir: Path, scene: Path, checkpoint: Path, *, arch: str, encoder: str, options: dict,
+               tile_size: int, halo: int, batch_size: int, workers: int, cpus_per_worker: int, use_gpu: bool):
+    """The predict-only job the benchmark runs, writing under ``run_dir/out``."""
+    from geoseg.config import Job
+
+    return Job.model_validate({
+        "name": "bench", "output_dir": str(run_dir / "out"), "classes": CLASSES, "stages": ["predict"],
+        "model": {"arch": arch, "encoder": encoder, "options": options},
+        "tiling": {"tile_size": tile_size, "halo": halo},
+        "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "batch_size": batch_size},
+        "runtime": {"workers": workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu},
+    })
+
+
+def _measure(job, scene: Path, checkpoint: Path, *, size: int, tile_size: int, halo: int, batch_size: int,
+             cpus_per_worker: int, use_gpu: bool, model_only_batches: int, address: str | None, log) -> _Measured:
+    """Run the predict stage under the memory sampler, then time the model alone on the same tiles."""
+    from geoseg.stages.predict import run_predict
+    from geoseg.tiling import plan_tiles
+
+    tiles = plan_tiles(size, size, tile_size=tile_size, halo=halo)
+    load_before = os.getloadavg()[0]
+
+    # Ray itself is started before the clock: a cluster has it running already, and
+    # the embedded start-up is a once-per-job cost, reported as ray_start_s.
+    with MemorySampler() as memory, _timed_ray_session(address) as ray_start_s:
+        wall_start = time.time()
+        started = time.perf_counter()
+        run_predict(job, address=address, log=log)
+        end_to_end = time.perf_counter() - started
+    mosaic = Path(job.output_dir) / "mosaic.zarr"
+    done = _done_times(mosaic)
+
+    # Ray's processes take seconds to exit; the model-only loop must not share the CPU with them.
+    quiet_wait = wait_until_quiet(psutil.Process())
+    device = "cuda" if use_gpu else "cpu"
+    per_tile, timed, model_only_other_cpu = _model_only(checkpoint, scene, mosaic, tiles, batch_size=batch_size,
+                                                        device=device, threads=cpus_per_worker,
+                                                        max_batches=model_only_batches)
+    return _Measured(tiles=len(tiles), end_to_end_s=end_to_end, ray_start_s=ray_start_s, wall_start=wall_start,
+                     done=done, memory=memory, quiet_wait_s=quiet_wait, model_only_per_tile_s=per_tile,
+                     model_only_tiles_timed=timed, model_only_other_cpu=model_only_other_cpu,
+                     load_before=load_before, load_after=os.getloadavg()[0])
+
+
+def _steady_state(m: _Measured, batch_size: int, mpix: float) -> tuple[float | None, float | None, float | None]:
+    """Steady rate (MPix/s), seconds to the first batch's last tile, seconds after the last tile.
+
+    Steady state runs from the end of the first batch to the last tile written,
+    i.e. without Ray start-up, actor start, model load and the first batch. Each
+    is ``None`` when the ``done`` markers cannot tell it.
+    """
+    done = m.done
+    first = min(batch_size, len(done) - 1)
+    steady_rate = first_batch_s = None
+    if len(done) >= 2 and first >= 1 and done[-1] > done[first - 1]:
+        per_tile_steady = (done[-1] - done[first - 1]) / (len(done) - first)
+        steady_rate = mpix / (per_tile_steady * m.tiles)
+        first_batch_s = done[first - 1] - m.wall_start
+    # After the last tile: stopping the actors, overviews, the final rename.
+    tail_s = m.end_to_end_s - (done[-1] - m.wall_start) if done else None
+    return steady_rate, first_batch_s, tail_s
+
+
+def _device_name(use_gpu: bool) -> str:
+    """``cuda:<GPU name>`` when the run used a GPU, else ``cpu``."""
+    import torch
+
+    if use_gpu and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
+def _memory_fields(memory: MemorySampler) -> dict:
+    """Peak memory (MB) of the whole job and of the driver, and how it was sampled."""
+    return {
+        "peak_rss_mb": round(memory.peak_total / 2**20, 1),
+        "peak_rss_driver_mb": round(memory.peak_driver / 2**20, 1),
+        "memory_metric": memory.metric,
+        "peak_rss_sum_mb": round(memory.peak_rss_sum / 2**20, 1),
+        "peak_processes": memory.peak_processes,
+        "memory_samples": memory.samples, "memory_pss_samples": memory.pss_samples,
+        "memory_sampler_busy_s": round(memory.busy_s, 2),
+    }
+
+
+def _top_processes(memory: MemorySampler) -> dict:
+    """The eight processes with the highest peak memory (MB) and the eight that used the most CPU (s)."""
+    return {
+        "peak_by_process_mb": {name: round(value / 2**20, 1) for name, value in
+                               sorted(memory.peak_by_name.items(), key=lambda kv: -kv[1])[:8]},
+        "cpu_s_by_process": {name: round(value, 1) for name, value in
+                             sorted(memory.cpu_by_name().items(), key=lambda kv: -kv[1])[:8]},
+    }
+
+
+def _report(m: _Measured, *, size: int, tile_size: int, halo: int, batch_size: int, workers: int,
+            cpus_per_worker: int, use_gpu: bool, arch: str, encoder: str, options: dict) -> dict:
+    """The JSON line: settings, rates per scene pixel, memory, contention and the machine."""
+    import torch
+
+    mpix = size * size / 1e6
+    e2e_rate = mpix / m.end_to_end_s
+    model_rate = mpix / (m.model_only_per_tile_s * m.tiles)
+    steady_rate, first_batch_s, tail_s = _steady_state(m, batch_size, mpix)
+    return {
+        "bench": "predict", "size": size, "tile": tile_size, "halo": halo, "core": tile_size - 2 * halo,
+        "tiles": m.tiles, "workers": workers, "batch_size": batch_size, "device": _device_name(use_gpu),
+        "arch": arch, "encoder": encoder, "options": options,
+        "end_to_end_s": round(m.end_to_end_s, 2),
+        "ray_start_s": round(m.ray_start_s, 2),
+        "end_to_end_mpix_s": _sig(e2e_rate),
+        "model_only_mpix_s": _sig(model_rate),
+        "model_only_tiles_timed": m.model_only_tiles_timed,
+        "efficiency": _sig(e2e_rate / model_rate),
+        "first_batch_done_s": None if first_batch_s is None else round(first_batch_s, 2),
+        "after_last_tile_s": None if tail_s is None else round(tail_s, 2),
+        "steady_mpix_s": None if steady_rate is None else _sig(steady_rate),
+        "steady_efficiency": None if steady_rate is None else _sig(steady_rate / model_rate),
+        **_memory_fields(m.memory),
+        "other_cpu_share": round(m.memory.other_cpu_share, 3),
+        "model_only_other_cpu_share": round(m.model_only_other_cpu, 3),
+        "quiet_wait_s": round(m.quiet_wait_s, 1),
+        **_top_processes(m.memory),
+        "km2_per_h": _sig(e2e_rate * 1e6 * PIXEL_SIZE ** 2 / 1e6 * 3600),
+        "torch": torch.__version__, "threads": cpus_per_worker,
+        "cpu_count": os.cpu_count(), "load_before": round(m.load_before, 2), "load_after": round(m.load_after, 2),
+        "python": platform.python_version(),
+    }
 
 
 def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size: int = 4, workers: int = 1,
@@ -156,12 +320,6 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
         The fields of the JSON line: rates in MPix/s per scene pixel, seconds,
         peak memory in MB (``memory_metric`` says PSS or RSS).
     """
-    import torch
-
-    from geoseg.config import Job
-    from geoseg.stages.predict import run_predict
-    from geoseg.tiling import plan_tiles
-
     options = dict(options or {})
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels (got {size!r})")
@@ -172,95 +330,19 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
     scene = scene_path(workdir, size)
     created = False
     try:
-        if scene.exists() and usable_scene(scene, size):
-            log(f"bench: reusing {scene}")
-        else:
-            log(f"bench: writing a {size}x{size} synthetic scene to {scene}")
-            started = time.perf_counter()
-            write_synthetic_scene(scene, size)
-            created = True
-            log(f"bench: scene written in {time.perf_counter() - started:.0f} s "
-                f"({scene.stat().st_size / 1e6:.0f} MB on disk)")
+        created = _ensure_scene(scene, size, log)
         checkpoint = _random_checkpoint(run_dir / "checkpoint", arch, encoder, options)
-        job = Job.model_validate({
-            "name": "bench", "output_dir": str(run_dir / "out"), "classes": CLASSES, "stages": ["predict"],
-            "model": {"arch": arch, "encoder": encoder, "options": options},
-            "tiling": {"tile_size": tile_size, "halo": halo},
-            "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "batch_size": batch_size},
-            "runtime": {"workers": workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu},
-        })
-        tiles = plan_tiles(size, size, tile_size=tile_size, halo=halo)
-        load_before = os.getloadavg()[0]
-
-        # Ray itself is started before the clock: a cluster has it running already, and
-        # the embedded start-up is a once-per-job cost, reported as ray_start_s.
-        with MemorySampler() as memory, _timed_ray_session(address) as ray_start_s:
-            wall_start = time.time()
-            started = time.perf_counter()
-            run_predict(job, address=address, log=log)
-            end_to_end = time.perf_counter() - started
-        mosaic = Path(job.output_dir) / "mosaic.zarr"
-        done = _done_times(mosaic)
-
-        quiet_wait = wait_until_quiet(psutil.Process())
-        device = "cuda" if use_gpu else "cpu"
-        per_tile, timed, model_only_other_cpu = _model_only(checkpoint, scene, mosaic, tiles, batch_size=batch_size, device=device,
-                                      threads=cpus_per_worker, max_batches=model_only_batches)
-        load_after = os.getloadavg()[0]
+        job = _bench_job(run_dir, scene, checkpoint, arch=arch, encoder=encoder, options=options,
+                         tile_size=tile_size, halo=halo, batch_size=batch_size, workers=workers,
+                         cpus_per_worker=cpus_per_worker, use_gpu=use_gpu)
+        measured = _measure(job, scene, checkpoint, size=size, tile_size=tile_size, halo=halo,
+                            batch_size=batch_size, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu,
+                            model_only_batches=model_only_batches, address=address, log=log)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         if created and not keep:
             scene.unlink(missing_ok=True)
         if temporary and not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-
-    mpix = size * size / 1e6
-    model_only_s = per_tile * len(tiles)
-    e2e_rate = mpix / end_to_end
-    model_rate = mpix / model_only_s
-    # Steady state: from the end of the first batch to the last tile written,
-    # i.e. without Ray start-up, actor start, model load and the first batch.
-    first = min(batch_size, len(done) - 1)
-    steady_rate = first_batch_s = None
-    if len(done) >= 2 and first >= 1 and done[-1] > done[first - 1]:
-        per_tile_steady = (done[-1] - done[first - 1]) / (len(done) - first)
-        steady_rate = mpix / (per_tile_steady * len(tiles))
-        first_batch_s = done[first - 1] - wall_start
-    # After the last tile: stopping the actors, overviews, the final rename.
-    tail_s = end_to_end - (done[-1] - wall_start) if done else None
-    if use_gpu and torch.cuda.is_available():
-        device_name = f"cuda:{torch.cuda.get_device_name(0)}"
-    else:
-        device_name = "cpu"
-    result = {
-        "bench": "predict", "size": size, "tile": tile_size, "halo": halo, "core": tile_size - 2 * halo,
-        "tiles": len(tiles), "workers": workers, "batch_size": batch_size, "device": device_name,
-        "arch": arch, "encoder": encoder, "options": options,
-        "end_to_end_s": round(end_to_end, 2),
-        "ray_start_s": round(ray_start_s, 2),
-        "end_to_end_mpix_s": _sig(e2e_rate),
-        "model_only_mpix_s": _sig(model_rate),
-        "model_only_tiles_timed": timed,
-        "efficiency": _sig(e2e_rate / model_rate),
-        "first_batch_done_s": None if first_batch_s is None else round(first_batch_s, 2),
-        "after_last_tile_s": None if tail_s is None else round(tail_s, 2),
-        "steady_mpix_s": None if steady_rate is None else _sig(steady_rate),
-        "steady_efficiency": None if steady_rate is None else _sig(steady_rate / model_rate),
-        "peak_rss_mb": round(memory.peak_total / 2**20, 1),
-        "peak_rss_driver_mb": round(memory.peak_driver / 2**20, 1),
-        "memory_metric": memory.metric,
-        "peak_rss_sum_mb": round(memory.peak_rss_sum / 2**20, 1),
-        "peak_processes": memory.peak_processes,
-        "memory_samples": memory.samples, "memory_pss_samples": memory.pss_samples,
-        "memory_sampler_busy_s": round(memory.busy_s, 2),
-        "other_cpu_share": round(memory.other_cpu_share, 3), "model_only_other_cpu_share": round(model_only_other_cpu, 3), "quiet_wait_s": round(quiet_wait, 1),
-        "peak_by_process_mb": {name: round(value / 2**20, 1) for name, value in
-                               sorted(memory.peak_by_name.items(), key=lambda kv: -kv[1])[:8]},
-        "cpu_s_by_process": {name: round(value, 1) for name, value in
-                             sorted(memory.cpu_by_name().items(), key=lambda kv: -kv[1])[:8]},
-        "km2_per_h": _sig(e2e_rate * 1e6 * PIXEL_SIZE ** 2 / 1e6 * 3600),
-        "torch": torch.__version__, "threads": cpus_per_worker,
-        "cpu_count": os.cpu_count(), "load_before": round(load_before, 2), "load_after": round(load_after, 2),
-        "python": platform.python_version(),
-    }
-    return result
+    return _report(measured, size=size, tile_size=tile_size, halo=halo, batch_size=batch_size, workers=workers,
+                   cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, arch=arch, encoder=encoder, options=options)

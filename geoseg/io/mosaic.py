@@ -101,6 +101,98 @@ def _layout(chunk: int, zarr_format: int, leading: int | None = None) -> dict:
     return {"shards": lead + (chunk, chunk), "chunks": lead + (inner, inner)}
 
 
+def _dims(zarr_format: int, names: list[str]) -> dict:
+    """Dimension names, each format its way.
+
+    Format 3 stores them natively (``dimension_names``); format 2 has no such
+    field, so xarray's ``_ARRAY_DIMENSIONS`` attribute carries them instead.
+    Returns the keyword for ``create_array`` (``None`` for format 2).
+    """
+    return {"dimension_names": names if zarr_format == 3 else None}
+
+
+def _set_v2_dims(arr: zarr.Array, zarr_format: int, names: list[str]) -> None:
+    """Record ``names`` as xarray's ``_ARRAY_DIMENSIONS`` on a format-2 array (see :func:`_dims`)."""
+    if zarr_format == 2:
+        arr.attrs["_ARRAY_DIMENSIONS"] = names
+
+
+def _check_north_up(path: str | Path, transform: Affine) -> None:
+    """Refuse rotated or sheared grids: chunks and ``x``/``y`` coordinates assume north-up pixels."""
+    if transform.b != 0 or transform.d != 0:
+        raise InputRasterError(
+            f"{path}: rotated or sheared geotransforms are not supported (got {tuple(transform)[:6]!r}); "
+            "warp the scene to a north-up grid first (gdalwarp)"
+        )
+
+
+def _create_data_arrays(group: zarr.Group, *, height: int, width: int, chunk: int, wkt: str,
+                        class_names: list[str] | tuple[str, ...], zarr_format: int) -> None:
+    """``labels`` and ``valid``: uint8 ``(y, x)``, 0 until written, georeferenced by CF and ``_CRS``."""
+    dims = ["y", "x"]
+    for name in DATA_ARRAYS:
+        arr = group.create_array(
+            name, shape=(height, width), dtype="uint8", fill_value=0,
+            **_dims(zarr_format, dims), **_layout(chunk, zarr_format),
+        )
+        attrs = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x"}
+        if zarr_format == 2:
+            attrs["_ARRAY_DIMENSIONS"] = dims
+        arr.attrs.update(attrs)
+    group["labels"].attrs.update(
+        {"long_name": "class index", "flag_values": list(range(len(class_names))),
+         "flag_meanings": " ".join(class_names), "class_names": list(class_names)}
+    )
+    group["valid"].attrs.update({"long_name": "1 where the input scene has data, 0 for nodata or alpha"})
+
+
+def _create_scores(group: zarr.Group, *, height: int, width: int, chunk: int, wkt: str,
+                   class_names: list[str] | tuple[str, ...], zarr_format: int) -> None:
+    """``scores``: uint8 ``(class, y, x)`` probabilities × 255, CF-scaled back by 1/255."""
+    # One chunk holds every class of one core, so the one-writer-per-chunk rule still holds.
+    arr = group.create_array("scores", shape=(len(class_names), height, width), dtype="uint8", fill_value=0,
+                             **_dims(zarr_format, ["class", "y", "x"]),
+                             **_layout(chunk, zarr_format, leading=len(class_names)))
+    arr.attrs.update({"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x",
+                      "long_name": "class probability", "scale_factor": 1 / 255, "add_offset": 0.0,
+                      "class_names": list(class_names)})
+    _set_v2_dims(arr, zarr_format, ["class", "y", "x"])
+
+
+def _create_coordinates(group: zarr.Group, *, height: int, width: int, crs: CRS, transform: Affine,
+                        zarr_format: int) -> None:
+    """The 1-D ``x`` and ``y`` pixel-centre coordinates, from which GDAL derives the geotransform."""
+    x, y = _pixel_centres(transform, height, width)
+    for name, values, dim in (("x", x, "x"), ("y", y, "y")):
+        coord = group.create_array(name, shape=values.shape, chunks=values.shape, dtype="float64",
+                                   **_dims(zarr_format, [dim]))
+        coord[:] = values
+        coord.attrs.update({"units": "m" if crs.is_projected else "degrees",
+                            "standard_name": "projection_x_coordinate" if dim == "x" else "projection_y_coordinate"})
+        _set_v2_dims(coord, zarr_format, [dim])
+
+
+def _create_spatial_ref(group: zarr.Group, *, wkt: str, gdal_transform: tuple, zarr_format: int) -> None:
+    """The CF grid-mapping variable: a scalar whose attributes hold the CRS and the geotransform."""
+    ref = group.create_array("spatial_ref", shape=(), dtype="int32", **_dims(zarr_format, []))
+    ref[...] = 0
+    ref.attrs.update({
+        "crs_wkt": wkt,
+        "spatial_ref": wkt,  # GDAL and older rioxarray read this key
+        "GeoTransform": " ".join(repr(float(v)) for v in gdal_transform),
+    })
+    _set_v2_dims(ref, zarr_format, [])
+
+
+def _create_done(group: zarr.Group, *, height: int, width: int, chunk: int, zarr_format: int) -> None:
+    """``done``: one uint8 per chunk, chunked 1×1 so marking a chunk writes a file of its own."""
+    rows, cols = -(-height // chunk), -(-width // chunk)
+    done = group.create_array("done", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=0,
+                              **_dims(zarr_format, ["chunk_row", "chunk_col"]))
+    _set_v2_dims(done, zarr_format, ["chunk_row", "chunk_col"])
+    done.attrs["long_name"] = "1 once the chunk of labels/valid at this chunk row/column is written"
+
+
 def create_mosaic(
     path: str | Path,
     *,
@@ -114,71 +206,38 @@ def create_mosaic(
     fingerprint: dict | None = None,
     scores: bool = False,
 ) -> MosaicInfo:
-    """Create an empty mosaic (overwriting ``path``) and return it open for writing."""
-    if transform.b != 0 or transform.d != 0:
-        raise InputRasterError(
-            f"{path}: rotated or sheared geotransforms are not supported (got {tuple(transform)[:6]!r}); "
-            "warp the scene to a north-up grid first (gdalwarp)"
-        )
+    """Create an empty mosaic (overwriting ``path``) and return it open for writing.
+
+    Args:
+        path: the ``.zarr`` folder to (re)create.
+        height: the scene's height in pixels.
+        width: the scene's width in pixels.
+        chunk: pixels a side of a chunk (format 2) or shard (format 3): the tile core.
+        crs: the scene's CRS.
+        transform: the scene's geotransform; it must be north-up.
+        class_names: the model's classes, in class-index order.
+        zarr_format: 2 (readable by GDAL >= 3.4) or 3 (sharded).
+        fingerprint: what the mosaic was made from (e.g. the checkpoint's hash), stored
+            as given in the group's ``geoseg`` attributes.
+        scores: also create the per-class ``scores`` array.
+
+    Returns:
+        The new mosaic, opened ``r+``.
+
+    Raises:
+        InputRasterError: the geotransform is rotated or sheared.
+    """
+    _check_north_up(path, transform)
     group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     wkt = crs.to_wkt()
     gdal_transform = transform.to_gdal()
-    dims = ["y", "x"]
-    for name in DATA_ARRAYS:
-        arr = group.create_array(
-            name, shape=(height, width), dtype="uint8", fill_value=0,
-            dimension_names=dims if zarr_format == 3 else None, **_layout(chunk, zarr_format),
-        )
-        attrs = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x"}
-        if zarr_format == 2:
-            attrs["_ARRAY_DIMENSIONS"] = dims
-        arr.attrs.update(attrs)
-    group["labels"].attrs.update(
-        {"long_name": "class index", "flag_values": list(range(len(class_names))),
-         "flag_meanings": " ".join(class_names), "class_names": list(class_names)}
-    )
-    group["valid"].attrs.update({"long_name": "1 where the input scene has data, 0 for nodata or alpha"})
+    grid = {"height": height, "width": width, "chunk": chunk, "zarr_format": zarr_format}
+    _create_data_arrays(group, wkt=wkt, class_names=class_names, **grid)
     if scores:
-        # One chunk holds every class of one core, so the one-writer-per-chunk rule still holds.
-        arr = group.create_array("scores", shape=(len(class_names), height, width), dtype="uint8", fill_value=0,
-                                 dimension_names=["class", "y", "x"] if zarr_format == 3 else None,
-                                 **_layout(chunk, zarr_format, leading=len(class_names)))
-        arr.attrs.update({"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x",
-                          "long_name": "class probability", "scale_factor": 1 / 255, "add_offset": 0.0,
-                          "class_names": list(class_names)})
-        if zarr_format == 2:
-            arr.attrs["_ARRAY_DIMENSIONS"] = ["class", "y", "x"]
-
-    x, y = _pixel_centres(transform, height, width)
-    for name, values, dim in (("x", x, "x"), ("y", y, "y")):
-        coord = group.create_array(
-            name, shape=values.shape, chunks=values.shape, dtype="float64",
-            dimension_names=[dim] if zarr_format == 3 else None,
-        )
-        coord[:] = values
-        coord.attrs.update({"units": "m" if crs.is_projected else "degrees",
-                            "standard_name": "projection_x_coordinate" if dim == "x" else "projection_y_coordinate"})
-        if zarr_format == 2:
-            coord.attrs["_ARRAY_DIMENSIONS"] = [dim]
-
-    ref = group.create_array("spatial_ref", shape=(), dtype="int32",
-                             dimension_names=[] if zarr_format == 3 else None)
-    ref[...] = 0
-    ref.attrs.update({
-        "crs_wkt": wkt,
-        "spatial_ref": wkt,  # GDAL and older rioxarray read this key
-        "GeoTransform": " ".join(repr(float(v)) for v in gdal_transform),
-    })
-    if zarr_format == 2:
-        ref.attrs["_ARRAY_DIMENSIONS"] = []
-
-    rows, cols = -(-height // chunk), -(-width // chunk)
-    done = group.create_array("done", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=0,
-                              dimension_names=["chunk_row", "chunk_col"] if zarr_format == 3 else None)
-    if zarr_format == 2:
-        done.attrs["_ARRAY_DIMENSIONS"] = ["chunk_row", "chunk_col"]
-    done.attrs["long_name"] = "1 once the chunk of labels/valid at this chunk row/column is written"
-
+        _create_scores(group, wkt=wkt, class_names=class_names, **grid)
+    _create_coordinates(group, height=height, width=width, crs=crs, transform=transform, zarr_format=zarr_format)
+    _create_spatial_ref(group, wkt=wkt, gdal_transform=gdal_transform, zarr_format=zarr_format)
+    _create_done(group, **grid)
     group.attrs.update({
         "geoseg": {
             "fingerprint": fingerprint or {},
