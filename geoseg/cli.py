@@ -1,6 +1,9 @@
 """Command line: parse, call the library, map errors to one line and an exit code.
 
-Exit codes: 0 success, 2 bad job or input (GeosegError), 1 failure while running.
+Exit codes: 0 success; 2 bad job or input, 1 a known failure while running (a
+``GeosegError``: its message, one line per problem, no traceback); 1 for any
+other exception, a bug: its whole traceback, then one line saying so; 130
+interrupted. ``GEOSEG_DEBUG=1`` lets every exception through with its traceback.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from geoseg._version import __version__
@@ -186,11 +190,8 @@ def _add_bench_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="where the synthetic scene and outputs go (default: a temporary folder)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="geoseg", description="Segment huge aerial GeoTIFFs into maps.")
-    parser.add_argument("--version", action="version", version=f"geoseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_job_commands(sub) -> None:
+    """``validate``, ``run`` and one command per stage (from :data:`geoseg.config.stages.STAGES`)."""
     p = sub.add_parser("validate", help="check a job file and its inputs; list every problem")
     p.add_argument("job", help="job YAML file")
     p.set_defaults(func=_cmd_validate)
@@ -212,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--address", help="Ray cluster address")
         p.set_defaults(func=_stage_command(stage.name))
 
+
+def _add_data_commands(sub) -> None:
+    """``demo-data`` and ``export``."""
     p = sub.add_parser("demo-data", help="generate the demo training and survey scenes")
     p.add_argument("--out", default="data/demo", help="output folder (default: data/demo)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
@@ -226,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mosaic array to export (default: labels)")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_bench_commands(sub) -> None:
+    """``bench predict``, ``bench train`` and ``bench merge``."""
     p = sub.add_parser("bench", help="benchmarks that print one JSON line")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("predict", help="synthesise an N x N GeoTIFF and predict it; throughput and peak memory")
@@ -252,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="an instance job whose predict stage has run (e.g. jobs/building_instances.yaml)")
     p.set_defaults(func=_cmd_bench_merge)
 
+
+def _add_cluster_commands(sub) -> None:
+    """``submit``, ``status`` and ``logs``: jobs on a Ray cluster through its Jobs API."""
     p = sub.add_parser("submit", help="run a job on a Ray cluster through Ray's Jobs API (the job file travels "
                                       "with it); prints the submission id")
     p.add_argument("job", help="job YAML file (validated here before it is sent)")
@@ -275,10 +285,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream until the job ends; exit 0 if it succeeded, 1 if not")
     p.set_defaults(func=_cmd_logs)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geoseg", description="Segment huge aerial GeoTIFFs into maps.")
+    parser.add_argument("--version", action="version", version=f"geoseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_job_commands(sub)
+    _add_data_commands(sub)
+    _add_bench_commands(sub)
+    _add_cluster_commands(sub)
     p = sub.add_parser("models", help="list the model architectures")
     p.add_argument("--encoder", default="resnet18", help="encoder to size them with (default: resnet18)")
     p.set_defaults(func=_cmd_models)
     return parser
+
+
+def _bug_summary(exc: BaseException) -> str:
+    """``Type: first line of the message`` of the exception that went wrong.
+
+    An exception raised in another process arrives wrapped (Ray's ``RayTaskError``), its
+    message the whole remote traceback; the wrapper holds the original as ``cause``.
+    """
+    cause = getattr(exc, "cause", None)
+    while isinstance(cause, BaseException) and cause is not exc:
+        exc, cause = cause, getattr(cause, "cause", None)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except GeosegError as exc:
-        # User errors: the message alone, no traceback (GEOSEG_DEBUG=1 shows it).
+        # Bad input (2) and known failures while running (1: a lost worker, a failed write): the
+        # message alone, no traceback (GEOSEG_DEBUG=1 shows it, and the chained cause).
         if debug:
             raise
         for line in str(exc).splitlines():
@@ -301,6 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geoseg: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # Anything else is a bug, here or in a Ray worker: the whole traceback (a worker's travels in
+        # the message of the error that carries it), then one line saying so.
+        if debug:
+            raise
+        traceback.print_exc()
+        print(f"geoseg: bug: {_bug_summary(exc)} (this is a bug in geoseg; please report it with the traceback "
+              "above)", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

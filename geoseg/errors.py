@@ -3,19 +3,27 @@
 Every user-facing problem is a ``GeosegError``; the CLI prints its message on one
 line and exits with ``exit_code``. Each subclass also inherits the built-in that
 fits, as rasterio does, so callers can catch ``ValueError`` or ``OSError``.
+
+Any other exception is a bug, in geoseg or in a Ray worker running geoseg's code:
+the CLI prints its whole traceback and exits 1. So only a *known* failure becomes a
+``GeosegError``: bad input (exit 2), and while running (``StageError``, exit 1) a
+lost actor, worker or node, an actor or worker group that could not start, a
+failed read or write (``OSError``), a missing object in storage, each with the
+original exception chained as its ``__cause__``. A ``GeosegError`` raised inside a
+Ray actor or worker reaches the driver as itself.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
+    "ClusterError",
     "GeosegError",
-    "JobConfigError",
     "InputRasterError",
     "InputVectorError",
+    "JobConfigError",
     "ModelError",
-    "CheckpointError",
     "StageError",
-    "ClusterError",
 ]
 
 
@@ -56,7 +64,12 @@ class CheckpointError(GeosegError, OSError):
 
 
 class StageError(GeosegError, RuntimeError):
-    """A stage failed while running (exit code 1), not because of bad input."""
+    """A stage failed while running (exit code 1), not because of bad input.
+
+    Raised for known failures only (a lost worker, a failed write, an output changed
+    under the stage, ...), ``from`` the exception that reported it where there is one;
+    a bug is never turned into one.
+    """
 
     exit_code = 1
 

@@ -23,15 +23,17 @@ every second spent there is a second without predictions. The model code
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import ray
 
 from geoseg.errors import GeosegError, StageError
 from geoseg.tiling import Tile
 
-__all__ = ["predict_tiles", "blend_tiles", "detect_tiles"]
+__all__ = ["blend_tiles", "detect_tiles", "predict_tiles"]
 
 ACTOR_RESTARTS = 3  # a dead actor process is restarted this many times; then the stage fails
 # An actor's batches are retried for as long as the actor itself may come back (bounded by
@@ -77,6 +79,47 @@ class _BlendActor:
         return self.blender(tiles)
 
 
+# Set on an exception raised by an actor's constructor (it survives pickling, in the exception's
+# __dict__), so that the driver can say the actor could not start rather than that it failed.
+_WHILE_STARTING = "geoseg_while_starting"
+
+
+class _Started:
+    """Builds the actor inside its Ray process, keeping an exception from its constructor.
+
+    Ray reports a constructor's exception only as the text of an ``ActorDiedError``; kept here and
+    raised by every call instead, it reaches the driver as itself (in a ``RayTaskError``), so
+    that a geoseg error is shown as the user's error and a bug with its traceback.
+    """
+
+    actor_class: type = object  # set on the per-class subclass (see _started)
+
+    def __init__(self, **constructor):
+        self.actor, self.error = None, None
+        try:
+            self.actor = self.actor_class(**constructor)
+        except Exception as error:  # raised again by every call, to reach the driver as itself
+            with suppress(AttributeError):  # an exception that takes no attributes reads as a failed call
+                setattr(error, _WHILE_STARTING, True)
+            self.error = error
+
+    def run(self, tiles: list[Tile]) -> list[int]:
+        if self.error is not None:
+            raise self.error
+        return self.actor.run(tiles)
+
+
+def _started(actor_class: type) -> Any:  # Any: a class made at run time, which ray.remote cannot be typed for
+    """``actor_class`` wrapped in :class:`_Started`, under its own name (in Ray's process titles and errors).
+
+    The subclass is made here, not importable, so Ray's cloudpickle sends it by value; ``actor_class``
+    itself travels by reference when it can be imported.
+    """
+    return type(actor_class.__name__, (_Started,), {"actor_class": actor_class, "__doc__": actor_class.__doc__,
+                                                     "__module__": actor_class.__module__,
+                                                     "__qualname__": actor_class.__qualname__})
+
+
 def _run_pool(tiles: list[Tile], actor_class, constructor: dict, *, batch_size: int, workers: int, cpus: int,
               gpus: int, progress: Callable[[int], None] | None, calls_per_actor: int = 1) -> int:
     """Send batches of tiles to a pool of ``workers`` actors; return how many tiles were processed.
@@ -89,7 +132,7 @@ def _run_pool(tiles: list[Tile], actor_class, constructor: dict, *, batch_size: 
     if not tiles:
         return 0
     batches = deque(tiles[i:i + batch_size] for i in range(0, len(tiles), batch_size))
-    remote_class = ray.remote(actor_class).options(
+    remote_class = ray.remote(_started(actor_class)).options(
         num_cpus=cpus, num_gpus=gpus, max_concurrency=calls_per_actor,
         max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
     actors = [remote_class.remote(**constructor) for _ in range(min(workers, len(batches)))]
@@ -122,18 +165,33 @@ def _run_pool(tiles: list[Tile], actor_class, constructor: dict, *, batch_size: 
 
 
 def _result(ref: ray.ObjectRef) -> list[int]:
-    """The batch's tile indexes; a geoseg error inside an actor is re-raised as itself."""
+    """The batch's tile indexes, or the batch's failure.
+
+    A geoseg error inside an actor is re-raised as itself; a failed read or write (``OSError``)
+    and a lost actor become a one-line :class:`StageError` (the Ray error chained as its cause);
+    any other exception is a bug and is re-raised as Ray's ``RayTaskError``, whose message holds
+    the actor's traceback.
+    """
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, GeosegError):
-            raise error.cause from None
-        raise StageError(f"predict: a model actor failed: {error.cause!r}") from error
+        cause = error.cause
+        if isinstance(cause, GeosegError):
+            raise cause from None
+        if isinstance(cause, OSError):  # disk full, storage gone, a file that vanished: says what failed
+            what = "could not start" if getattr(cause, _WHILE_STARTING, False) else "failed"
+            raise StageError(f"predict: a model actor {what}: {_one_line(cause)}") from error
+        raise
     except ray.exceptions.RayError as error:  # the actor could not start, or died more than ACTOR_RESTARTS times
         lines = str(error).strip().splitlines() or [type(error).__name__]
         if getattr(error, "actor_init_failed", False):  # the message ends with the constructor's exception
             raise StageError(f"predict: a model actor could not start: {lines[-1].strip()}") from error
         raise StageError(f"predict: a model actor was lost: {lines[0].strip()}") from error
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
 
 
 def predict_tiles(tiles: list[Tile], *, checkpoint: Path, scene: Path, mosaic: Path, batch_size: int,

@@ -26,11 +26,15 @@ from rasterio.errors import CRSError
 from geoseg.errors import StageError
 from geoseg.vectorize.pixelgeom import node_polygons
 
-__all__ = ["LAYER", "FORMATS", "regions_to_frame", "write_vectors", "empty_frame", "features_frame"]
+__all__ = ["FORMATS", "LAYER", "empty_frame", "features_frame", "regions_to_frame", "write_vectors"]
 
 LAYER = "polygons"
 # Vector formats in the mosaic CRS (``vectorize.format``) and their file suffixes.
 FORMATS = {"gpkg": ".gpkg", "parquet": ".parquet"}
+# How a write fails without geoseg being wrong: a disk that fills up, a folder that cannot be made,
+# storage that goes away. GDAL reports its own I/O errors through pyogrio's data source and layer
+# errors; pyarrow (GeoParquet) and Python raise OSError.
+_WRITE_ERRORS = (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError)
 # Metres per degree of latitude (mean), to turn a tolerance in metres into
 # degrees when a mosaic is in a geographic CRS. Good to a few per cent, which
 # is plenty for a simplification tolerance.
@@ -259,14 +263,14 @@ def write_vectors(frame: gpd.GeoDataFrame, out_dir: Path, *, fmt: str = "gpkg",
 
     Raises:
         ValueError: an unknown ``fmt``.
-        StageError: a file could not be written.
+        StageError: a file could not be written (an ``OSError`` or GDAL's I/O error, as its cause).
     """
     if fmt not in FORMATS:
         raise ValueError(f"vector format must be one of {sorted(FORMATS)!r} (got {fmt!r})")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     vectors, geojson = out_dir / f"{name}{FORMATS[fmt]}", out_dir / f"{name}.geojson"
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
         if fmt == "gpkg":
             # GeoPackage 1.2: GDAL >= 3.7 writes 1.4 by default, which Debian's GDAL
             # 3.6 (and so older QGIS) opens only with a "partially supported" warning.
@@ -275,12 +279,18 @@ def write_vectors(frame: gpd.GeoDataFrame, out_dir: Path, *, fmt: str = "gpkg",
             _write_parquet_partial(frame, vectors)
         # RFC7946=YES: WGS84 lon/lat, right-hand winding, 7 decimals (~1 cm).
         _write_partial(_to_wgs84(frame), geojson, "GeoJSON", layer=name, layer_options={"RFC7946": "YES"})
-    except Exception as exc:
+    except BaseException as exc:
+        if out_dir.is_dir():
+            for final in (vectors, geojson):
+                _remove_partial(_partial_name(final))
+        if isinstance(exc, _WRITE_ERRORS):  # a known failure: one line; anything else is a bug, raised as itself
+            raise StageError(f"{out_dir}: writing the vector outputs failed: {exc}") from exc
+        raise
+    try:
         for final in (vectors, geojson):
-            _remove_partial(_partial_name(final))
+            os.replace(_partial_name(final), final)
+    except OSError as exc:
         raise StageError(f"{out_dir}: writing the vector outputs failed: {exc}") from exc
-    for final in (vectors, geojson):
-        os.replace(_partial_name(final), final)
     for other, suffix in FORMATS.items():
         if other != fmt:
             (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
