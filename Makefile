@@ -5,14 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geoseg-installed
 
-.PHONY: install demo test test-cluster test-all clean
+.PHONY: install demo test lint format test-cluster test-all clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $(STAMP)
 
 demo: install
@@ -21,6 +21,17 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# ruff (lint + format check) and mypy, configured in pyproject.toml; CI runs this before the tests.
+lint: install
+	$(BIN)/ruff check geoseg tests
+	$(BIN)/ruff format --check geoseg tests
+	$(BIN)/mypy
+
+# Rewrite the sources in the house format and apply ruff's safe fixes.
+format: install
+	$(BIN)/ruff format geoseg tests
+	$(BIN)/ruff check --fix geoseg tests
 
 test-cluster: install
 	$(BIN)/python -m pytest -m cluster
