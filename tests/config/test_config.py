@@ -1,0 +1,123 @@
+"""Job files: loading, paths relative to the job file, every problem at once, and path rebasing for a cluster."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geoseg.errors import JobConfigError
+from geoseg.job import load_job
+from tests.factories import REPO, tiny_job, tiny_scene
+
+MINIMAL = {
+    "name": "t",
+    "output_dir": "out",
+    "classes": ["background", "water"],
+    "stages": ["predict"],
+    "predict": {"scene": "scene.tif"},
+}
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def problems(tmp_path, data) -> list[str]:
+    with pytest.raises(JobConfigError) as info:
+        load_job(write(tmp_path, data))
+    return info.value.problems
+
+
+def test_flood_survey_job_loads_with_paths_relative_to_the_job_file():
+    job = load_job(REPO / "jobs" / "flood_survey.yaml")
+    assert job.train.scenes[0].image == REPO / "data" / "demo" / "train" / "scene.tif"
+    assert job.output_dir == REPO / "out" / "flood_survey"
+    assert job.tiling.core == job.tiling.tile_size - 2 * job.tiling.halo
+
+
+def test_every_problem_reported_at_once_one_line_each(tmp_path):
+    data = {**MINIMAL, "tiling": {"halo": -8, "tile_sise": 512}, "bogus": 1,
+            "predict": {"scene": "s.tif", "batch_size": 0}}
+    lines = problems(tmp_path, data)
+    source = str(tmp_path / "job.yaml")
+    assert f"{source}: tiling.halo: must be >= 0 (got -8)" in lines
+    assert any(line.startswith(f"{source}: tiling.tile_sise: unknown key") and "tile_size" in line for line in lines)
+    assert any(line.startswith(f"{source}: bogus: unknown key") for line in lines)
+    assert f"{source}: predict.batch_size: must be > 0 (got 0)" in lines
+    assert all("\n" not in line for line in lines)
+
+
+def test_halo_leaving_no_core_is_refused_with_a_fix(tmp_path):
+    lines = problems(tmp_path, {**MINIMAL, "tiling": {"tile_size": 64, "halo": 32}})
+    assert len(lines) == 1 and "leaves no core" in lines[0] and "tiling" in lines[0]
+
+
+def test_stage_without_its_section_is_refused(tmp_path):
+    lines = problems(tmp_path, {**MINIMAL, "stages": ["train", "predict"]})
+    assert "'train' needs a `train:` section" in lines[0]
+
+
+def test_unknown_stage_and_duplicate_classes(tmp_path):
+    lines = problems(tmp_path, {**MINIMAL, "stages": ["predict", "paint"], "classes": ["a", "a"]})
+    assert any("stages.1" in line and "train" in line for line in lines)
+    assert any("classes" in line and "unique" in line for line in lines)
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(JobConfigError, match="not valid YAML"):
+        load_job(path)
+
+
+def test_missing_job_file(tmp_path):
+    with pytest.raises(JobConfigError, match="job file not found"):
+        load_job(tmp_path / "nope.yaml")
+
+
+def test_auto_halo_resolves_to_the_measured_context(tmp_path):
+    job = load_job(write(tmp_path, {**MINIMAL, "tiling": {"tile_size": 1024, "halo": "auto"}}))
+    assert job.tiling.halo == 288 and job.tiling.core == 1024 - 2 * 288  # unet/resnet18: radius 281 → 288
+    lines = problems(tmp_path, {**MINIMAL, "tiling": {"tile_size": 512, "halo": "auto"}})
+    assert "leaves no core with unet's safe halo 288" in lines[0]
+
+
+def test_model_options_may_not_set_what_geoseg_sets(tmp_path):
+    from geoseg.config.schema import Job
+
+    with pytest.raises(Exception, match="in_channels.*set by geoseg"):
+        Job.model_validate({"name": "x", "output_dir": str(tmp_path), "classes": ["a", "b"],
+                            "model": {"arch": "unet", "options": {"in_channels": 4}}})
+
+
+def test_job_schema_knows_exactly_the_losses_geoseg_builds(tmp_path):
+    from geoseg.config.schema import LOSS_NAMES
+    from geoseg.train.losses import LOSSES
+
+    assert tuple(LOSS_NAMES) == tuple(LOSSES)
+    scene, labels = tiny_scene(tmp_path)
+    job_path = tiny_job(tmp_path, scene, labels)
+    job = yaml.safe_load(job_path.read_text())
+    job["train"]["loss"] = {"ce": 1.0, "dise": 1.0}
+    job_path.write_text(yaml.safe_dump(job))
+    with pytest.raises(JobConfigError, match=r"train\.loss: .*unknown loss 'dise'; choose from ce, weighted_ce"):
+        load_job(job_path)
+
+
+def test_the_shipped_job_names_the_same_files_from_the_cluster(tmp_path):
+    from geoseg.config.load import rebase_job_paths
+
+    data = {"name": "x", "output_dir": "../out/x", "classes": ["a", "b"],
+            "model": {"weights": "w.safetensors", "options": {"encoder_depth": 3}},
+            "train": {"scenes": [{"image": "../data/a.tif", "labels": "/abs/labels.gpkg"}]},
+            "predict": {"scene": "s3://bucket/survey.tif", "checkpoint": "ckpt"},
+            "evaluate": {"labels": "truth.gpkg"}, "runtime": {"address": "10.0.0.1:6379"}}
+    shipped = rebase_job_paths(data, "/home/ray/geoseg/jobs")
+    assert shipped == {**data, "output_dir": "/home/ray/geoseg/out/x",
+                       "model": {"weights": "/home/ray/geoseg/jobs/w.safetensors", "options": {"encoder_depth": 3}},
+                       "train": {"scenes": [{"image": "/home/ray/geoseg/data/a.tif", "labels": "/abs/labels.gpkg"}]},
+                       "predict": {"scene": "s3://bucket/survey.tif", "checkpoint": "/home/ray/geoseg/jobs/ckpt"},
+                       "evaluate": {"labels": "/home/ray/geoseg/jobs/truth.gpkg"}}
+    assert data["output_dir"] == "../out/x"  # the caller's mapping is left alone
