@@ -64,7 +64,7 @@ GLOBAL_HALO_CAP = 256
 
 # measure_halo(arch) for the default encoder (resnet18; torchvision's fixed resnet50),
 # default options, 3 bands (smp 0.6, torchvision 0.29), so that the common case
-# costs nothing at run time; tests/test_seams.py re-measures them (slow).
+# costs nothing at run time; tests/models/test_seams.py re-measures them (slow).
 # fcn_resnet50: exact receptive-field radius 229 px (1e-6 effective: 225) → 232.
 KNOWN_HALOS = {"unet": 288, "unetplusplus": 288, "linknet": 256, "segformer": 256, "pspnet": 72,
                "deeplabv3": 256, "deeplabv3plus": 256, "fpn": 256, "manet": 256, "pan": 256, "upernet": 256,
