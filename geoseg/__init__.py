@@ -29,8 +29,13 @@ if TYPE_CHECKING:
 
 __all__ = ["GeosegError", "Job", "__version__", "load_job", "run_job", "validate_job"]
 
-_HOMES = {"Job": "geoseg.config", "load_job": "geoseg.job", "GeosegError": "geoseg.errors",
-          "run_job": "geoseg.job", "validate_job": "geoseg.job"}
+_HOMES = {
+    "Job": "geoseg.config",
+    "load_job": "geoseg.job",
+    "GeosegError": "geoseg.errors",
+    "run_job": "geoseg.job",
+    "validate_job": "geoseg.job",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -82,12 +82,16 @@ def _cmd_models(args) -> int:
         known = arch in KNOWN_HALOS and info.encoder == resolve_encoder(arch)
         halo = str(KNOWN_HALOS[arch]) if known else "-"
         tiling = "instances" if is_instance_arch(arch) else "exact (crop)" if exact_tiling(arch) else "blend"
-        rows.append(f"{arch:<21} {source:<35} {info.encoder:<14} {info.parameters:>12,} {info.stride:>6} "
-                    f"{info.smallest_tile:>13} {halo:>5}  {tiling}")
+        rows.append(
+            f"{arch:<21} {source:<35} {info.encoder:<14} {info.parameters:>12,} {info.stride:>6} "
+            f"{info.smallest_tile:>13} {halo:>5}  {tiling}"
+        )
     if len(refused) >= len(SMP_ARCHITECTURES):  # no smp architecture takes this encoder: a bad argument
         raise refused[0]
-    _log(f"{'arch':<21} {'source':<35} {'encoder':<14} {'parameters':>12} {'stride':>6} {'smallest tile':>13} "
-         f"{'halo':>5}  tiling")
+    _log(
+        f"{'arch':<21} {'source':<35} {'encoder':<14} {'parameters':>12} {'stride':>6} {'smallest tile':>13} "
+        f"{'halo':>5}  tiling"
+    )
     for row in rows:
         _log(row)
     return 0
@@ -107,10 +111,20 @@ def _cmd_bench_predict(args) -> int:
     from geoseg.bench.predict import bench_predict
 
     options = json.loads(args.options) if args.options else None
-    result = bench_predict(size=args.size, tile_size=args.tile_size, halo=args.halo, batch_size=args.batch_size,
-                  workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.gpu, arch=args.arch,
-                  encoder=args.encoder, options=options, workdir=Path(args.workdir) if args.workdir else None,
-                  log=lambda message: print(message, file=sys.stderr, flush=True))
+    result = bench_predict(
+        size=args.size,
+        tile_size=args.tile_size,
+        halo=args.halo,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        use_gpu=args.gpu,
+        arch=args.arch,
+        encoder=args.encoder,
+        options=options,
+        workdir=Path(args.workdir) if args.workdir else None,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
     print(json.dumps(result), flush=True)  # the one line on stdout; progress went to stderr
     return 0
 
@@ -121,10 +135,19 @@ def _cmd_bench_train(args) -> int:
     from geoseg.bench.train import bench_train
 
     options = json.loads(args.options) if args.options else None
-    result = bench_train(size=args.size, tile_size=args.tile_size, batch_size=args.batch_size, epochs=args.epochs,
-                         steps=args.steps, cpus=args.cpus, arch=args.arch, encoder=args.encoder, options=options,
-                         workdir=Path(args.workdir) if args.workdir else None,
-                         log=lambda message: print(message, file=sys.stderr, flush=True))
+    result = bench_train(
+        size=args.size,
+        tile_size=args.tile_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        steps=args.steps,
+        cpus=args.cpus,
+        arch=args.arch,
+        encoder=args.encoder,
+        options=options,
+        workdir=Path(args.workdir) if args.workdir else None,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
     print(json.dumps(result), flush=True)
     return 0
 
@@ -146,12 +169,20 @@ def _cluster_address(args) -> str | None:
 def _cmd_submit(args) -> int:
     from geoseg.job.submit import submit_job
 
-    sent = submit_job(args.job, address=_cluster_address(args), stages=args.stages, job_dir=args.job_dir,
-                      submission_id=args.submission_id)
+    sent = submit_job(
+        args.job,
+        address=_cluster_address(args),
+        stages=args.stages,
+        job_dir=args.job_dir,
+        submission_id=args.submission_id,
+    )
     print(sent.submission_id, flush=True)  # the one line on stdout, for scripts: ID=$(geoseg submit ...)
-    print(f"geoseg: submitted job {sent.job_name!r} (stages {', '.join(sent.stages)}) to {sent.address} as "
-          f"{sent.submission_id}; follow it with `geoseg logs {sent.submission_id} --address {sent.address} --follow`",
-          file=sys.stderr, flush=True)
+    print(
+        f"geoseg: submitted job {sent.job_name!r} (stages {', '.join(sent.stages)}) to {sent.address} as "
+        f"{sent.submission_id}; follow it with `geoseg logs {sent.submission_id} --address {sent.address} --follow`",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0
 
 
@@ -171,22 +202,25 @@ def _cmd_logs(args) -> int:
         sys.stdout.write(job_logs(args.submission_id, address=address))
         sys.stdout.flush()
         return 0
-    final = follow_job_logs(args.submission_id, address=address,
-                            write=lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+    final = follow_job_logs(
+        args.submission_id, address=address, write=lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush())
+    )
     print(f"geoseg: job {args.submission_id} {final}", file=sys.stderr, flush=True)
     return 0 if final == "SUCCEEDED" else 1
 
 
 def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="the cluster's Ray dashboard (job server), e.g. http://HEAD_IP:8265 "
-                                     "(default: RAY_API_SERVER_ADDRESS)")
+    p.add_argument(
+        "--address",
+        help="the cluster's Ray dashboard (job server), e.g. http://HEAD_IP:8265 (default: RAY_API_SERVER_ADDRESS)",
+    )
 
 
 def _add_bench_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and work folder, the same for every benchmark."""
     p.add_argument("--arch", default="unet")
     p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--options", help='JSON model options, e.g. \'{"decoder_channels": [128, 64, 32, 16, 8]}\'')
+    p.add_argument("--options", help="JSON model options, e.g. '{\"decoder_channels\": [128, 64, 32, 16, 8]}'")
     p.add_argument("--workdir", help="where the synthetic scene and outputs go (default: a temporary folder)")
 
 
@@ -198,12 +232,16 @@ def _add_job_commands(sub) -> None:
 
     p = sub.add_parser("run", help=f"run the stages a job names ({', '.join(STAGE_NAMES)})")
     p.add_argument("job", help="job YAML file")
-    p.add_argument("--stages", nargs="+", choices=STAGE_NAMES,
-                   help="run only these stages (default: the job's `stages:`)")
+    p.add_argument(
+        "--stages", nargs="+", choices=STAGE_NAMES, help="run only these stages (default: the job's `stages:`)"
+    )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else the embedded local Ray)")
-    p.add_argument("--force", action="store_true",
-                   help="run every stage again, even when the last run already finished this job "
-                        "(by default such a rerun does nothing and says so)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run every stage again, even when the last run already finished this job "
+        "(by default such a rerun does nothing and says so)",
+    )
     p.set_defaults(func=_cmd_run)
 
     for stage in STAGES:
@@ -226,8 +264,12 @@ def _add_data_commands(sub) -> None:
     p = sub.add_parser("export", help="export a mosaic array as a Cloud-Optimized GeoTIFF")
     p.add_argument("mosaic", help="mosaic.zarr folder written by `geoseg predict`")
     p.add_argument("--cog", required=True, help="output .tif path")
-    p.add_argument("--array", default="labels", choices=["labels", "valid", "scores"],
-                   help="mosaic array to export (default: labels)")
+    p.add_argument(
+        "--array",
+        default="labels",
+        choices=["labels", "valid", "scores"],
+        help="mosaic array to export (default: labels)",
+    )
     p.set_defaults(func=_cmd_export)
 
 
@@ -254,25 +296,38 @@ def _add_bench_commands(sub) -> None:
     p.add_argument("--cpus", type=int, help="cores in all (default: all of this machine's)")
     _add_bench_model_arguments(p)
     p.set_defaults(func=_cmd_bench_train)
-    p = bench.add_parser("merge", help="an instance job's raw tile detections merged by geoseg and SAHI-style; "
-                                       "splits, duplicates, merged neighbours, F1, mask AP")
+    p = bench.add_parser(
+        "merge",
+        help="an instance job's raw tile detections merged by geoseg and SAHI-style; "
+        "splits, duplicates, merged neighbours, F1, mask AP",
+    )
     p.add_argument("job", help="an instance job whose predict stage has run (e.g. jobs/building_instances.yaml)")
     p.set_defaults(func=_cmd_bench_merge)
 
 
 def _add_cluster_commands(sub) -> None:
     """``submit``, ``status`` and ``logs``: jobs on a Ray cluster through its Jobs API."""
-    p = sub.add_parser("submit", help="run a job on a Ray cluster through Ray's Jobs API (the job file travels "
-                                      "with it); prints the submission id")
+    p = sub.add_parser(
+        "submit",
+        help="run a job on a Ray cluster through Ray's Jobs API (the job file travels "
+        "with it); prints the submission id",
+    )
     p.add_argument("job", help="job YAML file (validated here before it is sent)")
     _add_cluster_arguments(p)
-    p.add_argument("--stages", nargs="+", choices=STAGE_NAMES,
-                   help="run only these stages (default: the job's `stages:`)")
-    p.add_argument("--job-dir", help="the job file's folder as the cluster's nodes see it, which its relative paths "
-                                     "are resolved against (default: its absolute path here: a shared filesystem); "
-                                     "given, the inputs are checked on the cluster, not here")
-    p.add_argument("--submission-id", help="id for the job (default: Ray makes one); the cluster refuses a second "
-                                           "job with the same id, so a schedule cannot run a day twice")
+    p.add_argument(
+        "--stages", nargs="+", choices=STAGE_NAMES, help="run only these stages (default: the job's `stages:`)"
+    )
+    p.add_argument(
+        "--job-dir",
+        help="the job file's folder as the cluster's nodes see it, which its relative paths "
+        "are resolved against (default: its absolute path here: a shared filesystem); "
+        "given, the inputs are checked on the cluster, not here",
+    )
+    p.add_argument(
+        "--submission-id",
+        help="id for the job (default: Ray makes one); the cluster refuses a second "
+        "job with the same id, so a schedule cannot run a day twice",
+    )
     p.set_defaults(func=_cmd_submit)
     p = sub.add_parser("status", help="a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)")
     p.add_argument("submission_id", help="the id `geoseg submit` printed")
@@ -281,8 +336,7 @@ def _add_cluster_commands(sub) -> None:
     p = sub.add_parser("logs", help="a submitted job's logs")
     p.add_argument("submission_id", help="the id `geoseg submit` printed")
     _add_cluster_arguments(p)
-    p.add_argument("--follow", action="store_true",
-                   help="stream until the job ends; exit 0 if it succeeded, 1 if not")
+    p.add_argument("--follow", action="store_true", help="stream until the job ends; exit 0 if it succeeded, 1 if not")
     p.set_defaults(func=_cmd_logs)
 
 
@@ -340,8 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         traceback.print_exc()
-        print(f"geoseg: bug: {_bug_summary(exc)} (this is a bug in geoseg; please report it with the traceback "
-              "above)", file=sys.stderr, flush=True)
+        print(
+            f"geoseg: bug: {_bug_summary(exc)} (this is a bug in geoseg; please report it with the traceback above)",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
 
 

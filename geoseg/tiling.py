@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Tile", "plan_tiles", "mirror_indices", "check_tile_size"]
+__all__ = ["Tile", "check_tile_size", "mirror_indices", "plan_tiles"]
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,18 @@ class Tile:
         return self.col - self.halo, self.col - self.halo + self.size
 
     def as_row(self) -> dict:
-        return {"index": self.index, "row": self.row, "col": self.col, "height": self.height,
-                "width": self.width, "halo": self.halo, "size": self.size}
+        return {
+            "index": self.index,
+            "row": self.row,
+            "col": self.col,
+            "height": self.height,
+            "width": self.width,
+            "halo": self.halo,
+            "size": self.size,
+        }
 
     @classmethod
-    def from_row(cls, row: dict) -> "Tile":
+    def from_row(cls, row: dict) -> Tile:
         return cls(**{key: int(row[key]) for key in ("index", "row", "col", "height", "width", "halo", "size")})
 
 
@@ -85,10 +92,13 @@ def check_tile_size(tile_size: int, stride: int, arch: str, halo: int = 0) -> st
     if tile_size % stride:
         lower = max(stride, (tile_size // stride) * stride)
         upper = math.ceil(tile_size / stride) * stride
-        return (f"{tile_size} is not divisible by {arch}'s output stride {stride}; "
-                f"use {upper}" + (f" or {lower}" if lower != upper else ""))
+        return f"{tile_size} is not divisible by {arch}'s output stride {stride}; use {upper}" + (
+            f" or {lower}" if lower != upper else ""
+        )
     if halo % stride:
-        return (f"halo {halo} is not a multiple of {arch}'s output stride {stride}, so tile cores would fall "
-                f"off the model's grid and leave seams; use halo {math.ceil(halo / stride) * stride}"
-                + (f" or {halo // stride * stride}" if halo > stride else ""))
+        return (
+            f"halo {halo} is not a multiple of {arch}'s output stride {stride}, so tile cores would fall "
+            f"off the model's grid and leave seams; use halo {math.ceil(halo / stride) * stride}"
+            + (f" or {halo // stride * stride}" if halo > stride else "")
+        )
     return None

@@ -43,14 +43,29 @@ def real_raster(name: str) -> Path:
     return path
 
 
-def write_geotiff(path: Path, array: np.ndarray, *, crs: str | None = UTM33, transform: Affine = ORIGIN,
-                  nodata=None, block: int = 64, colorinterp=None) -> Path:
+def write_geotiff(
+    path: Path,
+    array: np.ndarray,
+    *,
+    crs: str | None = UTM33,
+    transform: Affine = ORIGIN,
+    nodata=None,
+    block: int = 64,
+    colorinterp=None,
+) -> Path:
     """Write ``array`` (bands, H, W) as a tiled, deflate-compressed GeoTIFF."""
     array = np.asarray(array)
     if array.ndim == 2:
         array = array[None]
-    profile = {"driver": "GTiff", "height": array.shape[1], "width": array.shape[2], "count": array.shape[0],
-               "dtype": array.dtype.name, "transform": transform, "compress": "deflate"}
+    profile = {
+        "driver": "GTiff",
+        "height": array.shape[1],
+        "width": array.shape[2],
+        "count": array.shape[0],
+        "dtype": array.dtype.name,
+        "transform": transform,
+        "compress": "deflate",
+    }
     if crs:
         profile["crs"] = crs
     if nodata is not None:
@@ -118,11 +133,19 @@ def tiny_job(folder: Path, scene: Path, labels: Path, **overrides) -> Path:
         "name": "tiny",
         "output_dir": str(folder / "out"),
         "classes": ["background", "water", "vegetation"],
-        "model": {"arch": "unet", "encoder": "resnet18",
-                  "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}},
+        "model": {
+            "arch": "unet",
+            "encoder": "resnet18",
+            "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+        },
         "tiling": {"tile_size": 96, "halo": 16},
-        "train": {"scenes": [{"image": str(scene), "labels": str(labels)}], "tile_size": 64, "batch_size": 4,
-                  "epochs": 2, "steps_per_epoch": 3},
+        "train": {
+            "scenes": [{"image": str(scene), "labels": str(labels)}],
+            "tile_size": 64,
+            "batch_size": 4,
+            "epochs": 2,
+            "steps_per_epoch": 3,
+        },
         "predict": {"scene": str(scene), "batch_size": 4},
         "evaluate": {"labels": str(labels)},
         "runtime": {"workers": 1, "cpus_per_worker": 1},
@@ -137,8 +160,18 @@ def tiny_job(folder: Path, scene: Path, labels: Path, **overrides) -> Path:
 # --- model cards and checkpoints ----------------------------------------------------------------------------------
 
 
-def model_card(*, arch: str, encoder: str, classes, bands, options: dict | None = None, dtype: str | None = "uint8",
-               mean=None, std=None, **extra):
+def model_card(
+    *,
+    arch: str,
+    encoder: str,
+    classes,
+    bands,
+    options: dict | None = None,
+    dtype: str | None = "uint8",
+    mean=None,
+    std=None,
+    **extra,
+):
     """The :class:`~geoseg.models.card.ModelCard` a checkpoint carries, as the tests write it.
 
     Without ``dtype`` the card says uint8, and without ``mean``/``std`` it standardizes nothing (mean 0, std 1):
@@ -149,17 +182,46 @@ def model_card(*, arch: str, encoder: str, classes, bands, options: dict | None 
     bands = tuple(bands)
     mean = (0.0,) * len(bands) if mean is None else tuple(mean)
     std = (1.0,) * len(bands) if std is None else tuple(std)
-    return ModelCard(arch=arch, encoder=encoder, options={} if options is None else options, classes=tuple(classes),
-                     bands=bands, dtype=dtype or "uint8", normalization=Normalization(mean=mean, std=std), **extra)
+    return ModelCard(
+        arch=arch,
+        encoder=encoder,
+        options={} if options is None else options,
+        classes=tuple(classes),
+        bands=bands,
+        dtype=dtype or "uint8",
+        normalization=Normalization(mean=mean, std=std),
+        **extra,
+    )
 
 
-def write_checkpoint(folder: Path, model, *, arch: str, encoder: str, classes, bands, dtype: str | None = "uint8",
-                     mean=None, std=None, options: dict | None = None, **extra) -> Path:
+def write_checkpoint(
+    folder: Path,
+    model,
+    *,
+    arch: str,
+    encoder: str,
+    classes,
+    bands,
+    dtype: str | None = "uint8",
+    mean=None,
+    std=None,
+    options: dict | None = None,
+    **extra,
+) -> Path:
     """Save ``model`` with the card :func:`model_card` builds from the rest; the checkpoint folder."""
     from geoseg.models.checkpoint import save_checkpoint
 
-    card = model_card(arch=arch, encoder=encoder, classes=classes, bands=bands, options=options, dtype=dtype,
-                      mean=mean, std=std, **extra)
+    card = model_card(
+        arch=arch,
+        encoder=encoder,
+        classes=classes,
+        bands=bands,
+        options=options,
+        dtype=dtype,
+        mean=mean,
+        std=std,
+        **extra,
+    )
     return save_checkpoint(folder, model, card)
 
 
@@ -171,15 +233,23 @@ def tiny_unet_checkpoint(folder: Path, scene, classes=("background", "water", "b
     from geoseg.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("unet", in_channels=len(scene.bands), num_classes=len(classes), encoder="resnet18",
-                        **TINY_UNET)
+    model = build_model("unet", in_channels=len(scene.bands), num_classes=len(classes), encoder="resnet18", **TINY_UNET)
     mean, std = band_statistics([scene.path], scene.bands, step=8)
-    return write_checkpoint(folder, model, arch="unet", encoder="resnet18", options=TINY_UNET, classes=classes,
-                            bands=scene.bands, dtype=scene.dtype, mean=mean, std=std)
+    return write_checkpoint(
+        folder,
+        model,
+        arch="unet",
+        encoder="resnet18",
+        options=TINY_UNET,
+        classes=classes,
+        bands=scene.bands,
+        dtype=scene.dtype,
+        mean=mean,
+        std=std,
+    )
 
 
-def unet_checkpoint(folder: Path, scene_path: Path, classes=("background", "water", "building"),
-                    **options) -> Path:
+def unet_checkpoint(folder: Path, scene_path: Path, classes=("background", "water", "building"), **options) -> Path:
     """A seeded random U-Net for a 3-band uint8 scene: full size unless ``options`` shrink it."""
     import torch
 
@@ -191,8 +261,18 @@ def unet_checkpoint(folder: Path, scene_path: Path, classes=("background", "wate
     torch.manual_seed(0)
     model = build_model("unet", in_channels=3, num_classes=len(classes), **options)
     mean, std = band_statistics([scene_path], scene.bands, step=8)
-    return write_checkpoint(folder, model, arch="unet", encoder="resnet18", options=options, classes=classes,
-                            bands=[1, 2, 3], dtype="uint8", mean=mean, std=std)
+    return write_checkpoint(
+        folder,
+        model,
+        arch="unet",
+        encoder="resnet18",
+        options=options,
+        classes=classes,
+        bands=[1, 2, 3],
+        dtype="uint8",
+        mean=mean,
+        std=std,
+    )
 
 
 # --- training -----------------------------------------------------------------------------------------------------
@@ -207,11 +287,30 @@ def _box(window):
     return int(window.col_off), int(window.row_off), int(window.width), int(window.height)
 
 
-def training_config(card, *, pairs, train_areas, val_areas, cells, instances, class_weights, loss: dict,
-                    schedule: str = "cosine", tile_size: int = 64, batch_size: int = 2, epochs: int = 2,
-                    steps_per_epoch: int = 2, learning_rate: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
-                    oversample: float = 0.5, jitter: float = 0.1, patience: int | None = None, stride: int = 8,
-                    initial_weights: str | None = None):
+def training_config(
+    card,
+    *,
+    pairs,
+    train_areas,
+    val_areas,
+    cells,
+    instances,
+    class_weights,
+    loss: dict,
+    schedule: str = "cosine",
+    tile_size: int = 64,
+    batch_size: int = 2,
+    epochs: int = 2,
+    steps_per_epoch: int = 2,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    oversample: float = 0.5,
+    jitter: float = 0.1,
+    patience: int | None = None,
+    stride: int = 8,
+    initial_weights: str | None = None,
+):
     """The :class:`~geoseg.train.plan.TrainingPlan` :func:`geoseg.train.loop.train_model` takes, for small runs.
 
     ``pairs`` are (image, label raster) paths per scene; areas are rasterio Windows (or
@@ -220,17 +319,42 @@ def training_config(card, *, pairs, train_areas, val_areas, cells, instances, cl
     from geoseg.config.schema import TrainScene, TrainSpec
     from geoseg.train.plan import TrainingPlan, TrainingScene
 
-    spec = TrainSpec(scenes=[TrainScene(image=image, labels=labels) for image, labels in pairs], loss=loss,
-                     schedule=schedule, tile_size=tile_size, batch_size=batch_size, epochs=epochs,
-                     steps_per_epoch=steps_per_epoch, learning_rate=learning_rate, weight_decay=weight_decay,
-                     seed=seed, oversample=oversample, jitter=jitter, early_stopping=patience)
-    scenes = tuple(TrainingScene(image=str(image), labels=str(labels), train_area=_box(train), val_area=_box(val),
-                                 cells=cell, instances=None if extra is None else str(extra))
-                   for (image, labels), train, val, cell, extra
-                   in zip(pairs, train_areas, val_areas, cells, instances, strict=True))
-    return TrainingPlan(card=card, spec=spec, scenes=scenes, stride=stride,
-                        class_weights=None if class_weights is None else tuple(class_weights),
-                        initial_weights=initial_weights)
+    spec = TrainSpec(
+        scenes=[TrainScene(image=image, labels=labels) for image, labels in pairs],
+        loss=loss,
+        schedule=schedule,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        seed=seed,
+        oversample=oversample,
+        jitter=jitter,
+        early_stopping=patience,
+    )
+    scenes = tuple(
+        TrainingScene(
+            image=str(image),
+            labels=str(labels),
+            train_area=_box(train),
+            val_area=_box(val),
+            cells=cell,
+            instances=None if extra is None else str(extra),
+        )
+        for (image, labels), train, val, cell, extra in zip(
+            pairs, train_areas, val_areas, cells, instances, strict=True
+        )
+    )
+    return TrainingPlan(
+        card=card,
+        spec=spec,
+        scenes=scenes,
+        stride=stride,
+        class_weights=None if class_weights is None else tuple(class_weights),
+        initial_weights=initial_weights,
+    )
 
 
 def fit_in_process(plan, *, checkpoint_out: Path, **_) -> dict:
@@ -260,8 +384,15 @@ def scene_mosaic(path: Path, scene_path: Path, core: int, classes=("background",
     from geoseg.io.raster import inspect_scene
 
     scene = inspect_scene(scene_path)
-    return create_mosaic(path, height=scene.height, width=scene.width, chunk=core, crs=scene.crs,
-                         transform=scene.transform, class_names=list(classes))
+    return create_mosaic(
+        path,
+        height=scene.height,
+        width=scene.width,
+        chunk=core,
+        crs=scene.crs,
+        transform=scene.transform,
+        class_names=list(classes),
+    )
 
 
 def chunk_bytes(mosaic: Path) -> dict[str, bytes]:

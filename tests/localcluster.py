@@ -131,11 +131,14 @@ class LocalCluster:
     def alive_nodes(self, timeout: float = 60) -> list[dict]:
         """The cluster's alive nodes as ``ray.nodes()`` sees them, from a short-lived client process
         (a ``ray.init`` in the test process would pin this process to one cluster)."""
-        script = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-                  "print(json.dumps([{'id': n['NodeID'], 'resources': n['Resources']} "
-                  "for n in ray.nodes() if n['Alive']]))" % self.address)
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
-                             env=self.env())
+        script = (
+            "import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+            "print(json.dumps([{'id': n['NodeID'], 'resources': n['Resources']} "
+            "for n in ray.nodes() if n['Alive']]))" % self.address
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, env=self.env()
+        )
         if out.returncode:
             raise RuntimeError(f"ray.nodes() failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -156,18 +159,21 @@ class LocalCluster:
             if len(nodes) >= count:
                 return nodes
             time.sleep(1)
-        raise RuntimeError(f"only {len(nodes)} of {count} ray nodes came up in {timeout:.0f} s:\n"
-                           + "\n".join(_tail(node.log) for node in self.nodes))
+        raise RuntimeError(
+            f"only {len(nodes)} of {count} ray nodes came up in {timeout:.0f} s:\n"
+            + "\n".join(_tail(node.log) for node in self.nodes)
+        )
 
     def actors(self, class_name: str) -> list[dict]:
         """Every actor of ``class_name`` the cluster knows (alive or dead), from its state API."""
-        script = ("import json\nfrom ray.util.state import list_actors\n"
-                  f"actors = list_actors(address={self.dashboard!r}, filters=[('class_name', '=', {class_name!r})], "
-                  "detail=True, limit=10000, raise_on_missing_output=False)\n"
-                  "print(json.dumps([{k: getattr(a, k) for k in ('actor_id', 'state', 'node_id', 'pid', "
-                  "'num_restarts', 'job_id')} for a in actors]))")
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                             env=self.env())
+        script = (
+            "import json\nfrom ray.util.state import list_actors\n"
+            f"actors = list_actors(address={self.dashboard!r}, filters=[('class_name', '=', {class_name!r})], "
+            "detail=True, limit=10000, raise_on_missing_output=False)\n"
+            "print(json.dumps([{k: getattr(a, k) for k in ('actor_id', 'state', 'node_id', 'pid', "
+            "'num_restarts', 'job_id')} for a in actors]))"
+        )
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=self.env())
         if out.returncode:
             raise RuntimeError(f"list_actors failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -209,12 +215,12 @@ class LocalCluster:
 
     def _remember(self, nodes: list[dict]) -> None:
         """Keep the node ids: a killed node stays "alive" in the cluster's view for a while."""
-        self.ids = {name: node["id"] for node in nodes for name in ("head", "second")
-                    if f"node_{name}" in node["resources"]}
+        self.ids = {
+            name: node["id"] for node in nodes for name in ("head", "second") if f"node_{name}" in node["resources"]
+        }
 
     def _second_args(self) -> list[str]:
-        return ["--address", self.address, "--num-cpus", str(self.cpus),
-                "--resources", json.dumps({"node_second": 1})]
+        return ["--address", self.address, "--num-cpus", str(self.cpus), "--resources", json.dumps({"node_second": 1})]
 
     def shutdown(self) -> None:
         """Kill the second node, then the head (their own processes only); drop the temp folders."""
@@ -225,8 +231,11 @@ class LocalCluster:
 
 def client_env(root: Path) -> dict[str, str]:
     """The environment of the cluster's nodes and clients: its token; no inherited Ray address or token."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
+    }
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "token"))
     env.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # The nodes have geoseg on their PATH, as a real cluster's image does: a submitted job's
@@ -261,14 +270,42 @@ def _start_node(name: str, root: Path, args: list[str], *, fresh: bool = False) 
     temp_dir.mkdir()
     log = root / f"{name}.log"
     # Each node its own ports for everything that has a fixed default (two nodes share this host).
-    ports = ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-             "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
-    command = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir),
-               "--disable-usage-stats", *args, *ports]
+    ports = [
+        "--node-manager-port",
+        str(free_port()),
+        "--object-manager-port",
+        str(free_port()),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--dashboard-agent-grpc-port",
+        str(free_port()),
+        "--runtime-env-agent-port",
+        str(free_port()),
+        "--metrics-export-port",
+        str(free_port()),
+    ]
+    command = [
+        RAY,
+        "start",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--temp-dir",
+        str(temp_dir),
+        "--disable-usage-stats",
+        *args,
+        *ports,
+    ]
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=client_env(root), preexec_fn=_die_with_parent)
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=client_env(root),
+            preexec_fn=_die_with_parent,
+        )
     return Node(name, process, temp_dir, log)
 
 
@@ -277,10 +314,27 @@ def start_cluster(*, cpus: int = 2, timeout: float = 120) -> LocalCluster:
     root = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
     (root / "token").write_text(secrets.token_hex(32))
     port, dashboard_port = free_port(), free_port()
-    head = _start_node("head", root, [
-        "--head", "--port", str(port), "--num-cpus", str(cpus), "--resources", json.dumps({"node_head": 1}),
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--include-dashboard", "true",
-        "--ray-client-server-port", str(free_port())])
+    head = _start_node(
+        "head",
+        root,
+        [
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            str(cpus),
+            "--resources",
+            json.dumps({"node_head": 1}),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+            "--include-dashboard",
+            "true",
+            "--ray-client-server-port",
+            str(free_port()),
+        ],
+    )
     cluster = LocalCluster(port, dashboard_port, head, head, root, cpus, [head])
     try:
         cluster.wait_for_nodes(1, timeout)

@@ -16,17 +16,24 @@ PACKAGE = Path(__file__).resolve().parents[1] / "geoseg"
 
 # Higher numbers sit above lower ones. A new package gets a layer here.
 LAYERS = {
-    "errors": 0, "_version": 0,
+    "errors": 0,
+    "_version": 0,
     "config": 1,
     "tiling": 2,
-    "io": 3, "models": 3,
-    "synthetic": 4, "infer": 4, "evaluate": 4, "vectorize": 4,
+    "io": 3,
+    "models": 3,
+    "synthetic": 4,
+    "infer": 4,
+    "evaluate": 4,
+    "vectorize": 4,
     "train": 5,
     "runtime": 6,
     "stages": 7,
     "job": 8,
     "bench": 9,
-    "cli": 10, "__init__": 10, "__main__": 11,
+    "cli": 10,
+    "__init__": 10,
+    "__main__": 11,
 }
 
 
@@ -151,9 +158,12 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
 
 
 def test_only_runtime_imports_ray():
-    ray_users = sorted(name for name, path in MODULES.items()
-                       if any(n == "ray" or n.startswith("ray.") for n in _external_imports(path))
-                       and not name.startswith("geoseg.runtime"))
+    ray_users = sorted(
+        name
+        for name, path in MODULES.items()
+        if any(n == "ray" or n.startswith("ray.") for n in _external_imports(path))
+        and not name.startswith("geoseg.runtime")
+    )
     assert ray_users == []
 
 

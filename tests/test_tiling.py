@@ -10,7 +10,7 @@ def test_cores_cover_the_scene_exactly_once_on_chunk_boundaries(height, width):
     cover = np.zeros((height, width), np.int32)
     for tile in tiles:
         assert tile.row % 448 == 0 and tile.col % 448 == 0  # one tile per Zarr chunk
-        cover[tile.row:tile.row + tile.height, tile.col:tile.col + tile.width] += 1
+        cover[tile.row : tile.row + tile.height, tile.col : tile.col + tile.width] += 1
         assert tile.read_rows == (tile.row - 32, tile.row - 32 + 512)
     assert (cover == 1).all()
     assert [t.index for t in tiles] == list(range(len(tiles)))

@@ -14,7 +14,7 @@ import time
 
 import psutil
 
-__all__ = ["MemorySampler", "Contention", "cpu_seconds", "wait_until_quiet"]
+__all__ = ["Contention", "MemorySampler", "cpu_seconds", "wait_until_quiet"]
 
 
 class MemorySampler:
@@ -115,7 +115,7 @@ class MemorySampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self.sample(full=True)
         self._contention = Contention()
         self._thread.start()
@@ -131,7 +131,8 @@ class MemorySampler:
 class Contention:
     """How much of the machine *other* work used while we ran: the CPU-busy
     time of the whole machine minus our own, as a share of all its cores.
-    On a shared 2-core box this is what makes two timings comparable or not."""
+    On a shared 2-core box this is what makes two timings comparable or not.
+    """
 
     def __init__(self):
         self.started = time.monotonic()
@@ -145,8 +146,13 @@ class Contention:
 
 def _busy_seconds() -> float:
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) \
+    return (
+        sum(times)
+        - times.idle
+        - getattr(times, "iowait", 0.0)
+        - getattr(times, "guest", 0.0)
         - getattr(times, "guest_nice", 0.0)
+    )
 
 
 def _pss(pid: int) -> int | None:
@@ -172,6 +178,7 @@ def wait_until_quiet(root: psutil.Process, *, timeout: float = 20.0, share: floa
     After the stage, Ray's processes take a few seconds to exit (or, with a
     shared Ray, to go idle); the model-only loop must not share the CPU with them.
     """
+
     def usage() -> dict[int, float]:
         seconds = {}
         for proc in root.children(recursive=True):
@@ -204,3 +211,30 @@ def _process_name(proc: psutil.Process) -> str:
         script = next((arg for arg in cmdline[1:] if not arg.startswith("-")), "")
         return f"python {os.path.basename(script)}".strip()
     return os.path.basename(word)
+
+
+def memory_fields(memory: MemorySampler) -> dict:
+    """Peak memory (MB) of the whole job and of the driver, and how it was sampled."""
+    return {
+        "peak_rss_mb": round(memory.peak_total / 2**20, 1),
+        "peak_rss_driver_mb": round(memory.peak_driver / 2**20, 1),
+        "memory_metric": memory.metric,
+        "peak_rss_sum_mb": round(memory.peak_rss_sum / 2**20, 1),
+        "peak_processes": memory.peak_processes,
+        "memory_samples": memory.samples,
+        "memory_pss_samples": memory.pss_samples,
+        "memory_sampler_busy_s": round(memory.busy_s, 2),
+    }
+
+
+def top_processes(memory: MemorySampler) -> dict:
+    """The eight processes with the highest peak memory (MB) and the eight that used the most CPU (s)."""
+    return {
+        "peak_by_process_mb": {
+            name: round(value / 2**20, 1)
+            for name, value in sorted(memory.peak_by_name.items(), key=lambda kv: -kv[1])[:8]
+        },
+        "cpu_s_by_process": {
+            name: round(value, 1) for name, value in sorted(memory.cpu_by_name().items(), key=lambda kv: -kv[1])[:8]
+        },
+    }

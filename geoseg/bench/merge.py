@@ -26,15 +26,15 @@ from pathlib import Path
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.job import load_job
+from geoseg.bench.sahi_merge import sahi_greedy_nmm
+from geoseg.config.paths import JobPaths
 from geoseg.errors import InputRasterError
 from geoseg.evaluate.instances import instance_report, truth_instances
-from geoseg.io.masks import bbox_pairs, load_masks, mask_iou
 from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
-from geoseg.bench.sahi_merge import sahi_greedy_nmm
 from geoseg.io.labels import load_labels
+from geoseg.io.masks import bbox_pairs, load_masks, mask_iou
 from geoseg.io.raster import inspect_scene, read_valid
-from geoseg.config.paths import JobPaths
+from geoseg.job import load_job
 from geoseg.tiling import plan_tiles
 
 __all__ = ["bench_merge"]
@@ -46,24 +46,45 @@ def bench_merge(job_path: str | Path, *, log=print) -> dict:
     paths = JobPaths.of(job)
     files = sorted(paths.tile_detections.glob("tile_*.npz"))
     if not files:
-        raise InputRasterError(f"{paths.tile_detections}: no raw tile detections; run `geoseg predict {job_path}` "
-                               "with an instance model first")
+        raise InputRasterError(
+            f"{paths.tile_detections}: no raw tile detections; run `geoseg predict {job_path}` "
+            "with an instance model first"
+        )
     detections = [d for f in files for d in load_masks(f)]
     scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
-    labels = load_labels(job.evaluate.labels, scene=scene, classes=job.classes,
-                         field=job.train.label_field if job.train else "class", source="evaluate.labels",
-                         ignore=job.train.ignore_classes if job.train else ())
+    labels = load_labels(
+        job.evaluate.labels,
+        scene=scene,
+        classes=job.classes,
+        field=job.train.label_field if job.train else "class",
+        source="evaluate.labels",
+        ignore=job.train.ignore_classes if job.train else (),
+    )
     with rasterio.open(scene.path) as src:
-        truth = truth_instances(labels, scene.transform, scene.height, scene.width,
-                                class_ids=range(1, len(job.classes)),
-                                valid=lambda w: read_valid(src, Window(w[1], w[0], w[3] - w[1], w[2] - w[0])))
+        truth = truth_instances(
+            labels,
+            scene.transform,
+            scene.height,
+            scene.width,
+            class_ids=range(1, len(job.classes)),
+            valid=lambda w: read_valid(src, Window(w[1], w[0], w[3] - w[1], w[2] - w[0])),
+        )
     log(f"bench merge: {len(detections)} raw detections from {len(files)} tiles; {len(truth)} reference objects")
     settings = job.instances
-    results: dict = {"job": job.name, "raw_detections": len(detections), "reference": len(truth),
-                     "tile_size": job.tiling.tile_size, "overlap_px": 2 * job.tiling.halo}
+    results: dict = {
+        "job": job.name,
+        "raw_detections": len(detections),
+        "reference": len(truth),
+        "tile_size": job.tiling.tile_size,
+        "overlap_px": 2 * job.tiling.halo,
+    }
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
-    merge = {"iou": settings.merge_iou, "ios": settings.merge_ios,
-             "windows": tile_windows(tiles, scene.height, scene.width), "scene_shape": (scene.height, scene.width)}
+    merge = {
+        "iou": settings.merge_iou,
+        "ios": settings.merge_ios,
+        "windows": tile_windows(tiles, scene.height, scene.width),
+        "scene_shape": (scene.height, scene.width),
+    }
     runs = {
         "none": lambda: detections,
         "sahi": lambda: sahi_greedy_nmm(detections, match_threshold=0.5),
@@ -76,21 +97,28 @@ def bench_merge(job_path: str | Path, *, log=print) -> dict:
         merged = run()
         seconds = time.perf_counter() - started
         report = instance_report(merged, truth, scene.height, scene.width)
-        results[name] = {"instances": len(merged), "splits": report["splits"],
-                         "splits_by_the_model": len(_split_objects(merged, truth) & model_splits),
-                         "duplicates": report["duplicates"],
-                         "merged": report["merged"], "f1": report["f1"], "precision": report["precision"],
-                         "recall": report["recall"], "ap": report["ap"], "ap50": report["ap50"],
-                         "seconds": round(seconds, 2)}
+        results[name] = {
+            "instances": len(merged),
+            "splits": report["splits"],
+            "splits_by_the_model": len(_split_objects(merged, truth) & model_splits),
+            "duplicates": report["duplicates"],
+            "merged": report["merged"],
+            "f1": report["f1"],
+            "precision": report["precision"],
+            "recall": report["recall"],
+            "ap": report["ap"],
+            "ap50": report["ap50"],
+            "seconds": round(seconds, 2),
+        }
         log(f"bench merge: {name}: {results[name]}")
     return results
-
 
 
 def _split_by_the_model(detections: list, truth: list, iou: float = 0.1) -> set[int]:
     """Reference objects that some tile's own detections already split: two or more of one tile's
     detections match the object at IoU >= ``iou`` (an L-shaped building as body and wing). No merge
-    of tiles can make those one; the other splits are the tiling's."""
+    of tiles can make those one; the other splits are the tiling's.
+    """
     per_tile: dict[tuple[int, int], int] = {}
     for i, j in bbox_pairs(truth, detections).tolist():
         if mask_iou(truth[i], detections[j]) >= iou:

@@ -42,13 +42,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import psutil
 
-from geoseg.bench.measure import Contention, MemorySampler, cpu_seconds, wait_until_quiet
-from geoseg.synthetic.blocks import CLASSES, MEAN, PIXEL_SIZE, STD, scene_path, usable_scene, write_synthetic_scene
+from geoseg.bench.measure import MemorySampler, memory_fields, top_processes, wait_until_quiet
+from geoseg.bench.model_only import model_only_seconds, random_checkpoint
+from geoseg.synthetic.blocks import CLASSES, PIXEL_SIZE, scene_path, usable_scene, write_synthetic_scene
 
 __all__ = ["bench_predict"]
+
 
 def _done_times(mosaic: Path) -> list[float]:
     """Modification times of the mosaic's per-chunk ``done`` markers, sorted.
@@ -56,68 +57,12 @@ def _done_times(mosaic: Path) -> list[float]:
     Each is written by the actor right after its chunk's pixels, so they time
     tile completions from inside the run without instrumenting it.
     """
-    times = [p.stat().st_mtime for p in (mosaic / "done").rglob("*")
-             if p.is_file() and not p.name.startswith(".z") and p.name != "zarr.json"]
+    times = [
+        p.stat().st_mtime
+        for p in (mosaic / "done").rglob("*")
+        if p.is_file() and not p.name.startswith(".z") and p.name != "zarr.json"
+    ]
     return sorted(times)
-
-
-def _model_only(checkpoint: Path, scene: Path, mosaic: Path, tiles, *, batch_size: int, device: str, threads: int,
-                max_batches: int) -> tuple[float, int, float]:
-    """Seconds per tile of the model alone on the run's batches, the tiles timed, other work's CPU share.
-
-    The model is loaded by :class:`TilePredictor` itself (same threads, same
-    cuDNN flags, channels_last on CUDA) and forwarded with
-    :func:`predict_logits`; inputs are read and normalised before the clock
-    starts, so no reading or writing is timed. With more than ``max_batches``
-    batches an evenly spread subset is timed and the caller scales it.
-    """
-    import torch
-
-    from geoseg.infer import TilePredictor
-    from geoseg.infer.predict import predict_logits
-    from geoseg.io.raster import read_tile
-    from geoseg.io.normalization import normalize
-
-    previous_threads = torch.get_num_threads()
-    previous_cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    predictor = TilePredictor(checkpoint, scene, mosaic, device=device, threads=threads)
-    try:
-        batches = [tiles[i:i + batch_size] for i in range(0, len(tiles), batch_size)]
-        if len(batches) > max_batches:
-            picks = np.linspace(0, len(batches) - 1, max_batches).round().astype(int)
-            batches = [batches[i] for i in sorted(set(picks.tolist()))]
-        inputs = []
-        for batch in batches:
-            arrays = [normalize(read_tile(predictor.scene, tile, predictor.bands)[0], predictor.mean, predictor.std)
-                      for tile in batch]
-            inputs.append(np.stack(arrays))
-        predict_logits(predictor.model, inputs[0], predictor.device)  # warm-up: allocator, oneDNN/cuDNN plans
-        contention, own = Contention(), cpu_seconds(psutil.Process())
-        started = time.perf_counter()
-        for array in inputs:
-            predict_logits(predictor.model, array, predictor.device)  # returns on the CPU: synchronised
-        seconds = time.perf_counter() - started
-        timed = sum(len(batch) for batch in batches)
-        return seconds / timed, timed, contention.share(cpu_seconds(psutil.Process()) - own)
-    finally:
-        predictor.close()
-        del predictor
-        torch.set_num_threads(previous_threads)
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous_cudnn
-
-
-def _random_checkpoint(folder: Path, arch: str, encoder: str, options: dict):
-    import torch
-
-    from geoseg.models import ModelCard, build_model
-    from geoseg.models.card import Normalization
-    from geoseg.models.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    model = build_model(arch, in_channels=3, num_classes=len(CLASSES), encoder=encoder, **options)
-    card = ModelCard(arch=arch, encoder=encoder, options=options, classes=tuple(CLASSES), bands=(1, 2, 3),
-                     dtype="uint8", normalization=Normalization(mean=tuple(MEAN), std=tuple(STD)))
-    return save_checkpoint(folder, model, card)
 
 
 def _sig(value: float, digits: int = 4) -> float:
@@ -161,27 +106,57 @@ def _ensure_scene(scene: Path, size: int, log) -> bool:
     log(f"bench: writing a {size}x{size} synthetic scene to {scene}")
     started = time.perf_counter()
     write_synthetic_scene(scene, size)
-    log(f"bench: scene written in {time.perf_counter() - started:.0f} s "
-        f"({scene.stat().st_size / 1e6:.0f} MB on disk)")
+    log(f"bench: scene written in {time.perf_counter() - started:.0f} s ({scene.stat().st_size / 1e6:.0f} MB on disk)")
     return True
 
 
-def _bench_job(run_dir: Path, scene: Path, checkpoint: Path, *, arch: str, encoder: str, options: dict,
-               tile_size: int, halo: int, batch_size: int, workers: int, cpus_per_worker: int, use_gpu: bool):
+def _bench_job(
+    run_dir: Path,
+    scene: Path,
+    checkpoint: Path,
+    *,
+    arch: str,
+    encoder: str,
+    options: dict,
+    tile_size: int,
+    halo: int,
+    batch_size: int,
+    workers: int,
+    cpus_per_worker: int,
+    use_gpu: bool,
+):
     """The predict-only job the benchmark runs, writing under ``run_dir/out``."""
     from geoseg.config import Job
 
-    return Job.model_validate({
-        "name": "bench", "output_dir": str(run_dir / "out"), "classes": CLASSES, "stages": ["predict"],
-        "model": {"arch": arch, "encoder": encoder, "options": options},
-        "tiling": {"tile_size": tile_size, "halo": halo},
-        "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "batch_size": batch_size},
-        "runtime": {"workers": workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu},
-    })
+    return Job.model_validate(
+        {
+            "name": "bench",
+            "output_dir": str(run_dir / "out"),
+            "classes": CLASSES,
+            "stages": ["predict"],
+            "model": {"arch": arch, "encoder": encoder, "options": options},
+            "tiling": {"tile_size": tile_size, "halo": halo},
+            "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "batch_size": batch_size},
+            "runtime": {"workers": workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu},
+        }
+    )
 
 
-def _measure(job, scene: Path, checkpoint: Path, *, size: int, tile_size: int, halo: int, batch_size: int,
-             cpus_per_worker: int, use_gpu: bool, model_only_batches: int, address: str | None, log) -> _Measured:
+def _measure(
+    job,
+    scene: Path,
+    checkpoint: Path,
+    *,
+    size: int,
+    tile_size: int,
+    halo: int,
+    batch_size: int,
+    cpus_per_worker: int,
+    use_gpu: bool,
+    model_only_batches: int,
+    address: str | None,
+    log,
+) -> _Measured:
     """Run the predict stage under the memory sampler, then time the model alone on the same tiles."""
     from geoseg.stages.predict import run_predict
     from geoseg.tiling import plan_tiles
@@ -202,13 +177,30 @@ def _measure(job, scene: Path, checkpoint: Path, *, size: int, tile_size: int, h
     # Ray's processes take seconds to exit; the model-only loop must not share the CPU with them.
     quiet_wait = wait_until_quiet(psutil.Process())
     device = "cuda" if use_gpu else "cpu"
-    per_tile, timed, model_only_other_cpu = _model_only(checkpoint, scene, mosaic, tiles, batch_size=batch_size,
-                                                        device=device, threads=cpus_per_worker,
-                                                        max_batches=model_only_batches)
-    return _Measured(tiles=len(tiles), end_to_end_s=end_to_end, ray_start_s=ray_start_s, wall_start=wall_start,
-                     done=done, memory=memory, quiet_wait_s=quiet_wait, model_only_per_tile_s=per_tile,
-                     model_only_tiles_timed=timed, model_only_other_cpu=model_only_other_cpu,
-                     load_before=load_before, load_after=os.getloadavg()[0])
+    per_tile, timed, model_only_other_cpu = model_only_seconds(
+        checkpoint,
+        scene,
+        mosaic,
+        tiles,
+        batch_size=batch_size,
+        device=device,
+        threads=cpus_per_worker,
+        max_batches=model_only_batches,
+    )
+    return _Measured(
+        tiles=len(tiles),
+        end_to_end_s=end_to_end,
+        ray_start_s=ray_start_s,
+        wall_start=wall_start,
+        done=done,
+        memory=memory,
+        quiet_wait_s=quiet_wait,
+        model_only_per_tile_s=per_tile,
+        model_only_tiles_timed=timed,
+        model_only_other_cpu=model_only_other_cpu,
+        load_before=load_before,
+        load_after=os.getloadavg()[0],
+    )
 
 
 def _steady_state(m: _Measured, batch_size: int, mpix: float) -> tuple[float | None, float | None, float | None]:
@@ -239,31 +231,20 @@ def _device_name(use_gpu: bool) -> str:
     return "cpu"
 
 
-def _memory_fields(memory: MemorySampler) -> dict:
-    """Peak memory (MB) of the whole job and of the driver, and how it was sampled."""
-    return {
-        "peak_rss_mb": round(memory.peak_total / 2**20, 1),
-        "peak_rss_driver_mb": round(memory.peak_driver / 2**20, 1),
-        "memory_metric": memory.metric,
-        "peak_rss_sum_mb": round(memory.peak_rss_sum / 2**20, 1),
-        "peak_processes": memory.peak_processes,
-        "memory_samples": memory.samples, "memory_pss_samples": memory.pss_samples,
-        "memory_sampler_busy_s": round(memory.busy_s, 2),
-    }
-
-
-def _top_processes(memory: MemorySampler) -> dict:
-    """The eight processes with the highest peak memory (MB) and the eight that used the most CPU (s)."""
-    return {
-        "peak_by_process_mb": {name: round(value / 2**20, 1) for name, value in
-                               sorted(memory.peak_by_name.items(), key=lambda kv: -kv[1])[:8]},
-        "cpu_s_by_process": {name: round(value, 1) for name, value in
-                             sorted(memory.cpu_by_name().items(), key=lambda kv: -kv[1])[:8]},
-    }
-
-
-def _report(m: _Measured, *, size: int, tile_size: int, halo: int, batch_size: int, workers: int,
-            cpus_per_worker: int, use_gpu: bool, arch: str, encoder: str, options: dict) -> dict:
+def _report(
+    m: _Measured,
+    *,
+    size: int,
+    tile_size: int,
+    halo: int,
+    batch_size: int,
+    workers: int,
+    cpus_per_worker: int,
+    use_gpu: bool,
+    arch: str,
+    encoder: str,
+    options: dict,
+) -> dict:
     """The JSON line: settings, rates per scene pixel, memory, contention and the machine."""
     import torch
 
@@ -272,9 +253,18 @@ def _report(m: _Measured, *, size: int, tile_size: int, halo: int, batch_size: i
     model_rate = mpix / (m.model_only_per_tile_s * m.tiles)
     steady_rate, first_batch_s, tail_s = _steady_state(m, batch_size, mpix)
     return {
-        "bench": "predict", "size": size, "tile": tile_size, "halo": halo, "core": tile_size - 2 * halo,
-        "tiles": m.tiles, "workers": workers, "batch_size": batch_size, "device": _device_name(use_gpu),
-        "arch": arch, "encoder": encoder, "options": options,
+        "bench": "predict",
+        "size": size,
+        "tile": tile_size,
+        "halo": halo,
+        "core": tile_size - 2 * halo,
+        "tiles": m.tiles,
+        "workers": workers,
+        "batch_size": batch_size,
+        "device": _device_name(use_gpu),
+        "arch": arch,
+        "encoder": encoder,
+        "options": options,
         "end_to_end_s": round(m.end_to_end_s, 2),
         "ray_start_s": round(m.ray_start_s, 2),
         "end_to_end_mpix_s": _sig(e2e_rate),
@@ -285,22 +275,39 @@ def _report(m: _Measured, *, size: int, tile_size: int, halo: int, batch_size: i
         "after_last_tile_s": None if tail_s is None else round(tail_s, 2),
         "steady_mpix_s": None if steady_rate is None else _sig(steady_rate),
         "steady_efficiency": None if steady_rate is None else _sig(steady_rate / model_rate),
-        **_memory_fields(m.memory),
+        **memory_fields(m.memory),
         "other_cpu_share": round(m.memory.other_cpu_share, 3),
         "model_only_other_cpu_share": round(m.model_only_other_cpu, 3),
         "quiet_wait_s": round(m.quiet_wait_s, 1),
-        **_top_processes(m.memory),
-        "km2_per_h": _sig(e2e_rate * 1e6 * PIXEL_SIZE ** 2 / 1e6 * 3600),
-        "torch": torch.__version__, "threads": cpus_per_worker,
-        "cpu_count": os.cpu_count(), "load_before": round(m.load_before, 2), "load_after": round(m.load_after, 2),
+        **top_processes(m.memory),
+        "km2_per_h": _sig(e2e_rate * 1e6 * PIXEL_SIZE**2 / 1e6 * 3600),
+        "torch": torch.__version__,
+        "threads": cpus_per_worker,
+        "cpu_count": os.cpu_count(),
+        "load_before": round(m.load_before, 2),
+        "load_after": round(m.load_after, 2),
         "python": platform.python_version(),
     }
 
 
-def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size: int = 4, workers: int = 1,
-                  cpus_per_worker: int = 2, use_gpu: bool = False, arch: str = "unet", encoder: str = "resnet18",
-                  options: dict | None = None, workdir: Path | None = None, keep: bool = False,
-                  model_only_batches: int = 16, address: str | None = None, log=print) -> dict:
+def bench_predict(
+    *,
+    size: int,
+    tile_size: int = 512,
+    halo: int = 32,
+    batch_size: int = 4,
+    workers: int = 1,
+    cpus_per_worker: int = 2,
+    use_gpu: bool = False,
+    arch: str = "unet",
+    encoder: str = "resnet18",
+    options: dict | None = None,
+    workdir: Path | None = None,
+    keep: bool = False,
+    model_only_batches: int = 16,
+    address: str | None = None,
+    log=print,
+) -> dict:
     """Benchmark the predict stage on a synthetic ``size``² scene; log and return one JSON-able dict.
 
     Args:
@@ -331,18 +338,51 @@ def bench_predict(*, size: int, tile_size: int = 512, halo: int = 32, batch_size
     created = False
     try:
         created = _ensure_scene(scene, size, log)
-        checkpoint = _random_checkpoint(run_dir / "checkpoint", arch, encoder, options)
-        job = _bench_job(run_dir, scene, checkpoint, arch=arch, encoder=encoder, options=options,
-                         tile_size=tile_size, halo=halo, batch_size=batch_size, workers=workers,
-                         cpus_per_worker=cpus_per_worker, use_gpu=use_gpu)
-        measured = _measure(job, scene, checkpoint, size=size, tile_size=tile_size, halo=halo,
-                            batch_size=batch_size, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu,
-                            model_only_batches=model_only_batches, address=address, log=log)
+        checkpoint = random_checkpoint(run_dir / "checkpoint", arch, encoder, options)
+        job = _bench_job(
+            run_dir,
+            scene,
+            checkpoint,
+            arch=arch,
+            encoder=encoder,
+            options=options,
+            tile_size=tile_size,
+            halo=halo,
+            batch_size=batch_size,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            use_gpu=use_gpu,
+        )
+        measured = _measure(
+            job,
+            scene,
+            checkpoint,
+            size=size,
+            tile_size=tile_size,
+            halo=halo,
+            batch_size=batch_size,
+            cpus_per_worker=cpus_per_worker,
+            use_gpu=use_gpu,
+            model_only_batches=model_only_batches,
+            address=address,
+            log=log,
+        )
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         if created and not keep:
             scene.unlink(missing_ok=True)
         if temporary and not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    return _report(measured, size=size, tile_size=tile_size, halo=halo, batch_size=batch_size, workers=workers,
-                   cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, arch=arch, encoder=encoder, options=options)
+    return _report(
+        measured,
+        size=size,
+        tile_size=tile_size,
+        halo=halo,
+        batch_size=batch_size,
+        workers=workers,
+        cpus_per_worker=cpus_per_worker,
+        use_gpu=use_gpu,
+        arch=arch,
+        encoder=encoder,
+        options=options,
+    )

@@ -62,7 +62,7 @@ import numpy as np
 
 from geoseg.io.masks import InstanceMask, bbox_pairs, tight
 
-__all__ = ["sahi_greedy_nmm", "sahi_boxes"]
+__all__ = ["sahi_boxes", "sahi_greedy_nmm"]
 
 
 def sahi_boxes(detections: list[InstanceMask]) -> np.ndarray:
@@ -89,14 +89,16 @@ def _has_match(keep_box: list[float], box: np.ndarray, threshold: float) -> bool
     w = min(keep_box[2], float(box[2])) - max(keep_box[0], float(box[0]))
     h = min(keep_box[3], float(box[3])) - max(keep_box[1], float(box[1]))
     inter = max(w, 0.0) * max(h, 0.0)
-    smaller = min((keep_box[2] - keep_box[0]) * (keep_box[3] - keep_box[1]),
-                  float(box[2] - box[0]) * float(box[3] - box[1]))
+    smaller = min(
+        (keep_box[2] - keep_box[0]) * (keep_box[3] - keep_box[1]), float(box[2] - box[0]) * float(box[3] - box[1])
+    )
     # SAHI divides by zero here (nan > t is False); a zero-area box never matches.
     return smaller > 0 and inter / smaller > threshold
 
 
-def sahi_greedy_nmm(detections: list[InstanceMask], match_threshold: float = 0.5,
-                    class_agnostic: bool = False) -> list[InstanceMask]:
+def sahi_greedy_nmm(
+    detections: list[InstanceMask], match_threshold: float = 0.5, class_agnostic: bool = False
+) -> list[InstanceMask]:
     """Merge the raw detections of all tiles of a scene the way SAHI's default postprocess does.
 
     Greedy non-maximum merging on mask *boxes* with intersection-over-smaller
@@ -154,7 +156,7 @@ def sahi_greedy_nmm(detections: list[InstanceMask], match_threshold: float = 0.5
     for keep in order:
         if absorbed[keep]:
             continue
-        candidates = second[starts[keep]:starts[keep + 1]]  # already in visiting order
+        candidates = second[starts[keep] : starts[keep + 1]]  # already in visiting order
         candidates = candidates[~absorbed[candidates]]
         absorbed[candidates] = True
 
@@ -165,8 +167,12 @@ def sahi_greedy_nmm(detections: list[InstanceMask], match_threshold: float = 0.5
             other = items[j]
             if not _has_match(box, boxes[j], match_threshold):
                 continue  # SAHI drops it: absorbed above, merged nowhere
-            box = [min(box[0], float(boxes[j, 0])), min(box[1], float(boxes[j, 1])),
-                   max(box[2], float(boxes[j, 2])), max(box[3], float(boxes[j, 3]))]
+            box = [
+                min(box[0], float(boxes[j, 0])),
+                min(box[1], float(boxes[j, 1])),
+                max(box[2], float(boxes[j, 2])),
+                max(box[3], float(boxes[j, 3])),
+            ]
             class_id = class_id if score > other.score else other.class_id
             score = max(score, other.score)
             members.append(other)
@@ -186,5 +192,5 @@ def _union(members: list[InstanceMask], class_id: int, score: float) -> Instance
     mask = np.zeros((r1 - r0, c1 - c0), dtype=bool)
     for m in members:
         h, w = m.mask.shape
-        mask[m.row - r0:m.row - r0 + h, m.col - c0:m.col - c0 + w] |= m.mask
+        mask[m.row - r0 : m.row - r0 + h, m.col - c0 : m.col - c0 + w] |= m.mask
     return InstanceMask(row=r0, col=c0, mask=mask, class_id=class_id, score=score)

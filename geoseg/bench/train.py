@@ -50,14 +50,43 @@ def _label_raster(scene: Path, out: Path) -> Path:
     return out
 
 
-def _plan(scene: Path, labels: Path, *, size: int, arch: str, encoder: str, options: dict, tile_size: int,
-          batch_size: int, epochs: int, steps: int) -> TrainingPlan:
+def _plan(
+    scene: Path,
+    labels: Path,
+    *,
+    size: int,
+    arch: str,
+    encoder: str,
+    options: dict,
+    tile_size: int,
+    batch_size: int,
+    epochs: int,
+    steps: int,
+) -> TrainingPlan:
     """The training plan of every run: the whole scene for training, no validation, the same schedule."""
-    card = ModelCard(arch=arch, encoder=encoder, options=options, classes=tuple(CLASSES), bands=(1, 2, 3),
-                     dtype="uint8", normalization=Normalization(mean=tuple(MEAN), std=tuple(STD)))
-    spec = TrainSpec(scenes=[TrainScene(image=scene, labels=labels)], tile_size=tile_size, batch_size=batch_size,
-                     epochs=epochs, steps_per_epoch=steps, learning_rate=1e-3, weight_decay=1e-4, seed=0,
-                     oversample=0.0, jitter=0.1, validation_fraction=0.0, loss={"ce": 1.0, "dice": 1.0})
+    card = ModelCard(
+        arch=arch,
+        encoder=encoder,
+        options=options,
+        classes=tuple(CLASSES),
+        bands=(1, 2, 3),
+        dtype="uint8",
+        normalization=Normalization(mean=tuple(MEAN), std=tuple(STD)),
+    )
+    spec = TrainSpec(
+        scenes=[TrainScene(image=scene, labels=labels)],
+        tile_size=tile_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        learning_rate=1e-3,
+        weight_decay=1e-4,
+        seed=0,
+        oversample=0.0,
+        jitter=0.1,
+        validation_fraction=0.0,
+        loss={"ce": 1.0, "dice": 1.0},
+    )
     whole = TrainingScene(image=str(scene), labels=str(labels), train_area=(0, 0, size, size), val_area=None)
     return TrainingPlan(card=card, spec=spec, scenes=(whole,), stride=32)
 
@@ -68,9 +97,20 @@ def _steady_rate(history: list[dict], batch_size: int, steps: int, workers: int)
     return workers * len(later) * steps * batch_size / sum(h["seconds"] for h in later)
 
 
-def bench_train(*, size: int = 2048, tile_size: int = 256, batch_size: int = 8, epochs: int = 3, steps: int = 10,
-                cpus: int | None = None, arch: str = "unet", encoder: str = "resnet18", options: dict | None = None,
-                workdir: Path | None = None, log=print) -> dict:
+def bench_train(
+    *,
+    size: int = 2048,
+    tile_size: int = 256,
+    batch_size: int = 8,
+    epochs: int = 3,
+    steps: int = 10,
+    cpus: int | None = None,
+    arch: str = "unet",
+    encoder: str = "resnet18",
+    options: dict | None = None,
+    workdir: Path | None = None,
+    log=print,
+) -> dict:
     """Run the three trainings; return the fields of the JSON line."""
     import torch
 
@@ -85,10 +125,29 @@ def bench_train(*, size: int = 2048, tile_size: int = 256, batch_size: int = 8, 
     try:
         scene = write_synthetic_scene(workdir / f"train_scene_{size}.tif", size)
         labels = _label_raster(scene, workdir / f"train_labels_{size}.tif")
-        plan = _plan(scene, labels, size=size, arch=arch, encoder=encoder, options=options,
-                         tile_size=tile_size, batch_size=batch_size, epochs=epochs, steps=steps)
-        result = {"bench": "train", "arch": arch, "encoder": encoder, "options": options, "tile": tile_size,
-                  "batch_size": batch_size, "epochs": epochs, "steps_per_epoch": steps, "cpus": cpus}
+        plan = _plan(
+            scene,
+            labels,
+            size=size,
+            arch=arch,
+            encoder=encoder,
+            options=options,
+            tile_size=tile_size,
+            batch_size=batch_size,
+            epochs=epochs,
+            steps=steps,
+        )
+        result = {
+            "bench": "train",
+            "arch": arch,
+            "encoder": encoder,
+            "options": options,
+            "tile": tile_size,
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "steps_per_epoch": steps,
+            "cpus": cpus,
+        }
 
         log(f"bench: plain PyTorch loop, {cpus} threads")
         previous = torch.get_num_threads()
@@ -104,12 +163,20 @@ def bench_train(*, size: int = 2048, tile_size: int = 256, batch_size: int = 8, 
                 per_worker = max(1, cpus // workers)
                 log(f"bench: Ray Train, {workers} worker(s) x {per_worker} CPU")
                 started = time.perf_counter()
-                metrics = fit_model(plan, name=f"bench-{workers}-{os.getpid()}",
-                                    storage=workdir / "ray", checkpoint_out=workdir / f"checkpoint_{workers}",
-                                    workers=workers, cpus_per_worker=per_worker, use_gpu=False, max_failures=0)
+                metrics = fit_model(
+                    plan,
+                    name=f"bench-{workers}-{os.getpid()}",
+                    storage=workdir / "ray",
+                    checkpoint_out=workdir / f"checkpoint_{workers}",
+                    workers=workers,
+                    cpus_per_worker=per_worker,
+                    use_gpu=False,
+                    max_failures=0,
+                )
                 result[f"ray_{workers}_wall_s"] = round(time.perf_counter() - started, 2)
                 result[f"ray_{workers}_samples_s"] = round(
-                    _steady_rate(metrics["history"], batch_size, steps, workers), 3)
+                    _steady_rate(metrics["history"], batch_size, steps, workers), 3
+                )
         result["ray_1_efficiency"] = round(result["ray_1_samples_s"] / result["plain_samples_s"], 4)
         result["ray_2_vs_plain"] = round(result["ray_2_samples_s"] / result["plain_samples_s"], 4)
         result.update(torch=torch.__version__, cpu_count=os.cpu_count(), python=platform.python_version())

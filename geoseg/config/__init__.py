@@ -4,4 +4,4 @@ from geoseg.config.load import read_job_file
 from geoseg.config.schema import Job
 from geoseg.config.stages import STAGE_NAMES, STAGES, StageInfo
 
-__all__ = ["Job", "STAGES", "STAGE_NAMES", "StageInfo", "read_job_file"]
+__all__ = ["STAGES", "STAGE_NAMES", "Job", "StageInfo", "read_job_file"]

@@ -13,11 +13,11 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from geoseg.config.locations import is_uri
 from geoseg.config.schema import Job
 from geoseg.errors import JobConfigError
-from geoseg.config.locations import is_uri
 
-__all__ = ["read_job_file", "format_validation_error", "rebase_job_paths"]
+__all__ = ["format_validation_error", "read_job_file", "rebase_job_paths"]
 
 # pydantic's error types → our wording; the fallback is pydantic's own message.
 _MESSAGES = {
@@ -38,7 +38,9 @@ def _known_keys(loc: tuple) -> list[str]:
             continue
         annotation = model.model_fields[part].annotation
         inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        inner += [b for a in getattr(annotation, "__args__", ()) for b in getattr(a, "__args__", ()) if isinstance(b, type)]
+        inner += [
+            b for a in getattr(annotation, "__args__", ()) for b in getattr(a, "__args__", ()) if isinstance(b, type)
+        ]
         sections = [a for a in inner if issubclass(a, BaseModel)]
         if not sections:
             return []

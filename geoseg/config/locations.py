@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["RemotePath", "as_location", "is_uri", "SCHEMES"]
+__all__ = ["SCHEMES", "RemotePath", "as_location", "is_uri"]
 
 SCHEMES = ("s3://",)
 
@@ -18,7 +18,7 @@ def is_uri(value) -> bool:
     return isinstance(value, str) and value.startswith(SCHEMES)
 
 
-def as_location(value) -> "Path | RemotePath":
+def as_location(value) -> Path | RemotePath:
     """``Path`` for a local path; :class:`RemotePath` for an object-storage URI (``Path`` would fold its ``//``)."""
     return RemotePath(value) if is_uri(value) else Path(value)
 
@@ -33,11 +33,11 @@ class RemotePath(str):
     @property
     def suffix(self) -> str:
         name = self.name
-        return name[name.rfind("."):] if "." in name.lstrip(".") else ""
+        return name[name.rfind(".") :] if "." in name.lstrip(".") else ""
 
     @property
     def stem(self) -> str:
-        return self.name[:len(self.name) - len(self.suffix)] if self.suffix else self.name
+        return self.name[: len(self.name) - len(self.suffix)] if self.suffix else self.name
 
     def is_absolute(self) -> bool:
         return True

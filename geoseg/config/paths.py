@@ -15,7 +15,7 @@ class JobPaths:
     root: Path
 
     @classmethod
-    def of(cls, job: Job) -> "JobPaths":
+    def of(cls, job: Job) -> JobPaths:
         return cls(Path(job.output_dir))
 
     @property

@@ -11,11 +11,21 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
-from geoseg.config.stages import STAGE_NAMES, STAGES, StageName
 from geoseg.config.locations import RemotePath, is_uri
+from geoseg.config.stages import STAGE_NAMES, STAGES, StageName
 
-__all__ = ["Job", "ModelSpec", "Tiling", "TrainScene", "TrainSpec", "PredictSpec", "VectorizeSpec",
-           "EvaluateSpec", "InstanceSpec", "RuntimeSpec"]
+__all__ = [
+    "EvaluateSpec",
+    "InstanceSpec",
+    "Job",
+    "ModelSpec",
+    "PredictSpec",
+    "RuntimeSpec",
+    "Tiling",
+    "TrainScene",
+    "TrainSpec",
+    "VectorizeSpec",
+]
 
 
 def _input_location(value):
@@ -41,7 +51,8 @@ class ModelSpec(Strict):
     weights: Path | None = Field(None, description="Optional local .safetensors file to start from; never downloaded.")
     options: dict[str, int | float | str | bool | list[int]] = Field(
         default_factory=dict,
-        description="Extra keyword arguments for the architecture (e.g. encoder_depth, decoder_channels).")
+        description="Extra keyword arguments for the architecture (e.g. encoder_depth, decoder_channels).",
+    )
 
     @field_validator("options")
     @classmethod
@@ -49,20 +60,26 @@ class ModelSpec(Strict):
         # geoseg sets these itself from the job (bands, classes, model.encoder).
         reserved = sorted({"in_channels", "classes", "num_classes", "encoder", "encoder_name"} & set(value))
         if reserved:
-            raise ValueError(f"{reserved[0]!r} is set by geoseg (from bands:, classes: or model.encoder); "
-                             "remove it from model.options")
+            raise ValueError(
+                f"{reserved[0]!r} is set by geoseg (from bands:, classes: or model.encoder); "
+                "remove it from model.options"
+            )
         return value
 
 
 class Tiling(Strict):
     tile_size: int = Field(512, gt=0, description="Pixels a side the model sees per prediction tile (core + 2*halo).")
     halo: int | Literal["auto"] = Field(
-        32, description="Context pixels on every side of a tile's core (only the core is written); a multiple of "
-                        "the model's stride, >= 0, or `auto`: the model's measured receptive-field radius, "
-                        "which makes crop-mode tiles equal whole-image prediction for convolutional models.")
+        32,
+        description="Context pixels on every side of a tile's core (only the core is written); a multiple of "
+        "the model's stride, >= 0, or `auto`: the model's measured receptive-field radius, "
+        "which makes crop-mode tiles equal whole-image prediction for convolutional models.",
+    )
     stitch: Literal["crop", "blend"] = Field(
-        "crop", description="crop: keep each tile's core (exact when the halo covers the model's context); "
-                            "blend: Hann-weighted average of the overlapping windows (for wide-context models).")
+        "crop",
+        description="crop: keep each tile's core (exact when the halo covers the model's context); "
+        "blend: Hann-weighted average of the overlapping windows (for wide-context models).",
+    )
 
     @field_validator("halo")
     @classmethod
@@ -90,8 +107,9 @@ class Tiling(Strict):
 
 class TrainScene(Strict):
     image: InputLocation = Field(description="Training GeoTIFF (a path or an s3:// URI).")
-    labels: InputLocation = Field(description="Label polygons (GeoPackage/GeoJSON/Shapefile; a path or an s3:// URI) "
-                                              "with a class-name attribute.")
+    labels: InputLocation = Field(
+        description="Label polygons (GeoPackage/GeoJSON/Shapefile; a path or an s3:// URI) with a class-name attribute."
+    )
 
 
 # The names geoseg.train.losses builds (kept here so validating a job does not import torch).
@@ -101,9 +119,13 @@ LOSS_NAMES = ("ce", "weighted_ce", "border_ce", "dice", "focal", "lovasz", "jacc
 class TrainSpec(Strict):
     scenes: list[TrainScene] = Field(min_length=1, description="Training scenes with their label polygons.")
     label_field: str = Field("class", description="Attribute of the label polygons holding the class name.")
-    ignore_classes: list[str] = Field(default_factory=list, description=(
-        "Label class names to leave out of training and evaluation (e.g. everything but `building` for a "
-        "building-instance job on labels that also map roads and water)."))
+    ignore_classes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Label class names to leave out of training and evaluation (e.g. everything but `building` for a "
+            "building-instance job on labels that also map roads and water)."
+        ),
+    )
     tile_size: int = Field(256, gt=0, description="Pixels a side of each training crop.")
     batch_size: int = Field(8, gt=0, description="Crops per step per worker.")
     epochs: int = Field(6, gt=0, description="Training epochs.")
@@ -111,20 +133,52 @@ class TrainSpec(Strict):
     learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate of the one-cycle schedule (AdamW).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed for crops, augmentation and initial weights.")
-    max_failures: int = Field(0, ge=-1, description="Worker failures Ray Train retries from the last checkpoint (-1: forever).")
-    loss: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0, "dice": 1.0}, description=(
-        "Losses and their weights, summed: ce, weighted_ce (median-frequency class weights), border_ce "
-        "(U-Net border weights; needs label polygons), dice, focal, lovasz, jaccard, tversky."))
+    max_failures: int = Field(
+        0, ge=-1, description="Worker failures Ray Train retries from the last checkpoint (-1: forever)."
+    )
+    loss: dict[str, float] = Field(
+        default_factory=lambda: {"ce": 1.0, "dice": 1.0},
+        description=(
+            "Losses and their weights, summed: ce, weighted_ce (median-frequency class weights), border_ce "
+            "(U-Net border weights; needs label polygons), dice, focal, lovasz, jaccard, tversky."
+        ),
+    )
     schedule: Literal["onecycle", "cosine"] = Field("onecycle", description="Learning-rate schedule (AdamW).")
-    validation_fraction: float = Field(0.15, ge=0, lt=0.5, description=(
-        "Share of every training scene held out as a validation strip (never cropped for training); 0: none."))
-    validation_side: Literal["bottom", "top", "left", "right"] = Field("bottom", description="Side of each scene the validation strip lies along.")
-    early_stopping: int | None = Field(None, gt=0, description="Stop after this many epochs without a better validation mIoU; null: run every epoch.")
-    oversample: float = Field(0.5, ge=0, le=1, description="Share of crops centred on a class drawn uniformly among those present (lifts rare classes).")
-    jitter: float = Field(0.1, ge=0, lt=1, description="Photometric jitter: per-band gain 1±jitter and offset ±jitter (in band std); 0: off.")
-    empty_ratio: float = Field(0.1, ge=0, lt=1, description=(
-        "Instance models (Mask R-CNN): share of training crops drawn where no instance is (teaches what is "
-        "not a building); the rest are centred near a random instance."))
+    validation_fraction: float = Field(
+        0.15,
+        ge=0,
+        lt=0.5,
+        description=(
+            "Share of every training scene held out as a validation strip (never cropped for training); 0: none."
+        ),
+    )
+    validation_side: Literal["bottom", "top", "left", "right"] = Field(
+        "bottom", description="Side of each scene the validation strip lies along."
+    )
+    early_stopping: int | None = Field(
+        None, gt=0, description="Stop after this many epochs without a better validation mIoU; null: run every epoch."
+    )
+    oversample: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of crops centred on a class drawn uniformly among those present (lifts rare classes).",
+    )
+    jitter: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Photometric jitter: per-band gain 1±jitter and offset ±jitter (in band std); 0: off.",
+    )
+    empty_ratio: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description=(
+            "Instance models (Mask R-CNN): share of training crops drawn where no instance is (teaches what is "
+            "not a building); the rest are centred near a random instance."
+        ),
+    )
 
     @field_validator("loss")
     @classmethod
@@ -140,68 +194,116 @@ class TrainSpec(Strict):
 class PredictSpec(Strict):
     scene: InputLocation = Field(description="GeoTIFF to map (a path or an s3:// URI); read tile by tile.")
     batch_size: int = Field(4, gt=0, description="Tiles per forward pass.")
-    checkpoint: Path | None = Field(None, description="Checkpoint folder; default: <output_dir>/checkpoint from the train stage.")
+    checkpoint: Path | None = Field(
+        None, description="Checkpoint folder; default: <output_dir>/checkpoint from the train stage."
+    )
     scores: bool = Field(False, description="Also write per-class probabilities (uint8, p*255) to the mosaic.")
-    zarr_format: Literal[2, 3] = Field(2, description="2: read by GDAL >= 3.4 and xarray; 3: sharded (one shard per tile core).")
+    zarr_format: Literal[2, 3] = Field(
+        2, description="2: read by GDAL >= 3.4 and xarray; 3: sharded (one shard per tile core)."
+    )
 
 
 class VectorizeSpec(Strict):
-    classes: list[str] | None = Field(None, description="Class names to turn into polygons; default: all but the first.")
+    classes: list[str] | None = Field(
+        None, description="Class names to turn into polygons; default: all but the first."
+    )
     simplify_m: float = Field(0.0, ge=0, description="Simplification tolerance in metres (0: exact pixel edges).")
     min_area_m2: float = Field(0.0, ge=0, description="Drop polygons smaller than this.")
-    format: Literal["gpkg", "parquet"] = Field("gpkg", description=(
-        "Vectors in the mosaic CRS: gpkg (GeoPackage) or parquet (GeoParquet); a GeoJSON in EPSG:4326 is always written."))
-    instances: bool = Field(False, description=(
-        "Semantic models: also number every connected region of the vectorized classes across the whole mosaic "
-        "(mosaic.zarr/instances + instances.parquet; a region spanning many chunks is one id). "
-        "Instance models always write them at prediction."))
+    format: Literal["gpkg", "parquet"] = Field(
+        "gpkg",
+        description=(
+            "Vectors in the mosaic CRS: gpkg (GeoPackage) or parquet (GeoParquet); a GeoJSON in EPSG:4326 is always written."
+        ),
+    )
+    instances: bool = Field(
+        False,
+        description=(
+            "Semantic models: also number every connected region of the vectorized classes across the whole mosaic "
+            "(mosaic.zarr/instances + instances.parquet; a region spanning many chunks is one id). "
+            "Instance models always write them at prediction."
+        ),
+    )
 
 
 class InstanceSpec(Strict):
     score_threshold: float = Field(0.5, ge=0, le=1, description="Keep detections at least this confident.")
-    mask_threshold: float = Field(0.5, gt=0, lt=1, description="Mask probability above which a pixel is in the instance.")
-    merge_iou: float = Field(0.5, gt=0, le=1, description=(
-        "Two detections from overlapping tiles are one object when their masks' IoU, counted where both tiles "
-        "saw, reaches this."))
-    merge_ios: float = Field(0.7, gt=0, le=1, description=(
-        "Or when the intersection over the smaller of the two masks (where both tiles saw) reaches this."))
+    mask_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Mask probability above which a pixel is in the instance."
+    )
+    merge_iou: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Two detections from overlapping tiles are one object when their masks' IoU, counted where both tiles "
+            "saw, reaches this."
+        ),
+    )
+    merge_ios: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description=("Or when the intersection over the smaller of the two masks (where both tiles saw) reaches this."),
+    )
     min_area_px: int = Field(16, ge=1, description="Drop instances smaller than this many pixels.")
 
 
 class EvaluateSpec(Strict):
-    labels: InputLocation = Field(description="Reference labels of the predicted scene: polygons (like train labels) "
-                                              "or a label GeoTIFF; a path or an s3:// URI.")
-    colour_baseline: bool = Field(False, description="Also score a per-pixel colour classifier trained on the train scenes.")
+    labels: InputLocation = Field(
+        description="Reference labels of the predicted scene: polygons (like train labels) "
+        "or a label GeoTIFF; a path or an s3:// URI."
+    )
+    colour_baseline: bool = Field(
+        False, description="Also score a per-pixel colour classifier trained on the train scenes."
+    )
 
 
 class RuntimeSpec(Strict):
-    address: str | None = Field(None, description="Ray address; null starts the embedded local Ray (or uses RAY_ADDRESS).")
+    address: str | None = Field(
+        None, description="Ray address; null starts the embedded local Ray (or uses RAY_ADDRESS)."
+    )
     workers: int = Field(1, gt=0, description="Training workers (Ray Train) and prediction model actors (Ray actors).")
-    cpus_per_worker: int = Field(2, gt=0, description="CPU cores each worker or actor reserves (and torch threads it uses).")
+    cpus_per_worker: int = Field(
+        2, gt=0, description="CPU cores each worker or actor reserves (and torch threads it uses)."
+    )
     use_gpu: bool = Field(False, description="Give each worker one GPU.")
-    dashboard: bool = Field(False, description="Start the embedded Ray's dashboard (http://127.0.0.1:8265) for "
-                            "prediction too; off by default, as it costs a few percent of a laptop's CPU. Training "
-                            "always starts it (Ray Train needs its state API). A cluster's own dashboard is not affected.")
+    dashboard: bool = Field(
+        False,
+        description="Start the embedded Ray's dashboard (http://127.0.0.1:8265) for "
+        "prediction too; off by default, as it costs a few percent of a laptop's CPU. Training "
+        "always starts it (Ray Train needs its state API). A cluster's own dashboard is not affected.",
+    )
 
 
 class Job(Strict):
     name: str = Field(description="Job name, used in logs and output folders.")
-    output_dir: Path = Field(description="Folder for checkpoint, mosaic, vectors and metrics (local, or shared by "
-                                         "every node of a cluster).")
-    publish: str | None = Field(None, description=(
-        "Object-storage prefix (s3://bucket/prefix) that each stage's outputs are copied to once the stage is done; "
-        "runs/<run id>/run.json goes last. Credentials come from the environment (AWS_*), never from here."))
+    output_dir: Path = Field(
+        description="Folder for checkpoint, mosaic, vectors and metrics (local, or shared by every node of a cluster)."
+    )
+    publish: str | None = Field(
+        None,
+        description=(
+            "Object-storage prefix (s3://bucket/prefix) that each stage's outputs are copied to once the stage is done; "
+            "runs/<run id>/run.json goes last. Credentials come from the environment (AWS_*), never from here."
+        ),
+    )
     classes: list[str] = Field(min_length=2, description="Class names; index 0 is the background class.")
     stages: list[StageName] = Field(
-        default_factory=lambda: list(STAGE_NAMES), description="Stages `geoseg run` chains, in this order.")
-    bands: list[int] | None = Field(None, description="1-based band indexes fed to the model, in order; default: all non-alpha bands.")
+        default_factory=lambda: list(STAGE_NAMES), description="Stages `geoseg run` chains, in this order."
+    )
+    bands: list[int] | None = Field(
+        None, description="1-based band indexes fed to the model, in order; default: all non-alpha bands."
+    )
     model: ModelSpec = Field(default_factory=ModelSpec, description="The segmentation model.")
     tiling: Tiling = Field(default_factory=Tiling, description="Prediction tiling.")
     train: TrainSpec | None = Field(None, description="Training settings (needed by the train stage).")
     predict: PredictSpec | None = Field(None, description="Prediction settings (needed by predict and later stages).")
     vectorize: VectorizeSpec = Field(default_factory=VectorizeSpec, description="Polygon export settings.")
     evaluate: EvaluateSpec | None = Field(None, description="Accuracy assessment settings.")
-    instances: InstanceSpec = Field(default_factory=InstanceSpec, description="Instance models (Mask R-CNN): detection thresholds and the cross-tile merge.")
+    instances: InstanceSpec = Field(
+        default_factory=InstanceSpec,
+        description="Instance models (Mask R-CNN): detection thresholds and the cross-tile merge.",
+    )
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Where and with what it runs.")
 
     @field_validator("classes")
@@ -230,15 +332,21 @@ class Job(Strict):
 
     @model_validator(mode="after")
     def _stage_sections(self):
-        missing = [f"{stage.name!r} needs a `{section}:` section" for stage in STAGES if stage.name in self.stages
-                   for section in stage.sections if getattr(self, section) is None]
+        missing = [
+            f"{stage.name!r} needs a `{section}:` section"
+            for stage in STAGES
+            if stage.name in self.stages
+            for section in stage.sections
+            if getattr(self, section) is None
+        ]
         if missing:
             raise ValueError("; ".join(missing))
         if self.train is not None:
             clash = sorted(set(self.train.ignore_classes) & set(self.classes))
             if clash:
-                raise ValueError(f"train.ignore_classes names {clash!r}, which are also in classes:; remove them "
-                                 "from one of the two")
+                raise ValueError(
+                    f"train.ignore_classes names {clash!r}, which are also in classes:; remove them from one of the two"
+                )
         if self.vectorize.classes:
             unknown = [c for c in self.vectorize.classes if c not in self.classes]
             if unknown:

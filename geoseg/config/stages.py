@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-__all__ = ["STAGES", "STAGE_NAMES", "StageName", "StageInfo", "stage_info"]
+__all__ = ["STAGES", "STAGE_NAMES", "StageInfo", "StageName", "stage_info"]
 
 StageName = Literal["train", "predict", "vectorize", "evaluate"]
 
@@ -38,13 +38,23 @@ class StageInfo:
 STAGES: tuple[StageInfo, ...] = (
     StageInfo("train", ("train",), "train the model", "geoseg.stages.train:run_train"),
     StageInfo("predict", ("predict",), "predict the scene into the Zarr mosaic", "geoseg.stages.predict:run_predict"),
-    StageInfo("vectorize", ("predict",), "turn the mosaic into polygons", "geoseg.stages.vectorize:run_vectorize",
-              uses_ray_address=False),
-    StageInfo("evaluate", ("evaluate", "predict"), "score the mosaic against labels", "geoseg.stages.evaluate:run_evaluate",
-              uses_ray_address=False),
+    StageInfo(
+        "vectorize",
+        ("predict",),
+        "turn the mosaic into polygons",
+        "geoseg.stages.vectorize:run_vectorize",
+        uses_ray_address=False,
+    ),
+    StageInfo(
+        "evaluate",
+        ("evaluate", "predict"),
+        "score the mosaic against labels",
+        "geoseg.stages.evaluate:run_evaluate",
+        uses_ray_address=False,
+    ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
-if STAGE_NAMES != get_args(StageName):  # pragma: no cover - a programming error, caught on import
+if get_args(StageName) != STAGE_NAMES:  # pragma: no cover - a programming error, caught on import
     raise RuntimeError(f"StageName {get_args(StageName)} and STAGES {STAGE_NAMES} disagree")
 
 

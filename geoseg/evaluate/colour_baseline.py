@@ -21,8 +21,8 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from sklearn.linear_model import LogisticRegression
 
-from geoseg.errors import InputRasterError
 from geoseg.config.locations import as_location
+from geoseg.errors import InputRasterError
 from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
 
 __all__ = ["colour_baseline"]
@@ -43,7 +43,8 @@ def _open_pair(scene_path: Path, labels_path: Path) -> tuple[rasterio.DatasetRea
         labels.close()
         raise InputRasterError(
             f"{labels_path}: label grid {labels.width}x{labels.height} {tuple(labels.transform)[:6]!r} does not match "
-            f"scene {scene_path} {scene.width}x{scene.height} {tuple(scene.transform)[:6]!r}; rasterize the labels on the scene's grid")
+            f"scene {scene_path} {scene.width}x{scene.height} {tuple(scene.transform)[:6]!r}; rasterize the labels on the scene's grid"
+        )
     return scene, labels
 
 
@@ -52,8 +53,9 @@ def _windows(ds: rasterio.DatasetReader) -> Iterator[Window]:
         yield window
 
 
-def _read(scene: rasterio.DatasetReader, labels: rasterio.DatasetReader, window: Window,
-          bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read(
+    scene: rasterio.DatasetReader, labels: rasterio.DatasetReader, window: Window, bands: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixels of ``bands`` as ``(n, bands)`` floats, their labels, and the validity mask."""
     pixels = scene.read(list(bands), window=window)
     truth = labels.read(1, window=window)
@@ -64,9 +66,17 @@ def _read(scene: rasterio.DatasetReader, labels: rasterio.DatasetReader, window:
     return pixels.reshape(pixels.shape[0], -1).T.astype(np.float32), truth.ravel(), valid.ravel()
 
 
-def colour_baseline(train_scene: Path, train_labels: Path, survey_scene: Path, survey_labels: Path,
-                    class_names: Sequence[str], *, bands: Sequence[int] | None = None,
-                    sample_pixels: int = 200_000, seed: int = 0) -> dict:
+def colour_baseline(
+    train_scene: Path,
+    train_labels: Path,
+    survey_scene: Path,
+    survey_labels: Path,
+    class_names: Sequence[str],
+    *,
+    bands: Sequence[int] | None = None,
+    sample_pixels: int = 200_000,
+    seed: int = 0,
+) -> dict:
     """Score a per-pixel colour classifier trained on one scene, on another.
 
     Args:
@@ -109,7 +119,9 @@ def colour_baseline(train_scene: Path, train_labels: Path, survey_scene: Path, s
         pick = rng.choice(len(y), sample_pixels, replace=False)
         x, y = x[pick], y[pick]
     if len(np.unique(y)) < 2:
-        raise InputRasterError(f"{train_labels}: fewer than two classes among the sampled valid pixels; nothing to learn")
+        raise InputRasterError(
+            f"{train_labels}: fewer than two classes among the sampled valid pixels; nothing to learn"
+        )
     # Standardised per band with the training sample's statistics, so 8-bit, 12-bit-in-uint16
     # and 16-bit imagery all reach the regularised fit on the same scale.
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6

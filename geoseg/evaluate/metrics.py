@@ -12,7 +12,9 @@ import numpy as np
 __all__ = ["confusion_matrix", "scores_from_confusion"]
 
 
-def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int, valid: np.ndarray | None = None) -> np.ndarray:
+def confusion_matrix(
+    truth: np.ndarray, pred: np.ndarray, num_classes: int, valid: np.ndarray | None = None
+) -> np.ndarray:
     """Return the ``num_classes``² matrix; rows are truth, columns prediction.
 
     Pixels where ``valid`` is false, or whose truth is outside ``[0, num_classes)``

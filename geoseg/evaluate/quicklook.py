@@ -7,19 +7,24 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from rasterio.enums import Resampling  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import rasterio
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+from rasterio.enums import Resampling
 
-from geoseg.io.mosaic import MosaicInfo  # noqa: E402
+from geoseg.io.mosaic import MosaicInfo
 
-__all__ = ["write_quicklook", "class_colours"]
+__all__ = ["class_colours", "write_quicklook"]
 
-_NAMED = {"background": "#d8cfb8", "water": "#1f5fbf", "building": "#d62728", "road": "#7f7f7f",
-          "vegetation": "#2ca02c"}
+_NAMED = {
+    "background": "#d8cfb8",
+    "water": "#1f5fbf",
+    "building": "#d62728",
+    "road": "#7f7f7f",
+    "vegetation": "#2ca02c",
+}
 
 
 def class_colours(class_names) -> list[str]:
@@ -33,12 +38,19 @@ def _decimated_mosaic(mosaic: MosaicInfo, step: int) -> tuple[np.ndarray, np.nda
     for row in range(0, mosaic.height, mosaic.chunk):
         first = (-row) % step  # keep the global sampling grid across chunk rows
         stop = min(row + mosaic.chunk, mosaic.height)
-        rows.append((mosaic.labels[row + first:stop:step, ::step], mosaic.valid[row + first:stop:step, ::step]))
+        rows.append((mosaic.labels[row + first : stop : step, ::step], mosaic.valid[row + first : stop : step, ::step]))
     return np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
 
 
-def write_quicklook(scene_path: Path, bands: list[int], truth_path: Path | None, mosaic: MosaicInfo,
-                    out_path: Path, *, max_side: int = 1024) -> Path:
+def write_quicklook(
+    scene_path: Path,
+    bands: list[int],
+    truth_path: Path | None,
+    mosaic: MosaicInfo,
+    out_path: Path,
+    *,
+    max_side: int = 1024,
+) -> Path:
     step = max(1, int(np.ceil(max(mosaic.height, mosaic.width) / max_side)))
     labels, valid = _decimated_mosaic(mosaic, step)
     shape = labels.shape

@@ -22,7 +22,7 @@ import zarr
 from geoseg.io.mosaic import MosaicInfo, mark_done, write_block
 from geoseg.tiling import Tile
 
-__all__ = ["hann_window", "BlendScratch", "blend_tiles", "drop_scratch", "SCRATCH"]
+__all__ = ["SCRATCH", "BlendScratch", "blend_tiles", "drop_scratch", "hann_window"]
 
 SCRATCH = "blend_scratch"  # group inside the partial mosaic, deleted once the mosaic is complete
 
@@ -46,8 +46,13 @@ class BlendScratch:
         if SCRATCH in mosaic.group:
             return
         scratch = mosaic.group.create_group(SCRATCH)
-        scratch.create_array("probs", shape=(tile_count, classes, size, size), chunks=(1, classes, size, size),
-                             dtype="float16", fill_value=0)
+        scratch.create_array(
+            "probs",
+            shape=(tile_count, classes, size, size),
+            chunks=(1, classes, size, size),
+            dtype="float16",
+            fill_value=0,
+        )
         scratch.create_array("done", shape=(tile_count,), chunks=(1,), dtype="uint8", fill_value=0)
 
     def write(self, tile: Tile, probs: np.ndarray) -> None:
@@ -82,12 +87,12 @@ def blend_tiles(tiles: list[Tile], mosaic: MosaicInfo, scratch: BlendScratch, va
             c0, c1 = max(tile.col, left), min(tile.col + tile.width, left + tile.size)
             if r0 >= r1 or c0 >= c1:
                 continue
-            probs = scratch.probs[index, :, r0 - top:r1 - top, c0 - left:c1 - left].astype(np.float32)
-            w = weight[r0 - top:r1 - top, c0 - left:c1 - left]
+            probs = scratch.probs[index, :, r0 - top : r1 - top, c0 - left : c1 - left].astype(np.float32)
+            w = weight[r0 - top : r1 - top, c0 - left : c1 - left]
             if total is None:
                 total = np.zeros((probs.shape[0], tile.height, tile.width), np.float32)
-            total[:, r0 - tile.row:r1 - tile.row, c0 - tile.col:c1 - tile.col] += probs * w
-            weights[r0 - tile.row:r1 - tile.row, c0 - tile.col:c1 - tile.col] += w
+            total[:, r0 - tile.row : r1 - tile.row, c0 - tile.col : c1 - tile.col] += probs * w
+            weights[r0 - tile.row : r1 - tile.row, c0 - tile.col : c1 - tile.col] += w
         blended = total / weights
         labels = blended.argmax(axis=0).astype(np.uint8)
         labels[~core_valid] = 0

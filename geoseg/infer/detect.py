@@ -21,16 +21,15 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-
 from rasterio.windows import Window
 
 from geoseg.io.masks import InstanceMask, save_masks, tight
-from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
-from geoseg.tiling import Tile
-from geoseg.models.checkpoint import load_checkpoint
 from geoseg.io.normalization import normalize
+from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
+from geoseg.models.checkpoint import load_checkpoint
+from geoseg.tiling import Tile
 
-__all__ = ["detections_to_masks", "run_detector", "TileDetector", "tile_file", "CUT_MARGIN"]
+__all__ = ["CUT_MARGIN", "TileDetector", "detections_to_masks", "run_detector", "tile_file"]
 
 CUT_MARGIN = 2  # pixels from an inner window edge within which a mask counts as cut by it
 
@@ -51,9 +50,19 @@ def run_detector(model: torch.nn.Module, batch: np.ndarray, device: torch.device
     return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()} for out in outputs]
 
 
-def detections_to_masks(output: dict, *, row_off: int, col_off: int, window: tuple[int, int, int, int],
-                        scene_shape: tuple[int, int], score_threshold: float = 0.5, mask_threshold: float = 0.5,
-                        min_area: int = 16, tile: int = -1, valid: np.ndarray | None = None) -> list[InstanceMask]:
+def detections_to_masks(
+    output: dict,
+    *,
+    row_off: int,
+    col_off: int,
+    window: tuple[int, int, int, int],
+    scene_shape: tuple[int, int],
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    min_area: int = 16,
+    tile: int = -1,
+    valid: np.ndarray | None = None,
+) -> list[InstanceMask]:
     """Turn one image's Mask R-CNN output into instances in scene pixels.
 
     Args:
@@ -73,29 +82,53 @@ def detections_to_masks(output: dict, *, row_off: int, col_off: int, window: tup
     inner = (window[0] > 0, window[1] > 0, window[2] < height, window[3] < width)
     out = []
     keep = output["scores"] >= score_threshold
-    for score, label, prob in zip(output["scores"][keep].tolist(), output["labels"][keep].tolist(),
-                                  output["masks"][keep]):
-        mask = (prob[0] > mask_threshold).numpy()[r0 - row_off:r1 - row_off, c0 - col_off:c1 - col_off]
+    for score, label, prob in zip(
+        output["scores"][keep].tolist(), output["labels"][keep].tolist(), output["masks"][keep]
+    ):
+        mask = (prob[0] > mask_threshold).numpy()[r0 - row_off : r1 - row_off, c0 - col_off : c1 - col_off]
         if valid is not None:
-            mask &= valid[r0 - row_off:r1 - row_off, c0 - col_off:c1 - col_off]
+            mask &= valid[r0 - row_off : r1 - row_off, c0 - col_off : c1 - col_off]
         instance = tight(InstanceMask(r0, c0, mask, int(label), float(score), tile=tile, window=seen))
         if instance is None or instance.area < min_area:
             continue
         b = instance.bbox
         # Within CUT_MARGIN of an inner edge counts: a soft mask border may stop a pixel short of it.
-        cut = (inner[0] and b[0] - r0 <= CUT_MARGIN) or (inner[1] and b[1] - c0 <= CUT_MARGIN) \
-            or (inner[2] and r1 - b[2] <= CUT_MARGIN) or (inner[3] and c1 - b[3] <= CUT_MARGIN)
-        out.append(InstanceMask(instance.row, instance.col, instance.mask, instance.class_id, instance.score,
-                                tile=tile, cut=bool(cut), window=seen))
+        cut = (
+            (inner[0] and b[0] - r0 <= CUT_MARGIN)
+            or (inner[1] and b[1] - c0 <= CUT_MARGIN)
+            or (inner[2] and r1 - b[2] <= CUT_MARGIN)
+            or (inner[3] and c1 - b[3] <= CUT_MARGIN)
+        )
+        out.append(
+            InstanceMask(
+                instance.row,
+                instance.col,
+                instance.mask,
+                instance.class_id,
+                instance.score,
+                tile=tile,
+                cut=bool(cut),
+                window=seen,
+            )
+        )
     return out
 
 
 class TileDetector:
     """Reads tiles of one scene, runs Mask R-CNN, writes each tile's detections to its own file."""
 
-    def __init__(self, checkpoint: str | Path, scene: str | Path, out_dir: str | Path, *, device: str = "cpu",
-                 threads: int | None = None, score_threshold: float = 0.5, mask_threshold: float = 0.5,
-                 min_area: int = 16):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        scene: str | Path,
+        out_dir: str | Path,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        min_area: int = 16,
+    ):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -128,9 +161,16 @@ class TileDetector:
         for tile, output, valid in zip(tiles, outputs, valids):
             top, left = tile.row - tile.halo, tile.col - tile.halo
             window = (top, left, top + tile.size, left + tile.size)
-            masks = detections_to_masks(output, row_off=top, col_off=left, window=window,
-                                        scene_shape=self.scene_shape, tile=tile.index, valid=valid,
-                                        **self.thresholds)
+            masks = detections_to_masks(
+                output,
+                row_off=top,
+                col_off=left,
+                window=window,
+                scene_shape=self.scene_shape,
+                tile=tile.index,
+                valid=valid,
+                **self.thresholds,
+            )
             save_masks(tile_file(self.out_dir, tile.index), masks)
         return [tile.index for tile in tiles]
 
@@ -144,5 +184,5 @@ def _window_valid(src: rasterio.DatasetReader, tile: Tile) -> np.ndarray:
     valid = np.zeros((tile.size, tile.size), bool)
     r0, c0 = max(top, 0), max(left, 0)
     r1, c1 = min(top + tile.size, src.height), min(left + tile.size, src.width)
-    valid[r0 - top:r1 - top, c0 - left:c1 - left] = read_valid(src, Window(c0, r0, c1 - c0, r1 - r0))
+    valid[r0 - top : r1 - top, c0 - left : c1 - left] = read_valid(src, Window(c0, r0, c1 - c0, r1 - r0))
     return valid

@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from geoseg.io.masks import InstanceMask, bbox_pairs, overlap, tight
 
-__all__ = ["merge_detections", "resolve_overlaps", "first_pixel", "tile_windows"]
+__all__ = ["first_pixel", "merge_detections", "resolve_overlaps", "tile_windows"]
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 # Pixels: a mask this close to an inner window edge is "cut"; a cut piece this close to another
@@ -60,8 +60,12 @@ class _UnionFind:
 def _common_window(a: InstanceMask, b: InstanceMask) -> tuple[int, int, int, int] | None:
     if a.window is None or b.window is None:
         return None
-    return (max(a.window[0], b.window[0]), max(a.window[1], b.window[1]),
-            min(a.window[2], b.window[2]), min(a.window[3], b.window[3]))
+    return (
+        max(a.window[0], b.window[0]),
+        max(a.window[1], b.window[1]),
+        min(a.window[2], b.window[2]),
+        min(a.window[3], b.window[3]),
+    )
 
 
 def _same_object(a: InstanceMask, b: InstanceMask, iou: float, ios: float) -> bool:
@@ -73,9 +77,12 @@ def _same_object(a: InstanceMask, b: InstanceMask, iou: float, ios: float) -> bo
     # of it by a pixel (mask borders are soft): match such a piece against that mask grown by TOUCH px.
     for piece, other in ((a, b), (b, a)):
         if piece.cut and region is not None:
-            grown = replace(other, row=other.row - TOUCH, col=other.col - TOUCH,
-                            mask=ndimage.binary_dilation(np.pad(other.mask, TOUCH), structure=FOUR_CONNECTED,
-                                                         iterations=TOUCH))
+            grown = replace(
+                other,
+                row=other.row - TOUCH,
+                col=other.col - TOUCH,
+                mask=ndimage.binary_dilation(np.pad(other.mask, TOUCH), structure=FOUR_CONNECTED, iterations=TOUCH),
+            )
             inter, area_piece, _ = overlap(piece, grown, region)
             if area_piece and inter / area_piece >= ios:
                 return True
@@ -88,13 +95,18 @@ def _union(a: InstanceMask, b: InstanceMask) -> InstanceMask:
     r1, c1 = max(a.bbox[2], b.bbox[2]), max(a.bbox[3], b.bbox[3])
     mask = np.zeros((r1 - r0, c1 - c0), bool)
     for part in (a, b):
-        mask[part.row - r0:part.bbox[2] - r0, part.col - c0:part.bbox[3] - c0] |= part.mask
+        mask[part.row - r0 : part.bbox[2] - r0, part.col - c0 : part.bbox[3] - c0] |= part.mask
     return replace(a, row=r0, col=c0, mask=mask, score=max(a.score, b.score))
 
 
-def merge_detections(detections: list[InstanceMask], *, iou: float = 0.5, ios: float = 0.7,
-                     windows: dict[int, tuple[int, int, int, int]] | None = None,
-                     scene_shape: tuple[int, int] | None = None) -> list[InstanceMask]:
+def merge_detections(
+    detections: list[InstanceMask],
+    *,
+    iou: float = 0.5,
+    ios: float = 0.7,
+    windows: dict[int, tuple[int, int, int, int]] | None = None,
+    scene_shape: tuple[int, int] | None = None,
+) -> list[InstanceMask]:
     """Merge the raw detections of all tiles into one instance per object (see the module doc).
 
     With ``windows`` (every tile's window, clipped to the scene of
@@ -148,13 +160,19 @@ def merge_detections(detections: list[InstanceMask], *, iou: float = 0.5, ios: f
     return merged
 
 
-def _drop_pieces_seen_whole(instances: list[InstanceMask], windows: dict[int, tuple[int, int, int, int]],
-                            scene_shape: tuple[int, int]) -> list[InstanceMask]:
+def _drop_pieces_seen_whole(
+    instances: list[InstanceMask], windows: dict[int, tuple[int, int, int, int]], scene_shape: tuple[int, int]
+) -> list[InstanceMask]:
     height, width = scene_shape
     tiles = sorted(windows)
     # Each window less a margin on its inner edges: what that tile saw with room around it.
-    inner = np.array([(r0 + TOUCH * (r0 > 0), c0 + TOUCH * (c0 > 0), r1 - TOUCH * (r1 < height),
-                       c1 - TOUCH * (c1 < width)) for r0, c0, r1, c1 in (windows[t] for t in tiles)], np.float64)
+    inner = np.array(
+        [
+            (r0 + TOUCH * (r0 > 0), c0 + TOUCH * (c0 > 0), r1 - TOUCH * (r1 < height), c1 - TOUCH * (c1 < width))
+            for r0, c0, r1, c1 in (windows[t] for t in tiles)
+        ],
+        np.float64,
+    )
     tree = shapely.STRtree(shapely.box(inner[:, 1], inner[:, 0], inner[:, 3], inner[:, 2]))
     kept = []
     for instance in instances:
@@ -169,8 +187,15 @@ def _drop_pieces_seen_whole(instances: list[InstanceMask], windows: dict[int, tu
 
 def tile_windows(tiles, height: int, width: int) -> dict[int, tuple[int, int, int, int]]:
     """Each tile's window (core + halo) clipped to the scene: ``{index: (row0, col0, row1, col1)}``."""
-    return {t.index: (max(t.row - t.halo, 0), max(t.col - t.halo, 0), min(t.row - t.halo + t.size, height),
-                      min(t.col - t.halo + t.size, width)) for t in tiles}
+    return {
+        t.index: (
+            max(t.row - t.halo, 0),
+            max(t.col - t.halo, 0),
+            min(t.row - t.halo + t.size, height),
+            min(t.col - t.halo + t.size, width),
+        )
+        for t in tiles
+    }
 
 
 def first_pixel(instance: InstanceMask) -> tuple[int, int]:
@@ -188,8 +213,9 @@ def _largest_part(mask: np.ndarray) -> np.ndarray:
     return parts == (int(np.argmax(sizes)) + 1)
 
 
-def resolve_overlaps(instances: list[InstanceMask], *, min_area: int = 16,
-                     keep_fraction: float = 0.5) -> list[InstanceMask]:
+def resolve_overlaps(
+    instances: list[InstanceMask], *, min_area: int = 16, keep_fraction: float = 0.5
+) -> list[InstanceMask]:
     """Give each pixel to one instance; return non-overlapping, connected instances numbered by position.
 
     Instances are taken by descending score; each loses the pixels already
@@ -215,7 +241,7 @@ def resolve_overlaps(instances: list[InstanceMask], *, min_area: int = 16,
             top, left = max(r0, other.row), max(c0, other.col)
             bottom, right = min(r1, other.bbox[2]), min(c1, other.bbox[3])
             if bottom > top and right > left:
-                mask[top - r0:bottom - r0, left - c0:right - c0] &= ~other.crop((top, left, bottom, right))
+                mask[top - r0 : bottom - r0, left - c0 : right - c0] &= ~other.crop((top, left, bottom, right))
         kept = int(np.count_nonzero(mask))
         if kept < keep_fraction * instance.area:
             continue

@@ -23,17 +23,16 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-
 from rasterio.windows import Window
 
 from geoseg.infer.blend import BlendScratch, blend_tiles
 from geoseg.io.mosaic import mark_done, open_mosaic, write_block
-from geoseg.tiling import Tile
+from geoseg.io.normalization import normalize
 from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
 from geoseg.models.checkpoint import load_checkpoint
-from geoseg.io.normalization import normalize
+from geoseg.tiling import Tile
 
-__all__ = ["TilePredictor", "TileBlender", "predict_logits", "quantized_scores"]
+__all__ = ["TileBlender", "TilePredictor", "predict_logits", "quantized_scores"]
 
 
 def predict_logits(model: torch.nn.Module, batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -58,8 +57,16 @@ def quantized_scores(logits: torch.Tensor) -> np.ndarray:
 class TilePredictor:
     """Reads tiles of one scene, runs the model, writes each core once."""
 
-    def __init__(self, checkpoint: str | Path, scene: str | Path, mosaic: str | Path, *, device: str = "cpu",
-                 threads: int | None = None, stitch: str = "crop"):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        scene: str | Path,
+        mosaic: str | Path,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        stitch: str = "crop",
+    ):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -104,7 +111,7 @@ class TilePredictor:
         logits = logits.numpy()
         for tile, tile_logits, valid in zip(tiles, logits, valids):
             # Only the core is kept, so only the core is reduced.
-            core = tile_logits[:, tile.halo:tile.halo + tile.height, tile.halo:tile.halo + tile.width]
+            core = tile_logits[:, tile.halo : tile.halo + tile.height, tile.halo : tile.halo + tile.width]
             label = core.argmax(axis=0).astype(np.uint8)
             label[~valid] = 0
             score = None

@@ -36,7 +36,7 @@ from rasterio.windows import Window
 from geoseg.errors import InputRasterError, JobConfigError, StageError
 from geoseg.io.mosaic import DATA_ARRAYS, MosaicInfo, open_mosaic
 
-__all__ = ["export_cog", "LABELS_NODATA", "OVERVIEW_RESAMPLINGS", "EXPORTABLE"]
+__all__ = ["EXPORTABLE", "LABELS_NODATA", "OVERVIEW_RESAMPLINGS", "export_cog"]
 
 EXPORTABLE = (*DATA_ARRAYS, "scores")
 
@@ -57,36 +57,50 @@ def _resampling_for(array: str, overview_resampling: str | None, mosaic_path: Pa
     The default keeps classes categorical (``mode``) and averages probabilities.
     """
     if array not in EXPORTABLE:
-        raise InputRasterError(
-            f"{mosaic_path}: no array {array!r} to export; use one of {', '.join(EXPORTABLE)}")
+        raise InputRasterError(f"{mosaic_path}: no array {array!r} to export; use one of {', '.join(EXPORTABLE)}")
     if overview_resampling is None:
         overview_resampling = "average" if array == "scores" else "mode"
     resampling = str(overview_resampling).lower()
     if resampling not in OVERVIEW_RESAMPLINGS:
-        raise JobConfigError(f"{out}: overview_resampling {overview_resampling!r} is not one of "
-                             f"{', '.join(OVERVIEW_RESAMPLINGS)}; use 'mode' for class labels")
+        raise JobConfigError(
+            f"{out}: overview_resampling {overview_resampling!r} is not one of "
+            f"{', '.join(OVERVIEW_RESAMPLINGS)}; use 'mode' for class labels"
+        )
     return resampling
 
 
 def _check_exportable(mosaic: MosaicInfo, array: str, mosaic_path: Path) -> None:
     """Refuse what this mosaic cannot give: missing scores, or no byte value left for nodata."""
     if array == "scores" and not mosaic.has_scores:
-        raise InputRasterError(f"{mosaic_path}: mosaic has no scores array; predict with `predict.scores: true` "
-                               "to export them, or export labels")
+        raise InputRasterError(
+            f"{mosaic_path}: mosaic has no scores array; predict with `predict.scores: true` "
+            "to export them, or export labels"
+        )
     if array == "labels" and len(mosaic.class_names) > LABELS_NODATA:
-        raise InputRasterError(f"{mosaic_path}: {len(mosaic.class_names)} classes leave no room for nodata "
-                               f"{LABELS_NODATA} in a uint8 COG; export `valid` or fewer classes")
+        raise InputRasterError(
+            f"{mosaic_path}: {len(mosaic.class_names)} classes leave no room for nodata "
+            f"{LABELS_NODATA} in a uint8 COG; export `valid` or fewer classes"
+        )
 
 
 def _stage_profile(mosaic: MosaicInfo, array: str, bands: int) -> dict:
     """Rasterio profile of the temporary tiled GeoTIFF the COG driver then rewrites."""
     block = _stage_block(mosaic.chunk)
     profile = {
-        "driver": "GTiff", "height": mosaic.height, "width": mosaic.width, "count": bands, "dtype": "uint8",
-        "crs": mosaic.crs, "transform": mosaic.transform,
-        "tiled": True, "blockxsize": block, "blockysize": block,
+        "driver": "GTiff",
+        "height": mosaic.height,
+        "width": mosaic.width,
+        "count": bands,
+        "dtype": "uint8",
+        "crs": mosaic.crs,
+        "transform": mosaic.transform,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
         # Fast, light compression: this file is read once by the COG step and deleted.
-        "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER",
+        "compress": "deflate",
+        "zlevel": 1,
+        "BIGTIFF": "IF_SAFER",
     }
     if array == "labels":
         profile["nodata"] = LABELS_NODATA
@@ -139,8 +153,9 @@ def _remove_leftovers(*paths: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def export_cog(mosaic_path: str | Path, out_path: str | Path, *, array: str = "labels",
-               overview_resampling: str | None = None) -> Path:
+def export_cog(
+    mosaic_path: str | Path, out_path: str | Path, *, array: str = "labels", overview_resampling: str | None = None
+) -> Path:
     """Write one mosaic array as a Cloud-Optimized GeoTIFF.
 
     Args:
@@ -177,13 +192,21 @@ def export_cog(mosaic_path: str | Path, out_path: str | Path, *, array: str = "l
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(stage, "w", **profile) as dst:
             _copy_blocks(dst, mosaic, array)
             _describe(dst, mosaic, array, bands)
-        rasterio.shutil.copy(stage, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCKSIZE,
-                             OVERVIEW_RESAMPLING=resampling.upper(), BIGTIFF="IF_SAFER")
+        rasterio.shutil.copy(
+            stage,
+            partial,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=COG_BLOCKSIZE,
+            OVERVIEW_RESAMPLING=resampling.upper(),
+            BIGTIFF="IF_SAFER",
+        )
         os.replace(partial, out)  # only a complete COG carries the final name
     except (RasterioError, OSError) as exc:
         message = str(exc).replace("\n", " ")
-        raise StageError(f"{out}: writing the COG of {mosaic_path} failed ({message}); "
-                         "check free space and write permission there") from exc
+        raise StageError(
+            f"{out}: writing the COG of {mosaic_path} failed ({message}); check free space and write permission there"
+        ) from exc
     finally:
         _remove_leftovers(stage, partial)
     return out

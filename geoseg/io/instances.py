@@ -36,13 +36,29 @@ import zarr
 from geoseg.errors import InputRasterError
 from geoseg.io.mosaic import MosaicInfo, _layout
 
-__all__ = ["INSTANCES", "TABLE_COLUMNS", "create_instance_array", "write_instance_table", "read_instance_table",
-           "empty_instance_table", "table_from_columns"]
+__all__ = [
+    "INSTANCES",
+    "TABLE_COLUMNS",
+    "create_instance_array",
+    "empty_instance_table",
+    "read_instance_table",
+    "table_from_columns",
+    "write_instance_table",
+]
 
 INSTANCES = "instances"
-TABLE_COLUMNS = {"id": "uint32", "class_id": "uint8", "class": "object", "score": "float32",
-                 "row_min": "int64", "col_min": "int64", "row_max": "int64", "col_max": "int64",
-                 "area_px": "int64", "area_m2": "float64"}
+TABLE_COLUMNS = {
+    "id": "uint32",
+    "class_id": "uint8",
+    "class": "object",
+    "score": "float32",
+    "row_min": "int64",
+    "col_min": "int64",
+    "row_max": "int64",
+    "col_max": "int64",
+    "area_px": "int64",
+    "area_m2": "float64",
+}
 
 
 def create_instance_array(mosaic: MosaicInfo) -> zarr.Array:
@@ -51,8 +67,13 @@ def create_instance_array(mosaic: MosaicInfo) -> zarr.Array:
     if INSTANCES in mosaic.group:
         del mosaic.group[INSTANCES]
     arr = mosaic.group.create_array(
-        INSTANCES, shape=(mosaic.height, mosaic.width), dtype="uint32", fill_value=0,
-        dimension_names=["y", "x"] if zarr_format == 3 else None, **_layout(mosaic.chunk, zarr_format))
+        INSTANCES,
+        shape=(mosaic.height, mosaic.width),
+        dtype="uint32",
+        fill_value=0,
+        dimension_names=["y", "x"] if zarr_format == 3 else None,
+        **_layout(mosaic.chunk, zarr_format),
+    )
     attrs = dict(mosaic.labels.attrs)
     for key in ("flag_values", "flag_meanings", "class_names", "long_name"):
         attrs.pop(key, None)
@@ -91,9 +112,17 @@ def table_from_columns(ids, class_ids, class_names, scores, bboxes, areas_px, pi
     bboxes = np.asarray(bboxes, dtype=np.int64).reshape(-1, 4)
     class_ids = np.asarray(class_ids, dtype=np.uint8)
     areas_px = np.asarray(areas_px, dtype=np.int64)
-    return pd.DataFrame({
-        "id": np.asarray(ids, dtype=np.uint32), "class_id": class_ids,
-        "class": [str(class_names[c]) for c in class_ids], "score": np.asarray(scores, dtype=np.float32),
-        "row_min": bboxes[:, 0], "col_min": bboxes[:, 1], "row_max": bboxes[:, 2], "col_max": bboxes[:, 3],
-        "area_px": areas_px, "area_m2": areas_px * float(pixel_area_m2),
-    })
+    return pd.DataFrame(
+        {
+            "id": np.asarray(ids, dtype=np.uint32),
+            "class_id": class_ids,
+            "class": [str(class_names[c]) for c in class_ids],
+            "score": np.asarray(scores, dtype=np.float32),
+            "row_min": bboxes[:, 0],
+            "col_min": bboxes[:, 1],
+            "row_max": bboxes[:, 2],
+            "col_max": bboxes[:, 3],
+            "area_px": areas_px,
+            "area_m2": areas_px * float(pixel_area_m2),
+        }
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import shapely
 
-__all__ = ["InstanceMask", "overlap", "mask_iou", "mask_ios", "bbox_pairs", "tight", "save_masks", "load_masks"]
+__all__ = ["InstanceMask", "bbox_pairs", "load_masks", "mask_ios", "mask_iou", "overlap", "save_masks", "tight"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,7 +59,7 @@ class InstanceMask:
         bottom, right = min(r1, region[2]), min(c1, region[3])
         if bottom <= top or right <= left:
             return self.mask[:0, :0]
-        return self.mask[top - r0:bottom - r0, left - c0:right - c0]
+        return self.mask[top - r0 : bottom - r0, left - c0 : right - c0]
 
 
 def tight(instance: InstanceMask) -> InstanceMask | None:
@@ -71,8 +71,12 @@ def tight(instance: InstanceMask) -> InstanceMask | None:
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     if (r0, c0, r1 - r0, c1 - c0) == (0, 0, *instance.mask.shape):
         return instance
-    return replace(instance, row=instance.row + int(r0), col=instance.col + int(c0),
-                   mask=np.ascontiguousarray(instance.mask[r0:r1, c0:c1]))
+    return replace(
+        instance,
+        row=instance.row + int(r0),
+        col=instance.col + int(c0),
+        mask=np.ascontiguousarray(instance.mask[r0:r1, c0:c1]),
+    )
 
 
 def _intersect(a: tuple, b: tuple) -> tuple[int, int, int, int] | None:
@@ -115,6 +119,7 @@ def bbox_pairs(left: list[InstanceMask], right: list[InstanceMask] | None = None
     many pixels first (pairs that come within ``2 * margin`` of each other).
     An STR-tree keeps this near-linear.
     """
+
     def boxes(items):
         # Shrunk by a hair so boxes that only share an edge do not count as overlapping.
         bb = np.array([m.bbox for m in items], dtype=np.float64).reshape(-1, 4)
@@ -146,15 +151,23 @@ def save_masks(path, masks: list[InstanceMask]) -> None:
     shapes = np.array([m.mask.shape for m in masks], dtype=np.int64).reshape(-1, 2)
     packed = [np.packbits(m.mask.ravel()) for m in masks]
     offsets = np.cumsum([0] + [len(p) for p in packed]).astype(np.int64)
-    windows = np.array([m.window if m.window is not None else (-1, -1, -1, -1) for m in masks],
-                       dtype=np.int64).reshape(-1, 4)
+    windows = np.array([m.window if m.window is not None else (-1, -1, -1, -1) for m in masks], dtype=np.int64).reshape(
+        -1, 4
+    )
     tmp = path.with_name(f".{path.stem}.partial.npz")
-    np.savez(tmp, rows=np.array([m.row for m in masks], np.int64), cols=np.array([m.col for m in masks], np.int64),
-             shapes=shapes, bits=np.concatenate(packed) if packed else np.zeros(0, np.uint8), offsets=offsets,
-             class_ids=np.array([m.class_id for m in masks], np.int64),
-             scores=np.array([m.score for m in masks], np.float32),
-             tiles=np.array([m.tile for m in masks], np.int64), cut=np.array([m.cut for m in masks], bool),
-             windows=windows)
+    np.savez(
+        tmp,
+        rows=np.array([m.row for m in masks], np.int64),
+        cols=np.array([m.col for m in masks], np.int64),
+        shapes=shapes,
+        bits=np.concatenate(packed) if packed else np.zeros(0, np.uint8),
+        offsets=offsets,
+        class_ids=np.array([m.class_id for m in masks], np.int64),
+        scores=np.array([m.score for m in masks], np.float32),
+        tiles=np.array([m.tile for m in masks], np.int64),
+        cut=np.array([m.cut for m in masks], bool),
+        windows=windows,
+    )
     os.replace(tmp, path)
 
 
@@ -164,11 +177,18 @@ def load_masks(path) -> list[InstanceMask]:
         out = []
         for i in range(len(data["rows"])):
             h, w = (int(v) for v in data["shapes"][i])
-            bits = data["bits"][data["offsets"][i]:data["offsets"][i + 1]]
+            bits = data["bits"][data["offsets"][i] : data["offsets"][i + 1]]
             window = tuple(int(v) for v in data["windows"][i])
-            out.append(InstanceMask(
-                row=int(data["rows"][i]), col=int(data["cols"][i]),
-                mask=np.unpackbits(bits, count=h * w).astype(bool).reshape(h, w),
-                class_id=int(data["class_ids"][i]), score=float(data["scores"][i]), tile=int(data["tiles"][i]),
-                cut=bool(data["cut"][i]), window=None if window[0] < 0 else window))
+            out.append(
+                InstanceMask(
+                    row=int(data["rows"][i]),
+                    col=int(data["cols"][i]),
+                    mask=np.unpackbits(bits, count=h * w).astype(bool).reshape(h, w),
+                    class_id=int(data["class_ids"][i]),
+                    score=float(data["scores"][i]),
+                    tile=int(data["tiles"][i]),
+                    cut=bool(data["cut"][i]),
+                    window=None if window[0] < 0 else window,
+                )
+            )
         return out

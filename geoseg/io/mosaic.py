@@ -35,7 +35,7 @@ from rasterio.crs import CRS
 
 from geoseg.errors import InputRasterError
 
-__all__ = ["MosaicInfo", "create_mosaic", "open_mosaic", "write_block", "mark_done", "done_chunks", "DATA_ARRAYS"]
+__all__ = ["DATA_ARRAYS", "MosaicInfo", "create_mosaic", "done_chunks", "mark_done", "open_mosaic", "write_block"]
 
 DATA_ARRAYS = ("labels", "valid")
 
@@ -126,49 +126,92 @@ def _check_north_up(path: str | Path, transform: Affine) -> None:
         )
 
 
-def _create_data_arrays(group: zarr.Group, *, height: int, width: int, chunk: int, wkt: str,
-                        class_names: list[str] | tuple[str, ...], zarr_format: int) -> None:
+def _create_data_arrays(
+    group: zarr.Group,
+    *,
+    height: int,
+    width: int,
+    chunk: int,
+    wkt: str,
+    class_names: list[str] | tuple[str, ...],
+    zarr_format: int,
+) -> None:
     """``labels`` and ``valid``: uint8 ``(y, x)``, 0 until written, georeferenced by CF and ``_CRS``."""
     dims = ["y", "x"]
     for name in DATA_ARRAYS:
         arr = group.create_array(
-            name, shape=(height, width), dtype="uint8", fill_value=0,
-            **_dims(zarr_format, dims), **_layout(chunk, zarr_format),
+            name,
+            shape=(height, width),
+            dtype="uint8",
+            fill_value=0,
+            **_dims(zarr_format, dims),
+            **_layout(chunk, zarr_format),
         )
         attrs = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x"}
         if zarr_format == 2:
             attrs["_ARRAY_DIMENSIONS"] = dims
         arr.attrs.update(attrs)
     group["labels"].attrs.update(
-        {"long_name": "class index", "flag_values": list(range(len(class_names))),
-         "flag_meanings": " ".join(class_names), "class_names": list(class_names)}
+        {
+            "long_name": "class index",
+            "flag_values": list(range(len(class_names))),
+            "flag_meanings": " ".join(class_names),
+            "class_names": list(class_names),
+        }
     )
     group["valid"].attrs.update({"long_name": "1 where the input scene has data, 0 for nodata or alpha"})
 
 
-def _create_scores(group: zarr.Group, *, height: int, width: int, chunk: int, wkt: str,
-                   class_names: list[str] | tuple[str, ...], zarr_format: int) -> None:
+def _create_scores(
+    group: zarr.Group,
+    *,
+    height: int,
+    width: int,
+    chunk: int,
+    wkt: str,
+    class_names: list[str] | tuple[str, ...],
+    zarr_format: int,
+) -> None:
     """``scores``: uint8 ``(class, y, x)`` probabilities × 255, CF-scaled back by 1/255."""
     # One chunk holds every class of one core, so the one-writer-per-chunk rule still holds.
-    arr = group.create_array("scores", shape=(len(class_names), height, width), dtype="uint8", fill_value=0,
-                             **_dims(zarr_format, ["class", "y", "x"]),
-                             **_layout(chunk, zarr_format, leading=len(class_names)))
-    arr.attrs.update({"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x",
-                      "long_name": "class probability", "scale_factor": 1 / 255, "add_offset": 0.0,
-                      "class_names": list(class_names)})
+    arr = group.create_array(
+        "scores",
+        shape=(len(class_names), height, width),
+        dtype="uint8",
+        fill_value=0,
+        **_dims(zarr_format, ["class", "y", "x"]),
+        **_layout(chunk, zarr_format, leading=len(class_names)),
+    )
+    arr.attrs.update(
+        {
+            "grid_mapping": "spatial_ref",
+            "_CRS": {"wkt": wkt},
+            "coordinates": "y x",
+            "long_name": "class probability",
+            "scale_factor": 1 / 255,
+            "add_offset": 0.0,
+            "class_names": list(class_names),
+        }
+    )
     _set_v2_dims(arr, zarr_format, ["class", "y", "x"])
 
 
-def _create_coordinates(group: zarr.Group, *, height: int, width: int, crs: CRS, transform: Affine,
-                        zarr_format: int) -> None:
+def _create_coordinates(
+    group: zarr.Group, *, height: int, width: int, crs: CRS, transform: Affine, zarr_format: int
+) -> None:
     """The 1-D ``x`` and ``y`` pixel-centre coordinates, from which GDAL derives the geotransform."""
     x, y = _pixel_centres(transform, height, width)
     for name, values, dim in (("x", x, "x"), ("y", y, "y")):
-        coord = group.create_array(name, shape=values.shape, chunks=values.shape, dtype="float64",
-                                   **_dims(zarr_format, [dim]))
+        coord = group.create_array(
+            name, shape=values.shape, chunks=values.shape, dtype="float64", **_dims(zarr_format, [dim])
+        )
         coord[:] = values
-        coord.attrs.update({"units": "m" if crs.is_projected else "degrees",
-                            "standard_name": "projection_x_coordinate" if dim == "x" else "projection_y_coordinate"})
+        coord.attrs.update(
+            {
+                "units": "m" if crs.is_projected else "degrees",
+                "standard_name": "projection_x_coordinate" if dim == "x" else "projection_y_coordinate",
+            }
+        )
         _set_v2_dims(coord, zarr_format, [dim])
 
 
@@ -176,19 +219,27 @@ def _create_spatial_ref(group: zarr.Group, *, wkt: str, gdal_transform: tuple, z
     """The CF grid-mapping variable: a scalar whose attributes hold the CRS and the geotransform."""
     ref = group.create_array("spatial_ref", shape=(), dtype="int32", **_dims(zarr_format, []))
     ref[...] = 0
-    ref.attrs.update({
-        "crs_wkt": wkt,
-        "spatial_ref": wkt,  # GDAL and older rioxarray read this key
-        "GeoTransform": " ".join(repr(float(v)) for v in gdal_transform),
-    })
+    ref.attrs.update(
+        {
+            "crs_wkt": wkt,
+            "spatial_ref": wkt,  # GDAL and older rioxarray read this key
+            "GeoTransform": " ".join(repr(float(v)) for v in gdal_transform),
+        }
+    )
     _set_v2_dims(ref, zarr_format, [])
 
 
 def _create_done(group: zarr.Group, *, height: int, width: int, chunk: int, zarr_format: int) -> None:
     """``done``: one uint8 per chunk, chunked 1×1 so marking a chunk writes a file of its own."""
     rows, cols = -(-height // chunk), -(-width // chunk)
-    done = group.create_array("done", shape=(rows, cols), chunks=(1, 1), dtype="uint8", fill_value=0,
-                              **_dims(zarr_format, ["chunk_row", "chunk_col"]))
+    done = group.create_array(
+        "done",
+        shape=(rows, cols),
+        chunks=(1, 1),
+        dtype="uint8",
+        fill_value=0,
+        **_dims(zarr_format, ["chunk_row", "chunk_col"]),
+    )
     _set_v2_dims(done, zarr_format, ["chunk_row", "chunk_col"])
     done.attrs["long_name"] = "1 once the chunk of labels/valid at this chunk row/column is written"
 
@@ -238,18 +289,20 @@ def create_mosaic(
     _create_coordinates(group, height=height, width=width, crs=crs, transform=transform, zarr_format=zarr_format)
     _create_spatial_ref(group, wkt=wkt, gdal_transform=gdal_transform, zarr_format=zarr_format)
     _create_done(group, **grid)
-    group.attrs.update({
-        "geoseg": {
-            "fingerprint": fingerprint or {},
-            "zarr_format": zarr_format,
-            "crs_wkt": wkt,
-            "transform": list(gdal_transform),
-            "chunk": chunk,
-            "class_names": list(class_names),
-            "height": height,
-            "width": width,
+    group.attrs.update(
+        {
+            "geoseg": {
+                "fingerprint": fingerprint or {},
+                "zarr_format": zarr_format,
+                "crs_wkt": wkt,
+                "transform": list(gdal_transform),
+                "chunk": chunk,
+                "class_names": list(class_names),
+                "height": height,
+                "width": width,
+            }
         }
-    })
+    )
     return open_mosaic(path, mode="r+")
 
 
@@ -276,16 +329,22 @@ def open_mosaic(path: str | Path, mode: str = "r") -> MosaicInfo:
     )
 
 
-def write_block(mosaic: MosaicInfo, row_off: int, col_off: int, labels: np.ndarray, valid: np.ndarray,
-                scores: np.ndarray | None = None) -> None:
+def write_block(
+    mosaic: MosaicInfo,
+    row_off: int,
+    col_off: int,
+    labels: np.ndarray,
+    valid: np.ndarray,
+    scores: np.ndarray | None = None,
+) -> None:
     """Write one chunk-aligned block. Callers guarantee one writer per chunk."""
     if row_off % mosaic.chunk or col_off % mosaic.chunk:
         raise ValueError(f"block at ({row_off}, {col_off}) is not aligned to {mosaic.chunk}-pixel chunks")
     h, w = labels.shape
-    mosaic.labels[row_off:row_off + h, col_off:col_off + w] = labels
-    mosaic.valid[row_off:row_off + h, col_off:col_off + w] = valid
+    mosaic.labels[row_off : row_off + h, col_off : col_off + w] = labels
+    mosaic.valid[row_off : row_off + h, col_off : col_off + w] = valid
     if scores is not None:
-        mosaic.group["scores"][:, row_off:row_off + h, col_off:col_off + w] = scores
+        mosaic.group["scores"][:, row_off : row_off + h, col_off : col_off + w] = scores
 
 
 def mark_done(mosaic: MosaicInfo, row_off: int, col_off: int) -> None:

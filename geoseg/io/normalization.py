@@ -31,12 +31,12 @@ def band_statistics(images: list[Path], bands: tuple[int, ...], *, step: int = 4
                 valid = read_valid(src, window)[::step, ::step]
                 values = pixels[:, valid]
                 total += values.sum(axis=1)
-                total_sq += (values ** 2).sum(axis=1)
+                total_sq += (values**2).sum(axis=1)
                 count += values.shape[1]
     if count == 0:
         raise ValueError("training scenes have no valid pixels")
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     # A band that is constant in training would otherwise be divided by ~0 and turn
     # any other value at prediction into a huge input: floor the std at one digital
     # number for integer imagery (its resolution), and at 1e-6 for float imagery.

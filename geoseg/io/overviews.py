@@ -51,10 +51,10 @@ from affine import Affine
 
 from geoseg.errors import InputRasterError, JobConfigError
 from geoseg.io.mosaic import DATA_ARRAYS, MosaicInfo, open_mosaic
+from geoseg.io.multiscales import OVERVIEWS_GROUP, level_shape, multiscales, write_coords
 
-__all__ = ["build_overviews", "read_overview", "list_overviews", "overview_factors", "OVERVIEWS_GROUP"]
+__all__ = ["OVERVIEWS_GROUP", "build_overviews", "list_overviews", "overview_factors", "read_overview"]
 
-OVERVIEWS_GROUP = "overviews"
 _PARTIAL = "_overviews_partial"  # built here, renamed to OVERVIEWS_GROUP when complete
 _DEFAULT_MAX_MEMORY = 512 * 2**20
 
@@ -72,11 +72,6 @@ def overview_factors(height: int, width: int, min_side: int = 256) -> list[int]:
         factor *= 2
         factors.append(factor)
     return factors
-
-
-def _level_shape(height: int, width: int, level: int) -> tuple[int, int]:
-    f = 2**level
-    return -(-height // f), -(-width // f)
 
 
 def _count_dtype(level: int) -> np.dtype:
@@ -102,7 +97,7 @@ def _block_add(dest: np.ndarray, child: np.ndarray, row0: int, col0: int) -> Non
     hh, ww = -(-(h + pr) // 2), -(-(w + pc) // 2)
     if pr or pc or h % 2 or w % 2:
         padded = np.zeros(child.shape[:-2] + (2 * hh, 2 * ww), dtype=child.dtype)
-        padded[..., pr:pr + h, pc:pc + w] = child
+        padded[..., pr : pr + h, pc : pc + w] = child
     else:
         padded = child
     # Four strided adds: several times faster than reshape(…, 2, …, 2).sum(axes).
@@ -111,12 +106,12 @@ def _block_add(dest: np.ndarray, child: np.ndarray, row0: int, col0: int) -> Non
     sums += padded[..., 0::2, 1::2]
     sums += padded[..., 1::2, 1::2]
     r, c = row0 // 2, col0 // 2
-    dest[..., r:r + hh, c:c + ww] += sums[..., : dest.shape[-2] - r, : dest.shape[-1] - c]
+    dest[..., r : r + hh, c : c + ww] += sums[..., : dest.shape[-2] - r, : dest.shape[-1] - c]
 
 
 def _place(dest: np.ndarray, child: np.ndarray, row0: int, col0: int) -> None:
     h, w = child.shape[-2:]
-    dest[..., row0:row0 + h, col0:col0 + w] = child
+    dest[..., row0 : row0 + h, col0 : col0 + w] = child
 
 
 def _weighted_mode(labels: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +143,7 @@ class _Builder:
     def node(self, level: int, row: int, col: int):
         """Counts (exact) or (labels, weight) (cascade) of chunk (row, col) of ``level``."""
         c = self.chunk
-        height, width = _level_shape(self.mosaic.height, self.mosaic.width, level)
+        height, width = level_shape(self.mosaic.height, self.mosaic.width, level)
         h, w = min(c, height - row * c), min(c, width - col * c)
         if level == 0:
             return self._base(row * c, col * c, h, w)
@@ -159,7 +154,7 @@ class _Builder:
             # so odd chunk sides need no special case.
             lab = np.zeros((2 * h, 2 * w), dtype=np.uint8)
             wts = np.zeros((2 * h, 2 * w), dtype=_count_dtype(level))
-        child_h, child_w = _level_shape(self.mosaic.height, self.mosaic.width, level - 1)
+        child_h, child_w = level_shape(self.mosaic.height, self.mosaic.width, level - 1)
         for i in (0, 1):
             for j in (0, 1):
                 crow, ccol = 2 * row + i, 2 * col + j
@@ -181,19 +176,20 @@ class _Builder:
             valid = weight > 0
             result = (labels, weight.astype(_count_dtype(level)))
         out_labels, out_valid = self.levels[level]
-        out_labels[row * c:row * c + h, col * c:col * c + w] = labels
-        out_valid[row * c:row * c + h, col * c:col * c + w] = valid.astype(np.uint8)
+        out_labels[row * c : row * c + h, col * c : col * c + w] = labels
+        out_valid[row * c : row * c + h, col * c : col * c + w] = valid.astype(np.uint8)
         return result
 
     def _base(self, row_off: int, col_off: int, h: int, w: int):
-        labels = np.asarray(self.mosaic.labels[row_off:row_off + h, col_off:col_off + w])
-        valid = np.asarray(self.mosaic.valid[row_off:row_off + h, col_off:col_off + w]) != 0
+        labels = np.asarray(self.mosaic.labels[row_off : row_off + h, col_off : col_off + w])
+        valid = np.asarray(self.mosaic.valid[row_off : row_off + h, col_off : col_off + w]) != 0
         if valid.any():
             top = int(labels[valid].max())
             if top >= self.classes:
                 raise InputRasterError(
                     f"{self.mosaic.path}: labels hold class {top} at chunk ({row_off}, {col_off}) but the mosaic "
-                    f"names only {self.classes} classes {list(self.mosaic.class_names)!r}; run `geoseg predict` again")
+                    f"names only {self.classes} classes {list(self.mosaic.class_names)!r}; run `geoseg predict` again"
+                )
         if self.exact:
             counts = np.zeros((self.classes, h, w), dtype=np.uint8)
             for k in range(self.classes):
@@ -202,65 +198,13 @@ class _Builder:
         return np.where(valid, labels, 0).astype(np.uint8), valid.astype(np.uint8)
 
 
-def _write_coords(group: zarr.Group, transform: Affine, height: int, width: int, crs_units: str,
-                  zarr_format: int, base_ref_attrs: dict) -> None:
-    """x/y pixel-centre coordinates and a spatial_ref, so the level is a georeferenced dataset of its own."""
-    x = transform.c + (np.arange(width) + 0.5) * transform.a
-    y = transform.f + (np.arange(height) + 0.5) * transform.e
-    for name, values in (("x", x), ("y", y)):
-        coord = group.create_array(name, shape=values.shape, chunks=values.shape, dtype="float64",
-                                   dimension_names=[name] if zarr_format == 3 else None)
-        coord[:] = values
-        coord.attrs.update({"units": crs_units,
-                            "standard_name": f"projection_{name}_coordinate"})
-        if zarr_format == 2:
-            coord.attrs["_ARRAY_DIMENSIONS"] = [name]
-    ref = group.create_array("spatial_ref", shape=(), dtype="int32",
-                             dimension_names=[] if zarr_format == 3 else None)
-    ref[...] = 0
-    attrs = dict(base_ref_attrs)
-    attrs["GeoTransform"] = " ".join(repr(float(v)) for v in transform.to_gdal())
-    ref.attrs.update(attrs)
-
-
-def _centre_transforms(transform: Affine, factor: int) -> list[dict]:
-    # OME-NGFF maps array indices to coordinates of pixel *centres* (as the x/y
-    # arrays do): scale is the signed pixel size (negative in y for north-up),
-    # translation the centre of pixel (0, 0).
-    t = transform @ Affine.scale(factor)
-    return [{"type": "scale", "scale": [t.e, t.a]},
-            {"type": "translation", "translation": [t.f + t.e / 2, t.c + t.a / 2]}]
-
-
-def _multiscales(mosaic: MosaicInfo, factors: list[int], method: str) -> list[dict]:
-    unit = "metre" if mosaic.crs.is_projected else "degree"
-    entries = []
-    for name in DATA_ARRAYS:
-        datasets = [{"path": name, "factor": 1, "transform": list(mosaic.transform.to_gdal()),
-                     "shape": [mosaic.height, mosaic.width],
-                     "coordinateTransformations": _centre_transforms(mosaic.transform, 1)}]
-        for f in factors:
-            datasets.append({
-                "path": f"{OVERVIEWS_GROUP}/{f}/{name}", "factor": f,
-                "transform": list((mosaic.transform @ Affine.scale(f)).to_gdal()),
-                "shape": list(_level_shape(mosaic.height, mosaic.width, f.bit_length() - 1)),
-                "coordinateTransformations": _centre_transforms(mosaic.transform, f),
-            })
-        entries.append({
-            "version": "0.4",
-            "name": name,
-            "axes": [{"name": "y", "type": "space", "unit": unit}, {"name": "x", "type": "space", "unit": unit}],
-            "datasets": datasets,
-            "type": "mode" if name == "labels" else "max",
-            "metadata": {"description": "labels: mode of the valid classes per block (ties to the lowest class, "
-                                        "0 where none valid); valid: 1 if any pixel of the block is valid",
-                         "method": method, "crs_wkt": mosaic.crs.to_wkt()},
-        })
-    return entries
-
-
-def build_overviews(mosaic_path: str | Path, *, min_side: int = 256, method: Literal["auto", "exact", "cascade"] = "auto",
-                    max_memory: int = _DEFAULT_MAX_MEMORY) -> list[int]:
+def build_overviews(
+    mosaic_path: str | Path,
+    *,
+    min_side: int = 256,
+    method: Literal["auto", "exact", "cascade"] = "auto",
+    max_memory: int = _DEFAULT_MAX_MEMORY,
+) -> list[int]:
     """Add overview levels 2, 4, 8, … to a finished mosaic; return their factors.
 
     Replaces any overviews already there. Levels are written under a temporary
@@ -308,32 +252,50 @@ def build_overviews(mosaic_path: str | Path, *, min_side: int = 256, method: Lit
     partial = zarr.open_group(str(root / _PARTIAL), mode="w", zarr_format=zarr_format)
     levels: dict[int, tuple[zarr.Array, zarr.Array]] = {}
     for level, f in enumerate(factors, start=1):
-        height, width = _level_shape(mosaic.height, mosaic.width, level)
+        height, width = level_shape(mosaic.height, mosaic.width, level)
         transform = mosaic.transform @ Affine.scale(f)
         group = partial.create_group(str(f))
-        group.attrs.update({"geoseg": {"factor": f, "transform": list(transform.to_gdal()), "height": height,
-                                       "width": width, "method": "exact" if exact else "cascade"}})
+        group.attrs.update(
+            {
+                "geoseg": {
+                    "factor": f,
+                    "transform": list(transform.to_gdal()),
+                    "height": height,
+                    "width": width,
+                    "method": "exact" if exact else "cascade",
+                }
+            }
+        )
         pair = []
         for name in DATA_ARRAYS:
-            arr = group.create_array(name, shape=(height, width), chunks=(mosaic.chunk, mosaic.chunk), dtype="uint8",
-                                     fill_value=0, dimension_names=dims if zarr_format == 3 else None)
+            arr = group.create_array(
+                name,
+                shape=(height, width),
+                chunks=(mosaic.chunk, mosaic.chunk),
+                dtype="uint8",
+                fill_value=0,
+                dimension_names=dims if zarr_format == 3 else None,
+            )
             arr_attrs = mosaic.group[name].attrs.asdict()  # _ARRAY_DIMENSIONS, grid_mapping, _CRS, class names…
-            arr_attrs["geoseg"] = {"factor": f, "transform": list(transform.to_gdal()),
-                                   "resampling": "mode" if name == "labels" else "max"}
+            arr_attrs["geoseg"] = {
+                "factor": f,
+                "transform": list(transform.to_gdal()),
+                "resampling": "mode" if name == "labels" else "max",
+            }
             arr.attrs.update(arr_attrs)
             pair.append(arr)
         levels[level] = (pair[0], pair[1])
-        _write_coords(group, transform, height, width, unit, zarr_format, ref_attrs)
+        write_coords(group, transform, height, width, unit, zarr_format, ref_attrs)
 
     builder = _Builder(mosaic, levels, exact)
     top = len(factors)
-    top_h, top_w = _level_shape(mosaic.height, mosaic.width, top)
+    top_h, top_w = level_shape(mosaic.height, mosaic.width, top)
     for row in range(-(-top_h // mosaic.chunk)):
         for col in range(-(-top_w // mosaic.chunk)):
             builder.node(top, row, col)
 
     os.replace(root / _PARTIAL, root / OVERVIEWS_GROUP)
-    mosaic.group.attrs["multiscales"] = _multiscales(mosaic, factors, "exact" if exact else "cascade")
+    mosaic.group.attrs["multiscales"] = multiscales(mosaic, factors, "exact" if exact else "cascade")
     return factors
 
 
@@ -366,7 +328,8 @@ def read_overview(mosaic_path: str | Path, factor: int) -> tuple[np.ndarray, np.
     if factor not in available:
         raise InputRasterError(
             f"{mosaic.path}: no overview with factor {factor!r} (has {available or 'none'}); "
-            "build them with geoseg.io.overviews.build_overviews or pick one of those")
+            "build them with geoseg.io.overviews.build_overviews or pick one of those"
+        )
     group = mosaic.group[f"{OVERVIEWS_GROUP}/{factor}"]
     transform = Affine.from_gdal(*group.attrs["geoseg"]["transform"])
     return np.asarray(group["labels"][:]), np.asarray(group["valid"][:]), transform

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geoseg.errors import StageError
 from geoseg.config.locations import is_uri
+from geoseg.errors import StageError
 
 __all__ = ["publish_outputs"]
 
@@ -51,7 +51,9 @@ def publish_outputs(outputs: list[str | Path], root: Path, target: str) -> list[
         try:
             relative = local.relative_to(root).as_posix()
         except ValueError:
-            raise StageError(f"publish: {local} is not under output_dir {root}; nothing outside it is published") from None
+            raise StageError(
+                f"publish: {local} is not under output_dir {root}; nothing outside it is published"
+            ) from None
         remote = f"{target.rstrip('/')}/{relative}"
         try:
             if fs.exists(remote):
@@ -62,7 +64,9 @@ def publish_outputs(outputs: list[str | Path], root: Path, target: str) -> list[
                 fs.put_file(str(local), remote)
         except Exception as exc:  # botocore/aiohttp raise many kinds; the user needs the cause in one line
             detail = " ".join(str(exc).split()) or type(exc).__name__
-            raise StageError(f"publish: uploading {local} to {remote} failed ({detail}); check the bucket, and the "
-                             "credentials and endpoint in the environment (AWS_* variables)") from None
+            raise StageError(
+                f"publish: uploading {local} to {remote} failed ({detail}); check the bucket, and the "
+                "credentials and endpoint in the environment (AWS_* variables)"
+            ) from None
         written.append(remote)
     return written

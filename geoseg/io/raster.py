@@ -6,7 +6,6 @@ Nothing here reads a whole scene; every read is a rasterio window.
 from __future__ import annotations
 
 import threading
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import InputRasterError
 from geoseg.config.locations import as_location, is_uri
+from geoseg.errors import InputRasterError
 from geoseg.tiling import Tile, mirror_indices
 
-__all__ = ["SceneInfo", "inspect_scene", "read_tile", "read_valid", "iter_blocks", "ThreadLocalRaster"]
+__all__ = ["SceneInfo", "ThreadLocalRaster", "inspect_scene", "iter_blocks", "read_tile", "read_valid"]
 
 
 @dataclass(frozen=True)
@@ -67,15 +66,19 @@ def inspect_scene(path: str | Path, *, field: str = "scene", bands: list[int] | 
             src.read(1, window=Window(0, 0, 1, 1))
     except RasterioIOError as exc:
         if is_uri(path):
-            raise InputRasterError(f"{path}: {field}: cannot read it from object storage ({exc}); check the URI, "
-                                   "and the credentials and endpoint in the environment (AWS_* variables)") from None
+            raise InputRasterError(
+                f"{path}: {field}: cannot read it from object storage ({exc}); check the URI, "
+                "and the credentials and endpoint in the environment (AWS_* variables)"
+            ) from None
         raise InputRasterError(f"{path}: {field}: not a readable raster ({exc}); re-export it as GeoTIFF") from None
     if crs is None:
         raise InputRasterError(
-            f"{path}: {field}: raster has no CRS; assign one, e.g. `gdal_edit.py -a_srs EPSG:32633 {path.name}`")
+            f"{path}: {field}: raster has no CRS; assign one, e.g. `gdal_edit.py -a_srs EPSG:32633 {path.name}`"
+        )
     if transform.is_identity or transform.b != 0 or transform.d != 0:
         raise InputRasterError(
-            f"{path}: {field}: needs a north-up geotransform (got {tuple(transform)[:6]!r}); warp it with gdalwarp")
+            f"{path}: {field}: needs a north-up geotransform (got {tuple(transform)[:6]!r}); warp it with gdalwarp"
+        )
     if len(set(dtypes)) != 1:
         raise InputRasterError(f"{path}: {field}: bands have mixed data types; convert with gdal_translate -ot")
     alpha = next((i + 1 for i, ci in enumerate(interps) if ci == ColorInterp.alpha), None)
@@ -83,9 +86,13 @@ def inspect_scene(path: str | Path, *, field: str = "scene", bands: list[int] | 
     if bands:
         bad = [b for b in bands if b < 1 or b > count]
         if bad:
-            raise InputRasterError(f"{path}: bands: {bad!r} not in the raster's bands 1..{count}; fix `bands:` in the job")
+            raise InputRasterError(
+                f"{path}: bands: {bad!r} not in the raster's bands 1..{count}; fix `bands:` in the job"
+            )
         if alpha in bands:
-            raise InputRasterError(f"{path}: bands: band {alpha} is the alpha band (a mask, not a colour); leave it out of `bands:`")
+            raise InputRasterError(
+                f"{path}: bands: band {alpha} is the alpha band (a mask, not a colour); leave it out of `bands:`"
+            )
         colour_bands = tuple(bands)
     return SceneInfo(path, height, width, count, dtypes[0], crs, transform, nodata, colour_bands, alpha)
 

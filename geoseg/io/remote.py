@@ -25,15 +25,18 @@ from urllib.parse import urlparse
 
 __all__ = ["configure_gdal_for_endpoint"]
 
+
 def configure_gdal_for_endpoint(environ=os.environ) -> dict[str, str]:
     """Derive GDAL's S3 settings from ``AWS_ENDPOINT_URL``; return what was set (nothing without it)."""
     endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
     if not endpoint or "AWS_S3_ENDPOINT" in environ:
         return {}
     parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-    settings = {"AWS_S3_ENDPOINT": parsed.netloc + parsed.path.rstrip("/"),
-                "AWS_HTTPS": "NO" if parsed.scheme == "http" else "YES",
-                # Path-style requests (endpoint/bucket/key): what S3-compatible servers expect.
-                "AWS_VIRTUAL_HOSTING": environ.get("AWS_VIRTUAL_HOSTING", "FALSE")}
+    settings = {
+        "AWS_S3_ENDPOINT": parsed.netloc + parsed.path.rstrip("/"),
+        "AWS_HTTPS": "NO" if parsed.scheme == "http" else "YES",
+        # Path-style requests (endpoint/bucket/key): what S3-compatible servers expect.
+        "AWS_VIRTUAL_HOSTING": environ.get("AWS_VIRTUAL_HOSTING", "FALSE"),
+    }
     environ.update(settings)
     return settings

@@ -22,16 +22,25 @@ def _resolve_auto_halo(job: Job, source: str) -> Job:
     from geoseg.models.instance import is_instance_arch
 
     if is_instance_arch(job.model.arch):
-        raise JobConfigError(f"{source}: tiling.halo: 'auto' measures a segmentation model's context; for "
-                             f"{job.model.arch} give the halo in pixels, at least half the largest object "
-                             "(tiles then overlap by more than any object, and the merge keeps a whole view)")
+        raise JobConfigError(
+            f"{source}: tiling.halo: 'auto' measures a segmentation model's context; for "
+            f"{job.model.arch} give the halo in pixels, at least half the largest object "
+            "(tiles then overlap by more than any object, and the merge keeps a whole view)"
+        )
     try:
-        halo = safe_halo(job.model.arch, encoder=job.model.encoder, options=dict(job.model.options),
-                         in_channels=len(job.bands) if job.bands else 3)
+        halo = safe_halo(
+            job.model.arch,
+            encoder=job.model.encoder,
+            options=dict(job.model.options),
+            in_channels=len(job.bands) if job.bands else 3,
+        )
     except Exception as exc:  # an unknown arch or encoder is reported by the input checks
-        raise JobConfigError(f"{source}: tiling.halo: cannot measure the context of {job.model.arch!r} ({exc}); "
-                             "give the halo in pixels") from None
+        raise JobConfigError(
+            f"{source}: tiling.halo: cannot measure the context of {job.model.arch!r} ({exc}); give the halo in pixels"
+        ) from None
     if job.tiling.tile_size - 2 * halo <= 0:
-        raise JobConfigError(f"{source}: tiling.tile_size: {job.tiling.tile_size} leaves no core with "
-                             f"{job.model.arch}'s safe halo {halo}; use tile_size >= {2 * halo + 256}")
+        raise JobConfigError(
+            f"{source}: tiling.tile_size: {job.tiling.tile_size} leaves no core with "
+            f"{job.model.arch}'s safe halo {halo}; use tile_size >= {2 * halo + 256}"
+        )
     return job.model_copy(update={"tiling": job.tiling.model_copy(update={"halo": halo})})

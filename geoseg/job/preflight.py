@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from geoseg.config import Job
+from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError
 from geoseg.io.labels import load_labels
 from geoseg.io.raster import SceneInfo, inspect_scene
-from geoseg.models import is_instance_arch, ARCHITECTURES, build_model, output_stride
-from geoseg.config.paths import JobPaths
-from geoseg.tiling import check_tile_size
+from geoseg.models import ARCHITECTURES, build_model, is_instance_arch, output_stride
 from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import build_model_from_card, read_card
+from geoseg.tiling import check_tile_size
 
 __all__ = ["check_job_inputs"]
 
@@ -31,24 +31,40 @@ def _collect(problems: list[str], call, *args, **kwargs):
 
 def _check_model(job: Job, source: str, problems: list[str]) -> None:
     if job.model.arch not in ARCHITECTURES:
-        problems.append(f"{source}: model.arch: unknown architecture {job.model.arch!r}; "
-                        f"choose one of {', '.join(ARCHITECTURES)}")
+        problems.append(
+            f"{source}: model.arch: unknown architecture {job.model.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+        )
         return
-    model = _collect(problems, build_model, job.model.arch, in_channels=3, num_classes=len(job.classes),
-                     encoder=job.model.encoder, **job.model.options)
+    model = _collect(
+        problems,
+        build_model,
+        job.model.arch,
+        in_channels=3,
+        num_classes=len(job.classes),
+        encoder=job.model.encoder,
+        **job.model.options,
+    )
     if model is None:
         problems[-1] = f"{source}: {problems[-1]}"
         return
     stride = output_stride(model)
-    for field, size, halo in (("tiling.tile_size", job.tiling.tile_size, job.tiling.halo),
-                              ("train.tile_size", job.train.tile_size if job.train else None, 0)):
+    for field, size, halo in (
+        ("tiling.tile_size", job.tiling.tile_size, job.tiling.halo),
+        ("train.tile_size", job.train.tile_size if job.train else None, 0),
+    ):
         message = check_tile_size(size, stride, job.model.arch, halo) if size else None
         if message:
             problems.append(f"{source}: {field}: {message}")
-    if job.train and job.train.batch_size == 1 and not is_instance_arch(job.model.arch) \
-            and not _trains_on_single_crops(model, job.train.tile_size):
-        problems.append(f"{source}: train.batch_size: {job.model.arch} normalises pooled features over the batch "
-                        "and cannot train on one crop at a time; use batch_size 2 or more")
+    if (
+        job.train
+        and job.train.batch_size == 1
+        and not is_instance_arch(job.model.arch)
+        and not _trains_on_single_crops(model, job.train.tile_size)
+    ):
+        problems.append(
+            f"{source}: train.batch_size: {job.model.arch} normalises pooled features over the batch "
+            "and cannot train on one crop at a time; use batch_size 2 or more"
+        )
     if job.model.weights and not Path(job.model.weights).is_file():
         problems.append(f"{source}: model.weights: file not found: {job.model.weights}")
 
@@ -78,9 +94,11 @@ def _trains_on_single_crops(model, size: int) -> bool:
 
 def _check_band_match(scene: SceneInfo, reference: SceneInfo, field: str, problems: list[str]) -> None:
     if len(scene.bands) != len(reference.bands) or scene.dtype != reference.dtype:
-        problems.append(f"{scene.path}: {field}: {len(scene.bands)} band(s) of {scene.dtype}, but the training scene "
-                        f"{reference.path.name} has {len(reference.bands)} of {reference.dtype}; use matching imagery "
-                        "or set `bands:`")
+        problems.append(
+            f"{scene.path}: {field}: {len(scene.bands)} band(s) of {scene.dtype}, but the training scene "
+            f"{reference.path.name} has {len(reference.bands)} of {reference.dtype}; use matching imagery "
+            "or set `bands:`"
+        )
 
 
 def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
@@ -98,9 +116,16 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
                 first = scene
             else:
                 _check_band_match(scene, first, f"train.scenes[{i}].image", problems)
-            _collect(problems, load_labels, pair.labels, scene=scene, classes=job.classes,
-                     field=job.train.label_field, source=f"train.scenes[{i}].labels",
-                     ignore=job.train.ignore_classes)
+            _collect(
+                problems,
+                load_labels,
+                pair.labels,
+                scene=scene,
+                classes=job.classes,
+                field=job.train.label_field,
+                source=f"train.scenes[{i}].labels",
+                ignore=job.train.ignore_classes,
+            )
     needs_scene = {"predict", "evaluate"} & set(stages)
     if needs_scene and job.predict:
         card = checkpoint = None
@@ -108,33 +133,58 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
             checkpoint = job.predict.checkpoint or JobPaths.of(job).checkpoint
             card = _collect(problems, read_card, checkpoint)
             if card is not None and bands and list(bands) != list(card.bands):
-                problems.append(f"{source}: bands: {list(bands)} differs from the bands the model in {checkpoint} "
-                                f"was trained on ({list(card.bands)}); remove `bands:` or set it to {list(card.bands)}")
+                problems.append(
+                    f"{source}: bands: {list(bands)} differs from the bands the model in {checkpoint} "
+                    f"was trained on ({list(card.bands)}); remove `bands:` or set it to {list(card.bands)}"
+                )
         scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=bands)
-        if scene is not None and card is not None and not bands and \
-                all(1 <= b <= scene.count and b != scene.alpha for b in card.bands):
+        if (
+            scene is not None
+            and card is not None
+            and not bands
+            and all(1 <= b <= scene.count and b != scene.alpha for b in card.bands)
+        ):
             # Prediction reads the card's bands when the job names none (as run_predict does).
             scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=card.bands)
         if scene is not None and first is not None:
             _check_band_match(scene, first, "predict.scene", problems)
         if scene is not None and card is not None:
             if len(card.bands) != len(scene.bands) or card.dtype != scene.dtype:
-                problems.append(f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the "
-                                f"model in {checkpoint} was trained on {len(card.bands)} of {card.dtype}; "
-                                "predict imagery like the training scenes, or choose them with `bands:`")
+                problems.append(
+                    f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the "
+                    f"model in {checkpoint} was trained on {len(card.bands)} of {card.dtype}; "
+                    "predict imagery like the training scenes, or choose them with `bands:`"
+                )
             if card is not None and (card.arch, card.encoder, card.options) != (
-                    job.model.arch, job.model.encoder, dict(job.model.options)):
+                job.model.arch,
+                job.model.encoder,
+                dict(job.model.options),
+            ):
                 _check_checkpoint_stride(job, source, card, checkpoint, problems)
         if scene is not None and "evaluate" in stages and job.evaluate:
             labels = job.evaluate.labels  # a Path, or a RemotePath for an s3:// URI
             if labels.suffix.lower() in (".tif", ".tiff"):
                 truth = _collect(problems, inspect_scene, labels, field="evaluate.labels")
                 if truth is not None and (truth.height, truth.width, truth.transform, truth.crs) != (
-                        scene.height, scene.width, scene.transform, scene.crs):
-                    problems.append(f"{labels}: evaluate.labels: label raster is not on the scene's grid; "
-                                    "give polygons instead, or warp it onto the scene (gdalwarp -te -tr)")
+                    scene.height,
+                    scene.width,
+                    scene.transform,
+                    scene.crs,
+                ):
+                    problems.append(
+                        f"{labels}: evaluate.labels: label raster is not on the scene's grid; "
+                        "give polygons instead, or warp it onto the scene (gdalwarp -te -tr)"
+                    )
             else:
                 field = job.train.label_field if job.train else "class"
-                _collect(problems, load_labels, labels, scene=scene, classes=job.classes, field=field,
-                         source="evaluate.labels", ignore=job.train.ignore_classes if job.train else ())
+                _collect(
+                    problems,
+                    load_labels,
+                    labels,
+                    scene=scene,
+                    classes=job.classes,
+                    field=field,
+                    source="evaluate.labels",
+                    ignore=job.train.ignore_classes if job.train else (),
+                )
     return problems

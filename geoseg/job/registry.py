@@ -10,7 +10,7 @@ from geoseg.config import STAGES, Job
 from geoseg.config.stages import stage_info
 from geoseg.errors import JobConfigError
 
-__all__ = ["stage_runner", "check_stage_sections", "StageRunner"]
+__all__ = ["StageRunner", "check_stage_sections", "stage_runner"]
 
 StageRunner = Callable[..., dict[str, Any]]  # runner(job, *, address, log, force) -> the stage's summary
 
@@ -30,10 +30,15 @@ def check_stage_sections(job: Job, stages: list[str] | None, source: str) -> lis
     stages = list(stages or job.stages)
     unknown = [name for name in stages if name not in {s.name for s in STAGES}]
     if unknown:
-        raise JobConfigError([f"{source}: unknown stage {name!r}; choose from {', '.join(s.name for s in STAGES)}"
-                              for name in unknown])
-    problems = [f"{source}: stage {name!r} needs a `{section}:` section" for name in stages
-                for section in stage_info(name).sections if getattr(job, section) is None]
+        raise JobConfigError(
+            [f"{source}: unknown stage {name!r}; choose from {', '.join(s.name for s in STAGES)}" for name in unknown]
+        )
+    problems = [
+        f"{source}: stage {name!r} needs a `{section}:` section"
+        for name in stages
+        for section in stage_info(name).sections
+        if getattr(job, section) is None
+    ]
     if problems:
         raise JobConfigError(problems)
     return stages

@@ -6,15 +6,23 @@ import time
 from pathlib import Path
 
 from geoseg.config import Job
-from geoseg.job.load import load_job
-from geoseg.job.registry import check_stage_sections, stage_runner
-from geoseg.errors import JobConfigError
 from geoseg.config.paths import JobPaths
+from geoseg.errors import JobConfigError
+from geoseg.job.load import load_job
 from geoseg.job.preflight import check_job_inputs
-from geoseg.job.runrecord import (LATEST, RUN_FILE, RunRecord, code_version, finished_run, input_fingerprints,
-                                      noop_message, stage_outputs)
+from geoseg.job.registry import check_stage_sections, stage_runner
+from geoseg.job.runrecord import (
+    LATEST,
+    RUN_FILE,
+    RunRecord,
+    code_version,
+    finished_run,
+    input_fingerprints,
+    noop_message,
+    stage_outputs,
+)
 
-__all__ = ["validate_job", "run_job"]
+__all__ = ["run_job", "validate_job"]
 
 
 def validate_job(path: str | Path, stages: list[str] | None = None) -> tuple[Job, list[str]]:
@@ -27,8 +35,9 @@ def validate_job(path: str | Path, stages: list[str] | None = None) -> tuple[Job
     return job, stages
 
 
-def run_job(path: str | Path, *, stages: list[str] | None = None, address: str | None = None, log=print,
-            force: bool = False) -> dict:
+def run_job(
+    path: str | Path, *, stages: list[str] | None = None, address: str | None = None, log=print, force: bool = False
+) -> dict:
     """Run ``stages`` (default: the job's) in order; return each stage's summary, and the run under "run".
 
     Each run is recorded in ``output_dir/runs/<run id>/run.json``. When the most recent run already

@@ -57,14 +57,14 @@ import socket
 import subprocess
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import geoseg._version
 from geoseg.config import Job
 from geoseg.config.paths import JobPaths
 
-__all__ = ["RunRecord", "finished_run", "code_version", "input_fingerprints", "RUN_FILE", "LATEST"]
+__all__ = ["LATEST", "RUN_FILE", "RunRecord", "code_version", "finished_run", "input_fingerprints"]
 
 FORMAT = "geoseg-run/1"
 RUN_FILE = "run.json"
@@ -73,7 +73,7 @@ _PACKAGE = Path(geoseg.__file__).resolve().parent
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _shown(stamp: str | None) -> str:
@@ -99,24 +99,30 @@ def job_sha256(job: Job) -> str:
 
 
 def code_version() -> dict:
-    """geoseg's version, git commit (best effort) and a hash of its sources."""
+    """Geoseg's version, git commit (best effort) and a hash of its sources."""
     digest = hashlib.sha256()
     for path in sorted(_PACKAGE.rglob("*.py")):
         digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     commit = dirty = None
     root = _PACKAGE.parent
     try:
+
         def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
 
         if Path(git("rev-parse", "--show-toplevel")).resolve() == root:  # geoseg's own checkout, not an outer one
             commit = git("rev-parse", "HEAD")
             dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", _PACKAGE.name))
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"geoseg_version": geoseg._version.__version__, "git_commit": commit, "git_dirty": dirty,
-            "source_sha256": digest.hexdigest()}
+    return {
+        "geoseg_version": geoseg._version.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "source_sha256": digest.hexdigest(),
+    }
 
 
 def _checkpoint_path(job: Job) -> Path:
@@ -149,8 +155,12 @@ def input_fingerprints(job: Job, stages: list[str]) -> list[dict]:
         if isinstance(path, Path):  # local; an s3:// object (a str subclass) is not asked for
             try:
                 stat = Path(path).stat()
-                entry.update(size=stat.st_size, mtime=datetime.fromtimestamp(stat.st_mtime, timezone.utc)
-                             .isoformat(timespec="microseconds").replace("+00:00", "Z"))
+                entry.update(
+                    size=stat.st_size,
+                    mtime=datetime.fromtimestamp(stat.st_mtime, UTC)
+                    .isoformat(timespec="microseconds")
+                    .replace("+00:00", "Z"),
+                )
             except OSError:
                 entry["missing"] = True
         found.append(entry)
@@ -189,8 +199,17 @@ class RunRecord:
         return self.data["run_id"]
 
     @classmethod
-    def start(cls, job: Job, job_file: str | Path, stages: list[str], *, force: bool = False,
-              address: str | None = None, code: dict | None = None, inputs: list[dict] | None = None) -> "RunRecord":
+    def start(
+        cls,
+        job: Job,
+        job_file: str | Path,
+        stages: list[str],
+        *,
+        force: bool = False,
+        address: str | None = None,
+        code: dict | None = None,
+        inputs: list[dict] | None = None,
+    ) -> RunRecord:
         runs = JobPaths.of(job).runs
         runs.mkdir(parents=True, exist_ok=True)
         while True:  # the random suffix keeps two runs started in the same second apart
@@ -201,14 +220,30 @@ class RunRecord:
             except FileExistsError:
                 continue
         data = {
-            "format": FORMAT, "run_id": run_id, "status": "running", "error": None,
-            "started": _now(), "ended": None, "seconds": None, "force": force,
-            "host": socket.gethostname(), "address": address or job.runtime.address or os.environ.get("RAY_ADDRESS"),
+            "format": FORMAT,
+            "run_id": run_id,
+            "status": "running",
+            "error": None,
+            "started": _now(),
+            "ended": None,
+            "seconds": None,
+            "force": force,
+            "host": socket.gethostname(),
+            "address": address or job.runtime.address or os.environ.get("RAY_ADDRESS"),
             "job": {"name": job.name, "file": str(Path(job_file).resolve()), "sha256": job_sha256(job)},
             "code": code or code_version(),
             "stages_requested": list(stages),
-            "stages": {stage: {"status": "pending", "started": None, "ended": None, "seconds": None, "error": None,
-                               "outputs": []} for stage in stages},
+            "stages": {
+                stage: {
+                    "status": "pending",
+                    "started": None,
+                    "ended": None,
+                    "seconds": None,
+                    "error": None,
+                    "outputs": [],
+                }
+                for stage in stages
+            },
             "checkpoint": {"path": str(_checkpoint_path(job)), "weights_sha256": None},
             "inputs": inputs if inputs is not None else input_fingerprints(job, stages),
         }
@@ -233,8 +268,9 @@ class RunRecord:
         try:
             yield result
         except BaseException as exc:
-            entry.update(status="failed", ended=_now(), seconds=round(time.perf_counter() - clock, 3),
-                         error=_error_line(exc))
+            entry.update(
+                status="failed", ended=_now(), seconds=round(time.perf_counter() - clock, 3), error=_error_line(exc)
+            )
             self.fail(exc, stage=name)
             raise
         entry.update(status="done", ended=_now(), seconds=round(time.perf_counter() - clock, 3))
@@ -250,8 +286,12 @@ class RunRecord:
 
     def finish(self, error: str | None = None) -> None:
         """Status done (and ``runs/latest.json``), or failed with ``error``."""
-        self.data.update(status="failed" if error else "done", error=error, ended=_now(),
-                         seconds=round(time.perf_counter() - self._clock, 3))
+        self.data.update(
+            status="failed" if error else "done",
+            error=error,
+            ended=_now(),
+            seconds=round(time.perf_counter() - self._clock, 3),
+        )
         self.write()
         if not error:
             _write_json(self.folder.parent / LATEST, self.data)
@@ -316,10 +356,12 @@ def _difference(last: dict, job: Job, stages: list[str], code: dict, inputs: lis
     return None
 
 
-def finished_run(job: Job, stages: list[str], *, code: dict | None = None,
-                 inputs: list[dict] | None = None) -> tuple[dict | None, str | None]:
+def finished_run(
+    job: Job, stages: list[str], *, code: dict | None = None, inputs: list[dict] | None = None
+) -> tuple[dict | None, str | None]:
     """``(run, None)`` when the most recent run already did this work (see the module doc), else
-    ``(None, why)``; ``why`` is None when there was no earlier run."""
+    ``(None, why)``; ``why`` is None when there was no earlier run.
+    """
     runs = _runs(JobPaths.of(job).runs)
     if not runs:
         return None, None
@@ -330,5 +372,7 @@ def finished_run(job: Job, stages: list[str], *, code: dict | None = None,
 
 
 def noop_message(job: Job, run: dict) -> str:
-    return (f"geoseg: job {job.name!r} already finished in run {run['run_id']} ({_shown(run.get('ended'))}); "
-            "nothing to do (--force runs it again)")
+    return (
+        f"geoseg: job {job.name!r} already finished in run {run['run_id']} ({_shown(run.get('ended'))}); "
+        "nothing to do (--force runs it again)"
+    )

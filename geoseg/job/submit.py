@@ -62,8 +62,14 @@ class Submission:
     address: str
 
 
-def submit_job(job_path: str | Path, *, address: str | None, stages: list[str] | None = None,
-               job_dir: str | None = None, submission_id: str | None = None) -> Submission:
+def submit_job(
+    job_path: str | Path,
+    *,
+    address: str | None,
+    stages: list[str] | None = None,
+    job_dir: str | None = None,
+    submission_id: str | None = None,
+) -> Submission:
     """Validate the job here, then submit ``geoseg run`` of it to the cluster whose job server is at ``address``.
 
     ``job_dir`` is the job file's folder as the cluster's nodes see it (default: its absolute path
@@ -77,11 +83,14 @@ def submit_job(job_path: str | Path, *, address: str | None, stages: list[str] |
     if isinstance(shipped.get("runtime"), dict):
         shipped["runtime"] = {key: value for key, value in shipped["runtime"].items() if key != "address"}
     command = ["geoseg", "run", job_path.name] + (["--stages", *stages] if stages else [])
-    text = (f"# {job_path.name} as submitted by geoseg {__version__}; paths made absolute for the cluster\n"
-            + yaml.safe_dump(shipped, sort_keys=False))
+    text = (
+        f"# {job_path.name} as submitted by geoseg {__version__}; paths made absolute for the cluster\n"
+        + yaml.safe_dump(shipped, sort_keys=False)
+    )
     metadata = {"geoseg_job": job.name, "geoseg_version": __version__, "job_file": str(job_path.resolve())}
-    given = submit_job_file(job_path.name, text, address=address, entrypoint=command,
-                            submission_id=submission_id, metadata=metadata)
+    given = submit_job_file(
+        job_path.name, text, address=address, entrypoint=command, submission_id=submission_id, metadata=metadata
+    )
     return Submission(given, job.name, stages_run, address)
 
 
@@ -90,7 +99,9 @@ def _validate(job_path: str | Path, stages: list[str] | None, job_dir: str | Non
     if job_dir is None:
         return validate_job(job_path, stages)
     if not job_dir.startswith("/"):
-        raise JobConfigError(f"--job-dir {job_dir!r}: give the job file's folder as an absolute path on the "
-                             "cluster's nodes, e.g. /home/ray/geoseg/jobs")
+        raise JobConfigError(
+            f"--job-dir {job_dir!r}: give the job file's folder as an absolute path on the "
+            "cluster's nodes, e.g. /home/ray/geoseg/jobs"
+        )
     job = load_job(job_path)  # the schema, the stage sections of the job's own `stages:`, halo auto
     return job, check_stage_sections(job, stages, str(job_path))

@@ -9,8 +9,27 @@
 
 from geoseg.models.card import CARD_FORMAT, ModelCard
 from geoseg.models.instance import is_instance_arch
-from geoseg.models.registry import (ARCHITECTURES, DEFAULT_ENCODER, ModelInfo, build_model, model_info, output_stride,
-                                    resolve_encoder, smallest_tile)
+from geoseg.models.registry import (
+    ARCHITECTURES,
+    DEFAULT_ENCODER,
+    ModelInfo,
+    build_model,
+    model_info,
+    output_stride,
+    resolve_encoder,
+    smallest_tile,
+)
 
-__all__ = ["ARCHITECTURES", "CARD_FORMAT", "DEFAULT_ENCODER", "ModelCard", "ModelInfo", "build_model", "model_info",
-           "output_stride", "resolve_encoder", "smallest_tile", "is_instance_arch"]
+__all__ = [
+    "ARCHITECTURES",
+    "CARD_FORMAT",
+    "DEFAULT_ENCODER",
+    "ModelCard",
+    "ModelInfo",
+    "build_model",
+    "is_instance_arch",
+    "model_info",
+    "output_stride",
+    "resolve_encoder",
+    "smallest_tile",
+]

@@ -80,21 +80,28 @@ def card_from_json(text: str, source: str | Path) -> ModelCard:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{source}: model card is not valid JSON ({exc}); retrain with `geoseg train JOB`, "
-                              "which writes a new checkpoint") from None
+        raise CheckpointError(
+            f"{source}: model card is not valid JSON ({exc}); retrain with `geoseg train JOB`, "
+            "which writes a new checkpoint"
+        ) from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{source}: a model card is a JSON object (got {type(data).__name__}); retrain with "
-                              "`geoseg train JOB`")
+        raise CheckpointError(
+            f"{source}: a model card is a JSON object (got {type(data).__name__}); retrain with `geoseg train JOB`"
+        )
     if data.get("format") != CARD_FORMAT:
-        raise CheckpointError(f"{source}: format: {data.get('format')!r} is not a model card this geoseg reads "
-                              f"({CARD_FORMAT!r}); retrain with `geoseg train JOB`, or use the geoseg version that "
-                              "wrote it")
+        raise CheckpointError(
+            f"{source}: format: {data.get('format')!r} is not a model card this geoseg reads "
+            f"({CARD_FORMAT!r}); retrain with `geoseg train JOB`, or use the geoseg version that "
+            "wrote it"
+        )
     try:
         return ModelCard.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(_describe(err) for err in exc.errors())
-        raise CheckpointError(f"{source}: not a valid model card: {problems}; restore the file the train stage wrote "
-                              "or retrain with `geoseg train JOB`") from None
+        raise CheckpointError(
+            f"{source}: not a valid model card: {problems}; restore the file the train stage wrote "
+            "or retrain with `geoseg train JOB`"
+        ) from None
 
 
 def _describe(err: dict) -> str:

@@ -15,8 +15,17 @@ from geoseg.errors import CheckpointError
 from geoseg.models.card import ModelCard, card_from_json
 from geoseg.models.registry import build_model
 
-__all__ = ["WEIGHTS", "CARD", "BEST_WEIGHTS", "save_checkpoint", "load_checkpoint", "read_card", "publish_checkpoint",
-           "build_model_from_card", "weights_sha256"]
+__all__ = [
+    "BEST_WEIGHTS",
+    "CARD",
+    "WEIGHTS",
+    "build_model_from_card",
+    "load_checkpoint",
+    "publish_checkpoint",
+    "read_card",
+    "save_checkpoint",
+    "weights_sha256",
+]
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
@@ -48,15 +57,18 @@ def read_card(folder: str | Path) -> ModelCard:
     folder = Path(folder)
     card_path = folder / CARD
     if not card_path.is_file() or not (folder / WEIGHTS).is_file():
-        raise CheckpointError(f"{folder}: checkpoint not found (needs {WEIGHTS} and {CARD}); "
-                              "run the train stage first or set predict.checkpoint")
+        raise CheckpointError(
+            f"{folder}: checkpoint not found (needs {WEIGHTS} and {CARD}); "
+            "run the train stage first or set predict.checkpoint"
+        )
     return card_from_json(card_path.read_text(), card_path)
 
 
 def build_model_from_card(card: ModelCard) -> torch.nn.Module:
     """A randomly initialised model of the architecture a model card describes."""
-    return build_model(card.arch, in_channels=card.in_channels, num_classes=card.num_classes, encoder=card.encoder,
-                       **card.options)
+    return build_model(
+        card.arch, in_channels=card.in_channels, num_classes=card.num_classes, encoder=card.encoder, **card.options
+    )
 
 
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
@@ -68,7 +80,9 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> t
         state = load_file(str(folder / WEIGHTS), device=str(device))
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError) as exc:
-        raise CheckpointError(f"{folder / WEIGHTS}: weights do not load into {card.arch}/{card.encoder} ({exc})") from None
+        raise CheckpointError(
+            f"{folder / WEIGHTS}: weights do not load into {card.arch}/{card.encoder} ({exc})"
+        ) from None
     return model.to(device).eval(), card
 
 

@@ -34,8 +34,19 @@ from torch.overrides import TorchFunctionMode
 
 from geoseg.models.registry import ARCHITECTURES, DEFAULT_ENCODER, build_model, output_stride, resolve_encoder
 
-__all__ = ["EXACT_TILING", "GLOBAL_CONTEXT", "NOT_EQUIVARIANT", "GLOBAL_HALO_CAP", "KNOWN_HALOS", "exact_tiling",
-           "has_global_context", "tiling_stride", "context_radius", "measure_halo", "safe_halo"]
+__all__ = [
+    "EXACT_TILING",
+    "GLOBAL_CONTEXT",
+    "GLOBAL_HALO_CAP",
+    "KNOWN_HALOS",
+    "NOT_EQUIVARIANT",
+    "context_radius",
+    "exact_tiling",
+    "has_global_context",
+    "measure_halo",
+    "safe_halo",
+    "tiling_stride",
+]
 
 # Tiled == whole (to float round-off) once the halo covers the radius: only local
 # convolutions, nearest upsampling, no resampling in the segmentation head; or
@@ -66,15 +77,29 @@ GLOBAL_HALO_CAP = 256
 # default options, 3 bands (smp 0.6, torchvision 0.29), so that the common case
 # costs nothing at run time; tests/models/test_seams.py re-measures them (slow).
 # fcn_resnet50: exact receptive-field radius 229 px (1e-6 effective: 225) → 232.
-KNOWN_HALOS = {"unet": 288, "unetplusplus": 288, "linknet": 256, "segformer": 256, "pspnet": 72,
-               "deeplabv3": 256, "deeplabv3plus": 256, "fpn": 256, "manet": 256, "pan": 256, "upernet": 256,
-               "fcn_resnet50": 232, "deeplabv3_resnet50": 256}
+KNOWN_HALOS = {
+    "unet": 288,
+    "unetplusplus": 288,
+    "linknet": 256,
+    "segformer": 256,
+    "pspnet": 72,
+    "deeplabv3": 256,
+    "deeplabv3plus": 256,
+    "fpn": 256,
+    "manet": 256,
+    "pan": 256,
+    "upernet": 256,
+    "fcn_resnet50": 232,
+    "deeplabv3_resnet50": 256,
+}
 
 
 def _options_global(options: dict | None) -> bool:
     options = options or {}
-    return (options.get("decoder_attention_type") is not None  # scSE pools the whole input
-            or "instance" in str(options.get("decoder_use_norm", "")).lower())
+    return (
+        options.get("decoder_attention_type") is not None  # scSE pools the whole input
+        or "instance" in str(options.get("decoder_use_norm", "")).lower()
+    )
 
 
 def has_global_context(arch: str, options: dict | None = None) -> bool:
@@ -90,7 +115,8 @@ def exact_tiling(arch: str, options: dict | None = None) -> bool:
 def tiling_stride(arch: str, model: torch.nn.Module) -> int:
     """The alignment halo and core need: the encoder's stride, times 8 for PAN's FPA block
     (three more 2× max pools below the encoder; smaller multiples fail or misalign).
-    :func:`geoseg.models.registry.output_stride` already applies PAN's factor."""
+    :func:`geoseg.models.registry.output_stride` already applies PAN's factor.
+    """
     return output_stride(model)
 
 
@@ -117,8 +143,16 @@ class _FreezeGlobal(TorchFunctionMode):
         return out
 
 
-def context_radius(model: torch.nn.Module, *, in_channels: int, stride: int, probe: int = 512,
-                   rel_tol: float = 0.0, local_only: bool = False, seed: int = 0) -> int | None:
+def context_radius(
+    model: torch.nn.Module,
+    *,
+    in_channels: int,
+    stride: int,
+    probe: int = 512,
+    rel_tol: float = 0.0,
+    local_only: bool = False,
+    seed: int = 0,
+) -> int | None:
     """Pixels from an output pixel to the farthest input pixel it depends on (not rounded).
 
     ``rel_tol=0`` gives the exact receptive field, ``1e-6`` the effective one.
@@ -144,7 +178,7 @@ def context_radius(model: torch.nn.Module, *, in_channels: int, stride: int, pro
         else:
             out = model(x)
         weights = torch.randn(out.shape[1], generator=gen).to(out)
-        block = out[:, :, centre:centre + stride, centre:centre + stride]
+        block = out[:, :, centre : centre + stride, centre : centre + stride]
         (block * weights[:, None, None]).sum().backward(inputs=[x])
     model.train(was_training)
     grad = x.grad.abs().sum(dim=(0, 1))
@@ -179,15 +213,18 @@ def _measure_halo(arch: str, encoder: str, options_json: str, in_channels: int) 
             break
         probe = min(2 * probe, limit)
     if glob:
-        return min(_round_up(radius if radius is not None else GLOBAL_HALO_CAP, stride),
-                   max(stride, GLOBAL_HALO_CAP // stride * stride))
+        return min(
+            _round_up(radius if radius is not None else GLOBAL_HALO_CAP, stride),
+            max(stride, GLOBAL_HALO_CAP // stride * stride),
+        )
     if radius is None:
         raise ValueError(f"{arch}/{encoder}: context wider than {limit} px; is the model global?")
     return _round_up(radius, stride)
 
 
-def measure_halo(arch: str, *, encoder: str = DEFAULT_ENCODER, options: dict | None = None,
-                 in_channels: int = 3) -> int:
+def measure_halo(
+    arch: str, *, encoder: str = DEFAULT_ENCODER, options: dict | None = None, in_channels: int = 3
+) -> int:
     """Halo (a multiple of the tiling stride) covering the model's measured context.
 
     Exact-tiling models: the exact receptive-field radius, rounded up. Global-

@@ -38,10 +38,12 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from geoseg.errors import ModelError
 
-__all__ = ["INSTANCE_ARCHITECTURES", "build_instance_model", "is_instance_arch", "NativeResolutionTransform"]
+__all__ = ["INSTANCE_ARCHITECTURES", "NativeResolutionTransform", "build_instance_model", "is_instance_arch"]
 
-INSTANCE_ARCHITECTURES = {"maskrcnn_resnet18_fpn": "torchvision.MaskRCNN(resnet18-FPN)",
-                          "maskrcnn_resnet50_fpn": "torchvision.maskrcnn_resnet50_fpn"}
+INSTANCE_ARCHITECTURES = {
+    "maskrcnn_resnet18_fpn": "torchvision.MaskRCNN(resnet18-FPN)",
+    "maskrcnn_resnet50_fpn": "torchvision.maskrcnn_resnet50_fpn",
+}
 # Detections kept per tile: a 512-px tile of a dense town holds well over torchvision's default 100 buildings.
 DETECTIONS_PER_TILE = 300
 STRIDE = 32  # the FPN's coarsest level; tiles are padded to a multiple of it
@@ -51,8 +53,9 @@ class NativeResolutionTransform(GeneralizedRCNNTransform):
     """torchvision's batching transform without the resize and with identity normalisation."""
 
     def __init__(self, bands: int):
-        super().__init__(min_size=1, max_size=1, image_mean=[0.0] * bands, image_std=[1.0] * bands,
-                         size_divisible=STRIDE)
+        super().__init__(
+            min_size=1, max_size=1, image_mean=[0.0] * bands, image_std=[1.0] * bands, size_divisible=STRIDE
+        )
 
     def resize(self, image, target=None):
         return image, target
@@ -65,25 +68,38 @@ def is_instance_arch(arch: str) -> bool:
 def _resnet18_fpn(in_channels: int, num_classes: int) -> MaskRCNN:
     body = resnet18(weights=None, norm_layer=nn.BatchNorm2d)
     channels = 128
-    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-                               [64, 128, 256, 512], channels, extra_blocks=LastLevelMaxPool())
+    backbone = BackboneWithFPN(
+        body,
+        {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        [64, 128, 256, 512],
+        channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
     sizes = ((16,), (32,), (64,), (128,), (256,))
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     model = MaskRCNN(
-        backbone, num_classes=None, rpn_anchor_generator=anchors,
-        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
-        rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=500,
-        box_batch_size_per_image=128, box_detections_per_img=DETECTIONS_PER_TILE,
-        box_head=TwoMLPHead(channels * 7 * 7, 512), box_predictor=FastRCNNPredictor(512, num_classes),
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=1000,
+        rpn_post_nms_top_n_test=500,
+        box_batch_size_per_image=128,
+        box_detections_per_img=DETECTIONS_PER_TILE,
+        box_head=TwoMLPHead(channels * 7 * 7, 512),
+        box_predictor=FastRCNNPredictor(512, num_classes),
         mask_head=MaskRCNNHeads(channels, (channels,) * 4, 1),
-        mask_predictor=MaskRCNNPredictor(channels, channels, num_classes))
+        mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
+    )
     return model
 
 
 def _resnet50_fpn(in_channels: int, num_classes: int) -> MaskRCNN:
     # Without weights torchvision trains every backbone layer, with ordinary BatchNorm.
-    return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
-                                 box_detections_per_img=DETECTIONS_PER_TILE)
+    return maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=num_classes, box_detections_per_img=DETECTIONS_PER_TILE
+    )
 
 
 def build_instance_model(arch: str, *, in_channels: int, num_classes: int, options: dict | None = None) -> MaskRCNN:
@@ -106,4 +122,3 @@ def build_instance_model(arch: str, *, in_channels: int, num_classes: int, optio
         model.backbone.body.conv1 = conv
     model.output_stride = STRIDE
     return model
-

@@ -39,9 +39,23 @@ from geoseg.errors import ModelError
 from geoseg.models.instance import INSTANCE_ARCHITECTURES, build_instance_model, is_instance_arch
 from geoseg.tiling import check_tile_size
 
-__all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "SMP_ARCHITECTURES", "TORCHVISION_ARCHITECTURES", "DEFAULT_ENCODER",
-           "TORCHVISION_BACKBONE", "ModelInfo", "build_model", "resolve_encoder", "output_stride", "smallest_tile",
-           "model_info", "FCNLogits", "DeepLabV3Logits", "is_instance_arch"]
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_ENCODER",
+    "SEGMENTATION_ARCHITECTURES",
+    "SMP_ARCHITECTURES",
+    "TORCHVISION_ARCHITECTURES",
+    "TORCHVISION_BACKBONE",
+    "DeepLabV3Logits",
+    "FCNLogits",
+    "ModelInfo",
+    "build_model",
+    "is_instance_arch",
+    "model_info",
+    "output_stride",
+    "resolve_encoder",
+    "smallest_tile",
+]
 
 
 class FCNLogits(FCN):
@@ -83,8 +97,10 @@ _TORCHVISION = {"fcn_resnet50": (fcn_resnet50, FCNLogits), "deeplabv3_resnet50":
 TORCHVISION_ARCHITECTURES = {name: builder.__name__ for name, (builder, _) in _TORCHVISION.items()}
 # Every architecture → where it comes from (what `geoseg models` lists)
 # Semantic models (logits per pixel; what tiling, seams and `halo: auto` are about)
-SEGMENTATION_ARCHITECTURES = {**{name: f"smp.{cls}" for name, cls in SMP_ARCHITECTURES.items()},
-                              **{name: f"torchvision.{fn}" for name, fn in TORCHVISION_ARCHITECTURES.items()}}
+SEGMENTATION_ARCHITECTURES = {
+    **{name: f"smp.{cls}" for name, cls in SMP_ARCHITECTURES.items()},
+    **{name: f"torchvision.{fn}" for name, fn in TORCHVISION_ARCHITECTURES.items()},
+}
 ARCHITECTURES = {**SEGMENTATION_ARCHITECTURES, **INSTANCE_ARCHITECTURES}
 
 DEFAULT_ENCODER = "resnet18"
@@ -115,22 +131,30 @@ def _check_arch(arch: str) -> str:
 def _check_sizes(in_channels: int, num_classes: int) -> None:
     for field, value in (("bands", in_channels), ("classes", num_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ModelError(f"{field}: the model needs at least one (got {value!r} as its "
-                             f"{'in_channels' if field == 'bands' else 'num_classes'})")
+            raise ModelError(
+                f"{field}: the model needs at least one (got {value!r} as its "
+                f"{'in_channels' if field == 'bands' else 'num_classes'})"
+            )
 
 
 def resolve_encoder(arch: str, encoder: str = DEFAULT_ENCODER) -> str:
     """The backbone ``build_model(arch, encoder=encoder)`` builds: ``encoder`` itself for smp,
-    torchvision's fixed resnet50 for its architectures (which accept only "resnet50" and the default)."""
+    torchvision's fixed resnet50 for its architectures (which accept only "resnet50" and the default).
+    """
     _check_arch(arch)
     if arch in SMP_ARCHITECTURES:
         return encoder
     backbone = "resnet18" if arch == "maskrcnn_resnet18_fpn" else TORCHVISION_BACKBONE
     if encoder not in (DEFAULT_ENCODER, backbone):
-        other = ("or use maskrcnn_resnet18_fpn / maskrcnn_resnet50_fpn" if is_instance_arch(arch)
-                 else "or use an smp architecture (deeplabv3, fpn, ...)")
-        raise ModelError(f"model.encoder: {arch} has a fixed {backbone} backbone (got {encoder!r}); "
-                         f"remove model.encoder or set it to {backbone!r}, {other} for encoder {encoder!r}")
+        other = (
+            "or use maskrcnn_resnet18_fpn / maskrcnn_resnet50_fpn"
+            if is_instance_arch(arch)
+            else "or use an smp architecture (deeplabv3, fpn, ...)"
+        )
+        raise ModelError(
+            f"model.encoder: {arch} has a fixed {backbone} backbone (got {encoder!r}); "
+            f"remove model.encoder or set it to {backbone!r}, {other} for encoder {encoder!r}"
+        )
     return backbone
 
 
@@ -140,13 +164,14 @@ def _one_line(exc: BaseException) -> str:
 
 def _head_scale(arch: str, depth: int, options: dict) -> int | None:
     """The final upsampling smp's head needs for logits the size of the input (smp 0.6, encoders
-    that halve the resolution at each stage); None where the head has no ``upsampling``."""
+    that halve the resolution at each stage); None where the head has no ``upsampling``.
+    """
     if arch == "fpn":  # the pyramid's finest level is stage depth-3 (1/4 for depth 5)
         return 2 ** (depth - 3)
     if arch == "pspnet":  # pools the deepest stage, then upsamples straight to the input
-        return 2 ** depth
+        return 2**depth
     if arch == "deeplabv3":  # its default (None) computes exactly this
-        return min(2 ** depth, options.get("encoder_output_stride", 8))
+        return min(2**depth, options.get("encoder_output_stride", 8))
     if arch in ("deeplabv3plus", "pan", "segformer", "upernet"):  # decoders end at the 1/4 features
         return 4
     return None
@@ -157,8 +182,10 @@ def _check_smp_options(arch: str, encoder: str, options: dict) -> dict:
     options = dict(options)
     if "encoder_weights" in options:
         if options.pop("encoder_weights") is not None:
-            raise ModelError("model.options.encoder_weights: nothing is downloaded at run time; remove it and name "
-                             "a local .safetensors file in model.weights")
+            raise ModelError(
+                "model.options.encoder_weights: nothing is downloaded at run time; remove it and name "
+                "a local .safetensors file in model.weights"
+            )
     params = inspect.signature(getattr(smp, SMP_ARCHITECTURES[arch])).parameters
     for name in options:
         if name in _RESERVED:
@@ -167,28 +194,40 @@ def _check_smp_options(arch: str, encoder: str, options: dict) -> dict:
         if name not in params and not encoder.startswith("tu-"):
             close = difflib.get_close_matches(name, params, n=1)
             known = [p for p in params if p not in _RESERVED and p not in _REFUSED]
-            raise ModelError(f"model.options.{name}: not an option of {arch}"
-                             + (f"; did you mean {close[0]!r}?" if close else "") + f" (accepted: {', '.join(known)})")
+            raise ModelError(
+                f"model.options.{name}: not an option of {arch}"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+                + f" (accepted: {', '.join(known)})"
+            )
     if options.get("activation") is not None:
-        raise ModelError(f"model.options.activation: geoseg's losses and argmax take raw logits; remove activation "
-                         f"(got {options['activation']!r})")
+        raise ModelError(
+            f"model.options.activation: geoseg's losses and argmax take raw logits; remove activation "
+            f"(got {options['activation']!r})"
+        )
     if options.get("aux_params") is not None:
-        raise ModelError("model.options.aux_params: the classification head makes the model return (mask, label) "
-                         "tuples; geoseg trains segmentation logits only, remove aux_params")
+        raise ModelError(
+            "model.options.aux_params: the classification head makes the model return (mask, label) "
+            "tuples; geoseg trains segmentation logits only, remove aux_params"
+        )
     depth = options.get("encoder_depth", params["encoder_depth"].default)
     if isinstance(depth, bool) or not isinstance(depth, int):
-        raise ModelError(f"model.options.encoder_depth: must be a whole number of encoder stages, 1 to 5 "
-                         f"(got {depth!r})")
+        raise ModelError(
+            f"model.options.encoder_depth: must be a whole number of encoder stages, 1 to 5 (got {depth!r})"
+        )
     default_channels = params["decoder_channels"].default if "decoder_channels" in params else None
     channels = options.get("decoder_channels")
     if isinstance(default_channels, tuple) and 1 <= depth <= len(default_channels):
         if isinstance(channels, (list, tuple)) and len(channels) != depth:
-            raise ModelError(f"model.options.decoder_channels: {arch} needs one entry per encoder stage, {depth} "
-                             f"for encoder_depth {depth} (got {len(channels)}); use e.g. "
-                             f"{list(default_channels[-depth:])} or encoder_depth {len(channels)}")
+            raise ModelError(
+                f"model.options.decoder_channels: {arch} needs one entry per encoder stage, {depth} "
+                f"for encoder_depth {depth} (got {len(channels)}); use e.g. "
+                f"{list(default_channels[-depth:])} or encoder_depth {len(channels)}"
+            )
         if channels is None and depth != len(default_channels):
-            raise ModelError(f"model.options.decoder_channels: {arch} with encoder_depth {depth} needs {depth} "
-                             f"decoder channels; add decoder_channels: {list(default_channels[-depth:])}")
+            raise ModelError(
+                f"model.options.decoder_channels: {arch} with encoder_depth {depth} needs {depth} "
+                f"decoder channels; add decoder_channels: {list(default_channels[-depth:])}"
+            )
     return options
 
 
@@ -204,28 +243,41 @@ def _check_head_scale(arch: str, options: dict) -> None:
     size += " the input's side"
     if "upsampling" in options:
         default = params["upsampling"].default
-        raise ModelError(f"model.options.upsampling: {arch} with encoder_depth {depth} needs upsampling {need} "
-                         f"(got {upsampling}: logits {size}); use upsampling: {need}"
-                         + (" or leave it out" if default in (None, need) else ""))
-    raise ModelError(f"model.options.encoder_depth: {arch} with encoder_depth {depth} returns logits {size} (its "
-                     f"head upsamples {upsampling}×, the features need {need}×); use encoder_depth: "
-                     f"{params['encoder_depth'].default}, or add upsampling: {need}")
+        raise ModelError(
+            f"model.options.upsampling: {arch} with encoder_depth {depth} needs upsampling {need} "
+            f"(got {upsampling}: logits {size}); use upsampling: {need}"
+            + (" or leave it out" if default in (None, need) else "")
+        )
+    raise ModelError(
+        f"model.options.encoder_depth: {arch} with encoder_depth {depth} returns logits {size} (its "
+        f"head upsamples {upsampling}×, the features need {need}×); use encoder_depth: "
+        f"{params['encoder_depth'].default}, or add upsampling: {need}"
+    )
 
 
 def _build_smp(arch: str, in_channels: int, num_classes: int, encoder: str, options: dict) -> torch.nn.Module:
     options = _check_smp_options(arch, encoder, options)
     try:
-        model = smp.create_model(SMP_ARCHITECTURES[arch], encoder_name=encoder, encoder_weights=None,
-                                in_channels=in_channels, classes=num_classes, **options)
+        model = smp.create_model(
+            SMP_ARCHITECTURES[arch],
+            encoder_name=encoder,
+            encoder_weights=None,
+            in_channels=in_channels,
+            classes=num_classes,
+            **options,
+        )
     except KeyError:  # smp's message lists all ~150 encoders
         close = difflib.get_close_matches(encoder, smp.encoders.get_encoder_names(), n=3)
-        raise ModelError(f"model.encoder: unknown encoder {encoder!r} for {arch}"
-                         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
-                         + " (smp.encoders.get_encoder_names() lists them; 'tu-<name>' takes a timm model)") from None
+        raise ModelError(
+            f"model.encoder: unknown encoder {encoder!r} for {arch}"
+            + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+            + " (smp.encoders.get_encoder_names() lists them; 'tu-<name>' takes a timm model)"
+        ) from None
     except RuntimeError as exc:
         if encoder.startswith("tu-") and "unknown model" in str(exc).lower():
-            raise ModelError(f"model.encoder: timm has no model {encoder[3:]!r} ({_one_line(exc)}); "
-                             "timm.list_models() lists them") from None
+            raise ModelError(
+                f"model.encoder: timm has no model {encoder[3:]!r} ({_one_line(exc)}); timm.list_models() lists them"
+            ) from None
         raise
     except (TypeError, ValueError, AssertionError) as exc:
         raise ModelError(f"model.options: {arch} with encoder {encoder!r} refuses them: {_one_line(exc)}") from None
@@ -236,8 +288,10 @@ def _build_smp(arch: str, in_channels: int, num_classes: int, encoder: str, opti
 def _build_torchvision(arch: str, in_channels: int, num_classes: int, encoder: str, options: dict) -> torch.nn.Module:
     resolve_encoder(arch, encoder)
     if options:
-        raise ModelError(f"model.options: {arch} is torchvision's fixed recipe and takes no options (got "
-                         f"{', '.join(sorted(options))}); remove them, or use an smp architecture to tune one")
+        raise ModelError(
+            f"model.options: {arch} is torchvision's fixed recipe and takes no options (got "
+            f"{', '.join(sorted(options))}); remove them, or use an smp architecture to tune one"
+        )
     builder, logits_class = _TORCHVISION[arch]
     # aux_loss=False: an auxiliary head would add parameters that no loss reaches (DDP rejects those).
     model = builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
@@ -250,8 +304,9 @@ def _build_torchvision(arch: str, in_channels: int, num_classes: int, encoder: s
     return model
 
 
-def build_model(arch: str, *, in_channels: int, num_classes: int, encoder: str = DEFAULT_ENCODER,
-                **options) -> torch.nn.Module:
+def build_model(
+    arch: str, *, in_channels: int, num_classes: int, encoder: str = DEFAULT_ENCODER, **options
+) -> torch.nn.Module:
     """Build a randomly initialised segmentation model returning logits (N, classes, H, W).
 
     Args:
@@ -316,18 +371,23 @@ def smallest_tile(model: torch.nn.Module, *, arch: str = "model", in_channels: i
                 return side
     finally:
         model.train(was_training)
-    raise ModelError(f"model: {arch} returns no logits of its input's size for any tile up to "
-                     f"{strides * stride} px")
+    raise ModelError(f"model: {arch} returns no logits of its input's size for any tile up to {strides * stride} px")
 
 
-def model_info(arch: str, *, encoder: str = DEFAULT_ENCODER, in_channels: int = 3, num_classes: int = 2,
-               **options) -> ModelInfo:
+def model_info(
+    arch: str, *, encoder: str = DEFAULT_ENCODER, in_channels: int = 3, num_classes: int = 2, **options
+) -> ModelInfo:
     """Build ``arch`` once (random weights) and describe it."""
     with torch.random.fork_rng(devices=[]):  # listing models must not move the caller's random stream
         model = build_model(arch, in_channels=in_channels, num_classes=num_classes, encoder=encoder, **options)
     # Mask R-CNN pads any tile to its stride and returns detections, not logits: no size to probe.
-    smallest = (2 * output_stride(model) if is_instance_arch(arch)
-                else smallest_tile(model, arch=arch, in_channels=in_channels))
-    return ModelInfo(arch=arch, encoder=resolve_encoder(arch, encoder),
-                     parameters=sum(p.numel() for p in model.parameters()), stride=output_stride(model),
-                     smallest_tile=smallest)
+    smallest = (
+        2 * output_stride(model) if is_instance_arch(arch) else smallest_tile(model, arch=arch, in_channels=in_channels)
+    )
+    return ModelInfo(
+        arch=arch,
+        encoder=resolve_encoder(arch, encoder),
+        parameters=sum(p.numel() for p in model.parameters()),
+        stride=output_stride(model),
+        smallest_tile=smallest,
+    )

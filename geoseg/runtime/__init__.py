@@ -14,12 +14,29 @@ importing Ray Train on the way.
 
 from importlib import import_module
 
-__all__ = ["blend_tiles", "detect_tiles", "fit_model", "follow_job_logs", "job_logs", "job_status",
-           "predict_tiles", "ray_session", "submit_job_file"]
+__all__ = [
+    "blend_tiles",
+    "detect_tiles",
+    "fit_model",
+    "follow_job_logs",
+    "job_logs",
+    "job_status",
+    "predict_tiles",
+    "ray_session",
+    "submit_job_file",
+]
 
-_HOMES = {"ray_session": "session", "fit_model": "train_job", "predict_tiles": "predict_pool",
-          "blend_tiles": "predict_pool", "detect_tiles": "predict_pool", "submit_job_file": "jobs",
-          "job_status": "jobs", "job_logs": "jobs", "follow_job_logs": "jobs"}
+_HOMES = {
+    "ray_session": "session",
+    "fit_model": "train_job",
+    "predict_tiles": "predict_pool",
+    "blend_tiles": "predict_pool",
+    "detect_tiles": "predict_pool",
+    "submit_job_file": "jobs",
+    "job_status": "jobs",
+    "job_logs": "jobs",
+    "follow_job_logs": "jobs",
+}
 
 
 def __getattr__(name: str):

@@ -115,13 +115,30 @@ def _started(actor_class: type) -> Any:  # Any: a class made at run time, which 
     The subclass is made here, not importable, so Ray's cloudpickle sends it by value; ``actor_class``
     itself travels by reference when it can be imported.
     """
-    return type(actor_class.__name__, (_Started,), {"actor_class": actor_class, "__doc__": actor_class.__doc__,
-                                                     "__module__": actor_class.__module__,
-                                                     "__qualname__": actor_class.__qualname__})
+    return type(
+        actor_class.__name__,
+        (_Started,),
+        {
+            "actor_class": actor_class,
+            "__doc__": actor_class.__doc__,
+            "__module__": actor_class.__module__,
+            "__qualname__": actor_class.__qualname__,
+        },
+    )
 
 
-def _run_pool(tiles: list[Tile], actor_class, constructor: dict, *, batch_size: int, workers: int, cpus: int,
-              gpus: int, progress: Callable[[int], None] | None, calls_per_actor: int = 1) -> int:
+def _run_pool(
+    tiles: list[Tile],
+    actor_class,
+    constructor: dict,
+    *,
+    batch_size: int,
+    workers: int,
+    cpus: int,
+    gpus: int,
+    progress: Callable[[int], None] | None,
+    calls_per_actor: int = 1,
+) -> int:
     """Send batches of tiles to a pool of ``workers`` actors; return how many tiles were processed.
 
     ``calls_per_actor`` > 1 runs that many batches in each actor at once, in
@@ -131,10 +148,14 @@ def _run_pool(tiles: list[Tile], actor_class, constructor: dict, *, batch_size: 
     """
     if not tiles:
         return 0
-    batches = deque(tiles[i:i + batch_size] for i in range(0, len(tiles), batch_size))
+    batches = deque(tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size))
     remote_class = ray.remote(_started(actor_class)).options(
-        num_cpus=cpus, num_gpus=gpus, max_concurrency=calls_per_actor,
-        max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
+        num_cpus=cpus,
+        num_gpus=gpus,
+        max_concurrency=calls_per_actor,
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=TASK_RETRIES,
+    )
     actors = [remote_class.remote(**constructor) for _ in range(min(workers, len(batches)))]
     per_actor = calls_per_actor + 1
     in_flight: dict[ray.ObjectRef, int] = {}  # result → the actor working on it
@@ -194,33 +215,92 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
 
 
-def predict_tiles(tiles: list[Tile], *, checkpoint: Path, scene: Path, mosaic: Path, batch_size: int,
-                  workers: int, cpus_per_worker: int, use_gpu: bool, stitch: str = "crop",
-                  progress: Callable[[int], None] | None = None) -> int:
+def predict_tiles(
+    tiles: list[Tile],
+    *,
+    checkpoint: Path,
+    scene: Path,
+    mosaic: Path,
+    batch_size: int,
+    workers: int,
+    cpus_per_worker: int,
+    use_gpu: bool,
+    stitch: str = "crop",
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Run tiles through a pool of model actors; return the number of tiles processed.
 
     In crop mode each tile writes its core; in blend mode (first pass) its window's probabilities.
     Each actor runs two batches at once: one in the model while the other is
     read or written (the predictor serialises the forward pass).
     """
-    constructor = {"checkpoint": str(checkpoint), "scene": str(scene), "mosaic": str(mosaic),
-                   "device": "cuda" if use_gpu else "cpu", "threads": cpus_per_worker, "stitch": stitch}
-    return _run_pool(tiles, _PredictActor, constructor, batch_size=batch_size, workers=workers,
-                     cpus=cpus_per_worker, gpus=1 if use_gpu else 0, progress=progress, calls_per_actor=2)
+    constructor = {
+        "checkpoint": str(checkpoint),
+        "scene": str(scene),
+        "mosaic": str(mosaic),
+        "device": "cuda" if use_gpu else "cpu",
+        "threads": cpus_per_worker,
+        "stitch": stitch,
+    }
+    return _run_pool(
+        tiles,
+        _PredictActor,
+        constructor,
+        batch_size=batch_size,
+        workers=workers,
+        cpus=cpus_per_worker,
+        gpus=1 if use_gpu else 0,
+        progress=progress,
+        calls_per_actor=2,
+    )
 
 
-def blend_tiles(tiles: list[Tile], *, scene: Path, mosaic: Path, workers: int,
-                progress: Callable[[int], None] | None = None) -> int:
+def blend_tiles(
+    tiles: list[Tile], *, scene: Path, mosaic: Path, workers: int, progress: Callable[[int], None] | None = None
+) -> int:
     """Blend mode's second pass: write each chunk once from the windows covering it."""
-    return _run_pool(tiles, _BlendActor, {"scene": str(scene), "mosaic": str(mosaic)}, batch_size=4,
-                     workers=workers, cpus=1, gpus=0, progress=progress)
+    return _run_pool(
+        tiles,
+        _BlendActor,
+        {"scene": str(scene), "mosaic": str(mosaic)},
+        batch_size=4,
+        workers=workers,
+        cpus=1,
+        gpus=0,
+        progress=progress,
+    )
 
 
-def detect_tiles(tiles: list[Tile], *, checkpoint: Path, scene: Path, out_dir: Path, batch_size: int, workers: int,
-                 cpus_per_worker: int, use_gpu: bool, thresholds: dict,
-                 progress: Callable[[int], None] | None = None) -> int:
+def detect_tiles(
+    tiles: list[Tile],
+    *,
+    checkpoint: Path,
+    scene: Path,
+    out_dir: Path,
+    batch_size: int,
+    workers: int,
+    cpus_per_worker: int,
+    use_gpu: bool,
+    thresholds: dict,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Run tiles through a pool of Mask R-CNN actors; each tile's detections land in ``out_dir``."""
-    constructor = {"checkpoint": str(checkpoint), "scene": str(scene), "out_dir": str(out_dir),
-                   "device": "cuda" if use_gpu else "cpu", "threads": cpus_per_worker, "thresholds": thresholds}
-    return _run_pool(tiles, _DetectActor, constructor, batch_size=batch_size, workers=workers,
-                     cpus=cpus_per_worker, gpus=1 if use_gpu else 0, progress=progress, calls_per_actor=2)
+    constructor = {
+        "checkpoint": str(checkpoint),
+        "scene": str(scene),
+        "out_dir": str(out_dir),
+        "device": "cuda" if use_gpu else "cpu",
+        "threads": cpus_per_worker,
+        "thresholds": thresholds,
+    }
+    return _run_pool(
+        tiles,
+        _DetectActor,
+        constructor,
+        batch_size=batch_size,
+        workers=workers,
+        cpus=cpus_per_worker,
+        gpus=1 if use_gpu else 0,
+        progress=progress,
+        calls_per_actor=2,
+    )

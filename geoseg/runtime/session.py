@@ -29,8 +29,11 @@ def ray_session(address: str | None = None, *, dashboard: bool = False):
     address = address or os.environ.get("RAY_ADDRESS")
     # Keep the console to geoseg's own progress lines: Ray Train's patched print
     # would echo every worker line twice, and its INFO logs bury the progress.
-    options = {"logging_level": logging.WARNING, "log_to_driver": True,
-               "runtime_env": {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}}
+    options = {
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+        "runtime_env": {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+    }
     if not address:
         options["include_dashboard"] = dashboard
     ray.init(address=address, **options)

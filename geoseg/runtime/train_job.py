@@ -22,7 +22,8 @@ __all__ = ["fit_model"]
 
 def _quiet_report_logs() -> None:
     """Ray Train logs every report at INFO (to a logger named by its file path,
-    not its module); those lines drown geoseg's own progress."""
+    not its module); those lines drown geoseg's own progress.
+    """
     try:
         from ray.train.v2._internal.execution import context as train_context
     except ImportError:  # a Ray without Train V2 internals: nothing to quiet
@@ -45,24 +46,42 @@ def _train_worker(config: dict) -> None:
 
     previous = ray.train.get_checkpoint()
     with previous.as_directory() if previous else nullcontext() as resume:
-        train_model(config["plan"], rank=context.get_world_rank(), world=context.get_world_size(),
-                    device=ray.train.torch.get_device(),
-                    prepare_model=ray.train.torch.prepare_model, report=report,
-                    resume_from=Path(resume) if resume else None)
+        train_model(
+            config["plan"],
+            rank=context.get_world_rank(),
+            world=context.get_world_size(),
+            device=ray.train.torch.get_device(),
+            prepare_model=ray.train.torch.prepare_model,
+            report=report,
+            resume_from=Path(resume) if resume else None,
+        )
 
 
-def fit_model(plan: TrainingPlan, *, name: str, storage: Path, checkpoint_out: Path, workers: int,
-              cpus_per_worker: int, use_gpu: bool, max_failures: int) -> dict:
+def fit_model(
+    plan: TrainingPlan,
+    *,
+    name: str,
+    storage: Path,
+    checkpoint_out: Path,
+    workers: int,
+    cpus_per_worker: int,
+    use_gpu: bool,
+    max_failures: int,
+) -> dict:
     """Train across ``workers`` Ray Train workers; publish the final checkpoint; return last metrics."""
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"plan": plan, "cpus_per_worker": cpus_per_worker},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()),
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             logging_config=LoggingConfig(log_level="ERROR")),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage).resolve()),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level="ERROR"),
+        ),
     )
     try:
         result = trainer.fit()

@@ -11,16 +11,16 @@ import rasterio
 from rasterio.windows import Window
 
 from geoseg.config import Job
+from geoseg.config.paths import JobPaths
+from geoseg.evaluate.instances import instance_report, mosaic_instances, truth_instances
 from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
 from geoseg.evaluate.quicklook import write_quicklook
-from geoseg.io.labels import load_labels, rasterize_labels
-from geoseg.evaluate.instances import instance_report, mosaic_instances, truth_instances
 from geoseg.io.instances import INSTANCES, read_instance_table
+from geoseg.io.labels import load_labels, rasterize_labels
 from geoseg.io.mosaic import open_mosaic
 from geoseg.io.raster import inspect_scene
-from geoseg.config.paths import JobPaths
 
-__all__ = ["run_evaluate", "mosaic_confusion"]
+__all__ = ["mosaic_confusion", "run_evaluate"]
 
 
 def _truth_raster(job: Job, paths: JobPaths) -> Path:
@@ -30,8 +30,14 @@ def _truth_raster(job: Job, paths: JobPaths) -> Path:
         return labels
     scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
     field = job.train.label_field if job.train else "class"
-    frame = load_labels(labels, scene=scene, classes=job.classes, field=field, source="evaluate.labels",
-                        ignore=job.train.ignore_classes if job.train else ())
+    frame = load_labels(
+        labels,
+        scene=scene,
+        classes=job.classes,
+        field=field,
+        source="evaluate.labels",
+        ignore=job.train.ignore_classes if job.train else (),
+    )
     return rasterize_labels(frame, scene, paths.truth)
 
 
@@ -43,8 +49,8 @@ def mosaic_confusion(mosaic_path: Path, truth_path: Path) -> tuple[np.ndarray, t
     with rasterio.open(truth_path) as truth:
         for row, col, h, w in mosaic.chunk_windows():
             reference = truth.read(1, window=Window(col, row, w, h))
-            predicted = mosaic.labels[row:row + h, col:col + w]
-            valid = mosaic.valid[row:row + h, col:col + w]
+            predicted = mosaic.labels[row : row + h, col : col + w]
+            valid = mosaic.valid[row : row + h, col : col + w]
             matrix += confusion_matrix(reference, predicted, n, valid=valid)
     return matrix, mosaic.class_names
 
@@ -56,8 +62,9 @@ def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log) -> dict | None
     train_labels = paths.train_labels(0)
     if not train_labels.exists():
         scene = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands)
-        frame = load_labels(pair.labels, scene=scene, classes=job.classes, field=job.train.label_field,
-                            ignore=job.train.ignore_classes)
+        frame = load_labels(
+            pair.labels, scene=scene, classes=job.classes, field=job.train.label_field, ignore=job.train.ignore_classes
+        )
         rasterize_labels(frame, scene, train_labels)
     log("evaluate: fitting the per-pixel colour baseline (logistic regression on band values)")
     bands = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands).bands
@@ -71,19 +78,33 @@ def _instance_metrics(job: Job, paths: JobPaths, mosaic, log) -> dict:
         log("evaluate: instance metrics need reference polygons (one per object), not a label raster; skipped")
         return {"skipped": "evaluate.labels is a raster"}
     scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
-    frame = load_labels(labels, scene=scene, classes=job.classes, field=job.train.label_field if job.train else "class",
-                        source="evaluate.labels", ignore=job.train.ignore_classes if job.train else ())
+    frame = load_labels(
+        labels,
+        scene=scene,
+        classes=job.classes,
+        field=job.train.label_field if job.train else "class",
+        source="evaluate.labels",
+        ignore=job.train.ignore_classes if job.train else (),
+    )
     table = read_instance_table(paths.instance_table)
     classes = sorted(set(table["class_id"].astype(int))) or list(range(1, len(job.classes)))
     # Reference pixels where the scene has no data are not expected to be found (as in the label raster).
-    truth = truth_instances(frame, mosaic.transform, mosaic.height, mosaic.width, class_ids=classes,
-                            valid=lambda w: np.asarray(mosaic.valid[w[0]:w[2], w[1]:w[3]]) > 0)
+    truth = truth_instances(
+        frame,
+        mosaic.transform,
+        mosaic.height,
+        mosaic.width,
+        class_ids=classes,
+        valid=lambda w: np.asarray(mosaic.valid[w[0] : w[2], w[1] : w[3]]) > 0,
+    )
     pred = mosaic_instances(paths.mosaic, table)
     result = instance_report(pred, truth, mosaic.height, mosaic.width)
-    log(f"evaluate: instances: {result['count_pred']} predicted, {result['count_truth']} in the reference; "
+    log(
+        f"evaluate: instances: {result['count_pred']} predicted, {result['count_truth']} in the reference; "
         f"F1@0.5 {result['f1'] or 0:.3f} (precision {result['precision'] or 0:.3f}, recall "
         f"{result['recall'] or 0:.3f}), mask AP {result['ap'] or 0:.3f}, AP50 {result['ap50'] or 0:.3f}; split {result['splits']}, "
-        f"duplicates {result['duplicates']}, merged neighbours {result['merged']}")
+        f"duplicates {result['duplicates']}, merged neighbours {result['merged']}"
+    )
     return result
 
 

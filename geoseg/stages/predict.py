@@ -7,19 +7,19 @@ import shutil
 import time
 
 from geoseg.config import Job
+from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError, InputRasterError, JobConfigError, StageError
+from geoseg.infer.blend import BlendScratch, drop_scratch
 from geoseg.io.mosaic import create_mosaic, done_chunks, open_mosaic
 from geoseg.io.overviews import build_overviews, list_overviews
 from geoseg.io.raster import inspect_scene
 from geoseg.models import is_instance_arch, output_stride, resolve_encoder
-from geoseg.models.context import KNOWN_HALOS, has_global_context
-from geoseg.infer.blend import BlendScratch, drop_scratch
-from geoseg.runtime import blend_tiles, predict_tiles, ray_session
-from geoseg.config.paths import JobPaths
-from geoseg.stages.progress import tile_progress
-from geoseg.tiling import check_tile_size, plan_tiles
 from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import build_model_from_card, read_card, weights_sha256
+from geoseg.models.context import KNOWN_HALOS, has_global_context
+from geoseg.runtime import blend_tiles, predict_tiles, ray_session
+from geoseg.stages.progress import tile_progress
+from geoseg.tiling import check_tile_size, plan_tiles
 
 __all__ = ["run_predict"]
 
@@ -38,15 +38,18 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
     if len(scene.bands) != len(card.bands) or scene.dtype != card.dtype:
         raise InputRasterError(
             f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the model in {checkpoint} "
-            f"expects {len(card.bands)} of {card.dtype}; predict imagery like the training scenes")
+            f"expects {len(card.bands)} of {card.dtype}; predict imagery like the training scenes"
+        )
     stride = output_stride(build_model_from_card(card))
     problem = check_tile_size(job.tiling.tile_size, stride, card.arch, job.tiling.halo)
     if problem:
         raise InputRasterError(f"tiling.tile_size: {problem}")
     instance_model = is_instance_arch(card.arch)
     if instance_model and job.tiling.stitch != "crop":
-        raise JobConfigError(f"tiling.stitch: {card.arch} predicts instances, which are merged across tiles, "
-                             "not blended; remove `stitch: blend`")
+        raise JobConfigError(
+            f"tiling.stitch: {card.arch} predicts instances, which are merged across tiles, "
+            "not blended; remove `stitch: blend`"
+        )
     if not instance_model:
         _note_seams(card, job, log)
 
@@ -63,16 +66,26 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
     if instance_model:
         from geoseg.stages.predict_instances import run_predict_instances
 
-        return run_predict_instances(job, card=card, checkpoint=checkpoint, scene=scene, fingerprint=fingerprint,
-                                     address=address, log=log, force=force)
+        return run_predict_instances(
+            job,
+            card=card,
+            checkpoint=checkpoint,
+            scene=scene,
+            fingerprint=fingerprint,
+            address=address,
+            log=log,
+            force=force,
+        )
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
     if force and partial.exists():
         log(f"predict: --force: discarding {partial.name} and its finished chunks")
         shutil.rmtree(partial)
     done = _resume_or_create(partial, fingerprint, scene, job, list(card.classes), log)
     todo = [tile for tile in tiles if (tile.row // job.tiling.core, tile.col // job.tiling.core) not in done]
-    log(f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles "
-        f"(tile {job.tiling.tile_size}, halo {job.tiling.halo}, core {job.tiling.core})")
+    log(
+        f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles "
+        f"(tile {job.tiling.tile_size}, halo {job.tiling.halo}, core {job.tiling.core})"
+    )
     if done:
         log(f"predict: resuming: skipped {len(tiles) - len(todo)} of {len(tiles)} chunks already written")
 
@@ -81,10 +94,17 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
     runtime = job.runtime
     with ray_session(address or runtime.address, dashboard=runtime.dashboard):
         if job.tiling.stitch == "crop":
-            written = predict_tiles(todo, checkpoint=checkpoint, scene=scene.path, mosaic=partial,
-                                    batch_size=spec.batch_size, workers=runtime.workers,
-                                    cpus_per_worker=runtime.cpus_per_worker, use_gpu=runtime.use_gpu,
-                                    progress=progress)
+            written = predict_tiles(
+                todo,
+                checkpoint=checkpoint,
+                scene=scene.path,
+                mosaic=partial,
+                batch_size=spec.batch_size,
+                workers=runtime.workers,
+                cpus_per_worker=runtime.cpus_per_worker,
+                use_gpu=runtime.use_gpu,
+                progress=progress,
+            )
         else:
             written = _predict_blended(tiles, todo, checkpoint, scene, partial, job, progress, log)
     missing = len(tiles) - len(done_chunks(open_mosaic(partial)))
@@ -97,10 +117,17 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
     os.replace(partial, paths.mosaic)  # only a complete mosaic carries the final name
     seconds = time.perf_counter() - started
     mpix = scene.width * scene.height / 1e6
-    log(f"predict: {written} tiles, {mpix:.1f} MPix in {seconds:.0f} s ({mpix / seconds:.2f} MPix/s), "
-        f"overviews {levels or 'none'}; wrote {paths.mosaic}")
-    return {"tiles": written, "skipped": len(tiles) - len(todo), "seconds": round(seconds, 1),
-            "mpix_per_s": round(mpix / seconds, 3), "mosaic": str(paths.mosaic)}
+    log(
+        f"predict: {written} tiles, {mpix:.1f} MPix in {seconds:.0f} s ({mpix / seconds:.2f} MPix/s), "
+        f"overviews {levels or 'none'}; wrote {paths.mosaic}"
+    )
+    return {
+        "tiles": written,
+        "skipped": len(tiles) - len(todo),
+        "seconds": round(seconds, 1),
+        "mpix_per_s": round(mpix / seconds, 3),
+        "mosaic": str(paths.mosaic),
+    }
 
 
 def _note_seams(card: ModelCard, job: Job, log) -> None:
@@ -108,15 +135,19 @@ def _note_seams(card: ModelCard, job: Job, log) -> None:
     if job.tiling.stitch != "crop":
         return
     if has_global_context(card.arch, card.options):
-        log(f"predict: note: {card.arch} pools over its whole input, so no halo makes tiles exact; "
-            "`stitch: blend` smooths the seams")
+        log(
+            f"predict: note: {card.arch} pools over its whole input, so no halo makes tiles exact; "
+            "`stitch: blend` smooths the seams"
+        )
         return
     encoder = resolve_encoder(card.arch, card.encoder)
     known = KNOWN_HALOS.get(card.arch) if encoder == resolve_encoder(card.arch) else None
     if known and job.tiling.halo < known:
-        log(f"predict: note: halo {job.tiling.halo} is below {card.arch}/{encoder}'s receptive-field radius "
+        log(
+            f"predict: note: halo {job.tiling.halo} is below {card.arch}/{encoder}'s receptive-field radius "
             f"(halo {known}); tiles approximate whole-image prediction near core edges "
-            "(`halo: auto` makes them exact, `stitch: blend` smooths the seams)")
+            "(`halo: auto` makes them exact, `stitch: blend` smooths the seams)"
+        )
 
 
 def _predict_blended(tiles, todo, checkpoint, scene, partial, job: Job, progress, log) -> int:
@@ -128,20 +159,42 @@ def _predict_blended(tiles, todo, checkpoint, scene, partial, job: Job, progress
     if have:
         log(f"predict: resuming: {len(have)} of {len(tiles)} tile windows already predicted")
     runtime = job.runtime
-    predict_tiles(windows, checkpoint=checkpoint, scene=scene.path, mosaic=partial, batch_size=job.predict.batch_size,
-                  workers=runtime.workers, cpus_per_worker=runtime.cpus_per_worker, use_gpu=runtime.use_gpu,
-                  stitch="blend", progress=lambda count: None)
+    predict_tiles(
+        windows,
+        checkpoint=checkpoint,
+        scene=scene.path,
+        mosaic=partial,
+        batch_size=job.predict.batch_size,
+        workers=runtime.workers,
+        cpus_per_worker=runtime.cpus_per_worker,
+        use_gpu=runtime.use_gpu,
+        stitch="blend",
+        progress=lambda count: None,
+    )
     log(f"predict: {len(windows)} windows predicted; blending {len(todo)} chunks")
-    return blend_tiles(todo, scene=scene.path, mosaic=partial, workers=max(1, runtime.workers * runtime.cpus_per_worker),
-                       progress=progress)
+    return blend_tiles(
+        todo,
+        scene=scene.path,
+        mosaic=partial,
+        workers=max(1, runtime.workers * runtime.cpus_per_worker),
+        progress=progress,
+    )
 
 
 def _fingerprint(scene, checkpoint, job: Job) -> dict:
     """What must match for a half-written mosaic to be resumed rather than redone."""
-    return {"scene": str(scene.path), "size": [scene.height, scene.width], "transform": list(scene.transform)[:6],
-            "bands": list(scene.bands), "checkpoint_sha256": weights_sha256(checkpoint),
-            "tile_size": job.tiling.tile_size, "halo": job.tiling.halo, "stitch": job.tiling.stitch,
-            "scores": job.predict.scores, "zarr_format": job.predict.zarr_format}
+    return {
+        "scene": str(scene.path),
+        "size": [scene.height, scene.width],
+        "transform": list(scene.transform)[:6],
+        "bands": list(scene.bands),
+        "checkpoint_sha256": weights_sha256(checkpoint),
+        "tile_size": job.tiling.tile_size,
+        "halo": job.tiling.halo,
+        "stitch": job.tiling.stitch,
+        "scores": job.predict.scores,
+        "zarr_format": job.predict.zarr_format,
+    }
 
 
 def _is_complete(mosaic_path, fingerprint: dict) -> bool:
@@ -167,7 +220,16 @@ def _resume_or_create(partial, fingerprint: dict, scene, job: Job, classes, log)
         log(f"predict: discarding {partial.name}: it was started with another scene, checkpoint or tiling")
         shutil.rmtree(partial)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    create_mosaic(partial, height=scene.height, width=scene.width, chunk=job.tiling.core, crs=scene.crs,
-                  transform=scene.transform, class_names=classes, fingerprint=fingerprint,
-                  scores=job.predict.scores, zarr_format=job.predict.zarr_format)
+    create_mosaic(
+        partial,
+        height=scene.height,
+        width=scene.width,
+        chunk=job.tiling.core,
+        crs=scene.crs,
+        transform=scene.transform,
+        class_names=classes,
+        fingerprint=fingerprint,
+        scores=job.predict.scores,
+        zarr_format=job.predict.zarr_format,
+    )
     return set()

@@ -31,18 +31,18 @@ import shapely
 from rasterio.windows import Window
 
 from geoseg.config import Job
+from geoseg.config.paths import JobPaths
 from geoseg.errors import StageError
 from geoseg.infer.detect import tile_file
-from geoseg.io.masks import InstanceMask, load_masks
 from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
 from geoseg.io.instances import create_instance_array, table_from_columns, write_instance_table
+from geoseg.io.masks import InstanceMask, load_masks
 from geoseg.io.mosaic import MosaicInfo, create_mosaic, mark_done, write_block
 from geoseg.io.overviews import build_overviews
 from geoseg.io.raster import read_valid
-from geoseg.runtime import detect_tiles, ray_session
-from geoseg.config.paths import JobPaths
-from geoseg.stages.progress import tile_progress
 from geoseg.models.card import ModelCard
+from geoseg.runtime import detect_tiles, ray_session
+from geoseg.stages.progress import tile_progress
 from geoseg.tiling import plan_tiles
 from geoseg.vectorize.export import metres_per_unit
 
@@ -90,56 +90,88 @@ def write_instance_mosaic(instances: list[InstanceMask], mosaic: MosaicInfo, sce
             valid = read_valid(src, Window(col, row, w, h))
             ids[~valid], labels[~valid] = 0, 0
             write_block(mosaic, row, col, labels, valid.astype(np.uint8))
-            ids_array[row:row + h, col:col + w] = ids
+            ids_array[row : row + h, col : col + w] = ids
             mark_done(mosaic, row, col)
 
 
 def _table(instances: list[InstanceMask], mosaic: MosaicInfo):
     pixel_m2 = abs(mosaic.transform.a * mosaic.transform.e) * metres_per_unit(mosaic.crs) ** 2
     return table_from_columns(
-        ids=np.arange(1, len(instances) + 1), class_ids=[i.class_id for i in instances],
-        class_names=mosaic.class_names, scores=[i.score for i in instances], bboxes=[i.bbox for i in instances],
-        areas_px=[i.area for i in instances], pixel_area_m2=pixel_m2)
+        ids=np.arange(1, len(instances) + 1),
+        class_ids=[i.class_id for i in instances],
+        class_names=mosaic.class_names,
+        scores=[i.score for i in instances],
+        bboxes=[i.bbox for i in instances],
+        areas_px=[i.area for i in instances],
+        pixel_area_m2=pixel_m2,
+    )
 
 
-def run_predict_instances(job: Job, *, card: ModelCard, checkpoint, scene, fingerprint: dict, address, log,
-                          force: bool = False) -> dict:
+def run_predict_instances(
+    job: Job, *, card: ModelCard, checkpoint, scene, fingerprint: dict, address, log, force: bool = False
+) -> dict:
     """Detect, merge and write the instance mosaic and table (see the module doc)."""
-
     paths = JobPaths.of(job)
     spec, settings = job.predict, job.instances
     started = time.perf_counter()
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
     have = _detections_folder(paths, fingerprint, log, force)
     todo = [tile for tile in tiles if tile.index not in have]
-    log(f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles (tile "
+    log(
+        f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles (tile "
         f"{job.tiling.tile_size}, halo {job.tiling.halo}: neighbours overlap by {2 * job.tiling.halo} px)"
-        + (f"; resuming: {len(have)} tiles already detected" if have else ""))
+        + (f"; resuming: {len(have)} tiles already detected" if have else "")
+    )
     progress = tile_progress(len(tiles), len(tiles) - len(todo), log)
 
     runtime = job.runtime
-    thresholds = {"score_threshold": settings.score_threshold, "mask_threshold": settings.mask_threshold,
-                  "min_area": settings.min_area_px}
+    thresholds = {
+        "score_threshold": settings.score_threshold,
+        "mask_threshold": settings.mask_threshold,
+        "min_area": settings.min_area_px,
+    }
     with ray_session(address or runtime.address, dashboard=runtime.dashboard):
-        detect_tiles(todo, checkpoint=checkpoint, scene=scene.path, out_dir=paths.tile_detections,
-                     batch_size=spec.batch_size, workers=runtime.workers, cpus_per_worker=runtime.cpus_per_worker,
-                     use_gpu=runtime.use_gpu, thresholds=thresholds, progress=progress)
+        detect_tiles(
+            todo,
+            checkpoint=checkpoint,
+            scene=scene.path,
+            out_dir=paths.tile_detections,
+            batch_size=spec.batch_size,
+            workers=runtime.workers,
+            cpus_per_worker=runtime.cpus_per_worker,
+            use_gpu=runtime.use_gpu,
+            thresholds=thresholds,
+            progress=progress,
+        )
     missing = [tile.index for tile in tiles if not tile_file(paths.tile_detections, tile.index).exists()]
     if missing:
-        raise StageError(f"predict: {len(missing)} tiles have no detections file in {paths.tile_detections}; "
-                         "rerun to resume")
+        raise StageError(
+            f"predict: {len(missing)} tiles have no detections file in {paths.tile_detections}; rerun to resume"
+        )
     detections = [d for tile in tiles for d in load_masks(tile_file(paths.tile_detections, tile.index))]
-    merged = merge_detections(detections, iou=settings.merge_iou, ios=settings.merge_ios,
-                              windows=tile_windows(tiles, scene.height, scene.width),
-                              scene_shape=(scene.height, scene.width))
+    merged = merge_detections(
+        detections,
+        iou=settings.merge_iou,
+        ios=settings.merge_ios,
+        windows=tile_windows(tiles, scene.height, scene.width),
+        scene_shape=(scene.height, scene.width),
+    )
     instances = resolve_overlaps(merged, min_area=settings.min_area_px)
 
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
-    mosaic = create_mosaic(partial, height=scene.height, width=scene.width, chunk=job.tiling.core, crs=scene.crs,
-                           transform=scene.transform, class_names=list(card.classes), fingerprint=fingerprint,
-                           zarr_format=spec.zarr_format)
+    mosaic = create_mosaic(
+        partial,
+        height=scene.height,
+        width=scene.width,
+        chunk=job.tiling.core,
+        crs=scene.crs,
+        transform=scene.transform,
+        class_names=list(card.classes),
+        fingerprint=fingerprint,
+        zarr_format=spec.zarr_format,
+    )
     write_instance_mosaic(instances, mosaic, scene.path)
     table = _table(instances, mosaic)
     levels = build_overviews(partial)
@@ -150,9 +182,19 @@ def run_predict_instances(job: Job, *, card: ModelCard, checkpoint, scene, finge
     write_instance_table(table, paths.instance_table)
     seconds = time.perf_counter() - started
     cut = sum(d.cut for d in detections)
-    log(f"predict: {len(detections)} raw detections ({cut} cut by a tile edge) → {len(merged)} after the "
+    log(
+        f"predict: {len(detections)} raw detections ({cut} cut by a tile edge) → {len(merged)} after the "
         f"cross-tile merge → {len(instances)} instances; {len(todo)} tiles in {seconds:.0f} s, overviews "
-        f"{levels or 'none'}; wrote {paths.mosaic}, {paths.instance_table}")
-    return {"tiles": len(todo), "skipped": len(tiles) - len(todo), "seconds": round(seconds, 1),
-            "raw_detections": len(detections), "cut_detections": cut, "merged": len(merged),
-            "instances": len(instances), "mosaic": str(paths.mosaic), "table": str(paths.instance_table)}
+        f"{levels or 'none'}; wrote {paths.mosaic}, {paths.instance_table}"
+    )
+    return {
+        "tiles": len(todo),
+        "skipped": len(tiles) - len(todo),
+        "seconds": round(seconds, 1),
+        "raw_detections": len(detections),
+        "cut_detections": cut,
+        "merged": len(merged),
+        "instances": len(instances),
+        "mosaic": str(paths.mosaic),
+        "table": str(paths.instance_table),
+    }

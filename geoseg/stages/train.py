@@ -30,8 +30,7 @@ __all__ = ["run_train", "training_plan"]
 _CLASS_WEIGHTED = {"weighted_ce", "border_ce"}
 
 
-def run_train(job: Job, *, address: str | None = None, log: Callable[[str], None] = print,
-              force: bool = False) -> dict:
+def run_train(job: Job, *, address: str | None = None, log: Callable[[str], None] = print, force: bool = False) -> dict:
     """Train the job's model into ``checkpoint/``; skip it when the checkpoint already holds this job's model.
 
     ``force`` trains again from the start: the "already trained" shortcut is skipped and Ray Train's
@@ -51,25 +50,39 @@ def run_train(job: Job, *, address: str | None = None, log: Callable[[str], None
     # Ray Train V2 watches its controller through the dashboard's state API (without it, it logs a
     # warning every second), so training always starts the dashboard of an embedded Ray.
     with ray_session(address or job.runtime.address, dashboard=True):
-        metrics = fit_model(plan, name=run, storage=paths.ray_storage, checkpoint_out=paths.checkpoint,
-                            workers=job.runtime.workers, cpus_per_worker=job.runtime.cpus_per_worker,
-                            use_gpu=job.runtime.use_gpu, max_failures=job.train.max_failures)
+        metrics = fit_model(
+            plan,
+            name=run,
+            storage=paths.ray_storage,
+            checkpoint_out=paths.checkpoint,
+            workers=job.runtime.workers,
+            cpus_per_worker=job.runtime.cpus_per_worker,
+            use_gpu=job.runtime.use_gpu,
+            max_failures=job.train.max_failures,
+        )
     history = metrics.pop("history", [])
     _write_history(paths, history, metrics)
     seconds = time.perf_counter() - started
     key, name = (plan.score_name, "F1" if plan.instance_model else "mIoU")
-    best = f", best validation {name} {max(h[key] or 0 for h in history):.3f} (epoch {metrics['best_epoch']})" \
-        if history and key in history[-1] else ""
-    log(f"train: done in {seconds:.0f} s, final loss {metrics.get('loss', float('nan')):.4f}{best}; "
-        f"wrote {paths.checkpoint}, {paths.training_plot}")
+    best = (
+        f", best validation {name} {max(h[key] or 0 for h in history):.3f} (epoch {metrics['best_epoch']})"
+        if history and key in history[-1]
+        else ""
+    )
+    log(
+        f"train: done in {seconds:.0f} s, final loss {metrics.get('loss', float('nan')):.4f}{best}; "
+        f"wrote {paths.checkpoint}, {paths.training_plot}"
+    )
     return {"seconds": round(seconds, 1), **metrics, "checkpoint": str(paths.checkpoint)}
 
 
 def training_plan(job: Job, log: Callable[[str], None] = print) -> TrainingPlan:
     """Everything the training loop needs: label rasters, areas, band statistics in the model card, weights."""
     spec = job.train
-    scenes = [inspect_scene(pair.image, field=f"train.scenes[{i}].image", bands=job.bands)
-              for i, pair in enumerate(spec.scenes)]
+    scenes = [
+        inspect_scene(pair.image, field=f"train.scenes[{i}].image", bands=job.bands)
+        for i, pair in enumerate(spec.scenes)
+    ]
     instance_model = is_instance_arch(job.model.arch)
     prepare = _instance_scene if instance_model else _semantic_scene
     prepared = [prepare(job, i, scene, log) for i, scene in enumerate(scenes)]
@@ -81,16 +94,29 @@ def training_plan(job: Job, log: Callable[[str], None] = print) -> TrainingPlan:
 
         counts = sum(counts for _, counts in prepared)
         class_weights = tuple(float(w) for w in median_frequency_weights(counts))
-        log("train: median-frequency class weights " + ", ".join(
-            f"{name} {w:.2f}" for name, w in zip(job.classes, class_weights, strict=True)))
-    return TrainingPlan(card=card, spec=spec, scenes=tuple(scene for scene, _ in prepared),
-                        stride=output_stride(build_model_from_card(card)), class_weights=class_weights,
-                        initial_weights=str(job.model.weights) if job.model.weights else None)
+        log(
+            "train: median-frequency class weights "
+            + ", ".join(f"{name} {w:.2f}" for name, w in zip(job.classes, class_weights, strict=True))
+        )
+    return TrainingPlan(
+        card=card,
+        spec=spec,
+        scenes=tuple(scene for scene, _ in prepared),
+        stride=output_stride(build_model_from_card(card)),
+        class_weights=class_weights,
+        initial_weights=str(job.model.weights) if job.model.weights else None,
+    )
 
 
 def _labels_of(job: Job, index: int, scene: SceneInfo):
-    return load_labels(job.train.scenes[index].labels, scene=scene, classes=job.classes, field=job.train.label_field,
-                       source=f"train.scenes[{index}].labels", ignore=job.train.ignore_classes)
+    return load_labels(
+        job.train.scenes[index].labels,
+        scene=scene,
+        classes=job.classes,
+        field=job.train.label_field,
+        source=f"train.scenes[{index}].labels",
+        ignore=job.train.ignore_classes,
+    )
 
 
 def _semantic_scene(job: Job, index: int, scene: SceneInfo, log) -> tuple[TrainingScene, np.ndarray]:
@@ -101,13 +127,20 @@ def _semantic_scene(job: Job, index: int, scene: SceneInfo, log) -> tuple[Traini
     instances = None
     if "border_ce" in spec.loss:  # U-Net's separation borders need each object's own id
         instances = str(rasterize_labels(labels, scene, paths.train_instances(index), instances=True))
-    log(f"train: rasterized {len(labels)} label polygons of {spec.scenes[index].labels.name} onto "
-        f"{scene.width}x{scene.height} px")
+    log(
+        f"train: rasterized {len(labels)} label polygons of {spec.scenes[index].labels.name} onto "
+        f"{scene.width}x{scene.height} px"
+    )
     train_area, val_area = split_area(scene.height, scene.width, spec.validation_fraction, spec.validation_side)
     label_index = LabelIndex.build(out, train_area, len(job.classes))
-    return TrainingScene(image=str(scene.path), labels=str(out), train_area=box_of(train_area),
-                         val_area=None if val_area is None else box_of(val_area), cells=label_index.cells,
-                         instances=instances), label_index.counts
+    return TrainingScene(
+        image=str(scene.path),
+        labels=str(out),
+        train_area=box_of(train_area),
+        val_area=None if val_area is None else box_of(val_area),
+        cells=label_index.cells,
+        instances=instances,
+    ), label_index.counts
 
 
 def _instance_scene(job: Job, index: int, scene: SceneInfo, log) -> tuple[TrainingScene, None]:
@@ -117,35 +150,57 @@ def _instance_scene(job: Job, index: int, scene: SceneInfo, log) -> tuple[Traini
     ids = rasterize_labels(labels, scene, paths.train_instances(index), instances=True)
     train_area, val_area = split_area(scene.height, scene.width, spec.validation_fraction, spec.validation_side)
     centres = instance_centres(ids, train_area)
-    log(f"train: {len(labels)} instances in {spec.scenes[index].labels.name}, {len(centres)} of them in the "
-        f"training area of {scene.path.name}")
-    return TrainingScene(image=str(scene.path), labels=str(ids), train_area=box_of(train_area),
-                         val_area=None if val_area is None else box_of(val_area),
-                         id_classes=tuple([0] + labels.class_id.astype(int).tolist()),
-                         centres=tuple((int(r), int(c)) for r, c in centres)), None
+    log(
+        f"train: {len(labels)} instances in {spec.scenes[index].labels.name}, {len(centres)} of them in the "
+        f"training area of {scene.path.name}"
+    )
+    return TrainingScene(
+        image=str(scene.path),
+        labels=str(ids),
+        train_area=box_of(train_area),
+        val_area=None if val_area is None else box_of(val_area),
+        id_classes=tuple([0] + labels.class_id.astype(int).tolist()),
+        centres=tuple((int(r), int(c)) for r, c in centres),
+    ), None
 
 
 def _model_card(job: Job, first: SceneInfo, mean: list[float], std: list[float]) -> ModelCard:
     instance_model = is_instance_arch(job.model.arch)
     return ModelCard(
-        geoseg_version=__version__, arch=job.model.arch, encoder=job.model.encoder, options=dict(job.model.options),
-        classes=tuple(job.classes), bands=tuple(first.bands), dtype=first.dtype,
-        normalization=Normalization(mean=tuple(mean), std=tuple(std)), train_tile_size=job.train.tile_size,
-        tile_size=job.tiling.tile_size, halo=job.tiling.halo, crs=first.crs.to_string(),
+        geoseg_version=__version__,
+        arch=job.model.arch,
+        encoder=job.model.encoder,
+        options=dict(job.model.options),
+        classes=tuple(job.classes),
+        bands=tuple(first.bands),
+        dtype=first.dtype,
+        normalization=Normalization(mean=tuple(mean), std=tuple(std)),
+        train_tile_size=job.train.tile_size,
+        tile_size=job.tiling.tile_size,
+        halo=job.tiling.halo,
+        crs=first.crs.to_string(),
         pixel_size=(abs(first.transform.a), abs(first.transform.e)),
-        loss={"maskrcnn": 1.0} if instance_model else dict(job.train.loss))
+        loss={"maskrcnn": 1.0} if instance_model else dict(job.train.loss),
+    )
 
 
 def _describe(job: Job) -> str:
     spec = job.train
-    held_out = f", {spec.validation_fraction:.0%} held out along the {spec.validation_side}" \
-        if spec.validation_fraction else ", no validation"
-    losses = ("Mask R-CNN's own (RPN + box + class + mask), "
-              f"{spec.empty_ratio:.0%} of crops without instances" if is_instance_arch(job.model.arch)
-              else " + ".join(f"{w:g} {name}" for name, w in spec.loss.items()))
-    return (f"train: {job.model.arch}/{job.model.encoder}, {spec.epochs} epochs x {spec.steps_per_epoch} steps "
-            f"x {spec.batch_size} crops of {spec.tile_size} px on {job.runtime.workers} worker(s){held_out}; "
-            f"loss {losses}")
+    held_out = (
+        f", {spec.validation_fraction:.0%} held out along the {spec.validation_side}"
+        if spec.validation_fraction
+        else ", no validation"
+    )
+    losses = (
+        f"Mask R-CNN's own (RPN + box + class + mask), {spec.empty_ratio:.0%} of crops without instances"
+        if is_instance_arch(job.model.arch)
+        else " + ".join(f"{w:g} {name}" for name, w in spec.loss.items())
+    )
+    return (
+        f"train: {job.model.arch}/{job.model.encoder}, {spec.epochs} epochs x {spec.steps_per_epoch} steps "
+        f"x {spec.batch_size} crops of {spec.tile_size} px on {job.runtime.workers} worker(s){held_out}; "
+        f"loss {losses}"
+    )
 
 
 def _already_trained(paths: JobPaths, run: str) -> bool:
@@ -157,8 +212,11 @@ def _already_trained(paths: JobPaths, run: str) -> bool:
 
 def _write_history(paths: JobPaths, history: list[dict], metrics: dict) -> None:
     """Loss and validation mIoU per epoch: ``train/history.json`` and a PNG plot."""
-    record = {"epochs": history, "best_epoch": metrics.get("best_epoch"),
-              "stopped_early": bool(metrics.get("stopped_early"))}
+    record = {
+        "epochs": history,
+        "best_epoch": metrics.get("best_epoch"),
+        "stopped_early": bool(metrics.get("stopped_early")),
+    }
     tmp = paths.training_history.with_name(paths.training_history.name + ".partial")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(paths.training_history)

@@ -36,17 +36,32 @@ def run_vectorize(job: Job, *, address: str | None = None, log=print, force: boo
 
     if "instances" in open_mosaic(paths.mosaic).fingerprint:  # a Mask R-CNN mosaic: one polygon per instance
         return _vectorize_instances(job, paths, progress, log, started)
-    outputs = vectorize_mosaic(paths.mosaic, paths.vectors, classes=spec.classes, simplify_m=spec.simplify_m,
-                               min_area_m2=spec.min_area_m2, progress=progress,
-                               instances_table=paths.instance_table if spec.instances else None, fmt=spec.format)
+    outputs = vectorize_mosaic(
+        paths.mosaic,
+        paths.vectors,
+        classes=spec.classes,
+        simplify_m=spec.simplify_m,
+        min_area_m2=spec.min_area_m2,
+        progress=progress,
+        instances_table=paths.instance_table if spec.instances else None,
+        fmt=spec.format,
+    )
     counts = ", ".join(f"{count} {name}" for name, count in outputs.per_class.items())
-    log(f"vectorize: {outputs.features} polygons ({counts}) in {time.perf_counter() - started:.0f} s; "
-        f"wrote {outputs.vectors}, {outputs.geojson}")
-    result = {"features": outputs.features, "per_class": outputs.per_class,
-              "vectors": str(outputs.vectors), "geojson": str(outputs.geojson)}
+    log(
+        f"vectorize: {outputs.features} polygons ({counts}) in {time.perf_counter() - started:.0f} s; "
+        f"wrote {outputs.vectors}, {outputs.geojson}"
+    )
+    result = {
+        "features": outputs.features,
+        "per_class": outputs.per_class,
+        "vectors": str(outputs.vectors),
+        "geojson": str(outputs.geojson),
+    }
     if outputs.instance_table is not None:
-        log(f"vectorize: {outputs.instances} instances (connected regions across the mosaic); "
-            f"wrote {paths.mosaic / 'instances'}, {outputs.instance_table}")
+        log(
+            f"vectorize: {outputs.instances} instances (connected regions across the mosaic); "
+            f"wrote {paths.mosaic / 'instances'}, {outputs.instance_table}"
+        )
         result.update(instances=outputs.instances, instance_table=str(outputs.instance_table))
     return result
 
@@ -56,10 +71,23 @@ def _vectorize_instances(job: Job, paths: JobPaths, progress, log, started: floa
     spec = job.vectorize
     if spec.instances:
         log("vectorize: note: the instance model's own ids are kept; vectorize.instances applies to semantic models")
-    out = vectorize_instances(paths.mosaic, paths.instance_table, paths.vectors, simplify_m=spec.simplify_m,
-                              min_area_m2=spec.min_area_m2, fmt=spec.format, progress=progress)
+    out = vectorize_instances(
+        paths.mosaic,
+        paths.instance_table,
+        paths.vectors,
+        simplify_m=spec.simplify_m,
+        min_area_m2=spec.min_area_m2,
+        fmt=spec.format,
+        progress=progress,
+    )
     counts = ", ".join(f"{count} {name}" for name, count in out.per_class.items())
-    log(f"vectorize: {out.features} instances ({counts}) in {time.perf_counter() - started:.0f} s; "
-        f"wrote {out.vectors}, {out.geojson}")
-    return {"features": out.features, "per_class": out.per_class, "vectors": str(out.vectors),
-            "geojson": str(out.geojson)}
+    log(
+        f"vectorize: {out.features} instances ({counts}) in {time.perf_counter() - started:.0f} s; "
+        f"wrote {out.vectors}, {out.geojson}"
+    )
+    return {
+        "features": out.features,
+        "per_class": out.per_class,
+        "vectors": str(out.vectors),
+        "geojson": str(out.geojson),
+    }

@@ -18,8 +18,17 @@ from rasterio.windows import Window
 
 from geoseg.io.raster import iter_blocks
 
-__all__ = ["write_synthetic_scene", "scene_path", "usable_scene", "synthetic_block", "SCENE_CRS", "PIXEL_SIZE",
-           "CLASSES", "MEAN", "STD"]
+__all__ = [
+    "CLASSES",
+    "MEAN",
+    "PIXEL_SIZE",
+    "SCENE_CRS",
+    "STD",
+    "scene_path",
+    "synthetic_block",
+    "usable_scene",
+    "write_synthetic_scene",
+]
 
 SCENE_CRS = "EPSG:32633"
 PIXEL_SIZE = 0.5  # metres: a 0.25 m² ground pixel, as in a typical aerial survey
@@ -28,7 +37,6 @@ CLASSES = ["background", "water", "building"]
 # Mean/std of the generator's bands (128 ± ~40): the benchmark does not need
 # exact statistics, and computing them would read the whole scene.
 MEAN, STD = [128.0, 120.0, 110.0], [40.0, 40.0, 40.0]
-
 
 
 def scene_path(workdir: str | Path, size: int) -> Path:
@@ -54,8 +62,11 @@ def synthetic_block(window: Window, seed: int) -> np.ndarray:
         (530.0, 2100.0, 251.0),
     )
     for band, (px, py, pd) in enumerate(waves):
-        value = (np.sin(tau * x / px) * np.cos(tau * y / py)) * np.float32(50) \
-            + np.sin(tau * (x + y) / pd) * np.float32(20) + np.float32(MEAN[band])
+        value = (
+            (np.sin(tau * x / px) * np.cos(tau * y / py)) * np.float32(50)
+            + np.sin(tau * (x + y) / pd) * np.float32(20)
+            + np.float32(MEAN[band])
+        )
         value += rng.integers(-3, 4, size=(h, w), dtype=np.int16)
         np.clip(value, 1, 255, out=value)
         out[band] = value.astype(np.uint8)
@@ -75,9 +86,19 @@ def write_synthetic_scene(path: str | Path, size: int, *, block: int = 512, seed
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    profile = {"driver": "GTiff", "height": size, "width": size, "count": 3, "dtype": "uint8",
-               "crs": SCENE_CRS, "transform": Affine(PIXEL_SIZE, 0, 500000.0, 0, -PIXEL_SIZE, 5000000.0),
-               "compress": "deflate", "predictor": 2, "interleave": "pixel", "BIGTIFF": "IF_SAFER"}
+    profile = {
+        "driver": "GTiff",
+        "height": size,
+        "width": size,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": SCENE_CRS,
+        "transform": Affine(PIXEL_SIZE, 0, 500000.0, 0, -PIXEL_SIZE, 5000000.0),
+        "compress": "deflate",
+        "predictor": 2,
+        "interleave": "pixel",
+        "BIGTIFF": "IF_SAFER",
+    }
     if size >= 16:  # GeoTIFF blocks are multiples of 16; tiny scenes stay striped
         blocksize = min(block, 16 * (size // 16))
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
@@ -94,7 +115,10 @@ def write_synthetic_scene(path: str | Path, size: int, *, block: int = 512, seed
 def usable_scene(path: Path, size: int) -> bool:
     try:
         with rasterio.open(path) as src:
-            return (src.width, src.height, src.count, src.dtypes[0]) == (size, size, 3, "uint8") \
-                and src.crs is not None and src.crs.to_epsg() == 32633
+            return (
+                (src.width, src.height, src.count, src.dtypes[0]) == (size, size, 3, "uint8")
+                and src.crs is not None
+                and src.crs.to_epsg() == 32633
+            )
     except rasterio.errors.RasterioIOError:
         return False

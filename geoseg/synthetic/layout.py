@@ -53,8 +53,16 @@ class SceneObject:
     line: LineString | None = None
 
 
-def _blob(rng: np.random.Generator, cx: float, cy: float, r0: float, *, harmonics: int = 5,
-          roughness: float = 0.3, elongation: float = 1.0) -> Polygon:
+def _blob(
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    r0: float,
+    *,
+    harmonics: int = 5,
+    roughness: float = 0.3,
+    elongation: float = 1.0,
+) -> Polygon:
     """Star-shaped irregular blob (a pond, a tree clump): always a valid polygon."""
     theta = np.linspace(0.0, 2.0 * math.pi, 72, endpoint=False)
     r = np.ones_like(theta)
@@ -90,7 +98,9 @@ def _wander(rng: np.random.Generator, size: int, *, step: float, turn: float) ->
 
 
 def _rect(cx: float, cy: float, w: float, d: float, angle: float) -> Polygon:
-    return affinity.rotate(box(cx - w / 2, cy - d / 2, cx + w / 2, cy + d / 2), angle, origin=(cx, cy), use_radians=True)
+    return affinity.rotate(
+        box(cx - w / 2, cy - d / 2, cx + w / 2, cy + d / 2), angle, origin=(cx, cy), use_radians=True
+    )
 
 
 def _building(rng: np.random.Generator, cx: float, cy: float, w: float, d: float, angle: float) -> Polygon:
@@ -149,7 +159,7 @@ def _water(rng: np.random.Generator, size: int) -> list[SceneObject]:
         width = rng.uniform(0.018, 0.03) * size + 22
         wobble = np.convolve(rng.normal(0, 1, len(path) + 20), np.ones(21) / 21, mode="valid")[: len(path)]
         radii = 0.5 * width * np.clip(1.0 + 1.2 * wobble, 0.6, 1.5)
-        pieces = [LineString(path[i:i + 2]).buffer(radii[i], quad_segs=6) for i in range(len(path) - 1)]
+        pieces = [LineString(path[i : i + 2]).buffer(radii[i], quad_segs=6) for i in range(len(path) - 1)]
         geom = shapely.union_all(pieces).simplify(0.5)
         objs.append(SceneObject("water", "river", geom))
     area, target = sum(o.geom.intersection(box(0, 0, size, size)).area for o in objs), 0.13 * size * size
@@ -162,7 +172,9 @@ def _water(rng: np.random.Generator, size: int) -> list[SceneObject]:
     return objs
 
 
-def _roads(rng: np.random.Generator, size: int, water) -> tuple[list[SceneObject], list[tuple[LineString, float, bool]]]:
+def _roads(
+    rng: np.random.Generator, size: int, water
+) -> tuple[list[SceneObject], list[tuple[LineString, float, bool]]]:
     """Main roads across the scene and street grids of settlements.
 
     Returns the road objects and the ``(centre line, half width, sparse)`` of
@@ -199,7 +211,11 @@ def _roads(rng: np.random.Generator, size: int, water) -> tuple[list[SceneObject
         for axis in (0, 1):
             for off in np.arange(-reach, reach + 1, spacing[axis]) + rng.uniform(0, spacing[axis]):
                 seg = [(-reach, off), (reach, off)] if axis == 0 else [(off, -reach), (off, reach)]
-                lines.append(affinity.translate(affinity.rotate(LineString(seg), angle, origin=(0, 0), use_radians=True), c.x, c.y))
+                lines.append(
+                    affinity.translate(
+                        affinity.rotate(LineString(seg), angle, origin=(0, 0), use_radians=True), c.x, c.y
+                    )
+                )
         for line in lines:
             clipped = line.intersection(dry_town)
             parts = shapely.get_parts(clipped)

@@ -129,8 +129,9 @@ def _style_tables(objects: list[SceneObject], rng: np.random.Generator) -> tuple
     return colour, shade
 
 
-def _paint_water(img: np.ndarray, labels: np.ndarray, ids: np.ndarray, shade: np.ndarray, fine: np.ndarray,
-                 rng: np.random.Generator) -> None:
+def _paint_water(
+    img: np.ndarray, labels: np.ndarray, ids: np.ndarray, shade: np.ndarray, fine: np.ndarray, rng: np.random.Generator
+) -> None:
     """Water, in place: a smooth blue→muddy-brown mix varying across the scene and per body, rare glints."""
     size = labels.shape[0]
     water = labels == WATER
@@ -145,8 +146,15 @@ def _paint_water(img: np.ndarray, labels: np.ndarray, ids: np.ndarray, shade: np
     img[glint] = 0.3 * img[glint] + 0.7 * np.float32(245)
 
 
-def _paint_vegetation(img: np.ndarray, objects: list[SceneObject], labels: np.ndarray, ids: np.ndarray,
-                      colour: np.ndarray, fine: np.ndarray, rng: np.random.Generator) -> None:
+def _paint_vegetation(
+    img: np.ndarray,
+    objects: list[SceneObject],
+    labels: np.ndarray,
+    ids: np.ndarray,
+    colour: np.ndarray,
+    fine: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
     """Vegetation, in place: fields with crop rows (angle, period from ``params``), trees with crowns."""
     size = labels.shape[0]
     # Work on the vegetation pixels only, with per-pixel copies of their object's parameters.
@@ -158,13 +166,19 @@ def _paint_vegetation(img: np.ndarray, objects: list[SceneObject], labels: np.nd
     period = np.array([1.0] + [o.params[1] if len(o.params) > 1 else 1.0 for o in objects], np.float32)[oid]
     phase = 2 * np.pi * (cols * np.cos(angle) + rows * np.sin(angle)) / period
     crowns = _noise(rng, size, 2.5)[rows, cols]
-    factor = np.where(is_field, 1 + 0.09 * np.sin(phase) + 0.05 * fine[rows, cols],
-                      0.8 + 0.3 * np.tanh(1.5 * crowns))
+    factor = np.where(is_field, 1 + 0.09 * np.sin(phase) + 0.05 * fine[rows, cols], 0.8 + 0.3 * np.tanh(1.5 * crowns))
     img[rows, cols] = colour[oid] * factor[:, None]
 
 
-def _paint_roads(img: np.ndarray, objects: list[SceneObject], labels: np.ndarray, ids: np.ndarray,
-                 colour: np.ndarray, fine: np.ndarray, rng: np.random.Generator) -> None:
+def _paint_roads(
+    img: np.ndarray,
+    objects: list[SceneObject],
+    labels: np.ndarray,
+    ids: np.ndarray,
+    colour: np.ndarray,
+    fine: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
     """Roads, in place: flat greys with faint patches, dashed centre lines on main roads."""
     size = labels.shape[0]
     road = labels == ROAD
@@ -176,8 +190,14 @@ def _paint_roads(img: np.ndarray, objects: list[SceneObject], labels: np.ndarray
         img[paint] = 0.45 * img[paint] + 0.55 * np.float32(228)
 
 
-def _paint_buildings(img: np.ndarray, objects: list[SceneObject], labels: np.ndarray, ids: np.ndarray,
-                     colour: np.ndarray, fine: np.ndarray) -> np.ndarray:
+def _paint_buildings(
+    img: np.ndarray,
+    objects: list[SceneObject],
+    labels: np.ndarray,
+    ids: np.ndarray,
+    colour: np.ndarray,
+    fine: np.ndarray,
+) -> np.ndarray:
     """Buildings, in place: roofs with a darker rim, gable roofs lit on one side.
 
     Returns:
@@ -214,8 +234,9 @@ def _illuminate(img: np.ndarray, rng: np.random.Generator) -> None:
     size = img.shape[0]
     theta = rng.uniform(0, 2 * math.pi)
     coord = np.linspace(-1, 1, size, dtype=np.float32)
-    ramp = ((math.cos(theta) * coord[None, :] + math.sin(theta) * coord[:, None])
-            / max(abs(math.cos(theta)) + abs(math.sin(theta)), 1e-6))
+    ramp = (math.cos(theta) * coord[None, :] + math.sin(theta) * coord[:, None]) / max(
+        abs(math.cos(theta)) + abs(math.sin(theta)), 1e-6
+    )
     img *= (1 + 0.15 * ramp + 0.03 * _noise(rng, size, size / 3))[..., None]
 
 

@@ -26,7 +26,7 @@ from rasterio.enums import ColorInterp
 from geoseg.synthetic.layout import DEMO_CLASSES
 from geoseg.synthetic.scene import LABEL_NODATA, SceneFiles, make_scene
 
-__all__ = ["RGBN_BANDS", "NIR_RATIO", "make_rgbn_scene"]
+__all__ = ["NIR_RATIO", "RGBN_BANDS", "make_rgbn_scene"]
 
 RGBN_BANDS = ("R", "G", "B", "NIR")
 
@@ -49,8 +49,15 @@ def _nir(rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.nd
     return ratio[labels] * rgb.mean(axis=0) * texture + 1.5 * rng.standard_normal(labels.shape, dtype=np.float32)
 
 
-def make_rgbn_scene(out_dir: str | Path, *, size: int = 256, seed: int = 0, bit_depth: int = 16,
-                    nodata_collar: bool = True, **scene_options) -> SceneFiles:
+def make_rgbn_scene(
+    out_dir: str | Path,
+    *,
+    size: int = 256,
+    seed: int = 0,
+    bit_depth: int = 16,
+    nodata_collar: bool = True,
+    **scene_options,
+) -> SceneFiles:
     """Generate a small RGBN ``uint16`` scene with its labels.
 
     Writes into ``out_dir`` the same three files as
@@ -89,8 +96,19 @@ def make_rgbn_scene(out_dir: str | Path, *, size: int = 256, seed: int = 0, bit_
     dn[:, ~valid] = NODATA
 
     block = 128 if size <= 512 else 256  # several blocks even in a small test scene
-    profile.update(count=4, dtype="uint16", nodata=NODATA, tiled=True, blockxsize=block, blockysize=block,
-                   compress="deflate", predictor=2, photometric="RGB", alpha="UNSPECIFIED", interleave="pixel")
+    profile.update(
+        count=4,
+        dtype="uint16",
+        nodata=NODATA,
+        tiled=True,
+        blockxsize=block,
+        blockysize=block,
+        compress="deflate",
+        predictor=2,
+        photometric="RGB",
+        alpha="UNSPECIFIED",
+        interleave="pixel",
+    )
     tmp = files.scene.with_name(f".{files.scene.stem}.rgbn.tmp{files.scene.suffix}")
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(dn)

@@ -22,7 +22,7 @@ from rasterio.transform import from_origin
 from geoseg.synthetic.layout import DEMO_CLASSES, make_layout
 from geoseg.synthetic.render import render_rgb
 
-__all__ = ["SceneFiles", "make_scene", "generate_demo"]
+__all__ = ["SceneFiles", "generate_demo", "make_scene"]
 
 LABEL_NODATA = 255
 # GeoPackages record a "last change" timestamp; pinning it keeps files byte-identical.
@@ -66,8 +66,19 @@ def _collar(size: int, rng: np.random.Generator) -> np.ndarray:
 def _write_tif(path: Path, array: np.ndarray, crs: str, transform, nodata: int, **extra) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     count = array.shape[0]
-    with rasterio.open(tmp, "w", width=array.shape[2], height=array.shape[1], count=count, dtype="uint8",
-                       crs=crs, transform=transform, nodata=nodata, **_TIFF_PROFILE, **extra) as dst:
+    with rasterio.open(
+        tmp,
+        "w",
+        width=array.shape[2],
+        height=array.shape[1],
+        count=count,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        **_TIFF_PROFILE,
+        **extra,
+    ) as dst:
         dst.write(array)
     os.replace(tmp, path)
 
@@ -85,8 +96,16 @@ def _write_gpkg(path: Path, classes: list[str], geoms: np.ndarray, crs: str) -> 
     os.replace(tmp, path)
 
 
-def make_scene(out_dir: Path, *, size: int, seed: int, nodata_collar: bool = False, crs: str = "EPSG:32633",
-               pixel_size: float = 0.5, origin: tuple[float, float] = (500000.0, 5_000_000.0)) -> SceneFiles:
+def make_scene(
+    out_dir: Path,
+    *,
+    size: int,
+    seed: int,
+    nodata_collar: bool = False,
+    crs: str = "EPSG:32633",
+    pixel_size: float = 0.5,
+    origin: tuple[float, float] = (500000.0, 5_000_000.0),
+) -> SceneFiles:
     """Generate one synthetic aerial scene and its labels.
 
     Writes ``scene.tif`` (3-band uint8 RGB, nodata 0), ``labels.gpkg`` (layer
@@ -126,10 +145,22 @@ def make_scene(out_dir: Path, *, size: int, seed: int, nodata_collar: bool = Fal
     class_index = np.array([DEMO_CLASSES.index(o.cls) for o in objects], np.uint8)
 
     shape = (size, size)
-    labels = rasterize(list(zip(geoms, class_index.tolist())), out_shape=shape, transform=transform,
-                       fill=0, all_touched=False, dtype="uint8")
-    ids = rasterize(list(zip(geoms, range(1, len(objects) + 1))), out_shape=shape, transform=transform,
-                    fill=0, all_touched=False, dtype="int32")
+    labels = rasterize(
+        list(zip(geoms, class_index.tolist())),
+        out_shape=shape,
+        transform=transform,
+        fill=0,
+        all_touched=False,
+        dtype="uint8",
+    )
+    ids = rasterize(
+        list(zip(geoms, range(1, len(objects) + 1))),
+        out_shape=shape,
+        transform=transform,
+        fill=0,
+        all_touched=False,
+        dtype="int32",
+    )
     if not np.array_equal(np.concatenate([[0], class_index])[ids], labels):  # pragma: no cover - GDAL guard
         raise RuntimeError("object-id and class rasterizations disagree; the RGB would not match the labels")
 
@@ -142,13 +173,17 @@ def make_scene(out_dir: Path, *, size: int, seed: int, nodata_collar: bool = Fal
         labels[collar] = LABEL_NODATA
 
     files = SceneFiles(out_dir / "scene.tif", out_dir / "labels.gpkg", out_dir / "labels.tif")
-    _write_tif(files.scene, np.ascontiguousarray(rgb), crs, transform, 0, predictor=2, photometric="RGB", interleave="pixel")
+    _write_tif(
+        files.scene, np.ascontiguousarray(rgb), crs, transform, 0, predictor=2, photometric="RGB", interleave="pixel"
+    )
     _write_tif(files.labels_tif, labels[None], crs, transform, LABEL_NODATA)
     _write_gpkg(files.labels_gpkg, [o.cls for o in objects], geoms, crs)
     return files
 
 
-def generate_demo(out: Path, *, train_size: int = 3072, survey_size: int = 4096, seed: int = 7) -> dict[str, SceneFiles]:
+def generate_demo(
+    out: Path, *, train_size: int = 3072, survey_size: int = 4096, seed: int = 7
+) -> dict[str, SceneFiles]:
     """Write the demo's training scene and survey scene under ``out``.
 
     ``out/train`` has no collar; ``out/survey`` uses another seed (so another
@@ -161,6 +196,7 @@ def generate_demo(out: Path, *, train_size: int = 3072, survey_size: int = 4096,
     pixel_size = 0.5
     train = make_scene(out / "train", size=train_size, seed=seed, pixel_size=pixel_size)
     survey_origin = (500000.0 + train_size * pixel_size + 1000.0, 5_000_000.0)
-    survey = make_scene(out / "survey", size=survey_size, seed=seed + 1, nodata_collar=True,
-                        pixel_size=pixel_size, origin=survey_origin)
+    survey = make_scene(
+        out / "survey", size=survey_size, seed=seed + 1, nodata_collar=True, pixel_size=pixel_size, origin=survey_origin
+    )
     return {"train": train, "survey": survey}

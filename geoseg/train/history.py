@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 __all__ = ["plot_history"]
 
@@ -25,8 +25,13 @@ def plot_history(history: list[dict], out_path: str | Path) -> Path:
     validated = [h for h in history if h.get(key) is not None]
     if validated:
         miou_axis = loss_axis.twinx()
-        miou_axis.plot([h["epoch"] for h in validated], [h[key] for h in validated], "s-",
-                       color="tab:blue", label=f"validation {name}")
+        miou_axis.plot(
+            [h["epoch"] for h in validated],
+            [h[key] for h in validated],
+            "s-",
+            color="tab:blue",
+            label=f"validation {name}",
+        )
         miou_axis.set_ylabel(f"validation {name} (held-out strip)", color="tab:blue")
         miou_axis.set_ylim(0, 1)
     loss_axis.set_title("training history")

@@ -26,13 +26,19 @@ from rasterio.windows import Window
 
 from geoseg.infer.detect import detections_to_masks, run_detector
 from geoseg.io.masks import InstanceMask, tight
-from geoseg.models.card import ModelCard
 from geoseg.io.normalization import normalize
+from geoseg.models.card import ModelCard
 from geoseg.train.augment import photometric_jitter
 from geoseg.train.sampler import validation_windows
 
-__all__ = ["InstanceCropSampler", "crop_targets", "collate_instances", "validate_instances", "instance_centres",
-           "MIN_PIXELS"]
+__all__ = [
+    "MIN_PIXELS",
+    "InstanceCropSampler",
+    "collate_instances",
+    "crop_targets",
+    "instance_centres",
+    "validate_instances",
+]
 
 MIN_PIXELS = 16
 _EMPTY_TRIES = 20
@@ -61,7 +67,7 @@ def instance_centres(ids_path: str | Path, area: Window, block: int = 1024) -> l
 
 
 def crop_targets(ids: np.ndarray, id_classes: np.ndarray) -> dict[str, torch.Tensor]:
-    """torchvision detection targets (boxes, labels, masks) for one crop of the instance raster."""
+    """Torchvision detection targets (boxes, labels, masks) for one crop of the instance raster."""
     values, counts = np.unique(ids[ids > 0], return_counts=True)
     values = values[counts >= MIN_PIXELS]
     masks = np.stack([ids == v for v in values]) if len(values) else np.zeros((0,) + ids.shape, bool)
@@ -69,8 +75,11 @@ def crop_targets(ids: np.ndarray, id_classes: np.ndarray) -> dict[str, torch.Ten
     for k, mask in enumerate(masks):
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)  # x0, y0, x1, y1 on pixel edges
-    return {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(id_classes[values].astype(np.int64)),
-            "masks": torch.from_numpy(masks.astype(np.uint8))}
+    return {
+        "boxes": torch.from_numpy(boxes),
+        "labels": torch.from_numpy(id_classes[values].astype(np.int64)),
+        "masks": torch.from_numpy(masks.astype(np.uint8)),
+    }
 
 
 def collate_instances(batch):
@@ -91,8 +100,21 @@ class InstanceCropSampler(torch.utils.data.IterableDataset):
         empty_ratio: share of crops drawn where no instance is.
     """
 
-    def __init__(self, pairs, *, id_classes, centres, areas: list[Window], bands, size: int, mean, std, seed: int,
-                 jitter: float = 0.0, empty_ratio: float = 0.1):
+    def __init__(
+        self,
+        pairs,
+        *,
+        id_classes,
+        centres,
+        areas: list[Window],
+        bands,
+        size: int,
+        mean,
+        std,
+        seed: int,
+        jitter: float = 0.0,
+        empty_ratio: float = 0.1,
+    ):
         super().__init__()
         self.pairs = [(str(a), str(b)) for a, b in pairs]  # paths or s3:// URIs, as rasterio takes them
         self.id_classes = [np.asarray(c, np.int64) for c in id_classes]
@@ -113,8 +135,10 @@ class InstanceCropSampler(torch.utils.data.IterableDataset):
             return row, col
         centre_row, centre_col = centres[rng.integers(len(centres))]
         shift = rng.integers(-h // 4, h // 4 + 1, 2)
-        return (int(np.clip(centre_row - h // 2 + shift[0], row0, max_row)),
-                int(np.clip(centre_col - w // 2 + shift[1], col0, max_col)))
+        return (
+            int(np.clip(centre_row - h // 2 + shift[0], row0, max_row)),
+            int(np.clip(centre_col - w // 2 + shift[1], col0, max_col)),
+        )
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)
@@ -152,14 +176,28 @@ def _truth_in(ids: np.ndarray, id_classes: np.ndarray, row: int, col: int) -> li
     return out
 
 
-def validate_instances(model: torch.nn.Module, card: ModelCard, pairs, id_classes, areas: list[Window | None], *,
-                       size: int, device, rank: int = 0, world: int = 1) -> np.ndarray:
+def validate_instances(
+    model: torch.nn.Module,
+    card: ModelCard,
+    pairs,
+    id_classes,
+    areas: list[Window | None],
+    *,
+    size: int,
+    device,
+    rank: int = 0,
+    world: int = 1,
+) -> np.ndarray:
     """``[tp, fp, fn]`` at mask IoU 0.5 over the validation areas (this worker's share of the windows)."""
     from geoseg.evaluate.instances import match_instances
 
     totals = np.zeros(3, np.int64)
-    jobs = [(scene, window) for scene, area in enumerate(areas) if area is not None
-            for window in validation_windows(area, size)]
+    jobs = [
+        (scene, window)
+        for scene, area in enumerate(areas)
+        if area is not None
+        for window in validation_windows(area, size)
+    ]
     model.eval()
     # Only detections at 0.5 and above are scored: drop the rest before their masks are pasted.
     score_thresh, model.roi_heads.score_thresh = model.roi_heads.score_thresh, 0.5
@@ -172,8 +210,14 @@ def validate_instances(model: torch.nn.Module, card: ModelCard, pairs, id_classe
         output = run_detector(model, np.ascontiguousarray(image, np.float32), torch.device(device))[0]
         row, col = int(window.row_off), int(window.col_off)
         h, w = ids.shape
-        pred = detections_to_masks(output, row_off=row, col_off=col, window=(row, col, row + h, col + w),
-                                   scene_shape=(row + h, col + w), min_area=MIN_PIXELS)
+        pred = detections_to_masks(
+            output,
+            row_off=row,
+            col_off=col,
+            window=(row, col, row + h, col + w),
+            scene_shape=(row + h, col + w),
+            min_area=MIN_PIXELS,
+        )
         result = match_instances(pred, _truth_in(ids, np.asarray(id_classes[scene]), row, col), iou=0.5)
         totals += (result["tp"], result["fp"], result["fn"])
     model.roi_heads.score_thresh = score_thresh

@@ -34,7 +34,7 @@ from geoseg.train.plan import TrainingPlan, window_of
 from geoseg.train.sampler import CropSampler, LabelIndex
 from geoseg.train.validation import validation_metrics
 
-__all__ = ["train_model", "semantic_step", "instance_step", "EpochState", "OPTIMIZER_STATE", "BEST_WEIGHTS"]
+__all__ = ["BEST_WEIGHTS", "OPTIMIZER_STATE", "EpochState", "instance_step", "semantic_step", "train_model"]
 
 OPTIMIZER_STATE = "optimizer.pt"  # written and read by geoseg only, loaded with weights_only=True
 Report = Callable[[dict, Path | None], None]
@@ -85,20 +85,25 @@ def _freeze_unused(model: torch.nn.Module, bands: int, size: int) -> int:
     return len(unused)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
-              learning_rate: float) -> torch.optim.lr_scheduler.LRScheduler:
+def _schedule(
+    optimizer: torch.optim.Optimizer, kind: str, total_steps: int, learning_rate: float
+) -> torch.optim.lr_scheduler.LRScheduler:
     if kind == "cosine":  # short linear warm-up, then cosine decay to zero
         warmup = max(1, total_steps // 20)
-        return torch.optim.lr_scheduler.SequentialLR(optimizer, [
-            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.05, total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup))],
-            milestones=[warmup])
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=total_steps,
-                                               pct_start=0.2)
+        return torch.optim.lr_scheduler.SequentialLR(
+            optimizer,
+            [
+                torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.05, total_iters=warmup),
+                torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup)),
+            ],
+            milestones=[warmup],
+        )
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=total_steps, pct_start=0.2)
 
 
-def _build_model(plan: TrainingPlan, device: torch.device,
-                 prepare_model: Callable[[torch.nn.Module], torch.nn.Module]) -> torch.nn.Module:
+def _build_model(
+    plan: TrainingPlan, device: torch.device, prepare_model: Callable[[torch.nn.Module], torch.nn.Module]
+) -> torch.nn.Module:
     """The model on ``device``, wrapped by ``prepare_model``; the same initial weights on every worker."""
     torch.manual_seed(plan.spec.seed)
     model = build_model_from_card(plan.card)
@@ -112,8 +117,13 @@ def _build_model(plan: TrainingPlan, device: torch.device,
     return prepare_model(model)
 
 
-def _resume(folder: Path, plain: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            schedule: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> EpochState:
+def _resume(
+    folder: Path,
+    plain: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+) -> EpochState:
     """Load the weights, optimizer and schedule state a checkpoint saved; return where training stood."""
     plain.load_state_dict(load_file(str(folder / WEIGHTS), device=str(device)))
     saved = torch.load(folder / OPTIMIZER_STATE, weights_only=True, map_location=device)
@@ -127,26 +137,50 @@ def _batches(plan: TrainingPlan, seed: int, pixel_weights: Callable | None) -> I
     card, spec = plan.card, plan.spec
     pairs = [(scene.image, scene.labels) for scene in plan.scenes]
     areas = [window_of(scene.train_area) for scene in plan.scenes]
-    common = {"bands": card.bands, "size": spec.tile_size, "mean": list(card.normalization.mean),
-              "std": list(card.normalization.std), "seed": seed, "jitter": spec.jitter}
+    common = {
+        "bands": card.bands,
+        "size": spec.tile_size,
+        "mean": list(card.normalization.mean),
+        "std": list(card.normalization.std),
+        "seed": seed,
+        "jitter": spec.jitter,
+    }
     if plan.instance_model:
         sampler: torch.utils.data.IterableDataset = InstanceCropSampler(
-            pairs, id_classes=[s.id_classes for s in plan.scenes], centres=[s.centres for s in plan.scenes],
-            areas=areas, empty_ratio=spec.empty_ratio, **common)
-        return iter(torch.utils.data.DataLoader(sampler, batch_size=spec.batch_size, num_workers=0,
-                                                collate_fn=collate_instances))
+            pairs,
+            id_classes=[s.id_classes for s in plan.scenes],
+            centres=[s.centres for s in plan.scenes],
+            areas=areas,
+            empty_ratio=spec.empty_ratio,
+            **common,
+        )
+        return iter(
+            torch.utils.data.DataLoader(
+                sampler, batch_size=spec.batch_size, num_workers=0, collate_fn=collate_instances
+            )
+        )
     indexes = None
     if spec.oversample > 0:
-        indexes = [LabelIndex(area, np.zeros(card.num_classes, np.int64), np.asarray(scene.cells, bool))
-                   for area, scene in zip(areas, plan.scenes, strict=True)]
+        indexes = [
+            LabelIndex(area, np.zeros(card.num_classes, np.int64), np.asarray(scene.cells, bool))
+            for area, scene in zip(areas, plan.scenes, strict=True)
+        ]
     instances = [s.instances for s in plan.scenes] if any(s.instances for s in plan.scenes) else None
-    sampler = CropSampler(pairs, areas=areas, indexes=indexes, oversample=spec.oversample, instances=instances,
-                          pixel_weights=pixel_weights, **common)
+    sampler = CropSampler(
+        pairs,
+        areas=areas,
+        indexes=indexes,
+        oversample=spec.oversample,
+        instances=instances,
+        pixel_weights=pixel_weights,
+        **common,
+    )
     return iter(torch.utils.data.DataLoader(sampler, batch_size=spec.batch_size, num_workers=0))
 
 
-def semantic_step(model: torch.nn.Module, batch: list[torch.Tensor], *, device: torch.device,
-                  loss_fn: torch.nn.Module) -> torch.Tensor:
+def semantic_step(
+    model: torch.nn.Module, batch: list[torch.Tensor], *, device: torch.device, loss_fn: torch.nn.Module
+) -> torch.Tensor:
     """The loss of one batch of (images, labels[, pixel weights]) under the job's losses."""
     batch = [t.to(device) for t in batch]
     images, targets = batch[0], batch[1]
@@ -180,14 +214,23 @@ def _step_function(plan: TrainingPlan) -> tuple[Callable, Callable | None]:
     num_classes = plan.card.num_classes
     class_weights = np.asarray(plan.class_weights or np.ones(num_classes), np.float32)
     loss_fn = build_loss(dict(plan.spec.loss), num_classes=num_classes, class_weights=class_weights.tolist())
-    pixel_weights = (functools.partial(_border_weights, class_weights=class_weights)
-                     if loss_fn.needs_pixel_weights else None)
+    pixel_weights = (
+        functools.partial(_border_weights, class_weights=class_weights) if loss_fn.needs_pixel_weights else None
+    )
     return functools.partial(semantic_step, loss_fn=loss_fn), pixel_weights
 
 
-def train_model(plan: TrainingPlan, *, rank: int = 0, world: int = 1, device: str | torch.device = "cpu",
-                prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = _identity, report: Report | None = None,
-                resume_from: Path | None = None, log: Callable[[str], None] = print) -> dict:
+def train_model(
+    plan: TrainingPlan,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    device: str | torch.device = "cpu",
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = _identity,
+    report: Report | None = None,
+    resume_from: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train the model ``plan.card`` describes on ``plan.scenes``; return the last epoch's metrics.
 
     Args:
@@ -229,8 +272,9 @@ def train_model(plan: TrainingPlan, *, rank: int = 0, world: int = 1, device: st
             optimizer.step()
             schedule.step()
             losses.append(float(loss.detach()))
-        metrics = _epoch_metrics(epoch, spec.epochs, losses, spec.batch_size, time.perf_counter() - started,
-                                 float(schedule.get_last_lr()[0]))
+        metrics = _epoch_metrics(
+            epoch, spec.epochs, losses, spec.batch_size, time.perf_counter() - started, float(schedule.get_last_lr()[0])
+        )
         if plan.has_validation:
             metrics.update(validation_metrics(plain, plan, device=device, rank=rank, world=world))
         if _update_state(state, epoch, metrics, plan):
@@ -243,16 +287,25 @@ def train_model(plan: TrainingPlan, *, rank: int = 0, world: int = 1, device: st
             _report(report, plan, state, plain, best_weights, optimizer, schedule, metrics, rank)
         if stop:
             if rank == 0:
-                log(f"train: stopping early: validation {_score_label(plan)} has not improved for "
-                    f"{spec.early_stopping} epochs (best {state.best_score:.3f} at epoch {state.best_epoch})")
+                log(
+                    f"train: stopping early: validation {_score_label(plan)} has not improved for "
+                    f"{spec.early_stopping} epochs (best {state.best_score:.3f} at epoch {state.best_epoch})"
+                )
             break
     return metrics
 
 
-def _epoch_metrics(epoch: int, epochs: int, losses: list[float], batch_size: int, seconds: float,
-                   learning_rate: float) -> dict:
-    return {"epoch": epoch + 1, "epochs": epochs, "loss": float(np.mean(losses)), "learning_rate": learning_rate,
-            "seconds": round(seconds, 2), "samples_per_s": round(len(losses) * batch_size / seconds, 2)}
+def _epoch_metrics(
+    epoch: int, epochs: int, losses: list[float], batch_size: int, seconds: float, learning_rate: float
+) -> dict:
+    return {
+        "epoch": epoch + 1,
+        "epochs": epochs,
+        "loss": float(np.mean(losses)),
+        "learning_rate": learning_rate,
+        "seconds": round(seconds, 2),
+        "samples_per_s": round(len(losses) * batch_size / seconds, 2),
+    }
 
 
 def _update_state(state: EpochState, epoch: int, metrics: dict, plan: TrainingPlan) -> bool:
@@ -276,22 +329,37 @@ def _score_label(plan: TrainingPlan) -> str:
 def _epoch_line(metrics: dict, plan: TrainingPlan) -> str:
     score = metrics.get(plan.score_name)
     val = f", val {_score_label(plan)} {score:.3f}" if plan.has_validation else ""
-    return (f"train: epoch {metrics['epoch']}/{metrics['epochs']} loss {metrics['loss']:.4f}{val} "
-            f"({metrics['samples_per_s']:.1f} samples/s)")
+    return (
+        f"train: epoch {metrics['epoch']}/{metrics['epochs']} loss {metrics['loss']:.4f}{val} "
+        f"({metrics['samples_per_s']:.1f} samples/s)"
+    )
 
 
-def _report(report: Report, plan: TrainingPlan, state: EpochState, plain: torch.nn.Module,
-            best_weights: dict | None, optimizer: torch.optim.Optimizer,
-            schedule: torch.optim.lr_scheduler.LRScheduler, metrics: dict, rank: int) -> None:
+def _report(
+    report: Report,
+    plan: TrainingPlan,
+    state: EpochState,
+    plain: torch.nn.Module,
+    best_weights: dict | None,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    metrics: dict,
+    rank: int,
+) -> None:
     """Hand the epoch's metrics to ``report`` with (rank 0) a checkpoint: last and best weights, optimizer state."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = None
         if rank == 0:
-            summary = TrainingSummary(epochs_run=state.epoch + 1, best_epoch=state.best_epoch,
-                                      **({plan.score_name: state.best_score} if plan.has_validation else {}))
+            summary = TrainingSummary(
+                epochs_run=state.epoch + 1,
+                best_epoch=state.best_epoch,
+                **({plan.score_name: state.best_score} if plan.has_validation else {}),
+            )
             folder = save_checkpoint(tmp, plain, plan.card.model_copy(update={"training": summary}))
             if best_weights is not None:  # else publishing falls back to the last epoch's weights
                 save_file(best_weights, str(folder / BEST_WEIGHTS))
-            torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), **asdict(state)},
-                       folder / OPTIMIZER_STATE)
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), **asdict(state)},
+                folder / OPTIMIZER_STATE,
+            )
         report(metrics, folder)

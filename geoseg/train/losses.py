@@ -56,6 +56,7 @@ _NEGLIGIBLE = 1e-6
 
 # --------------------------------------------------------------------- weights
 
+
 def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
     """Median-frequency balancing class weights (Eigen & Fergus, 2015).
 
@@ -99,13 +100,14 @@ def class_weight_map(labels: np.ndarray, class_weights: Sequence[float]) -> np.n
     """
     labels = np.asarray(labels)
     table = np.zeros(max(256, int(labels.max(initial=0)) + 1), np.float32)
-    table[:len(class_weights)] = np.asarray(class_weights, np.float32)
+    table[: len(class_weights)] = np.asarray(class_weights, np.float32)
     table[IGNORE] = 0.0
     return table[labels]
 
 
-def unet_border_weights(instances: np.ndarray, class_weight_map: np.ndarray | None = None, *,
-                        w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+def unet_border_weights(
+    instances: np.ndarray, class_weight_map: np.ndarray | None = None, *, w0: float = 10.0, sigma: float = 5.0
+) -> np.ndarray:
     """U-Net weight map: class balance plus a bonus on the gaps between objects.
 
     ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))**2 / (2 * sigma**2))``, with
@@ -161,8 +163,7 @@ def unet_border_weights(instances: np.ndarray, class_weight_map: np.ndarray | No
     for label, box in enumerate(boxes, start=1):
         if box is None:  # the id slot of background 0
             continue
-        window = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin))
-                       for s, n in zip(box, instances.shape))
+        window = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, instances.shape))
         dist = ndimage.distance_transform_edt(compact[window] != label)
         near = d1[window]
         d2[window] = np.minimum(d2[window], np.maximum(near, dist))  # before d1 changes under it
@@ -173,6 +174,7 @@ def unet_border_weights(instances: np.ndarray, class_weight_map: np.ndarray | No
 
 
 # ---------------------------------------------------------------------- losses
+
 
 class _CrossEntropy(torch.nn.Module):
     """Cross-entropy as a weighted mean over the non-ignored pixels.
@@ -188,8 +190,9 @@ class _CrossEntropy(torch.nn.Module):
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.use_pixel_weights = use_pixel_weights
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
-                pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         per_pixel = F.cross_entropy(logits, targets, reduction="none", ignore_index=IGNORE)
         valid = targets != IGNORE
         weights = valid.to(per_pixel.dtype)
@@ -199,11 +202,13 @@ class _CrossEntropy(torch.nn.Module):
             weights = weights * table[targets.masked_fill(~valid, 0)]
         if self.use_pixel_weights:
             if pixel_weights is None:
-                raise ValueError("border_ce needs pixel_weights (N, H, W); build them per crop with "
-                                 "unet_border_weights")
+                raise ValueError(
+                    "border_ce needs pixel_weights (N, H, W); build them per crop with unet_border_weights"
+                )
             if pixel_weights.shape != targets.shape:
-                raise ValueError(f"pixel_weights shape {tuple(pixel_weights.shape)} does not match "
-                                 f"targets {tuple(targets.shape)}")
+                raise ValueError(
+                    f"pixel_weights shape {tuple(pixel_weights.shape)} does not match targets {tuple(targets.shape)}"
+                )
             weights = weights * pixel_weights.to(per_pixel.dtype)
         total = weights.sum().clamp_min(torch.finfo(per_pixel.dtype).tiny)
         return (weights * per_pixel).sum() / total
@@ -220,8 +225,9 @@ class _SkipAllIgnored(torch.nn.Module):
         super().__init__()
         self.loss = loss
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
-                pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if not (targets != IGNORE).any():
             return logits.sum() * 0.0
         return self.loss(logits, targets)
@@ -234,8 +240,9 @@ class _Smp(torch.nn.Module):
         super().__init__()
         self.loss = loss
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
-                pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.loss(logits, targets)
 
 
@@ -275,8 +282,7 @@ class CombinedLoss(torch.nn.Module):
             (``border_ce`` takes them through its pixel weights' ``w_c``).
     """
 
-    def __init__(self, weights: Mapping[str, float], num_classes: int,
-                 class_weights: torch.Tensor | None = None):
+    def __init__(self, weights: Mapping[str, float], num_classes: int, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.weights = dict(weights)
         self.num_classes = num_classes
@@ -284,8 +290,9 @@ class CombinedLoss(torch.nn.Module):
         self.needs_pixel_weights = "border_ce" in self.weights
         self.needs_class_weights = bool({"weighted_ce", "border_ce"} & self.weights.keys())
 
-    def parts(self, logits: torch.Tensor, targets: torch.Tensor,
-              pixel_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def parts(
+        self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Each term's unweighted value, by name (for logging)."""
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be (N, {self.num_classes}, H, W) (got {tuple(logits.shape)})")
@@ -297,8 +304,9 @@ class CombinedLoss(torch.nn.Module):
         targets = targets.long()
         return {name: term(logits, targets, pixel_weights) for name, term in self.terms.items()}
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
-                pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         parts = self.parts(logits, targets, pixel_weights)
         return sum(self.weights[name] * value for name, value in parts.items())
 
@@ -307,8 +315,10 @@ def _check_spec(spec) -> dict[str, float]:
     """Validate ``train.loss``; raise one JobConfigError listing every problem."""
     choices = ", ".join(LOSSES)
     if not isinstance(spec, Mapping) or not spec:
-        raise JobConfigError(f"train.loss: must map loss names to weights, e.g. {{ce: 1.0, dice: 1.0}} "
-                             f"(got {spec!r}); choose from {choices}")
+        raise JobConfigError(
+            f"train.loss: must map loss names to weights, e.g. {{ce: 1.0, dice: 1.0}} "
+            f"(got {spec!r}); choose from {choices}"
+        )
     problems, weights = [], {}
     for name, weight in spec.items():
         if name not in LOSSES:
@@ -328,8 +338,9 @@ def _check_spec(spec) -> dict[str, float]:
     return {name: w for name, w in weights.items() if w > 0}
 
 
-def build_loss(spec: Mapping[str, float], *, num_classes: int,
-               class_weights: Sequence[float] | None = None) -> CombinedLoss:
+def build_loss(
+    spec: Mapping[str, float], *, num_classes: int, class_weights: Sequence[float] | None = None
+) -> CombinedLoss:
     """Build the training loss the job names, e.g. ``{"ce": 1.0, "dice": 1.0}``.
 
     Names (:data:`LOSSES`): ``ce``; ``weighted_ce`` (class weights, see

@@ -101,8 +101,11 @@ class TrainingPlan:
     def digest(self) -> str:
         """A short hash of what decides the trained weights (not the per-cell class grids, which follow the labels)."""
         described = {
-            "card": self.card.model_dump(mode="json"), "spec": self.spec.model_dump(mode="json"),
+            "card": self.card.model_dump(mode="json"),
+            "spec": self.spec.model_dump(mode="json"),
             "scenes": [[s.image, s.labels, s.train_area, s.val_area, s.instances, s.id_classes] for s in self.scenes],
-            "stride": self.stride, "class_weights": self.class_weights, "initial_weights": self.initial_weights,
+            "stride": self.stride,
+            "class_weights": self.class_weights,
+            "initial_weights": self.initial_weights,
         }
         return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -26,7 +26,7 @@ from geoseg.io.labels import IGNORE
 from geoseg.io.normalization import normalize
 from geoseg.train.augment import photometric_jitter
 
-__all__ = ["split_area", "LabelIndex", "CropSampler", "validation_windows", "CELL"]
+__all__ = ["CELL", "CropSampler", "LabelIndex", "split_area", "validation_windows"]
 
 CELL = 64  # pixels a side of the class-presence grid cells
 
@@ -57,7 +57,7 @@ class LabelIndex:
     cells: np.ndarray  # (cell rows, cell cols, classes) bool
 
     @classmethod
-    def build(cls, labels: str | Path, window: Window, num_classes: int) -> "LabelIndex":
+    def build(cls, labels: str | Path, window: Window, num_classes: int) -> LabelIndex:
         row0, col0 = int(window.row_off), int(window.col_off)
         height, width = int(window.height), int(window.width)
         cells = np.zeros((-(-height // CELL), -(-width // CELL), num_classes), bool)
@@ -74,7 +74,7 @@ class LabelIndex:
                     padded = np.zeros((-(-rows // CELL) * CELL, cells.shape[1] * CELL), bool)
                     padded[:rows, :width] = hit
                     grid = padded.reshape(-1, CELL, cells.shape[1], CELL).any(axis=(1, 3))
-                    cells[top // CELL: top // CELL + grid.shape[0], :, c] = grid
+                    cells[top // CELL : top // CELL + grid.shape[0], :, c] = grid
         return cls(window, counts, cells)
 
 
@@ -95,10 +95,22 @@ class CropSampler(torch.utils.data.IterableDataset):
         pixel_weights: ``f(instances, target) -> (H, W) float32`` computing per-pixel loss weights.
     """
 
-    def __init__(self, pairs: list[tuple[Path, Path]], *, areas: list[Window], bands: tuple[int, ...], size: int,
-                 mean: list[float], std: list[float], seed: int, indexes: list[LabelIndex] | None = None,
-                 oversample: float = 0.0, jitter: float = 0.0, instances: list[Path] | None = None,
-                 pixel_weights=None):
+    def __init__(
+        self,
+        pairs: list[tuple[Path, Path]],
+        *,
+        areas: list[Window],
+        bands: tuple[int, ...],
+        size: int,
+        mean: list[float],
+        std: list[float],
+        seed: int,
+        indexes: list[LabelIndex] | None = None,
+        oversample: float = 0.0,
+        jitter: float = 0.0,
+        instances: list[Path] | None = None,
+        pixel_weights=None,
+    ):
         super().__init__()
         self.pairs = [(str(a), str(b)) for a, b in pairs]  # paths or s3:// URIs, as rasterio takes them
         self.areas, self.bands, self.size, self.mean, self.std, self.seed = areas, bands, size, mean, std, seed
@@ -122,8 +134,10 @@ class CropSampler(torch.utils.data.IterableDataset):
                 # A pixel inside the chosen cell, then the crop around it.
                 centre_row = row0 + rows[pick] * CELL + int(rng.integers(CELL))
                 centre_col = col0 + cols[pick] * CELL + int(rng.integers(CELL))
-                return (int(np.clip(centre_row - h // 2, row0, max_row)),
-                        int(np.clip(centre_col - w // 2, col0, max_col)))
+                return (
+                    int(np.clip(centre_row - h // 2, row0, max_row)),
+                    int(np.clip(centre_col - w // 2, col0, max_col)),
+                )
         return int(rng.integers(row0, max_row + 1)), int(rng.integers(col0, max_col + 1))
 
     def __iter__(self):

@@ -19,7 +19,7 @@ from geoseg.train.instances import validate_instances
 from geoseg.train.plan import TrainingPlan, window_of
 from geoseg.train.sampler import validation_windows
 
-__all__ = ["validate", "validation_metrics", "sum_across_workers"]
+__all__ = ["sum_across_workers", "validate", "validation_metrics"]
 
 
 def sum_across_workers(counts: np.ndarray, device: torch.device) -> np.ndarray:
@@ -31,14 +31,18 @@ def sum_across_workers(counts: np.ndarray, device: torch.device) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
-def validate(model: torch.nn.Module, plan: TrainingPlan, *, size: int, device: torch.device, rank: int = 0,
-             world: int = 1) -> np.ndarray:
+def validate(
+    model: torch.nn.Module, plan: TrainingPlan, *, size: int, device: torch.device, rank: int = 0, world: int = 1
+) -> np.ndarray:
     """Confusion matrix of a semantic ``model`` over the validation areas, summed across workers."""
     card = plan.card
     matrix = np.zeros((card.num_classes, card.num_classes), np.int64)
     jobs: list[tuple[int, Window]] = [
-        (index, window) for index, scene in enumerate(plan.scenes) if scene.val_area is not None
-        for window in validation_windows(window_of(scene.val_area), size)]
+        (index, window)
+        for index, scene in enumerate(plan.scenes)
+        if scene.val_area is not None
+        for window in validation_windows(window_of(scene.val_area), size)
+    ]
     model.eval()
     with torch.inference_mode():
         for index, window in jobs[rank::world]:
@@ -58,19 +62,26 @@ def validate(model: torch.nn.Module, plan: TrainingPlan, *, size: int, device: t
     return sum_across_workers(matrix, device)
 
 
-def validation_metrics(model: torch.nn.Module, plan: TrainingPlan, *, device: torch.device, rank: int,
-                       world: int) -> dict:
+def validation_metrics(
+    model: torch.nn.Module, plan: TrainingPlan, *, device: torch.device, rank: int, world: int
+) -> dict:
     """This epoch's validation scores: ``val_miou`` (+ per class) or ``val_f1`` (+ precision, recall)."""
     size = 2 * plan.spec.tile_size
     if plan.instance_model:
         pairs = [(scene.image, scene.labels) for scene in plan.scenes]
         id_classes = [scene.id_classes or (0,) for scene in plan.scenes]
         areas = [window_of(scene.val_area) for scene in plan.scenes]
-        tp, fp, fn = sum_across_workers(validate_instances(model, plan.card, pairs, id_classes, areas, size=size,
-                                                           device=device, rank=rank, world=world), device)
-        return {"val_f1": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0,
-                "val_precision": float(tp / (tp + fp)) if tp + fp else 0.0,
-                "val_recall": float(tp / (tp + fn)) if tp + fn else 0.0}
+        tp, fp, fn = sum_across_workers(
+            validate_instances(
+                model, plan.card, pairs, id_classes, areas, size=size, device=device, rank=rank, world=world
+            ),
+            device,
+        )
+        return {
+            "val_f1": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0,
+            "val_precision": float(tp / (tp + fp)) if tp + fp else 0.0,
+            "val_recall": float(tp / (tp + fn)) if tp + fn else 0.0,
+        }
     matrix = validate(model, plan, size=size, device=device, rank=rank, world=world)
     scores = scores_from_confusion(matrix, list(plan.card.classes))
     return {"val_miou": scores["mean_iou"], "val_per_class_iou": scores["per_class_iou"]}

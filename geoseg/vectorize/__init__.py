@@ -5,10 +5,10 @@ for instance mosaics (one polygon per id). The building blocks are public so tha
 runtime can polygonize chunks in parallel and merge them in order on one node.
 """
 
+from geoseg.vectorize.classes import VectorOutputs, select_classes, vectorize_mosaic
 from geoseg.vectorize.instances import InstanceVectorOutputs, vectorize_instances
 from geoseg.vectorize.polygonize import ChunkPieces, polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
-from geoseg.vectorize.classes import VectorOutputs, select_classes, vectorize_mosaic
 
 __all__ = [
     "ChunkPieces",

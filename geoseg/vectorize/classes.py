@@ -55,8 +55,11 @@ def select_classes(class_names: Sequence[str], classes: Sequence[str] | None) ->
     if isinstance(classes, str):  # a lone name would otherwise be read letter by letter
         classes = [classes]
     valid = ", ".join(repr(n) for n in class_names)
-    problems = [f"vectorize.classes: unknown class {name!r}; the mosaic's classes are {valid}"
-                for name in classes if name not in class_names]
+    problems = [
+        f"vectorize.classes: unknown class {name!r}; the mosaic's classes are {valid}"
+        for name in classes
+        if name not in class_names
+    ]
     if not classes:
         problems.append(f"vectorize.classes: names no class; choose from {valid} or leave it out")
     if problems:
@@ -65,8 +68,13 @@ def select_classes(class_names: Sequence[str], classes: Sequence[str] | None) ->
     return [i for i, name in enumerate(class_names) if name in wanted]
 
 
-def _merge_chunks(mosaic: MosaicInfo, class_ids: list[int], progress: Callable[[int, int], None] | None,
-                  merger: SeamMerger | None = None, total: int | None = None) -> list[tuple[int, object]]:
+def _merge_chunks(
+    mosaic: MosaicInfo,
+    class_ids: list[int],
+    progress: Callable[[int, int], None] | None,
+    merger: SeamMerger | None = None,
+    total: int | None = None,
+) -> list[tuple[int, object]]:
     if merger is None:
         merger = SeamMerger(mosaic.height, mosaic.width)
     row_offsets = range(0, mosaic.height, mosaic.chunk)
@@ -129,18 +137,25 @@ def vectorize_mosaic(
         JobConfigError: an unknown class name or a negative tolerance/area.
         StageError: writing an output failed.
     """
-    problems = [f"vectorize.{name}: must be ≥ 0 (got {value!r})"
-                for name, value in (("simplify_m", simplify_m), ("min_area_m2", min_area_m2))
-                if not value >= 0]
+    problems = [
+        f"vectorize.{name}: must be ≥ 0 (got {value!r})"
+        for name, value in (("simplify_m", simplify_m), ("min_area_m2", min_area_m2))
+        if not value >= 0
+    ]
     if problems:
         raise JobConfigError(problems)
     mosaic = open_mosaic(mosaic_path, mode="r" if instances_table is None else "r+")
     class_ids = select_classes(mosaic.class_names, classes)
     if instances_table is None:
         # Nested so the pixel-space regions are freed once the table is built.
-        frame = regions_to_frame(_merge_chunks(mosaic, class_ids, progress), transform=mosaic.transform,
-                                 crs=mosaic.crs, class_names=mosaic.class_names,
-                                 simplify_m=simplify_m, min_area_m2=min_area_m2)
+        frame = regions_to_frame(
+            _merge_chunks(mosaic, class_ids, progress),
+            transform=mosaic.transform,
+            crs=mosaic.crs,
+            class_names=mosaic.class_names,
+            simplify_m=simplify_m,
+            min_area_m2=min_area_m2,
+        )
     else:
         frame, numbering, merger = _numbered_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
     vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
@@ -151,14 +166,31 @@ def vectorize_mosaic(
         return VectorOutputs(vectors=vectors, geojson=geojson, features=features, per_class=per_class)
     del frame  # pass 2 needs only the numbering, not the features
     rows = mosaic.grid[0]
-    table = write_instances(mosaic, class_ids, merger.chunk_regions, numbering, Path(instances_table),
-                            progress=None if progress is None else lambda done, _: progress(rows + done, 2 * rows))
-    return VectorOutputs(vectors=vectors, geojson=geojson, features=features, per_class=per_class,
-                         instances=len(table), instance_table=Path(instances_table))
+    table = write_instances(
+        mosaic,
+        class_ids,
+        merger.chunk_regions,
+        numbering,
+        Path(instances_table),
+        progress=None if progress is None else lambda done, _: progress(rows + done, 2 * rows),
+    )
+    return VectorOutputs(
+        vectors=vectors,
+        geojson=geojson,
+        features=features,
+        per_class=per_class,
+        instances=len(table),
+        instance_table=Path(instances_table),
+    )
 
 
-def _numbered_frame(mosaic: MosaicInfo, class_ids: list[int], simplify_m: float, min_area_m2: float,
-                    progress: Callable[[int, int], None] | None):
+def _numbered_frame(
+    mosaic: MosaicInfo,
+    class_ids: list[int],
+    simplify_m: float,
+    min_area_m2: float,
+    progress: Callable[[int, int], None] | None,
+):
     """Pass 1 with ids: the features in id order with an ``id`` column, the numbering, the merger."""
     merger = SeamMerger(mosaic.height, mosaic.width, track_pieces=True)
     regions = _merge_chunks(mosaic, class_ids, progress, merger, total=2 * mosaic.grid[0])
@@ -166,6 +198,12 @@ def _numbered_frame(mosaic: MosaicInfo, class_ids: list[int], simplify_m: float,
     kept = [regions[i] for i in numbering.order]
     del regions
     # Filtered here, so regions_to_frame's own filter (the same test) has nothing left to drop.
-    frame = regions_to_frame(kept, transform=mosaic.transform, crs=mosaic.crs, class_names=mosaic.class_names,
-                             simplify_m=simplify_m, min_area_m2=0.0)
+    frame = regions_to_frame(
+        kept,
+        transform=mosaic.transform,
+        crs=mosaic.crs,
+        class_names=mosaic.class_names,
+        simplify_m=simplify_m,
+        min_area_m2=0.0,
+    )
     return with_ids(frame, kept, mosaic.transform), numbering, merger

@@ -87,8 +87,9 @@ def first_pixels(polygons: Sequence) -> tuple[np.ndarray, np.ndarray]:
     return top.astype(np.int64), left.astype(np.int64)
 
 
-def number_regions(regions: Sequence[tuple[int, object]], *, transform: Affine, crs: CRS,
-                   min_area_m2: float = 0.0) -> RegionNumbering:
+def number_regions(
+    regions: Sequence[tuple[int, object]], *, transform: Affine, crs: CRS, min_area_m2: float = 0.0
+) -> RegionNumbering:
     """Number merged ``(class_id, pixel polygon)`` regions 1..N by their first pixel.
 
     ``min_area_m2`` is applied exactly as :func:`~geoseg.vectorize.export.regions_to_frame`
@@ -104,12 +105,10 @@ def number_regions(regions: Sequence[tuple[int, object]], *, transform: Affine, 
     order = keep[np.lexsort((cols, rows))]
     ids = np.zeros(len(geoms), dtype=np.uint32)
     ids[order] = np.arange(1, len(order) + 1, dtype=np.uint32)
-    return RegionNumbering(ids=ids, order=order, classes=np.r_[0, classes[order]],
-                           areas_m2=np.r_[0.0, areas[order]])
+    return RegionNumbering(ids=ids, order=order, classes=np.r_[0, classes[order]], areas_m2=np.r_[0.0, areas[order]])
 
 
-def with_ids(frame: gpd.GeoDataFrame, regions: Sequence[tuple[int, object]],
-             transform: Affine) -> gpd.GeoDataFrame:
+def with_ids(frame: gpd.GeoDataFrame, regions: Sequence[tuple[int, object]], transform: Affine) -> gpd.GeoDataFrame:
     """Put an ``id`` column (uint32) first in the frame built from ``regions`` in id order.
 
     ``regions_to_frame`` keeps the order of its input and drops no pixel polygon,
@@ -151,8 +150,9 @@ class _Stats:
         self.area = np.zeros(size, dtype=np.int64)
         self.score_sum = np.zeros(size, dtype=np.float64)
 
-    def add(self, components: np.ndarray, lut: np.ndarray, row_off: int, col_off: int,
-            score: np.ndarray | None) -> None:
+    def add(
+        self, components: np.ndarray, lut: np.ndarray, row_off: int, col_off: int, score: np.ndarray | None
+    ) -> None:
         count = len(lut) - 1
         if count == 0:
             return
@@ -224,12 +224,15 @@ def write_instances(
         try:
             regions = chunk_regions(index, len(classes) - 1)
         except ValueError as exc:
-            raise StageError(f"{mosaic.path}: chunk at row {row_off}, col {col_off} changed since it was "
-                             f"polygonized ({exc}); run `geoseg vectorize` again") from None
+            raise StageError(
+                f"{mosaic.path}: chunk at row {row_off}, col {col_off} changed since it was "
+                f"polygonized ({exc}); run `geoseg vectorize` again"
+            ) from None
         lut = region_ids[regions + 1]
         instances[rows, cols] = lut[components]
-        stats.add(components, lut, row_off, col_off,
-                  _class_score(mosaic, rows, cols, labels) if scores is not None else None)
+        stats.add(
+            components, lut, row_off, col_off, _class_score(mosaic, rows, cols, labels) if scores is not None else None
+        )
         if progress is not None and col_off + width >= mosaic.width:
             progress(row_off // mosaic.chunk + 1, chunk_rows)
 
@@ -238,8 +241,9 @@ def write_instances(
     score = stats.score_sum[s] * scale / np.maximum(stats.area[s], 1) if scores is not None else np.full(n, np.nan)
     bboxes = np.column_stack([stats.row_min[s], stats.col_min[s], stats.row_max[s], stats.col_max[s]])
     pixel_area = abs(mosaic.transform.a * mosaic.transform.e) * metres_per_unit(mosaic.crs) ** 2
-    table = table_from_columns(np.arange(1, n + 1), numbering.classes[s], mosaic.class_names, score, bboxes,
-                               stats.area[s], pixel_area)
+    table = table_from_columns(
+        np.arange(1, n + 1), numbering.classes[s], mosaic.class_names, score, bboxes, stats.area[s], pixel_area
+    )
     # The polygon's exact area, as the min_area_m2 filter measured it (geodesic
     # in a geographic CRS, where pixels are not all the same size).
     table["area_m2"] = numbering.areas_m2[s]

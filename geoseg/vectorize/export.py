@@ -133,8 +133,11 @@ def simplify_regions(pixel_geoms: np.ndarray, transform: Affine, tolerance: floa
 def empty_frame(crs: CRS) -> gpd.GeoDataFrame:
     """The output schema with no rows."""
     return gpd.GeoDataFrame(
-        {"class": pd.Series([], dtype=object), "class_id": pd.Series([], dtype=np.int32),
-         "area_m2": pd.Series([], dtype=np.float64)},
+        {
+            "class": pd.Series([], dtype=object),
+            "class_id": pd.Series([], dtype=np.int32),
+            "area_m2": pd.Series([], dtype=np.float64),
+        },
         geometry=gpd.GeoSeries([], crs=_pyproj_crs(crs)),
     )
 
@@ -184,9 +187,11 @@ def regions_to_frame(
     if not len(geoms):
         return empty_frame(crs)
     return gpd.GeoDataFrame(
-        {"class": pd.Series([str(class_names[c]) for c in class_ids], dtype=object),
-         "class_id": class_ids,
-         "area_m2": areas_m2(geoms, crs)},
+        {
+            "class": pd.Series([str(class_names[c]) for c in class_ids], dtype=object),
+            "class_id": class_ids,
+            "area_m2": areas_m2(geoms, crs),
+        },
         geometry=gpd.GeoSeries(geoms, crs=_pyproj_crs(crs)),
     )
 
@@ -215,8 +220,15 @@ def _write_partial(frame: gpd.GeoDataFrame, final: Path, driver: str, *, layer: 
     with warnings.catch_warnings():
         # pyogrio warns that an empty frame's geometry type is guessed; we set it.
         warnings.filterwarnings("ignore", message=".*geometry type.*", category=UserWarning)
-        pyogrio.write_dataframe(frame, partial, layer=layer, driver=driver, geometry_type=geometry_type,
-                                promote_to_multi=geometry_type == "MultiPolygon", **options)
+        pyogrio.write_dataframe(
+            frame,
+            partial,
+            layer=layer,
+            driver=driver,
+            geometry_type=geometry_type,
+            promote_to_multi=geometry_type == "MultiPolygon",
+            **options,
+        )
     return partial
 
 
@@ -239,8 +251,7 @@ def _to_wgs84(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return wgs84
 
 
-def write_vectors(frame: gpd.GeoDataFrame, out_dir: Path, *, fmt: str = "gpkg",
-                  name: str = LAYER) -> tuple[Path, Path]:
+def write_vectors(frame: gpd.GeoDataFrame, out_dir: Path, *, fmt: str = "gpkg", name: str = LAYER) -> tuple[Path, Path]:
     """Write the features in the mosaic CRS and in EPSG:4326.
 
     ``<name>.gpkg`` (GeoPackage 1.2, layer ``name``) or ``<name>.parquet``

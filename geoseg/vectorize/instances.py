@@ -82,15 +82,17 @@ def _check_table(table: pd.DataFrame, mosaic: MosaicInfo, table_path: Path) -> N
         raise InputRasterError(f"{table_path}: instance id {int(ids[ids <= 0][0])!r} is not ≥ 1; {fix}")
     seen, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        raise InputRasterError(f"{table_path}: instance id {int(seen[counts > 1][0])!r} appears "
-                               f"{int(counts[counts > 1][0])} times; {fix}")
+        raise InputRasterError(
+            f"{table_path}: instance id {int(seen[counts > 1][0])!r} appears {int(counts[counts > 1][0])} times; {fix}"
+        )
     r0, c0, r1, c1 = (table[c].to_numpy(np.int64) for c in _BOX)
     bad = (r0 < 0) | (c0 < 0) | (r1 > mosaic.height) | (c1 > mosaic.width) | (r0 >= r1) | (c0 >= c1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise InputRasterError(
             f"{table_path}: instance {int(ids[i])!r} has bounding box rows {r0[i]}:{r1[i]}, columns "
-            f"{c0[i]}:{c1[i]}, which is empty or outside the {mosaic.height} × {mosaic.width} mosaic; {fix}")
+            f"{c0[i]}:{c1[i]}, which is empty or outside the {mosaic.height} × {mosaic.width} mosaic; {fix}"
+        )
 
 
 def _polygon(geometry: dict):
@@ -130,8 +132,9 @@ def _join(parts: list):
     return parts[0] if len(parts) == 1 else union_pieces(parts)
 
 
-def _instance_polygons(mosaic: MosaicInfo, table: pd.DataFrame,
-                       progress: Callable[[int, int], None] | None) -> dict[int, object]:
+def _instance_polygons(
+    mosaic: MosaicInfo, table: pd.DataFrame, progress: Callable[[int, int], None] | None
+) -> dict[int, object]:
     """Pixel-space polygon of every instance that has pixels: ``{id: polygon}``."""
     array = mosaic.group[INSTANCES]
     chunk = mosaic.chunk
@@ -156,7 +159,7 @@ def _instance_polygons(mosaic: MosaicInfo, table: pd.DataFrame,
         for grid_col in range(grid_cols):
             col_off = grid_col * chunk
             cell = grid_row * grid_cols + grid_col
-            group = order[bounds[cell]:bounds[cell + 1]]
+            group = order[bounds[cell] : bounds[cell + 1]]
             if len(group):
                 r0, c0 = boxes[group, 0].min(), boxes[group, 1].min()
                 r1, c1 = boxes[group, 2].max(), boxes[group, 3].max()
@@ -165,8 +168,12 @@ def _instance_polygons(mosaic: MosaicInfo, table: pd.DataFrame,
                 for k, parts in _polygonize(local, r0, c0).items():
                     polygons[int(ids[group[k]])] = _join(parts)
             col_end = min(col_off + chunk, mosaic.width)
-            here = big[(boxes[big, 0] < row_end) & (boxes[big, 2] > row_off)
-                       & (boxes[big, 1] < col_end) & (boxes[big, 3] > col_off)]
+            here = big[
+                (boxes[big, 0] < row_end)
+                & (boxes[big, 2] > row_off)
+                & (boxes[big, 1] < col_end)
+                & (boxes[big, 3] > col_off)
+            ]
             if len(here):
                 # Chunk-aligned: zarr decodes exactly this one chunk.
                 block = np.asarray(array[row_off:row_end, col_off:col_end])
@@ -183,8 +190,16 @@ def _instance_polygons(mosaic: MosaicInfo, table: pd.DataFrame,
     return polygons
 
 
-def instances_to_frame(ids: np.ndarray, pixel_geoms: np.ndarray, table: pd.DataFrame, *, transform: Affine,
-                       crs: CRS, simplify_m: float = 0.0, min_area_m2: float = 0.0) -> gpd.GeoDataFrame:
+def instances_to_frame(
+    ids: np.ndarray,
+    pixel_geoms: np.ndarray,
+    table: pd.DataFrame,
+    *,
+    transform: Affine,
+    crs: CRS,
+    simplify_m: float = 0.0,
+    min_area_m2: float = 0.0,
+) -> gpd.GeoDataFrame:
     """The output table for pixel-space instance polygons; ``table`` is indexed by id.
 
     ``min_area_m2`` is compared with each instance's exact (unsimplified) area;
@@ -203,13 +218,17 @@ def instances_to_frame(ids: np.ndarray, pixel_geoms: np.ndarray, table: pd.DataF
     kept = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms) if len(ids) else np.zeros(0, bool)
     ids, geoms = ids[kept], shapely.orient_polygons(geoms[kept])
     rows = table.loc[ids] if len(ids) else table.iloc[:0]
-    return features_frame({
-        "id": pd.Series(ids, dtype=np.int64),
-        "class": pd.Series(rows["class"].astype(str).to_numpy(), dtype=object),
-        "class_id": pd.Series(rows["class_id"].to_numpy(), dtype=np.int32),
-        "score": pd.Series(rows["score"].to_numpy(), dtype=np.float32),
-        "area_m2": pd.Series(areas_m2(geoms, crs), dtype=np.float64),
-    }, geoms, crs)
+    return features_frame(
+        {
+            "id": pd.Series(ids, dtype=np.int64),
+            "class": pd.Series(rows["class"].astype(str).to_numpy(), dtype=object),
+            "class_id": pd.Series(rows["class_id"].to_numpy(), dtype=np.int32),
+            "score": pd.Series(rows["score"].to_numpy(), dtype=np.float32),
+            "area_m2": pd.Series(areas_m2(geoms, crs), dtype=np.float64),
+        },
+        geoms,
+        crs,
+    )
 
 
 def vectorize_instances(
@@ -255,34 +274,52 @@ def vectorize_instances(
         JobConfigError: a negative tolerance/area or an unknown format.
         StageError: writing an output failed.
     """
-    problems = [f"vectorize.{name}: must be ≥ 0 (got {value!r})"
-                for name, value in (("simplify_m", simplify_m), ("min_area_m2", min_area_m2))
-                if not value >= 0]
+    problems = [
+        f"vectorize.{name}: must be ≥ 0 (got {value!r})"
+        for name, value in (("simplify_m", simplify_m), ("min_area_m2", min_area_m2))
+        if not value >= 0
+    ]
     if fmt not in FORMATS:
         problems.append(f"vectorize.format: must be one of {sorted(FORMATS)!r} (got {fmt!r})")
     if problems:
         raise JobConfigError(problems)
     mosaic = open_mosaic(mosaic_path)
     if INSTANCES not in mosaic.group:
-        raise InputRasterError(f"{mosaic.path}: has no {INSTANCES!r} array; run `geoseg predict` with an "
-                               "instance model (or vectorize.instances: true) first")
+        raise InputRasterError(
+            f"{mosaic.path}: has no {INSTANCES!r} array; run `geoseg predict` with an "
+            "instance model (or vectorize.instances: true) first"
+        )
     shape = tuple(mosaic.group[INSTANCES].shape)
     if shape != (mosaic.height, mosaic.width):
-        raise InputRasterError(f"{mosaic.path}/{INSTANCES}: shape {shape!r} is not the mosaic's "
-                               f"{(mosaic.height, mosaic.width)!r}; run `geoseg predict` again")
+        raise InputRasterError(
+            f"{mosaic.path}/{INSTANCES}: shape {shape!r} is not the mosaic's "
+            f"{(mosaic.height, mosaic.width)!r}; run `geoseg predict` again"
+        )
     table_path = Path(table_path)
     table = read_instance_table(table_path)
     _check_table(table, mosaic, table_path)
 
     polygons = _instance_polygons(mosaic, table, progress)
     ids = np.array(sorted(polygons), dtype=np.int64)
-    frame = instances_to_frame(ids, np.array([polygons[i] for i in ids], dtype=object),
-                               table.set_index(pd.Index(table["id"].to_numpy(np.int64))), transform=mosaic.transform,
-                               crs=mosaic.crs, simplify_m=simplify_m, min_area_m2=min_area_m2)
+    frame = instances_to_frame(
+        ids,
+        np.array([polygons[i] for i in ids], dtype=object),
+        table.set_index(pd.Index(table["id"].to_numpy(np.int64))),
+        transform=mosaic.transform,
+        crs=mosaic.crs,
+        simplify_m=simplify_m,
+        min_area_m2=min_area_m2,
+    )
     del polygons
     vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
     counts = frame["class"].value_counts()
     names = list(mosaic.class_names[1:]) + sorted(set(table["class"].astype(str)) - set(mosaic.class_names[1:]))
     per_class = {name: int(counts.get(name, 0)) for name in names}
-    return InstanceVectorOutputs(vectors=vectors, geojson=geojson, format=fmt, features=len(frame),
-                                 per_class=per_class, missing=len(table) - len(ids))
+    return InstanceVectorOutputs(
+        vectors=vectors,
+        geojson=geojson,
+        format=fmt,
+        features=len(frame),
+        per_class=per_class,
+        missing=len(table) - len(ids),
+    )

@@ -75,9 +75,11 @@ def node_polygons(geoms: np.ndarray) -> np.ndarray:
     first = np.zeros(n, dtype=np.int64)
     count = np.zeros(n, dtype=np.int64)
     first[horizontal], count[horizontal] = _points_between(
-        row_keys, y[horizontal] * span + x[horizontal], yn[horizontal] * span + xn[horizontal])
+        row_keys, y[horizontal] * span + x[horizontal], yn[horizontal] * span + xn[horizontal]
+    )
     first[vertical], count[vertical] = _points_between(
-        col_keys, x[vertical] * span + y[vertical], xn[vertical] * span + yn[vertical])
+        col_keys, x[vertical] * span + y[vertical], xn[vertical] * span + yn[vertical]
+    )
     total = int(count.sum())
     if total == 0:
         return np.asarray(geoms)
@@ -92,8 +94,9 @@ def node_polygons(geoms: np.ndarray) -> np.ndarray:
     backwards = np.where(horizontal[edge], xn[edge] < x[edge], yn[edge] < y[edge])
     index = first[edge] + np.where(backwards, count[edge] - 1 - k, k)  # in the edge's direction
     on_row = horizontal[edge]
-    keys = np.where(on_row, row_keys[np.minimum(index, len(row_keys) - 1)],
-                    col_keys[np.minimum(index, len(col_keys) - 1)])
+    keys = np.where(
+        on_row, row_keys[np.minimum(index, len(row_keys) - 1)], col_keys[np.minimum(index, len(col_keys) - 1)]
+    )
     major, minor = keys // span, keys % span
     new_slots = np.ones(n + total, dtype=bool)
     new_slots[old_slots] = False

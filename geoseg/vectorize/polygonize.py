@@ -102,9 +102,7 @@ def _component_polygons(components: np.ndarray, count: int, row_off: int, col_of
     return polygons
 
 
-def polygonize_chunk(
-    labels: np.ndarray, valid: np.ndarray, row_off: int, col_off: int, class_ids
-) -> ChunkPieces:
+def polygonize_chunk(labels: np.ndarray, valid: np.ndarray, row_off: int, col_off: int, class_ids) -> ChunkPieces:
     """Polygonize one chunk of the mosaic.
 
     Args:

@@ -111,7 +111,7 @@ class SeamMerger:
             self._chunk_base.append(base)
             if self._next_id > len(self._piece_region):  # grow geometrically: amortized O(1) per piece
                 grown = np.full(max(self._next_id, 2 * len(self._piece_region)), -1, dtype=np.int32)
-                grown[:len(self._piece_region)] = self._piece_region
+                grown[: len(self._piece_region)] = self._piece_region
                 self._piece_region = grown
         for local in range(1, pieces.count + 1):
             self._pending[base + local] = (int(pieces.classes[local]), pieces.polygons[local])
@@ -136,8 +136,9 @@ class SeamMerger:
         order of their first piece (row-major), so the output is deterministic.
         """
         if self._next_col != self.width:
-            raise ValueError(f"chunk row at {self._row_off} ends at column {self._next_col}, "
-                             f"not at the mosaic width {self.width}")
+            raise ValueError(
+                f"chunk row at {self._row_off} ends at column {self._next_col}, not at the mosaic width {self.width}"
+            )
         last = self._row_off + self._row_height >= self.height
         still_open = set() if last else {self._uf.find(int(i)) for i in np.unique(self._below_ids) if i}
         groups: dict[int, list[int]] = {}
@@ -182,7 +183,7 @@ class SeamMerger:
             raise ValueError(f"chunk {index} had {end - base} components when merged, not {count}")
         out = np.empty(count + 1, dtype=np.int32)
         out[0] = -1
-        out[1:] = self._piece_region[base + 1:end + 1]
+        out[1:] = self._piece_region[base + 1 : end + 1]
         return out
 
     def _emit(self, members: list[int]) -> tuple[int, object]:
@@ -217,9 +218,12 @@ class SeamMerger:
         else:
             expected = (self._row_off, self._next_col)
         if (pieces.row_off, pieces.col_off) != expected or pieces.height != self._row_height:
-            raise ValueError(f"chunk at (row {pieces.row_off}, col {pieces.col_off}, height {pieces.height}) "
-                             f"is out of order; expected (row {expected[0]}, col {expected[1]}, "
-                             f"height {self._row_height})")
+            raise ValueError(
+                f"chunk at (row {pieces.row_off}, col {pieces.col_off}, height {pieces.height}) "
+                f"is out of order; expected (row {expected[0]}, col {expected[1]}, "
+                f"height {self._row_height})"
+            )
         if pieces.col_off + pieces.width > self.width:
-            raise ValueError(f"chunk at col {pieces.col_off} (width {pieces.width}) "
-                             f"runs past the mosaic width {self.width}")
+            raise ValueError(
+                f"chunk at col {pieces.col_off} (width {pieces.width}) runs past the mosaic width {self.width}"
+            )

@@ -17,8 +17,9 @@ from tests.factories import TINY_UNET
 
 
 def test_memory_sampler_counts_descendants(tmp_path):
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import time, numpy as np; a = np.ones(200 * 2**20 // 8); time.sleep(30)"])
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time, numpy as np; a = np.ones(200 * 2**20 // 8); time.sleep(30)"]
+    )
     try:
         deadline = time.time() + 20
         while psutil.Process(child.pid).memory_info().rss < 150 * 2**20 and time.time() < deadline:
@@ -36,15 +37,44 @@ def test_memory_sampler_counts_descendants(tmp_path):
 def test_bench_predict_tiny_run(tmp_path, ray_local):
     size, tile, halo = 256, 128, 32
     lines = []
-    result = bench_predict(size=size, tile_size=tile, halo=halo, batch_size=4, cpus_per_worker=1, options=TINY_UNET,
-                           workdir=tmp_path, keep=True, log=lines.append)
+    result = bench_predict(
+        size=size,
+        tile_size=tile,
+        halo=halo,
+        batch_size=4,
+        cpus_per_worker=1,
+        options=TINY_UNET,
+        workdir=tmp_path,
+        keep=True,
+        log=lines.append,
+    )
 
     assert json.loads(json.dumps(result)) == result  # one JSON line, as `geoseg bench predict` prints it
     assert any("predict: tiles" in line for line in lines)  # progress goes to the log, not the result
-    for key in ("bench", "size", "tile", "halo", "core", "tiles", "workers", "batch_size", "device", "arch",
-                "encoder", "end_to_end_s", "end_to_end_mpix_s", "model_only_mpix_s", "model_only_tiles_timed",
-                "efficiency", "peak_rss_mb", "peak_rss_driver_mb", "memory_metric", "km2_per_h", "torch",
-                "threads"):
+    for key in (
+        "bench",
+        "size",
+        "tile",
+        "halo",
+        "core",
+        "tiles",
+        "workers",
+        "batch_size",
+        "device",
+        "arch",
+        "encoder",
+        "end_to_end_s",
+        "end_to_end_mpix_s",
+        "model_only_mpix_s",
+        "model_only_tiles_timed",
+        "efficiency",
+        "peak_rss_mb",
+        "peak_rss_driver_mb",
+        "memory_metric",
+        "km2_per_h",
+        "torch",
+        "threads",
+    ):
         assert key in result, key
     core = tile - 2 * halo
     assert (result["bench"], result["size"], result["core"], result["device"]) == ("predict", size, core, "cpu")
@@ -70,8 +100,17 @@ def test_bench_train_tiny_run(tmp_path, ray_local):
     from geoseg.bench.train import bench_train
 
     lines = []
-    result = bench_train(size=256, tile_size=64, batch_size=2, epochs=2, steps=2, cpus=2, options=TINY_UNET,
-                         workdir=tmp_path, log=lines.append)
+    result = bench_train(
+        size=256,
+        tile_size=64,
+        batch_size=2,
+        epochs=2,
+        steps=2,
+        cpus=2,
+        options=TINY_UNET,
+        workdir=tmp_path,
+        log=lines.append,
+    )
     assert json.loads(json.dumps(result)) == result
     for key in ("plain_samples_s", "ray_1_samples_s", "ray_2_samples_s"):
         assert result[key] > 0, key

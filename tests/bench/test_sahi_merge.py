@@ -5,15 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geoseg.io.masks import InstanceMask, mask_ios
 from geoseg.bench.sahi_merge import sahi_boxes, sahi_greedy_nmm
+from geoseg.io.masks import InstanceMask, mask_ios
 
 
-def rect(row: int, col: int, h: int, w: int, score: float = 0.9, class_id: int = 1, tile: int = 0,
-         cut: bool = False) -> InstanceMask:
+def rect(
+    row: int, col: int, h: int, w: int, score: float = 0.9, class_id: int = 1, tile: int = 0, cut: bool = False
+) -> InstanceMask:
     """A solid h×w building whose top-left pixel is scene pixel (row, col)."""
-    return InstanceMask(row=row, col=col, mask=np.ones((h, w), bool), class_id=class_id, score=score,
-                        tile=tile, cut=cut, window=(0, 0, 1000, 1000))
+    return InstanceMask(
+        row=row,
+        col=col,
+        mask=np.ones((h, w), bool),
+        class_id=class_id,
+        score=score,
+        tile=tile,
+        cut=cut,
+        window=(0, 0, 1000, 1000),
+    )
 
 
 def scene(instances: list[InstanceMask], shape=(200, 200)) -> np.ndarray:
@@ -21,7 +30,7 @@ def scene(instances: list[InstanceMask], shape=(200, 200)) -> np.ndarray:
     out = np.zeros(shape, bool)
     for m in instances:
         h, w = m.mask.shape
-        out[m.row:m.row + h, m.col:m.col + w] |= m.mask
+        out[m.row : m.row + h, m.col : m.col + w] |= m.mask
     return out
 
 
@@ -161,8 +170,7 @@ def test_ten_thousand_detections_four_copies_each():
         for j in range(50):
             for t in range(4):
                 dy, dx = rng.integers(0, 2, size=2)
-                dets.append(rect(i * 20 + int(dy), j * 20 + int(dx), 12, 12, score=float(rng.uniform(0.5, 1)),
-                                 tile=t))
+                dets.append(rect(i * 20 + int(dy), j * 20 + int(dx), 12, 12, score=float(rng.uniform(0.5, 1)), tile=t))
     out = sahi_greedy_nmm(dets)
     assert len(out) == 2500
     assert all(m.mask.shape in {(12, 12), (12, 13), (13, 12), (13, 13)} for m in out)

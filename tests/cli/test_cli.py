@@ -103,11 +103,21 @@ def test_tiles_are_checked_against_the_checkpoints_model_not_the_jobs(tiny, caps
 
     folder, scene, labels = tiny
     torch.manual_seed(0)
-    checkpoint = write_checkpoint(folder / "pan", build_model("pan", in_channels=3, num_classes=3), arch="pan",
-                                  encoder="resnet18", options={}, classes=["background", "water", "vegetation"],
-                                  bands=[1, 2, 3], dtype="uint8", mean=[0.0] * 3, std=[1.0] * 3)
-    job = tiny_job(folder, scene, labels, stages=["predict"],
-                   predict={"scene": str(scene), "checkpoint": str(checkpoint)})
+    checkpoint = write_checkpoint(
+        folder / "pan",
+        build_model("pan", in_channels=3, num_classes=3),
+        arch="pan",
+        encoder="resnet18",
+        options={},
+        classes=["background", "water", "vegetation"],
+        bands=[1, 2, 3],
+        dtype="uint8",
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+    )
+    job = tiny_job(
+        folder, scene, labels, stages=["predict"], predict={"scene": str(scene), "checkpoint": str(checkpoint)}
+    )
     assert_one_line_error(capsys, job, "tiling.tile_size", "pan", str(checkpoint))
 
 
@@ -115,8 +125,12 @@ def test_tiles_are_checked_against_the_checkpoints_model_not_the_jobs(tiny, caps
 def test_batch_of_one_is_refused_for_models_that_normalise_pooled_features(tiny, capsys, arch):
     folder, scene, labels = tiny
     job = tiny_job(folder, scene, labels)
-    edit_job(job, model={"arch": arch, "encoder": "resnet18", "options": {}}, train__batch_size=1,
-             tiling={"tile_size": 128, "halo": 32})
+    edit_job(
+        job,
+        model={"arch": arch, "encoder": "resnet18", "options": {}},
+        train__batch_size=1,
+        tiling={"tile_size": 128, "halo": 32},
+    )
     assert_one_line_error(capsys, job, "train.batch_size", arch, "batch_size 2 or more")
 
 

@@ -45,8 +45,7 @@ def run_pool(actor_class, **constructor):
     from geoseg.tiling import plan_tiles
 
     tiles = plan_tiles(64, 64, tile_size=96, halo=16)
-    return _run_pool(tiles, actor_class, constructor, batch_size=len(tiles), workers=1, cpus=1, gpus=0,
-                     progress=None)
+    return _run_pool(tiles, actor_class, constructor, batch_size=len(tiles), workers=1, cpus=1, gpus=0, progress=None)
 
 
 class DiskFullActor:
@@ -103,14 +102,17 @@ def test_every_problem_of_a_bad_job_is_its_own_line(monkeypatch, capsys):
 
     code, err, lines = run_cli(demo_data_runs(monkeypatch, refuse), capsys)
     assert code == 2
-    assert lines == ["geoseg: error: job.yaml: tiling.halo: must be >= 0 (got -8)",
-                     "geoseg: error: job.yaml: name: field required"]
+    assert lines == [
+        "geoseg: error: job.yaml: tiling.halo: must be >= 0 (got -8)",
+        "geoseg: error: job.yaml: name: field required",
+    ]
     assert "Traceback" not in err
 
 
 def test_a_geoseg_error_in_an_actor_constructor_is_the_users_error(ray_local, monkeypatch, capsys):
-    code, err, lines = run_cli(demo_data_runs(monkeypatch, lambda: run_pool(UnreadableSceneActor, scene="s.tif")),
-                               capsys)
+    code, err, lines = run_cli(
+        demo_data_runs(monkeypatch, lambda: run_pool(UnreadableSceneActor, scene="s.tif")), capsys
+    )
     assert code == 2
     assert lines == ["geoseg: error: s.tif: not found on this node; put it where every node can read it"]
     assert "Traceback" not in err
@@ -120,25 +122,31 @@ def test_a_geoseg_error_in_an_actor_constructor_is_the_users_error(ray_local, mo
 
 
 def test_a_failed_write_in_an_actor_is_one_line_and_exit_1(ray_local, tmp_path, monkeypatch, capsys):
-    code, err, lines = run_cli(demo_data_runs(monkeypatch, lambda: run_pool(DiskFullActor, folder=str(tmp_path))),
-                               capsys)
+    code, err, lines = run_cli(
+        demo_data_runs(monkeypatch, lambda: run_pool(DiskFullActor, folder=str(tmp_path))), capsys
+    )
     assert code == 1
-    assert lines == [f"geoseg: error: predict: a model actor failed: OSError: [Errno 28] No space left on device: "
-                     f"'{tmp_path}/mosaic.zarr/labels/0.0'"], err
+    assert lines == [
+        f"geoseg: error: predict: a model actor failed: OSError: [Errno 28] No space left on device: "
+        f"'{tmp_path}/mosaic.zarr/labels/0.0'"
+    ], err
     assert "Traceback" not in err
 
 
 def test_a_failed_vector_write_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     from geoseg.vectorize.export import write_vectors
 
-    frame = gpd.GeoDataFrame({"class": ["water"], "class_id": [1], "area_m2": [1.0]},
-                             geometry=[box(0, 0, 1, 1)], crs="EPSG:32633")
+    frame = gpd.GeoDataFrame(
+        {"class": ["water"], "class_id": [1], "area_m2": [1.0]}, geometry=[box(0, 0, 1, 1)], crs="EPSG:32633"
+    )
     (tmp_path / "out").write_text("a file where the output folder should be")
-    code, err, lines = run_cli(demo_data_runs(monkeypatch, lambda: write_vectors(frame, tmp_path / "out" / "vectors")),
-                               capsys)
+    code, err, lines = run_cli(
+        demo_data_runs(monkeypatch, lambda: write_vectors(frame, tmp_path / "out" / "vectors")), capsys
+    )
     assert code == 1
-    assert len(lines) == 1 and lines[0].startswith(f"geoseg: error: {tmp_path}/out/vectors: writing the vector "
-                                                   "outputs failed: "), err
+    assert len(lines) == 1 and lines[0].startswith(
+        f"geoseg: error: {tmp_path}/out/vectors: writing the vector outputs failed: "
+    ), err
     assert "Traceback" not in err
 
 
@@ -170,8 +178,7 @@ def test_a_bug_in_an_actor_shows_the_actors_traceback(ray_local, monkeypatch, ca
 
 
 def test_a_bug_in_an_actor_constructor_shows_its_traceback(ray_local, monkeypatch, capsys):
-    code, err, lines = run_cli(demo_data_runs(monkeypatch, lambda: run_pool(BuggyConstructorActor, options={})),
-                               capsys)
+    code, err, lines = run_cli(demo_data_runs(monkeypatch, lambda: run_pool(BuggyConstructorActor, options={})), capsys)
     assert code == 1
     assert "in __init__" in err and 'self.bands = options["bands"]' in err
     assert lines == [f"geoseg: bug: KeyError: 'bands' {BUG_LINE}"]
@@ -215,13 +222,22 @@ def test_the_installed_command_exits_2_for_bad_input_and_1_for_a_bug(tmp_path):
     geoseg = Path(sys.executable).with_name("geoseg")
     bad = subprocess.run([str(geoseg), "validate", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "Traceback" not in bad.stderr
-    bug = subprocess.run([sys.executable, "-c", (
-        "import sys, geoseg.synthetic\n"
-        "def generate_demo(*args, **kwargs):\n"
-        "    return {}['survey']\n"
-        "geoseg.synthetic.generate_demo = generate_demo\n"
-        "from geoseg.cli import main\n"
-        "sys.exit(main(['demo-data', '--out', 'unused']))\n")], capture_output=True, text=True)
+    bug = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, geoseg.synthetic\n"
+                "def generate_demo(*args, **kwargs):\n"
+                "    return {}['survey']\n"
+                "geoseg.synthetic.generate_demo = generate_demo\n"
+                "from geoseg.cli import main\n"
+                "sys.exit(main(['demo-data', '--out', 'unused']))\n"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bug.returncode == 1
     assert "Traceback (most recent call last)" in bug.stderr and "in generate_demo" in bug.stderr
     assert bug.stderr.rstrip().splitlines()[-1] == f"geoseg: bug: KeyError: 'survey' {BUG_LINE}"
@@ -263,8 +279,10 @@ def test_a_lost_training_worker_is_one_line():
     lost = WorkerHealthCheckFailedError("A worker health check failed.", failure=ActorDiedError())
     raised = training_failure(WorkerGroupError("...", {0: lost}))
     assert isinstance(raised, StageError) and raised.exit_code == 1
-    assert str(raised) == ("training failed: worker rank 0 was lost: ActorDiedError: The actor died unexpectedly "
-                           "before finishing this task.")
+    assert str(raised) == (
+        "training failed: worker rank 0 was lost: ActorDiedError: The actor died unexpectedly "
+        "before finishing this task."
+    )
     raised = training_failure(ControllerError(ActorDiedError()))  # died while the worker group started
     assert str(raised).startswith("training failed: a worker was lost: ActorDiedError: ")
 
@@ -298,10 +316,12 @@ def test_a_bug_in_a_real_ray_train_worker_shows_the_workers_traceback(ray_local,
     from ray.train.torch import TorchTrainer
 
     def fit():
-        trainer = TorchTrainer(_divide, train_loop_config={"steps": 3},
-                               scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                               run_config=RunConfig(name="bug", storage_path=str(tmp_path),
-                                                    failure_config=FailureConfig(max_failures=0)))
+        trainer = TorchTrainer(
+            _divide,
+            train_loop_config={"steps": 3},
+            scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name="bug", storage_path=str(tmp_path), failure_config=FailureConfig(max_failures=0)),
+        )
         try:
             trainer.fit()
         except Exception as error:  # as fit_model does

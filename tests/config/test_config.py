@@ -38,8 +38,12 @@ def test_flood_survey_job_loads_with_paths_relative_to_the_job_file():
 
 
 def test_every_problem_reported_at_once_one_line_each(tmp_path):
-    data = {**MINIMAL, "tiling": {"halo": -8, "tile_sise": 512}, "bogus": 1,
-            "predict": {"scene": "s.tif", "batch_size": 0}}
+    data = {
+        **MINIMAL,
+        "tiling": {"halo": -8, "tile_sise": 512},
+        "bogus": 1,
+        "predict": {"scene": "s.tif", "batch_size": 0},
+    }
     lines = problems(tmp_path, data)
     source = str(tmp_path / "job.yaml")
     assert f"{source}: tiling.halo: must be >= 0 (got -8)" in lines
@@ -88,8 +92,14 @@ def test_model_options_may_not_set_what_geoseg_sets(tmp_path):
     from geoseg.config.schema import Job
 
     with pytest.raises(Exception, match="in_channels.*set by geoseg"):
-        Job.model_validate({"name": "x", "output_dir": str(tmp_path), "classes": ["a", "b"],
-                            "model": {"arch": "unet", "options": {"in_channels": 4}}})
+        Job.model_validate(
+            {
+                "name": "x",
+                "output_dir": str(tmp_path),
+                "classes": ["a", "b"],
+                "model": {"arch": "unet", "options": {"in_channels": 4}},
+            }
+        )
 
 
 def test_job_schema_knows_exactly_the_losses_geoseg_builds(tmp_path):
@@ -109,15 +119,23 @@ def test_job_schema_knows_exactly_the_losses_geoseg_builds(tmp_path):
 def test_the_shipped_job_names_the_same_files_from_the_cluster(tmp_path):
     from geoseg.config.load import rebase_job_paths
 
-    data = {"name": "x", "output_dir": "../out/x", "classes": ["a", "b"],
-            "model": {"weights": "w.safetensors", "options": {"encoder_depth": 3}},
-            "train": {"scenes": [{"image": "../data/a.tif", "labels": "/abs/labels.gpkg"}]},
-            "predict": {"scene": "s3://bucket/survey.tif", "checkpoint": "ckpt"},
-            "evaluate": {"labels": "truth.gpkg"}, "runtime": {"address": "10.0.0.1:6379"}}
+    data = {
+        "name": "x",
+        "output_dir": "../out/x",
+        "classes": ["a", "b"],
+        "model": {"weights": "w.safetensors", "options": {"encoder_depth": 3}},
+        "train": {"scenes": [{"image": "../data/a.tif", "labels": "/abs/labels.gpkg"}]},
+        "predict": {"scene": "s3://bucket/survey.tif", "checkpoint": "ckpt"},
+        "evaluate": {"labels": "truth.gpkg"},
+        "runtime": {"address": "10.0.0.1:6379"},
+    }
     shipped = rebase_job_paths(data, "/home/ray/geoseg/jobs")
-    assert shipped == {**data, "output_dir": "/home/ray/geoseg/out/x",
-                       "model": {"weights": "/home/ray/geoseg/jobs/w.safetensors", "options": {"encoder_depth": 3}},
-                       "train": {"scenes": [{"image": "/home/ray/geoseg/data/a.tif", "labels": "/abs/labels.gpkg"}]},
-                       "predict": {"scene": "s3://bucket/survey.tif", "checkpoint": "/home/ray/geoseg/jobs/ckpt"},
-                       "evaluate": {"labels": "/home/ray/geoseg/jobs/truth.gpkg"}}
+    assert shipped == {
+        **data,
+        "output_dir": "/home/ray/geoseg/out/x",
+        "model": {"weights": "/home/ray/geoseg/jobs/w.safetensors", "options": {"encoder_depth": 3}},
+        "train": {"scenes": [{"image": "/home/ray/geoseg/data/a.tif", "labels": "/abs/labels.gpkg"}]},
+        "predict": {"scene": "s3://bucket/survey.tif", "checkpoint": "/home/ray/geoseg/jobs/ckpt"},
+        "evaluate": {"labels": "/home/ray/geoseg/jobs/truth.gpkg"},
+    }
     assert data["output_dir"] == "../out/x"  # the caller's mapping is left alone

@@ -22,12 +22,19 @@ STEP = 4  # band_statistics' default sampling step
 
 def write_job(folder: Path, scene, **overrides) -> Path:
     job = {
-        "name": "rgbn", "output_dir": str(folder / "out"), "classes": list(DEMO_CLASSES),
+        "name": "rgbn",
+        "output_dir": str(folder / "out"),
+        "classes": list(DEMO_CLASSES),
         "stages": ["train", "predict"],
         "model": {"arch": "unet", "encoder": "resnet18", "options": TINY_UNET},
         "tiling": {"tile_size": 128, "halo": 16},
-        "train": {"scenes": [{"image": str(scene.scene), "labels": str(scene.labels_gpkg)}], "tile_size": 64,
-                  "batch_size": 2, "epochs": 1, "steps_per_epoch": 2},
+        "train": {
+            "scenes": [{"image": str(scene.scene), "labels": str(scene.labels_gpkg)}],
+            "tile_size": 64,
+            "batch_size": 2,
+            "epochs": 1,
+            "steps_per_epoch": 2,
+        },
         "predict": {"scene": str(scene.scene), "batch_size": 4},
         "runtime": {"workers": 1, "cpus_per_worker": 1},
     }
@@ -82,16 +89,20 @@ def test_rgbn_uint16_trains_and_predicts_end_to_end(rgbn, tmp_path, ray_local):
     assert mosaic.labels[:].max() < len(DEMO_CLASSES)
 
 
-def test_bands_subset_in_job_order_trains_a_3_input_model_and_predicts_with_it(rgbn, tmp_path, ray_local,
-                                                                                monkeypatch):
+def test_bands_subset_in_job_order_trains_a_3_input_model_and_predicts_with_it(rgbn, tmp_path, ray_local, monkeypatch):
     import geoseg.stages.train
     from geoseg.job import run_job
 
     # The test above trains through the real Ray Train; this one is about bands: train in this process.
     monkeypatch.setattr(geoseg.stages.train, "fit_model", fit_in_process)
     # One tile covers the scene (core 256, halo 32 mirrored): the mosaic must equal the model run by hand.
-    job = write_job(tmp_path, rgbn, bands=[4, 1, 2], tiling={"tile_size": 320, "halo": 32},
-                    predict={"scene": str(rgbn.scene), "batch_size": 1, "scores": True})
+    job = write_job(
+        tmp_path,
+        rgbn,
+        bands=[4, 1, 2],
+        tiling={"tile_size": 320, "halo": 32},
+        predict={"scene": str(rgbn.scene), "batch_size": 1, "scores": True},
+    )
     run_job(job, log=lambda message: None)
     out = tmp_path / "out"
     card = json.loads((out / "checkpoint" / "model_card.json").read_text())

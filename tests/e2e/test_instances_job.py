@@ -38,11 +38,20 @@ def _building_scene(folder, size: int = 256, seed: int = 0):
 
 def _job(folder, scene, labels, **overrides) -> str:
     job = {
-        "name": "houses", "output_dir": str(folder / "out"), "classes": ["background", "building"],
+        "name": "houses",
+        "output_dir": str(folder / "out"),
+        "classes": ["background", "building"],
         "model": {"arch": "maskrcnn_resnet18_fpn"},
         "tiling": {"tile_size": 128, "halo": 32},
-        "train": {"scenes": [{"image": str(scene), "labels": str(labels)}], "ignore_classes": ["road"],
-                  "tile_size": 96, "batch_size": 2, "epochs": 1, "steps_per_epoch": 2, "validation_fraction": 0.25},
+        "train": {
+            "scenes": [{"image": str(scene), "labels": str(labels)}],
+            "ignore_classes": ["road"],
+            "tile_size": 96,
+            "batch_size": 2,
+            "epochs": 1,
+            "steps_per_epoch": 2,
+            "validation_fraction": 0.25,
+        },
         "predict": {"scene": str(scene), "batch_size": 2},
         # An untrained model is unsure of everything: a low threshold still gives it detections to merge.
         "instances": {"score_threshold": 0.05},
@@ -113,8 +122,11 @@ def test_building_job_on_the_demo_survey(tmp_path):
         generate_demo(demo)
     spec = yaml.safe_load((root / "jobs" / "building_instances.yaml").read_text())
     spec["output_dir"] = str(tmp_path / "out")
-    for key, section in (("train", spec["train"]["scenes"][0]), ("predict", spec["predict"]),
-                         ("evaluate", spec["evaluate"])):
+    for key, section in (
+        ("train", spec["train"]["scenes"][0]),
+        ("predict", spec["predict"]),
+        ("evaluate", spec["evaluate"]),
+    ):
         for field in ("image", "labels", "scene"):
             if field in section:
                 section[field] = str((root / "jobs" / section[field]).resolve())

@@ -22,15 +22,26 @@ CLASSES = ["background", "water", "building"]
 
 
 def geoseg(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "geoseg.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "geoseg.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def predict_job(folder: Path, scene: Path, checkpoint: Path, out: str) -> Path:
-    job = {"name": "resume", "output_dir": str(folder / out), "classes": CLASSES, "stages": ["predict"],
-           "model": {"arch": "unet"}, "tiling": {"tile_size": 128, "halo": 32},
-           "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "batch_size": 1},
-           "runtime": {"workers": 1, "cpus_per_worker": 2}}
+    job = {
+        "name": "resume",
+        "output_dir": str(folder / out),
+        "classes": CLASSES,
+        "stages": ["predict"],
+        "model": {"arch": "unet"},
+        "tiling": {"tile_size": 128, "halo": 32},
+        "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "batch_size": 1},
+        "runtime": {"workers": 1, "cpus_per_worker": 2},
+    }
     path = folder / f"{out}.yaml"
     path.write_text(yaml.safe_dump(job))
     return path

@@ -13,8 +13,9 @@ def test_end_to_end_run_on_a_tiny_scene(tiny):
     """The real CLI in a subprocess: Ray Train, Ray actors, Zarr, vectors, metrics."""
     folder, scene, labels = tiny
     job = tiny_job(folder, scene, labels, vectorize={"classes": ["water"]})
-    result = subprocess.run([sys.executable, "-m", "geoseg.cli", "run", str(job)], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "geoseg.cli", "run", str(job)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = folder / "out"
     for stage in ("train:", "predict:", "vectorize:", "evaluate:"):
@@ -40,8 +41,12 @@ def test_end_to_end_run_on_a_tiny_scene(tiny):
     assert set(polygons["class"]) <= {"water"}
 
     cog = out / "labels.tif"
-    export = subprocess.run([sys.executable, "-m", "geoseg.cli", "export", str(out / "mosaic.zarr"), "--cog", str(cog)],
-                            capture_output=True, text=True, timeout=120)
+    export = subprocess.run(
+        [sys.executable, "-m", "geoseg.cli", "export", str(out / "mosaic.zarr"), "--cog", str(cog)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert export.returncode == 0, export.stderr
     import rasterio
 

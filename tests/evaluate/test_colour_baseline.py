@@ -16,8 +16,11 @@ def _scene(folder, name, seed):
     alpha = np.full((1, 128, 128), 65535)
     alpha[:, :, :32] = 0
     image = np.concatenate([colour, alpha]).astype(np.uint16)
-    scene = write_geotiff(folder / f"{name}.tif", image, colorinterp=[ColorInterp.red, ColorInterp.green,
-                                                                    ColorInterp.blue, ColorInterp.alpha])
+    scene = write_geotiff(
+        folder / f"{name}.tif",
+        image,
+        colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha],
+    )
     labels = write_geotiff(folder / f"{name}_labels.tif", truth[None], nodata=255)
     return scene, labels
 

@@ -11,10 +11,8 @@ from rasterio.crs import CRS
 from rasterio.features import rasterize
 from shapely.geometry import Polygon, box
 
+from geoseg.evaluate.coco import _coco_eval, coco_mask_ap, coco_rle
 from geoseg.evaluate.instances import (
-    _coco_eval,
-    coco_mask_ap,
-    coco_rle,
     count_duplicates,
     count_merged,
     count_splits,
@@ -23,8 +21,8 @@ from geoseg.evaluate.instances import (
     mosaic_instances,
     truth_instances,
 )
-from geoseg.io.masks import InstanceMask, tight
 from geoseg.io.instances import create_instance_array, table_from_columns
+from geoseg.io.masks import InstanceMask, tight
 from geoseg.io.mosaic import create_mosaic
 
 ORIGIN = Affine(0.5, 0, 500000.0, 0, -0.5, 5000000.0)
@@ -46,8 +44,11 @@ def full(instance: InstanceMask, height: int, width: int) -> np.ndarray:
 
 
 def buildings(n_rows=3, n_cols=4, size=8, gap=4) -> list[InstanceMask]:
-    return [rect(gap + i * (size + gap), gap + j * (size + gap), size, size, score=0.5 + 0.01 * (i * n_cols + j))
-            for i in range(n_rows) for j in range(n_cols)]
+    return [
+        rect(gap + i * (size + gap), gap + j * (size + gap), size, size, score=0.5 + 0.01 * (i * n_cols + j))
+        for i in range(n_rows)
+        for j in range(n_cols)
+    ]
 
 
 def test_perfect_prediction_scores_one():
@@ -153,22 +154,47 @@ def test_grouped_ap_equals_one_image_ap():
         out = []
         for _ in range(n):
             h, w = rng.integers(3, 15, size=2)
-            m = InstanceMask(row=int(rng.integers(0, height - h)), col=int(rng.integers(0, width - w)),
-                             mask=rng.random((h, w)) < 0.8, class_id=int(rng.choice(class_ids)),
-                             score=float(rng.random()))
+            m = InstanceMask(
+                row=int(rng.integers(0, height - h)),
+                col=int(rng.integers(0, width - w)),
+                mask=rng.random((h, w)) < 0.8,
+                class_id=int(rng.choice(class_ids)),
+                score=float(rng.random()),
+            )
             out.append(tight(m))
         return [m for m in out if m is not None]
 
     truth = blobs(40, [1, 2])
-    pred = [tight(InstanceMask(row=m.row, col=m.col, mask=m.mask & (rng.random(m.mask.shape) < 0.85),
-                               class_id=m.class_id, score=float(rng.random()))) for m in truth[:30]]
+    pred = [
+        tight(
+            InstanceMask(
+                row=m.row,
+                col=m.col,
+                mask=m.mask & (rng.random(m.mask.shape) < 0.85),
+                class_id=m.class_id,
+                score=float(rng.random()),
+            )
+        )
+        for m in truth[:30]
+    ]
     pred = [m for m in pred if m is not None] + blobs(15, [1, 2, 3])
     grouped = coco_mask_ap(pred, truth, height, width)
     images = [{"id": 1, "height": height, "width": width}]
-    truth_anns = [{"id": n + 1, "image_id": 1, "category_id": m.class_id, "area": m.area, "iscrowd": 0,
-                   "segmentation": coco_rle(m, height, width)} for n, m in enumerate(truth)]
-    pred_anns = [{"image_id": 1, "category_id": m.class_id, "score": m.score,
-                  "segmentation": coco_rle(m, height, width)} for m in pred]
+    truth_anns = [
+        {
+            "id": n + 1,
+            "image_id": 1,
+            "category_id": m.class_id,
+            "area": m.area,
+            "iscrowd": 0,
+            "segmentation": coco_rle(m, height, width),
+        }
+        for n, m in enumerate(truth)
+    ]
+    pred_anns = [
+        {"image_id": 1, "category_id": m.class_id, "score": m.score, "segmentation": coco_rle(m, height, width)}
+        for m in pred
+    ]
     single = _coco_eval(images, truth_anns, pred_anns, max(100, len(pred)))
     assert 0.2 < grouped["ap50"] < 1.0
     assert grouped == pytest.approx(single)
@@ -183,13 +209,17 @@ def test_truth_instances_equal_rasterize_of_each_polygon():
         angles = np.sort(rng.uniform(0, 2 * np.pi, 5))
         radius = rng.uniform(1.5, 9)
         polygons.append(Polygon([to_map(cx + radius * np.cos(a), cy + radius * np.sin(a)) for a in angles]))
-    polygons += [box(*to_map(60, 50), *to_map(70, 45)),  # outside the scene
-                 box(*to_map(10.1, 10.4), *to_map(10.4, 10.1)),  # covers no pixel centre
-                 box(*to_map(2, 20), *to_map(12, 10))]  # on pixel edges
+    polygons += [
+        box(*to_map(60, 50), *to_map(70, 45)),  # outside the scene
+        box(*to_map(10.1, 10.4), *to_map(10.4, 10.1)),  # covers no pixel centre
+        box(*to_map(2, 20), *to_map(12, 10)),
+    ]  # on pixel edges
     frame = gpd.GeoDataFrame({"class_id": [1, 2] * 5 + [1]}, geometry=polygons, crs="EPSG:32633")
     got = truth_instances(frame, ORIGIN, height, width)
-    expected = [rasterize([(g, 1)], out_shape=(height, width), transform=ORIGIN, fill=0, all_touched=False) > 0
-                for g in polygons]
+    expected = [
+        rasterize([(g, 1)], out_shape=(height, width), transform=ORIGIN, fill=0, all_touched=False) > 0
+        for g in polygons
+    ]
     kept = [(e, c) for e, c in zip(expected, frame.class_id) if e.any()]
     assert 3 < len(kept) == len(got) <= len(polygons) - 2
     for m, (e, class_id) in zip(got, kept):
@@ -199,8 +229,13 @@ def test_truth_instances_equal_rasterize_of_each_polygon():
     only_two = truth_instances(frame, ORIGIN, height, width, class_ids=[2])
     assert len(only_two) == sum(c == 2 for _, c in kept) and {m.class_id for m in only_two} == {2}
 
-    left_half = truth_instances(frame, ORIGIN, height, width,
-                                valid=lambda w: np.broadcast_to(np.arange(w[1], w[3]) < 25, (w[2] - w[0], w[3] - w[1])))
+    left_half = truth_instances(
+        frame,
+        ORIGIN,
+        height,
+        width,
+        valid=lambda w: np.broadcast_to(np.arange(w[1], w[3]) < 25, (w[2] - w[0], w[3] - w[1])),
+    )
     assert all(m.bbox[3] <= 25 for m in left_half)
     assert len(left_half) == sum(bool(e[:, :25].any()) for e, _ in kept)
 
@@ -212,23 +247,53 @@ def test_mosaic_instances_round_trip(tmp_path, zarr_format):
     ids = np.zeros((height, width), np.uint32)
     expected = []
     # Interleaved blobs whose boxes overlap and cross chunk edges; the id picks each one's pixels.
-    for k, (row, col, h, w) in enumerate([(2, 2, 10, 10), (25, 25, 20, 50), (30, 20, 35, 12), (60, 80, 10, 10),
-                                          (0, 60, 5, 30), (40, 40, 3, 3)]):
-        mask = (rng.random((h, w)) < 0.7) & (ids[row:row + h, col:col + w] == 0)
-        ids[row:row + h, col:col + w][mask] = k + 1
+    for k, (row, col, h, w) in enumerate(
+        [(2, 2, 10, 10), (25, 25, 20, 50), (30, 20, 35, 12), (60, 80, 10, 10), (0, 60, 5, 30), (40, 40, 3, 3)]
+    ):
+        mask = (rng.random((h, w)) < 0.7) & (ids[row : row + h, col : col + w] == 0)
+        ids[row : row + h, col : col + w][mask] = k + 1
         expected.append(InstanceMask(row=row, col=col, mask=mask, class_id=1 + k % 2, score=0.1 * k))
-    expected = [tight(InstanceMask(row=m.row, col=m.col, mask=ids[m.bbox[0]:m.bbox[2], m.bbox[1]:m.bbox[3]] == k + 1,
-                                   class_id=m.class_id, score=m.score)) for k, m in enumerate(expected)]
-    assert sum(r0 // chunk != (r1 - 1) // chunk or c0 // chunk != (c1 - 1) // chunk
-               for r0, c0, r1, c1 in (m.bbox for m in expected)) >= 3  # cross chunk edges
-    mosaic = create_mosaic(tmp_path / "m.zarr", height=height, width=width, chunk=chunk,
-                           crs=CRS.from_epsg(32633), transform=ORIGIN, class_names=["bg", "a", "b"],
-                           zarr_format=zarr_format)
+    expected = [
+        tight(
+            InstanceMask(
+                row=m.row,
+                col=m.col,
+                mask=ids[m.bbox[0] : m.bbox[2], m.bbox[1] : m.bbox[3]] == k + 1,
+                class_id=m.class_id,
+                score=m.score,
+            )
+        )
+        for k, m in enumerate(expected)
+    ]
+    assert (
+        sum(
+            r0 // chunk != (r1 - 1) // chunk or c0 // chunk != (c1 - 1) // chunk
+            for r0, c0, r1, c1 in (m.bbox for m in expected)
+        )
+        >= 3
+    )  # cross chunk edges
+    mosaic = create_mosaic(
+        tmp_path / "m.zarr",
+        height=height,
+        width=width,
+        chunk=chunk,
+        crs=CRS.from_epsg(32633),
+        transform=ORIGIN,
+        class_names=["bg", "a", "b"],
+        zarr_format=zarr_format,
+    )
     create_instance_array(mosaic)[:] = ids
     scores = [m.score for m in expected]
     scores[0] = float("nan")
-    table = table_from_columns(range(1, len(expected) + 1), [m.class_id for m in expected], mosaic.class_names,
-                               scores, [m.bbox for m in expected], [m.area for m in expected], 0.25)
+    table = table_from_columns(
+        range(1, len(expected) + 1),
+        [m.class_id for m in expected],
+        mosaic.class_names,
+        scores,
+        [m.bbox for m in expected],
+        [m.area for m in expected],
+        0.25,
+    )
     got = mosaic_instances(tmp_path / "m.zarr", table)
     assert len(got) == len(expected)
     for g, e in zip(got, expected):

@@ -24,7 +24,9 @@ def test_streaming_sum_equals_one_shot_and_invalid_pixels_ignored():
     truth, pred = rng.integers(0, 4, 1000), rng.integers(0, 4, 1000)
     valid = rng.random(1000) > 0.2
     whole = confusion_matrix(truth, pred, 4, valid)
-    parts = sum(confusion_matrix(truth[i:i + 100], pred[i:i + 100], 4, valid[i:i + 100]) for i in range(0, 1000, 100))
+    parts = sum(
+        confusion_matrix(truth[i : i + 100], pred[i : i + 100], 4, valid[i : i + 100]) for i in range(0, 1000, 100)
+    )
     assert (whole == parts).all() and whole.sum() == valid.sum()
 
 

@@ -20,8 +20,16 @@ def test_two_windows_blend_by_their_hann_weights(tmp_path, make_geotiff):
     size = core + 2 * halo
     path = make_geotiff("s.tif", np.full((3, core, 2 * core), 7, np.uint8))
     scene = inspect_scene(path)
-    mosaic = create_mosaic(tmp_path / "m.zarr", height=core, width=2 * core, chunk=core, crs=scene.crs,
-                           transform=scene.transform, class_names=["a", "b"], scores=True)
+    mosaic = create_mosaic(
+        tmp_path / "m.zarr",
+        height=core,
+        width=2 * core,
+        chunk=core,
+        crs=scene.crs,
+        transform=scene.transform,
+        class_names=["a", "b"],
+        scores=True,
+    )
     tiles = plan_tiles(core, 2 * core, tile_size=size, halo=halo)
     BlendScratch.create(mosaic, len(tiles), 2, size)
     scratch = BlendScratch(mosaic)
@@ -37,6 +45,6 @@ def test_two_windows_blend_by_their_hann_weights(tmp_path, make_geotiff):
     result = open_mosaic(tmp_path / "m.zarr")
     scores_b = result.group["scores"][1, 0, :].astype(float) / 255
     assert np.allclose(scores_b, expected_b, atol=1 / 255)
-    assert (expected_b[:core - halo] == 0).all() and (expected_b[core + halo:] == 1).all()  # blend only near the seam
+    assert (expected_b[: core - halo] == 0).all() and (expected_b[core + halo :] == 1).all()  # blend only near the seam
     assert 0 < expected_b[core - 1] < 0.5 < expected_b[core] < 1  # equal weights meet at the seam
     assert (result.labels[0, :] == (expected_b > 0.5)).all()

@@ -24,15 +24,18 @@ def test_same_bytes_for_any_batch_size_and_tile_order(small):
     folder, scene, checkpoint = small
     tiles = plan_tiles(300, 300, tile_size=96, halo=16)
     runs = {}
-    for name, batch, shuffle, callers in (("b1", 1, False, 1), ("b8_shuffled", 8, True, 1),
-                                          ("b3_three_threads", 3, True, 3)):
+    for name, batch, shuffle, callers in (
+        ("b1", 1, False, 1),
+        ("b8_shuffled", 8, True, 1),
+        ("b3_three_threads", 3, True, 3),
+    ):
         mosaic = folder / f"{name}.zarr"
         scene_mosaic(mosaic, scene, 64)
         order = list(tiles)
         if shuffle:
             random.Random(1).shuffle(order)
         predictor = TilePredictor(checkpoint, scene, mosaic, threads=2)
-        batches = [order[start:start + batch] for start in range(0, len(order), batch)]
+        batches = [order[start : start + batch] for start in range(0, len(order), batch)]
         # Several threads call one predictor at once, as a Ray actor with two calls in flight does.
         with ThreadPoolExecutor(callers) as pool:
             list(pool.map(predictor, batches))

@@ -28,11 +28,18 @@ def test_gpu_prediction_agrees_with_cpu_and_is_deterministic(tmp_path, make_geot
     labels = {}
     for name, device, batch in (("cpu", "cpu", 4), ("gpu1", "cuda", 1), ("gpu8", "cuda", 8)):
         mosaic = tmp_path / f"{name}.zarr"
-        create_mosaic(mosaic, height=400, width=350, chunk=128, crs=scene.crs, transform=scene.transform,
-                      class_names=["background", "water", "building"])
+        create_mosaic(
+            mosaic,
+            height=400,
+            width=350,
+            chunk=128,
+            crs=scene.crs,
+            transform=scene.transform,
+            class_names=["background", "water", "building"],
+        )
         predictor = TilePredictor(checkpoint, path, mosaic, device=device, threads=2)
         for start in range(0, len(tiles), batch):
-            predictor(tiles[start:start + batch])
+            predictor(tiles[start : start + batch])
         labels[name] = open_mosaic(mosaic).labels[:]
     assert (labels["gpu1"] == labels["gpu8"]).all()  # deterministic kernels, whatever the batch size
     assert (labels["gpu1"] == labels["cpu"]).mean() > 0.97  # bf16 vs float32: near ties may flip
@@ -41,8 +48,9 @@ def test_gpu_prediction_agrees_with_cpu_and_is_deterministic(tmp_path, make_geot
 def test_gpu_benchmark_reports_a_cuda_device(tmp_path):
     from geoseg.bench.predict import bench_predict
 
-    result = bench_predict(size=1024, tile_size=256, halo=32, batch_size=8, use_gpu=True, workdir=tmp_path,
-                           log=lambda message: None)
+    result = bench_predict(
+        size=1024, tile_size=256, halo=32, batch_size=8, use_gpu=True, workdir=tmp_path, log=lambda message: None
+    )
     assert result["device"].startswith("cuda") and result["efficiency"] > 0
 
 
@@ -55,13 +63,17 @@ def test_mask_rcnn_resnet50_trains_and_detects_on_the_gpu():
     model = build_model("maskrcnn_resnet50_fpn", in_channels=3, num_classes=2).cuda().train()
     masks = torch.zeros(1, 256, 256, dtype=torch.uint8, device="cuda")
     masks[0, 40:90, 60:140] = 1
-    target = {"boxes": torch.tensor([[60.0, 40.0, 140.0, 90.0]], device="cuda"),
-              "labels": torch.tensor([1], device="cuda"), "masks": masks}
+    target = {
+        "boxes": torch.tensor([[60.0, 40.0, 140.0, 90.0]], device="cuda"),
+        "labels": torch.tensor([1], device="cuda"),
+        "masks": masks,
+    }
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = sum(model([torch.randn(3, 256, 256, device="cuda")], [target]).values())
     loss.float().backward()
     assert torch.isfinite(loss)
     model.eval()
-    outputs = run_detector(model, np.random.default_rng(0).standard_normal((2, 3, 512, 512)).astype(np.float32),
-                           torch.device("cuda"))
+    outputs = run_detector(
+        model, np.random.default_rng(0).standard_normal((2, 3, 512, 512)).astype(np.float32), torch.device("cuda")
+    )
     assert len(outputs) == 2 and all(o["masks"].shape[-2:] == (512, 512) for o in outputs if len(o["masks"]))

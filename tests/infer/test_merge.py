@@ -6,8 +6,8 @@ import numpy as np
 
 from geoseg.evaluate.instances import count_duplicates, count_merged, count_splits, match_instances
 from geoseg.infer.detect import detections_to_masks
-from geoseg.io.masks import InstanceMask, load_masks, mask_iou, save_masks, tight
 from geoseg.infer.merge import first_pixel, merge_detections, resolve_overlaps, tile_windows
+from geoseg.io.masks import InstanceMask, load_masks, mask_iou, save_masks, tight
 from geoseg.tiling import plan_tiles
 
 SIZE, TILE, HALO = 400, 160, 32  # cores of 96 px, neighbours overlap by 64 px
@@ -55,7 +55,7 @@ def _tile_detections(truth, *, rng, jitter: bool = True) -> list[InstanceMask]:
         top, left = tile.row - tile.halo, tile.col - tile.halo
         window = (top, left, top + tile.size, left + tile.size)
         r0, c0 = max(top, 0), max(left, 0)
-        crop = ids[r0:min(top + tile.size, SIZE), c0:min(left + tile.size, SIZE)]
+        crop = ids[r0 : min(top + tile.size, SIZE), c0 : min(left + tile.size, SIZE)]
         n = len(truth)
         masks = np.zeros((n, 1, tile.size, tile.size), np.float32)
         present = [v for v in np.unique(crop) if v]
@@ -64,11 +64,18 @@ def _tile_detections(truth, *, rng, jitter: bool = True) -> list[InstanceMask]:
             if jitter and rng.random() < 0.5 and view.sum() > 40:  # drop the object's last row in this view
                 rows = np.flatnonzero(view.any(axis=1))
                 view[rows[-1]] = False
-            masks[k, 0, r0 - top:r0 - top + crop.shape[0], c0 - left:c0 - left + crop.shape[1]] = view
-        output = {"scores": _t(rng.uniform(0.6, 1.0, len(present))), "labels": _t(np.ones(len(present), np.int64)),
-                  "masks": _t(masks[:len(present)]), "boxes": _t(np.zeros((len(present), 4), np.float32))}
-        out.extend(detections_to_masks(output, row_off=top, col_off=left, window=window, scene_shape=(SIZE, SIZE),
-                                       tile=tile.index, min_area=1))
+            masks[k, 0, r0 - top : r0 - top + crop.shape[0], c0 - left : c0 - left + crop.shape[1]] = view
+        output = {
+            "scores": _t(rng.uniform(0.6, 1.0, len(present))),
+            "labels": _t(np.ones(len(present), np.int64)),
+            "masks": _t(masks[: len(present)]),
+            "boxes": _t(np.zeros((len(present), 4), np.float32)),
+        }
+        out.extend(
+            detections_to_masks(
+                output, row_off=top, col_off=left, window=window, scene_shape=(SIZE, SIZE), tile=tile.index, min_area=1
+            )
+        )
     return out
 
 
@@ -138,11 +145,12 @@ def test_a_cut_piece_defers_to_the_tile_that_saw_its_area_whole():
 
 def test_detections_are_clipped_to_the_scene_and_flagged_cut_only_at_inner_edges():
     prob = np.zeros((2, 1, 64, 64), np.float32)
-    prob[0, 0, 0:10, 20:30] = 0.9    # touches the window's top edge, which is the scene edge: not cut
-    prob[1, 0, 30:40, 54:64] = 0.9   # touches the right edge, inside the scene: cut
+    prob[0, 0, 0:10, 20:30] = 0.9  # touches the window's top edge, which is the scene edge: not cut
+    prob[1, 0, 30:40, 54:64] = 0.9  # touches the right edge, inside the scene: cut
     output = {"scores": _t([0.9, 0.8]), "labels": _t([1, 1]), "masks": _t(prob), "boxes": _t(np.zeros((2, 4)))}
-    found = detections_to_masks(output, row_off=-8, col_off=0, window=(-8, 0, 56, 64), scene_shape=(100, 100),
-                                min_area=1)
+    found = detections_to_masks(
+        output, row_off=-8, col_off=0, window=(-8, 0, 56, 64), scene_shape=(100, 100), min_area=1
+    )
     assert [d.cut for d in found] == [False, True]
     assert found[0].bbox == (0, 20, 2, 30)  # rows -8..-1 are the mirrored margin: dropped
 
@@ -156,8 +164,8 @@ def test_a_detection_below_the_score_threshold_is_dropped():
 
 def test_overlapping_results_give_pixels_to_the_more_confident():
     a = InstanceMask(0, 0, np.ones((10, 10), bool), score=0.9)
-    b = InstanceMask(0, 8, np.ones((10, 10), bool), score=0.8)    # loses 2 columns, keeps 80%
-    c = InstanceMask(0, 1, np.ones((10, 10), bool), score=0.7)    # would keep 10%: a duplicate, dropped
+    b = InstanceMask(0, 8, np.ones((10, 10), bool), score=0.8)  # loses 2 columns, keeps 80%
+    c = InstanceMask(0, 1, np.ones((10, 10), bool), score=0.7)  # would keep 10%: a duplicate, dropped
     out = resolve_overlaps([c, b, a], min_area=1)
     assert [m.bbox for m in out] == [(0, 0, 10, 10), (0, 10, 10, 18)]
     ids = _paint(out, (20, 20))
@@ -165,13 +173,22 @@ def test_overlapping_results_give_pixels_to_the_more_confident():
 
 
 def test_masks_round_trip_through_files(tmp_path):
-    masks = [InstanceMask(3, 4, np.random.default_rng(0).random((5, 7)) > 0.5, 2, 0.75, tile=3, cut=True,
-                          window=(0, 0, 10, 10))]
+    masks = [
+        InstanceMask(
+            3, 4, np.random.default_rng(0).random((5, 7)) > 0.5, 2, 0.75, tile=3, cut=True, window=(0, 0, 10, 10)
+        )
+    ]
     save_masks(tmp_path / "t.npz", masks)
     back = load_masks(tmp_path / "t.npz")
     assert np.array_equal(back[0].mask, masks[0].mask)
-    assert (back[0].row, back[0].col, back[0].class_id, back[0].tile, back[0].cut, back[0].window) == \
-        (3, 4, 2, 3, True, (0, 0, 10, 10))
+    assert (back[0].row, back[0].col, back[0].class_id, back[0].tile, back[0].cut, back[0].window) == (
+        3,
+        4,
+        2,
+        3,
+        True,
+        (0, 0, 10, 10),
+    )
     assert tight(InstanceMask(0, 0, np.zeros((3, 3), bool))) is None
 
 
@@ -184,7 +201,7 @@ def _oracle_tile_detections(ids: np.ndarray, *, tile_size: int, halo: int, rng) 
     for tile in plan_tiles(height, width, tile_size=tile_size, halo=halo):
         top, left = tile.row - tile.halo, tile.col - tile.halo
         r0, c0 = max(top, 0), max(left, 0)
-        crop = ids[r0:min(top + tile_size, height), c0:min(left + tile_size, width)]
+        crop = ids[r0 : min(top + tile_size, height), c0 : min(left + tile_size, width)]
         present = [v for v in np.unique(crop) if v]
         masks = np.zeros((len(present), 1, tile_size, tile_size), np.float32)
         for k, value in enumerate(present):
@@ -194,12 +211,24 @@ def _oracle_tile_detections(ids: np.ndarray, *, tile_size: int, halo: int, rng) 
                 view = ndimage.binary_erosion(view) if view.sum() > 60 else view
             elif pick < 0.5:
                 view = ndimage.binary_dilation(view) & (crop == 0) | view
-            masks[k, 0, r0 - top:r0 - top + crop.shape[0], c0 - left:c0 - left + crop.shape[1]] = view
-        output = {"scores": _t(rng.uniform(0.5, 1.0, len(present)).astype(np.float32)),
-                  "labels": _t(np.ones(len(present), np.int64)), "masks": _t(masks),
-                  "boxes": _t(np.zeros((len(present), 4), np.float32))}
-        out.extend(detections_to_masks(output, row_off=top, col_off=left, window=(top, left, top + tile_size,
-                                       left + tile_size), scene_shape=(height, width), tile=tile.index, min_area=16))
+            masks[k, 0, r0 - top : r0 - top + crop.shape[0], c0 - left : c0 - left + crop.shape[1]] = view
+        output = {
+            "scores": _t(rng.uniform(0.5, 1.0, len(present)).astype(np.float32)),
+            "labels": _t(np.ones(len(present), np.int64)),
+            "masks": _t(masks),
+            "boxes": _t(np.zeros((len(present), 4), np.float32)),
+        }
+        out.extend(
+            detections_to_masks(
+                output,
+                row_off=top,
+                col_off=left,
+                window=(top, left, top + tile_size, left + tile_size),
+                scene_shape=(height, width),
+                tile=tile.index,
+                min_area=16,
+            )
+        )
     return out
 
 
@@ -222,8 +251,11 @@ def test_demo_survey_buildings_come_out_once_each_with_the_demo_tiling():
             truth.append(InstanceMask(sl[0].start, sl[1].start, ids[sl] == k))
     detections = _oracle_tile_detections(ids, tile_size=512, halo=64, rng=np.random.default_rng(0))
     assert sum(d.cut for d in detections) > 500  # plenty of buildings cross tile edges
-    merged = merge_detections(detections, windows=tile_windows(plan_tiles(4096, 4096, tile_size=512, halo=64),
-                                                               4096, 4096), scene_shape=(4096, 4096))
+    merged = merge_detections(
+        detections,
+        windows=tile_windows(plan_tiles(4096, 4096, tile_size=512, halo=64), 4096, 4096),
+        scene_shape=(4096, 4096),
+    )
     final = resolve_overlaps(merged, min_area=16)
     for result in (merged, final):
         assert count_duplicates(result) == 0

@@ -17,13 +17,21 @@ def predict_scene(tmp_path, path, *, tile_size=256, halo=32, batch=4, zarr_forma
     scene = inspect_scene(path)
     checkpoint = tiny_unet_checkpoint(tmp_path / "ckpt", scene)
     mosaic_path = tmp_path / "mosaic.zarr"
-    create_mosaic(mosaic_path, height=scene.height, width=scene.width, chunk=tile_size - 2 * halo, crs=scene.crs,
-                  transform=scene.transform, class_names=["background", "water", "building"], zarr_format=zarr_format)
+    create_mosaic(
+        mosaic_path,
+        height=scene.height,
+        width=scene.width,
+        chunk=tile_size - 2 * halo,
+        crs=scene.crs,
+        transform=scene.transform,
+        class_names=["background", "water", "building"],
+        zarr_format=zarr_format,
+    )
     predictor = TilePredictor(checkpoint, path, mosaic_path, threads=2)
     tiles = plan_tiles(scene.height, scene.width, tile_size=tile_size, halo=halo)
     done = []
     for start in range(0, len(tiles), batch):
-        done += predictor(tiles[start:start + batch])
+        done += predictor(tiles[start : start + batch])
     predictor.close()
     assert sorted(done) == list(range(len(tiles)))
     return scene, open_mosaic(mosaic_path)
@@ -62,8 +70,16 @@ def test_scores_are_quantized_probabilities_consistent_with_labels(tmp_path, mak
     path = make_geotiff("s.tif", data, nodata=0)
     scene = inspect_scene(path)
     checkpoint = tiny_unet_checkpoint(tmp_path / "ckpt", scene)
-    create_mosaic(tmp_path / "m.zarr", height=130, width=100, chunk=64, crs=scene.crs, transform=scene.transform,
-                  class_names=["background", "water", "building"], scores=True)
+    create_mosaic(
+        tmp_path / "m.zarr",
+        height=130,
+        width=100,
+        chunk=64,
+        crs=scene.crs,
+        transform=scene.transform,
+        class_names=["background", "water", "building"],
+        scores=True,
+    )
     predictor = TilePredictor(checkpoint, path, tmp_path / "m.zarr", threads=2)
     predictor(plan_tiles(130, 100, tile_size=96, halo=16))
     mosaic = open_mosaic(tmp_path / "m.zarr")
@@ -84,8 +100,11 @@ def test_rgba_uint16_predicts_with_alpha_as_a_mask(tmp_path, monkeypatch):
     path = real_raster("RGBA.uint16.tif")
     seen = []
     real_forward = predict_module.predict_logits
-    monkeypatch.setattr(predict_module, "predict_logits",
-                        lambda model, batch, device: seen.append(batch.shape[1]) or real_forward(model, batch, device))
+    monkeypatch.setattr(
+        predict_module,
+        "predict_logits",
+        lambda model, batch, device: seen.append(batch.shape[1]) or real_forward(model, batch, device),
+    )
     scene, mosaic = predict_scene(tmp_path, path)
     assert (scene.dtype, scene.bands, scene.alpha) == ("uint16", (1, 2, 3), 4)
     card = json.loads((tmp_path / "ckpt" / "model_card.json").read_text())

@@ -113,8 +113,9 @@ def test_infra_has_the_four_files():
         assert path.is_file(), f"missing {path.relative_to(ROOT)}"
 
 
-@pytest.mark.parametrize("path", sorted(INFRA.rglob("*.yaml")) + sorted(INFRA.rglob("*.yml")),
-                         ids=lambda p: str(p.relative_to(INFRA)))
+@pytest.mark.parametrize(
+    "path", sorted(INFRA.rglob("*.yaml")) + sorted(INFRA.rglob("*.yml")), ids=lambda p: str(p.relative_to(INFRA))
+)
 def test_every_yaml_parses(path):
     assert documents(path), f"{path.relative_to(ROOT)} holds no YAML document"
 
@@ -183,8 +184,9 @@ def test_every_pod_mounts_the_jobs_inputs_and_outputs(path):
         shared = [Path(m["mountPath"]) for m in container.get("volumeMounts", []) if m["name"] in claims]
         for local in filter(None, needed):
             in_image = Path(container["workingDir"]) / Path(local).resolve().relative_to(ROOT)
-            assert any(in_image.is_relative_to(mount) for mount in shared), \
+            assert any(in_image.is_relative_to(mount) for mount in shared), (
                 f"{name}: {in_image} (the job's {Path(local).relative_to(ROOT)}) is on no shared volume"
+            )
 
 
 def test_cron_schedule_is_nightly_and_runs_cannot_overlap():
@@ -222,8 +224,9 @@ def test_runtime_env_holds_environment_variables_only_and_no_secrets(path):
 def test_no_credential_values_in_manifests(path):
     text = path.read_text()
     assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), "an AWS access key id is written in the file"
-    assert not re.search(r"(?i)aws_secret_access_key\s*[:=]\s*['\"]?[A-Za-z0-9/+]{40}", text), \
+    assert not re.search(r"(?i)aws_secret_access_key\s*[:=]\s*['\"]?[A-Za-z0-9/+]{40}", text), (
         "an AWS secret access key is written in the file"
+    )
     for where, mapping in walk(documents(path)):
         for entry in mapping.get("env", []) if isinstance(mapping.get("env"), list) else []:
             if SECRET_NAME.search(entry.get("name", "")):
@@ -266,11 +269,12 @@ def test_dockerfile_installs_geoseg_with_the_constraints():
     installs = [shlex.split(rest) for keyword, rest in instructions if keyword == "RUN" and "pip install" in rest]
     assert installs, "no RUN pip install"
     argv = max(installs, key=len)
-    start = max(i for i in range(len(argv) - 1) if argv[i:i + 2] == ["pip", "install"])
-    install = argv[start:argv.index("&&", start) if "&&" in argv[start:] else len(argv)]
+    start = max(i for i in range(len(argv) - 1) if argv[i : i + 2] == ["pip", "install"])
+    install = argv[start : argv.index("&&", start) if "&&" in argv[start:] else len(argv)]
     assert "." in install, "geoseg (the repo, `.`) is not what pip installs"
-    assert any(a == "-c" and b == "constraints.txt" for a, b in zip(install, install[1:])), \
+    assert any(a == "-c" and b == "constraints.txt" for a, b in zip(install, install[1:])), (
         f"pip install without -c constraints.txt: {shlex.join(install)}"
+    )
     assert "--index-url" not in install and "-i" not in install, "the PyTorch index may only be an extra index"
     assert any(a.startswith("--extra-index-url") for a in install), "no CUDA wheel index for torch"
 
@@ -292,7 +296,7 @@ def commands_running(commands: list[str], *words: str) -> list[list[str]]:
     for command in commands:
         for part in re.split(r"&&|\|\||;", command):
             argv = shlex.split(part)
-            if argv and Path(argv[0]).name == words[0] and argv[1:len(words)] == list(words[1:]):
+            if argv and Path(argv[0]).name == words[0] and argv[1 : len(words)] == list(words[1:]):
                 found.append(argv)
     return found
 
@@ -302,8 +306,9 @@ def test_cluster_yaml_starts_ray_on_head_and_workers():
     heads = commands_running(config["head_start_ray_commands"], "ray", "start")
     assert heads and all("--head" in argv for argv in heads), "head_start_ray_commands do not `ray start --head`"
     workers = commands_running(config["worker_start_ray_commands"], "ray", "start")
-    assert workers and all(any(a.startswith("--address") for a in argv) for argv in workers), \
+    assert workers and all(any(a.startswith("--address") for a in argv) for argv in workers), (
         "worker_start_ray_commands do not `ray start --address=...`"
+    )
 
 
 def test_cluster_yaml_installs_geoseg_with_the_constraints():
@@ -311,9 +316,9 @@ def test_cluster_yaml_installs_geoseg_with_the_constraints():
     assert config["provider"]["type"] == "local"
     assert config["provider"]["head_ip"] and isinstance(config["provider"]["worker_ips"], list)
     setup = config["setup_commands"]
-    assert commands_running(setup, "make", "install") or \
-        any("-c" in argv and "constraints.txt" in argv for argv in commands_running(setup, "pip", "install")), \
-        "setup_commands do not install geoseg with the pinned constraints"
+    assert commands_running(setup, "make", "install") or any(
+        "-c" in argv and "constraints.txt" in argv for argv in commands_running(setup, "pip", "install")
+    ), "setup_commands do not install geoseg with the pinned constraints"
     mounted = {Path(local).name for local in config["file_mounts"].values()}
     for needed in ("pyproject.toml", "constraints.txt", "Makefile", "geoseg", "jobs"):
         assert needed in mounted, f"file_mounts do not copy {needed} to the nodes"

@@ -18,8 +18,9 @@ def test_uint16_statistics_do_not_overflow_and_skip_alpha_masked_pixels(tmp_path
     data[3] = 255
     data[:3, :, :16] = 7  # masked by alpha: must not count
     data[3, :, :16] = 0
-    path = write_geotiff(tmp_path / "a.tif", data,
-                         colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha])
+    path = write_geotiff(
+        tmp_path / "a.tif", data, colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    )
     scene = inspect_scene(path)
     mean, std = band_statistics([path], scene.bands, step=1)
     x = np.arange(16, 64) + 65000.0

@@ -26,12 +26,21 @@ def s3(tmp_path_factory):
     server.start()
     host, port = server.get_host_and_port()
     # Credentials come from the environment only (never from the job file); the server accepts any.
-    env = {"AWS_ACCESS_KEY_ID": "geoseg-test", "AWS_SECRET_ACCESS_KEY": "geoseg-test-secret",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "geoseg-test",
+        "AWS_SECRET_ACCESS_KEY": "geoseg-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
     folder = tmp_path_factory.mktemp("s3data")
     scene, labels = tiny_scene(folder)
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket="surveys")
     client.upload_file(str(scene), "surveys", "tiny/scene.tif")
     client.upload_file(str(labels), "surveys", "tiny/labels.gpkg")
@@ -42,16 +51,21 @@ def s3(tmp_path_factory):
 def _geoseg(args, env_extra: dict, cwd) -> subprocess.CompletedProcess:
     # A fresh process: its embedded Ray starts after the AWS variables are set, so its workers inherit them.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | env_extra
-    return subprocess.run([sys.executable, "-m", "geoseg.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "geoseg.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_endpoint_url_becomes_gdal_settings():
     environ = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}
-    assert configure_gdal_for_endpoint(environ) == {"AWS_S3_ENDPOINT": "127.0.0.1:9000", "AWS_HTTPS": "NO",
-                                                    "AWS_VIRTUAL_HOSTING": "FALSE"}
-    assert configure_gdal_for_endpoint({"AWS_ENDPOINT_URL": "https://s3.example.org",
-                                        "AWS_S3_ENDPOINT": "other:1"}) == {}  # GDAL's own setting wins
+    assert configure_gdal_for_endpoint(environ) == {
+        "AWS_S3_ENDPOINT": "127.0.0.1:9000",
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+    }
+    assert (
+        configure_gdal_for_endpoint({"AWS_ENDPOINT_URL": "https://s3.example.org", "AWS_S3_ENDPOINT": "other:1"}) == {}
+    )  # GDAL's own setting wins
     assert configure_gdal_for_endpoint({}) == {}
     uri = RemotePath("s3://surveys/2026/scene.tif")
     assert (uri.name, uri.suffix, uri.stem, str(uri)) == ("scene.tif", ".tif", "scene", "s3://surveys/2026/scene.tif")
@@ -87,13 +101,26 @@ def test_a_job_reads_its_scenes_and_labels_from_s3(s3, tmp_path):
 
     import s3fs
 
-    fs = s3fs.S3FileSystem(endpoint_url=s3["env"]["AWS_ENDPOINT_URL"], key=s3["env"]["AWS_ACCESS_KEY_ID"],
-                           secret=s3["env"]["AWS_SECRET_ACCESS_KEY"])
+    fs = s3fs.S3FileSystem(
+        endpoint_url=s3["env"]["AWS_ENDPOINT_URL"],
+        key=s3["env"]["AWS_ACCESS_KEY_ID"],
+        secret=s3["env"]["AWS_SECRET_ACCESS_KEY"],
+    )
     keys = {k.removeprefix("surveys/results/tiny/") for k in fs.find("surveys/results/tiny")}
-    assert {"checkpoint/model.safetensors", "mosaic.zarr/.zgroup", "mosaic.zarr/labels/.zarray",
-            "vectors/polygons.gpkg", "vectors/polygons.geojson", "metrics.json", "runs/latest.json"} <= keys
-    options = {"endpoint_url": s3["env"]["AWS_ENDPOINT_URL"], "key": s3["env"]["AWS_ACCESS_KEY_ID"],
-               "secret": s3["env"]["AWS_SECRET_ACCESS_KEY"]}
+    assert {
+        "checkpoint/model.safetensors",
+        "mosaic.zarr/.zgroup",
+        "mosaic.zarr/labels/.zarray",
+        "vectors/polygons.gpkg",
+        "vectors/polygons.geojson",
+        "metrics.json",
+        "runs/latest.json",
+    } <= keys
+    options = {
+        "endpoint_url": s3["env"]["AWS_ENDPOINT_URL"],
+        "key": s3["env"]["AWS_ACCESS_KEY_ID"],
+        "secret": s3["env"]["AWS_SECRET_ACCESS_KEY"],
+    }
     published = zarr.open_group("s3://surveys/results/tiny/mosaic.zarr", mode="r", storage_options=options)
     assert np.array_equal(published["labels"][:], remote_labels)
     latest = json.loads(fs.cat_file("surveys/results/tiny/runs/latest.json"))

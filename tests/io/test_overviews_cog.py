@@ -26,11 +26,19 @@ CLASSES = ["background", "water", "building", "road"]
 def make_mosaic(path, labels, valid, *, chunk=128, zarr_format=2, classes=CLASSES):
     """A mosaic holding ``labels`` (0 written where invalid, as predict does) and ``valid``."""
     height, width = labels.shape
-    info = create_mosaic(path, height=height, width=width, chunk=chunk, crs=UTM33, transform=TRANSFORM,
-                         class_names=classes, zarr_format=zarr_format)
+    info = create_mosaic(
+        path,
+        height=height,
+        width=width,
+        chunk=chunk,
+        crs=UTM33,
+        transform=TRANSFORM,
+        class_names=classes,
+        zarr_format=zarr_format,
+    )
     for row, col, h, w in info.chunk_windows():
-        v = valid[row:row + h, col:col + w].astype(np.uint8)
-        write_block(info, row, col, labels[row:row + h, col:col + w].astype(np.uint8) * v, v)
+        v = valid[row : row + h, col : col + w].astype(np.uint8)
+        write_block(info, row, col, labels[row : row + h, col : col + w].astype(np.uint8) * v, v)
     return info
 
 
@@ -49,10 +57,11 @@ def reference_mode(labels, valid, factor, classes):
     h, w = -(-labels.shape[0] // factor), -(-labels.shape[1] // factor)
     lab = np.zeros((h * factor, w * factor), np.uint8)
     val = np.zeros_like(lab)
-    lab[:labels.shape[0], :labels.shape[1]] = labels
-    val[:labels.shape[0], :labels.shape[1]] = valid
-    counts = np.stack([((lab == k) & (val == 1)).reshape(h, factor, w, factor).sum(axis=(1, 3))
-                       for k in range(classes)])
+    lab[: labels.shape[0], : labels.shape[1]] = labels
+    val[: labels.shape[0], : labels.shape[1]] = valid
+    counts = np.stack(
+        [((lab == k) & (val == 1)).reshape(h, factor, w, factor).sum(axis=(1, 3)) for k in range(classes)]
+    )
     any_valid = counts.sum(axis=0) > 0
     return np.where(any_valid, counts.argmax(axis=0), 0).astype(np.uint8), any_valid.astype(np.uint8)
 
@@ -78,7 +87,10 @@ def test_levels_shapes_chunks_and_multiscales(base):
             assert arr.shape == shape and arr.chunks == (128, 128) and arr.dtype == np.uint8
     (labels_entry,) = [e for e in group.attrs["multiscales"] if e["name"] == "labels"]
     assert [(d["path"], d["factor"]) for d in labels_entry["datasets"]] == [
-        ("labels", 1), ("overviews/2/labels", 2), ("overviews/4/labels", 4)]
+        ("labels", 1),
+        ("overviews/2/labels", 2),
+        ("overviews/4/labels", 4),
+    ]
     assert labels_entry["datasets"][2]["coordinateTransformations"][0]["scale"] == [-2.0, 2.0]
     # Pixel-centre translation, like the x/y coordinate arrays.
     assert labels_entry["datasets"][2]["coordinateTransformations"][1]["translation"] == [4999999.0, 500001.0]
@@ -107,7 +119,7 @@ def test_mode_on_hand_checkable_pattern(tmp_path):
     labels[0:2, 2:4] = [[1, 2], [2, 1]]  # 2–2 tie → lowest class, 1
     labels[0:2, 4:6] = [[0, 0], [3, 3]]  # the 0s are invalid: background must not win → 3
     valid[0:2, 4:6] = [[0, 0], [1, 1]]
-    valid[0:2, 6:8] = 0                  # nothing valid → label 0, valid 0
+    valid[0:2, 6:8] = 0  # nothing valid → label 0, valid 0
     labels[0:2, 6:8] = 2
     # A 4×4 block where the mode of modes is wrong: three 2×2 sub-blocks vote 1
     # (1,1,2,3 each) and one votes 2 (2,2,2,2): 7 pixels of 2 beat 6 of 1.
@@ -127,8 +139,9 @@ def test_mode_on_hand_checkable_pattern(tmp_path):
     assert read_overview(info.path, 4)[0][1, 1] == 1
 
 
-@pytest.mark.parametrize(("chunk", "zarr_format", "height", "width"),
-                         [(128, 2, 700, 530), (75, 3, 301, 197), (3, 2, 33, 17)])
+@pytest.mark.parametrize(
+    ("chunk", "zarr_format", "height", "width"), [(128, 2, 700, 530), (75, 3, 301, 197), (3, 2, 33, 17)]
+)
 def test_exact_mode_matches_brute_force_at_every_level(tmp_path, chunk, zarr_format, height, width):
     labels, valid = scene(height, width, seed=chunk)
     info = make_mosaic(tmp_path / "b.zarr", labels, valid, chunk=chunk, zarr_format=zarr_format)
@@ -174,8 +187,9 @@ def test_overview_levels_open_in_gdal_and_rioxarray(base):
     info, _, _ = base
     build_overviews(info.path)
     if shutil.which("gdalinfo"):
-        out = subprocess.run(["gdalinfo", "-json", f'ZARR:"{info.path}":/overviews/4/labels'],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["gdalinfo", "-json", f'ZARR:"{info.path}":/overviews/4/labels'], capture_output=True, text=True, check=True
+        ).stdout
         meta = json.loads(out)
         assert meta["size"] == [133, 175]
         assert meta["geoTransform"] == [500000.0, 2.0, 0.0, 5000000.0, 0.0, -2.0]
@@ -227,14 +241,17 @@ def validate_with_gdal(path):
     python = shutil.which("python3", path="/usr/bin")
     if not python:
         return None
-    probe = subprocess.run([python, "-c", "import osgeo_utils.samples.validate_cloud_optimized_geotiff"],
-                           capture_output=True)
+    probe = subprocess.run(
+        [python, "-c", "import osgeo_utils.samples.validate_cloud_optimized_geotiff"], capture_output=True
+    )
     if probe.returncode:
         return None
-    code = ("import sys, json\n"
-            "from osgeo_utils.samples.validate_cloud_optimized_geotiff import validate\n"
-            "warnings, errors, details = validate(sys.argv[1], full_check=True)\n"
-            "print(json.dumps({'warnings': warnings, 'errors': errors}))\n")
+    code = (
+        "import sys, json\n"
+        "from osgeo_utils.samples.validate_cloud_optimized_geotiff import validate\n"
+        "warnings, errors, details = validate(sys.argv[1], full_check=True)\n"
+        "print(json.dumps({'warnings': warnings, 'errors': errors}))\n"
+    )
     out = subprocess.run([python, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
@@ -312,11 +329,25 @@ def test_cog_of_scores_is_one_masked_band_per_class(tmp_path):
     labels, valid = scene(300, 260)
     rng = np.random.default_rng(5)
     scores = rng.integers(0, 256, (len(CLASSES), 300, 260)).astype(np.uint8)
-    info = create_mosaic(tmp_path / "s.zarr", height=300, width=260, chunk=128, crs=UTM33, transform=TRANSFORM,
-                         class_names=CLASSES, scores=True)
+    info = create_mosaic(
+        tmp_path / "s.zarr",
+        height=300,
+        width=260,
+        chunk=128,
+        crs=UTM33,
+        transform=TRANSFORM,
+        class_names=CLASSES,
+        scores=True,
+    )
     for row, col, h, w in info.chunk_windows():
-        write_block(info, row, col, labels[row:row + h, col:col + w], valid[row:row + h, col:col + w],
-                    scores[:, row:row + h, col:col + w])
+        write_block(
+            info,
+            row,
+            col,
+            labels[row : row + h, col : col + w],
+            valid[row : row + h, col : col + w],
+            scores[:, row : row + h, col : col + w],
+        )
     out = export_cog(info.path, tmp_path / "scores.tif", array="scores")
     with rasterio.open(out) as src:
         assert src.count == len(CLASSES) and src.nodata is None

@@ -26,7 +26,7 @@ def test_tiles_equal_a_mirror_padded_whole_image(make_geotiff):
     with rasterio.open(path) as src:
         for tile in plan_tiles(150, 130, tile_size=size, halo=halo):
             pixels, valid = read_tile(src, tile, (1, 2, 3))
-            expected = padded[:, tile.row:tile.row + size, tile.col:tile.col + size]
+            expected = padded[:, tile.row : tile.row + size, tile.col : tile.col + size]
             assert pixels.shape == (3, size, size)
             assert (pixels == expected).all()
             assert valid.shape == (tile.height, tile.width) and valid.all()
@@ -45,8 +45,9 @@ def test_alpha_band_is_a_mask_not_a_colour(make_geotiff):
     data = np.full((4, 64, 64), 120, np.uint8)
     data[3] = 255
     data[3, :, :20] = 0
-    path = make_geotiff("rgba.tif", data, colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
-                                                       ColorInterp.alpha])
+    path = make_geotiff(
+        "rgba.tif", data, colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    )
     scene = inspect_scene(path)
     assert scene.bands == (1, 2, 3) and scene.alpha == 4
     with pytest.raises(InputRasterError, match="alpha band"):
@@ -89,8 +90,12 @@ def test_labels_in_another_crs_are_reprojected_before_rasterizing(make_geotiff, 
     scene = inspect_scene(path)
     square = box(ORIGIN.c + 10, ORIGIN.f - 30, ORIGIN.c + 30, ORIGIN.f - 10)  # pixels 20..60 in x and y
     in_wgs84 = gpd.GeoSeries([square], crs="EPSG:32633").to_crs("EPSG:4326")
-    labels = load_labels(write_labels(tmp_path, list(in_wgs84), ["water"], crs="EPSG:4326"),
-                         scene=scene, classes=["background", "water"], field="class")
+    labels = load_labels(
+        write_labels(tmp_path, list(in_wgs84), ["water"], crs="EPSG:4326"),
+        scene=scene,
+        classes=["background", "water"],
+        field="class",
+    )
     out = rasterize_labels(labels, scene, tmp_path / "labels.tif", block=32)
     with rasterio.open(out) as src:
         raster = src.read(1)
@@ -105,8 +110,12 @@ def test_rasterized_labels_mark_nodata_as_ignore_and_burn_in_file_order(make_geo
     scene = inspect_scene(make_geotiff("s.tif", data, nodata=0))
     whole = box(ORIGIN.c, ORIGIN.f - 16, ORIGIN.c + 16, ORIGIN.f)  # pixels 0..32 (0.5 m pixels)
     corner = box(ORIGIN.c + 8, ORIGIN.f - 8, ORIGIN.c + 16, ORIGIN.f)  # rows 0..16, cols 16..32
-    labels = load_labels(write_labels(tmp_path, [whole, corner], ["water", "road"]), scene=scene,
-                         classes=["background", "water", "road"], field="class")
+    labels = load_labels(
+        write_labels(tmp_path, [whole, corner], ["water", "road"]),
+        scene=scene,
+        classes=["background", "water", "road"],
+        field="class",
+    )
     with rasterio.open(rasterize_labels(labels, scene, tmp_path / "l.tif", block=32)) as src:
         raster = src.read(1)
     assert (raster[:, :8] == IGNORE).all()
@@ -142,8 +151,15 @@ def test_instance_raster_gives_each_polygon_its_own_id(tmp_path):
     assert len(np.unique(ids)) > len(frame) // 2  # most polygons visible (later ones burn over earlier)
 
 
-@pytest.mark.parametrize("name,bands,alpha", [("cogeo.tif", (1, 2, 3), None), ("RGB.byte.tif", (1, 2, 3), None),
-                                              ("RGBA.uint16.tif", (1, 2, 3), 4), ("alpha.tif", (1, 2, 3), 4)])
+@pytest.mark.parametrize(
+    "name,bands,alpha",
+    [
+        ("cogeo.tif", (1, 2, 3), None),
+        ("RGB.byte.tif", (1, 2, 3), None),
+        ("RGBA.uint16.tif", (1, 2, 3), 4),
+        ("alpha.tif", (1, 2, 3), 4),
+    ],
+)
 def test_real_geotiffs_are_inspected_with_their_georeferencing(name, bands, alpha):
     path = real_raster(name)
     scene = inspect_scene(path)

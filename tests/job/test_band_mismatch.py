@@ -29,10 +29,16 @@ def rgbn_card(rgbn, tmp_path_factory):
 
 
 def predict_job(folder: Path, scene: Path, checkpoint: Path, **overrides) -> Path:
-    job = {"name": "p", "output_dir": str(folder / "out"), "classes": ["background", "water", "building"],
-           "stages": ["predict"], "model": {"arch": "unet", "options": TINY_UNET},
-           "tiling": {"tile_size": 96, "halo": 16},
-           "predict": {"scene": str(scene), "checkpoint": str(checkpoint)}, **overrides}
+    job = {
+        "name": "p",
+        "output_dir": str(folder / "out"),
+        "classes": ["background", "water", "building"],
+        "stages": ["predict"],
+        "model": {"arch": "unet", "options": TINY_UNET},
+        "tiling": {"tile_size": 96, "halo": 16},
+        "predict": {"scene": str(scene), "checkpoint": str(checkpoint)},
+        **overrides,
+    }
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -45,9 +51,19 @@ def _uint8_rgb(folder: Path) -> Path:
 def _uint8_4band(folder: Path) -> Path:
     # GDAL makes the 4th band of a 4-band uint8 RGB GeoTIFF alpha unless told otherwise: here it is NIR.
     path = folder / "u8x4.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint8", crs="EPSG:32633",
-                       transform=rasterio.transform.from_origin(500000, 5000000, 0.5, 0.5), photometric="RGB",
-                       alpha="UNSPECIFIED") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=rasterio.transform.from_origin(500000, 5000000, 0.5, 0.5),
+        photometric="RGB",
+        alpha="UNSPECIFIED",
+    ) as dst:
         dst.write(np.full((4, 64, 64), 9, np.uint8))
     return path
 
@@ -56,15 +72,21 @@ def _uint16_rgba(folder: Path) -> Path:
     # 4 bands of uint16, but the 4th is alpha: 3 colour bands for a 4-band model.
     data = np.full((4, 64, 64), 3000, np.uint16)
     data[3] = 65535
-    return write_geotiff(folder / "rgba16.tif", data,
-                         colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha])
+    return write_geotiff(
+        folder / "rgba16.tif",
+        data,
+        colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha],
+    )
 
 
-@pytest.mark.parametrize("make, needles", [
-    (_uint8_rgb, ["3 band(s) of uint8", "4 of uint16"]),
-    (_uint8_4band, ["4 band(s) of uint8", "4 of uint16"]),
-    (_uint16_rgba, ["3 band(s) of uint16", "4 of uint16"]),
-])
+@pytest.mark.parametrize(
+    "make, needles",
+    [
+        (_uint8_rgb, ["3 band(s) of uint8", "4 of uint16"]),
+        (_uint8_4band, ["4 band(s) of uint8", "4 of uint16"]),
+        (_uint16_rgba, ["3 band(s) of uint16", "4 of uint16"]),
+    ],
+)
 def test_scene_that_does_not_match_the_card_is_refused_in_one_line(tmp_path, capsys, rgbn_card, make, needles):
     scene = make(tmp_path)
     job = predict_job(tmp_path, scene, rgbn_card)

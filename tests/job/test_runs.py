@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -62,8 +62,10 @@ def mosaic_stamp(out: Path) -> tuple:
 
 
 def noop_line(run_id: str) -> re.Pattern:
-    return re.compile(rf"geoseg: job 'tiny' already finished in run {re.escape(run_id)} "
-                      r"\(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); nothing to do \(--force runs it again\)")
+    return re.compile(
+        rf"geoseg: job 'tiny' already finished in run {re.escape(run_id)} "
+        r"\(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); nothing to do \(--force runs it again\)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +83,11 @@ def test_a_run_writes_run_json_with_the_job_code_checkpoint_and_timings(finished
     assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{4}", record["run_id"])
     assert (out / "runs" / record["run_id"] / "run.json").is_file()
     assert record["status"] == "done" and record["error"] is None and record["force"] is False
-    assert record["job"] == {"name": "tiny", "file": str(finished.resolve()),
-                             "sha256": hashlib.sha256(job.model_dump_json().encode()).hexdigest()}
+    assert record["job"] == {
+        "name": "tiny",
+        "file": str(finished.resolve()),
+        "sha256": hashlib.sha256(job.model_dump_json().encode()).hexdigest(),
+    }
     assert record["code"]["geoseg_version"] == geoseg.__version__
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert record["code"]["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
@@ -103,7 +108,8 @@ def test_a_run_writes_run_json_with_the_job_code_checkpoint_and_timings(finished
     assert set(inputs) == {"predict.scene", "evaluate.labels"}
     assert inputs["predict.scene"]["path"] == str(scene[0]) and inputs["predict.scene"]["size"] == stat.st_size
     assert inputs["predict.scene"]["mtime"].startswith(
-        datetime.fromtimestamp(stat.st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+        datetime.fromtimestamp(stat.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    )
     assert json.loads((out / "runs" / "latest.json").read_text()) == record
     assert not list((out / "runs").rglob("*.partial"))  # written by rename
 
@@ -128,10 +134,18 @@ def test_rerunning_a_finished_job_is_a_noop_that_says_so(finished, capsys, monke
 
 def test_the_noop_does_not_even_import_ray(finished):
     """The real CLI in a fresh process: one line, exit 0, and Ray never imported (so never started)."""
-    code = ("import sys; from geoseg.cli import main; code = main(['run', sys.argv[1]]); "
-            "print('ray imported' if 'ray' in sys.modules else 'no ray'); sys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", code, str(finished)], capture_output=True, text=True,
-                            timeout=300, cwd=REPO, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+    code = (
+        "import sys; from geoseg.cli import main; code = main(['run', sys.argv[1]]); "
+        "print('ray imported' if 'ray' in sys.modules else 'no ray'); sys.exit(code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(finished)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and "nothing to do (--force runs it again)" in lines[0], result.stdout
@@ -190,9 +204,19 @@ def test_force_really_trains_again(tmp_path, scene, ray_local, one_torch_thread,
 
     monkeypatch.setattr(geoseg.stages.train, "fit_model", fit)
     image, labels, _ = scene
-    job = tiny_job(tmp_path, image, labels, stages=["train"],
-                   train={"scenes": [{"image": str(image), "labels": str(labels)}], "tile_size": 64, "batch_size": 2,
-                          "epochs": 1, "steps_per_epoch": 2})
+    job = tiny_job(
+        tmp_path,
+        image,
+        labels,
+        stages=["train"],
+        train={
+            "scenes": [{"image": str(image), "labels": str(labels)}],
+            "tile_size": 64,
+            "batch_size": 2,
+            "epochs": 1,
+            "steps_per_epoch": 2,
+        },
+    )
     weights = tmp_path / "out" / "checkpoint" / "model.safetensors"
     assert run(job, capsys)[0] == 0 and calls == [False]
     trained = weights.stat().st_mtime_ns
@@ -223,8 +247,9 @@ def test_a_changed_job_is_not_a_noop(tmp_path, scene, ray_local, one_torch_threa
     assert "vectorize: " in "\n".join(lines)  # the polygons were made again with the new setting
 
 
-def test_a_failed_stage_is_recorded_and_the_next_run_is_not_a_noop(tmp_path, scene, ray_local, one_torch_thread,
-                                                                   capsys, monkeypatch):
+def test_a_failed_stage_is_recorded_and_the_next_run_is_not_a_noop(
+    tmp_path, scene, ray_local, one_torch_thread, capsys, monkeypatch
+):
     import geoseg.stages.evaluate
 
     job = make_job(tmp_path, scene)

@@ -16,8 +16,16 @@ from tests.factories import TINY_UNET, model_card
 def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = build_model("unet", in_channels=3, num_classes=3, **TINY_UNET)
-    card = model_card(arch="unet", encoder="resnet18", options=TINY_UNET, classes=["bg", "water", "road"],
-                      bands=[1, 2, 3], mean=[100.0, 90.0, 80.0], std=[30.0, 30.0, 30.0], run="job-0123456789")
+    card = model_card(
+        arch="unet",
+        encoder="resnet18",
+        options=TINY_UNET,
+        classes=["bg", "water", "road"],
+        bands=[1, 2, 3],
+        mean=[100.0, 90.0, 80.0],
+        std=[30.0, 30.0, 30.0],
+        run="job-0123456789",
+    )
     return save_checkpoint(tmp_path / "ckpt", model, card), card
 
 
@@ -43,14 +51,17 @@ def _edit(folder, **changes):
     (folder / CARD).write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"format": None}, "format: None is not a model card this geoseg reads ('geoseg-model-card/1'); retrain"),
-    ({"format": "geoseg-model-card/9"}, "format: 'geoseg-model-card/9' is not a model card this geoseg reads"),
-    ({"bands": []}, "bands: Tuple should have at least 1 item after validation, not 0"),
-    ({"classes": "water"}, "classes: Input should be a valid tuple (got 'water')"),
-    ({"normalization": None}, "normalization: Field required"),
-    ({"colour": "blue"}, "colour: unknown field (got 'blue')"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"format": None}, "format: None is not a model card this geoseg reads ('geoseg-model-card/1'); retrain"),
+        ({"format": "geoseg-model-card/9"}, "format: 'geoseg-model-card/9' is not a model card this geoseg reads"),
+        ({"bands": []}, "bands: Tuple should have at least 1 item after validation, not 0"),
+        ({"classes": "water"}, "classes: Input should be a valid tuple (got 'water')"),
+        ({"normalization": None}, "normalization: Field required"),
+        ({"colour": "blue"}, "colour: unknown field (got 'blue')"),
+    ],
+)
 def test_a_bad_card_is_refused_in_one_line_with_the_fix(checkpoint, changes, expected):
     folder, _ = checkpoint
     _edit(folder, **changes)
@@ -82,7 +93,11 @@ def test_a_missing_checkpoint_says_how_to_make_one(tmp_path):
 
 
 def test_the_training_summary_names_its_score():
-    card = ModelCard.model_validate({**model_card(arch="unet", encoder="resnet18", classes=["a", "b"], bands=[1])
-                                     .model_dump(), "training": {"epochs_run": 3, "best_epoch": 2, "val_f1": 0.9}})
+    card = ModelCard.model_validate(
+        {
+            **model_card(arch="unet", encoder="resnet18", classes=["a", "b"], bands=[1]).model_dump(),
+            "training": {"epochs_run": 3, "best_epoch": 2, "val_f1": 0.9},
+        }
+    )
     assert card.training.val_f1 == 0.9 and card.training.val_miou is None
     assert json.loads(card.to_json())["training"] == {"epochs_run": 3, "best_epoch": 2, "val_f1": 0.9}

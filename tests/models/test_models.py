@@ -26,9 +26,21 @@ from geoseg.models.registry import SEGMENTATION_ARCHITECTURES, SMP_ARCHITECTURES
 from tests.factories import model_card, write_checkpoint
 
 CLASSES = 5
-STRIDES = {"unet": 32, "unetplusplus": 32, "deeplabv3": 8, "deeplabv3plus": 16, "fpn": 32, "pspnet": 8,
-           "linknet": 32, "manet": 32, "pan": 128, "upernet": 32, "segformer": 32,
-           "fcn_resnet50": 8, "deeplabv3_resnet50": 8}  # resnet18 defaults; torchvision's dilated resnet50
+STRIDES = {
+    "unet": 32,
+    "unetplusplus": 32,
+    "deeplabv3": 8,
+    "deeplabv3plus": 16,
+    "fpn": 32,
+    "pspnet": 8,
+    "linknet": 32,
+    "manet": 32,
+    "pan": 128,
+    "upernet": 32,
+    "segformer": 32,
+    "fcn_resnet50": 8,
+    "deeplabv3_resnet50": 8,
+}  # resnet18 defaults; torchvision's dilated resnet50
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,33 +114,56 @@ def test_trains_a_few_steps(arch):
     assert _loss(model, x, y) < start
 
 
-@pytest.mark.parametrize("arch, encoder, options, expected", [
-    ("nope", "resnet18", {}, ["model.arch", "'nope'", "choose one of unet", "fcn_resnet50"]),
-    ("unet", "resnet19", {}, ["model.encoder", "'resnet19'", "did you mean 'resnet18'"]),
-    ("unet", "tu-not_a_timm_model", {}, ["model.encoder", "timm has no model 'not_a_timm_model'"]),
-    ("unet", "resnet18", {"decoder_chanels": [8]}, ["model.options.decoder_chanels", "not an option of unet",
-                                                     "did you mean 'decoder_channels'"]),
-    ("fpn", "resnet18", {"encoder_depth": 3}, ["model.options.encoder_depth", "4× the input's side",
-                                               "use encoder_depth: 5", "upsampling: 1"]),
-    ("fpn", "resnet18", {"encoder_depth": 4}, ["model.options.encoder_depth", "2×", "upsampling: 2"]),
-    ("fpn", "resnet18", {"encoder_depth": 2}, ["model.options", "cannot be less than 3"]),  # smp's own check
-    ("pspnet", "resnet18", {"encoder_depth": 5}, ["model.options.encoder_depth", "1/4 of the input's side",
-                                                  "encoder_depth: 3", "upsampling: 32"]),
-    ("segformer", "resnet18", {"upsampling": 2}, ["model.options.upsampling", "use upsampling: 4"]),
-    ("deeplabv3", "resnet18", {"upsampling": 4}, ["model.options.upsampling", "use upsampling: 8"]),
-    ("unet", "resnet18", {"encoder_depth": 3}, ["model.options.decoder_channels", "[64, 32, 16]"]),
-    ("manet", "resnet18", {"encoder_depth": 3, "decoder_channels": [8, 4]},
-     ["model.options.decoder_channels", "3 for encoder_depth 3 (got 2)"]),
-    ("unet", "resnet18", {"encoder_depth": 6}, ["model.options", "range [1, 5], got 6"]),
-    ("unet", "resnet18", {"encoder_depth": "3"}, ["model.options.encoder_depth", "'3'"]),
-    ("unet", "resnet18", {"activation": "sigmoid"}, ["model.options.activation", "raw logits"]),
-    ("unet", "resnet18", {"aux_params": {"classes": 2}}, ["model.options.aux_params", "tuples"]),
-    ("unet", "resnet18", {"encoder_weights": "imagenet"}, ["model.options.encoder_weights", "model.weights"]),
-    ("unet", "resnet18", {"classes": 3}, ["model.options.classes", "set by geoseg"]),
-    ("fcn_resnet50", "resnet34", {}, ["model.encoder", "fixed resnet50 backbone", "'resnet34'"]),
-    ("deeplabv3_resnet50", "resnet18", {"encoder_depth": 3}, ["model.options", "takes no options",
-                                                              "encoder_depth"]),
-])
+@pytest.mark.parametrize(
+    "arch, encoder, options, expected",
+    [
+        ("nope", "resnet18", {}, ["model.arch", "'nope'", "choose one of unet", "fcn_resnet50"]),
+        ("unet", "resnet19", {}, ["model.encoder", "'resnet19'", "did you mean 'resnet18'"]),
+        ("unet", "tu-not_a_timm_model", {}, ["model.encoder", "timm has no model 'not_a_timm_model'"]),
+        (
+            "unet",
+            "resnet18",
+            {"decoder_chanels": [8]},
+            ["model.options.decoder_chanels", "not an option of unet", "did you mean 'decoder_channels'"],
+        ),
+        (
+            "fpn",
+            "resnet18",
+            {"encoder_depth": 3},
+            ["model.options.encoder_depth", "4× the input's side", "use encoder_depth: 5", "upsampling: 1"],
+        ),
+        ("fpn", "resnet18", {"encoder_depth": 4}, ["model.options.encoder_depth", "2×", "upsampling: 2"]),
+        ("fpn", "resnet18", {"encoder_depth": 2}, ["model.options", "cannot be less than 3"]),  # smp's own check
+        (
+            "pspnet",
+            "resnet18",
+            {"encoder_depth": 5},
+            ["model.options.encoder_depth", "1/4 of the input's side", "encoder_depth: 3", "upsampling: 32"],
+        ),
+        ("segformer", "resnet18", {"upsampling": 2}, ["model.options.upsampling", "use upsampling: 4"]),
+        ("deeplabv3", "resnet18", {"upsampling": 4}, ["model.options.upsampling", "use upsampling: 8"]),
+        ("unet", "resnet18", {"encoder_depth": 3}, ["model.options.decoder_channels", "[64, 32, 16]"]),
+        (
+            "manet",
+            "resnet18",
+            {"encoder_depth": 3, "decoder_channels": [8, 4]},
+            ["model.options.decoder_channels", "3 for encoder_depth 3 (got 2)"],
+        ),
+        ("unet", "resnet18", {"encoder_depth": 6}, ["model.options", "range [1, 5], got 6"]),
+        ("unet", "resnet18", {"encoder_depth": "3"}, ["model.options.encoder_depth", "'3'"]),
+        ("unet", "resnet18", {"activation": "sigmoid"}, ["model.options.activation", "raw logits"]),
+        ("unet", "resnet18", {"aux_params": {"classes": 2}}, ["model.options.aux_params", "tuples"]),
+        ("unet", "resnet18", {"encoder_weights": "imagenet"}, ["model.options.encoder_weights", "model.weights"]),
+        ("unet", "resnet18", {"classes": 3}, ["model.options.classes", "set by geoseg"]),
+        ("fcn_resnet50", "resnet34", {}, ["model.encoder", "fixed resnet50 backbone", "'resnet34'"]),
+        (
+            "deeplabv3_resnet50",
+            "resnet18",
+            {"encoder_depth": 3},
+            ["model.options", "takes no options", "encoder_depth"],
+        ),
+    ],
+)
 def test_bad_models_are_refused_in_one_line(arch, encoder, options, expected):
     with pytest.raises(ModelError) as info:
         build_model(arch, in_channels=3, num_classes=2, encoder=encoder, **options)
@@ -145,9 +180,14 @@ def test_empty_inputs_or_outputs_are_refused(bands, classes, field):
         build_model("unet", in_channels=bands, num_classes=classes)
 
 
-@pytest.mark.parametrize("arch, options", [("fpn", {"encoder_depth": 3, "upsampling": 1}),
-                                           ("pspnet", {"encoder_depth": 5, "upsampling": 32}),
-                                           ("unet", {"encoder_weights": None})])
+@pytest.mark.parametrize(
+    "arch, options",
+    [
+        ("fpn", {"encoder_depth": 3, "upsampling": 1}),
+        ("pspnet", {"encoder_depth": 5, "upsampling": 32}),
+        ("unet", {"encoder_weights": None}),
+    ],
+)
 def test_the_suggested_fixes_build_input_sized_models(arch, options):
     model = build_model(arch, in_channels=3, num_classes=2, **options).eval()
     side = 2 * output_stride(model)
@@ -184,8 +224,14 @@ def test_torchvision_models_rebuild_from_a_model_card(arch, encoder):
 
 
 def test_torchvision_checkpoint_round_trip(tmp_path):
-    fields = {"arch": "fcn_resnet50", "encoder": "resnet18", "options": {}, "bands": [1, 2, 3, 4],
-              "classes": ["water", "land"], "dtype": None}
+    fields = {
+        "arch": "fcn_resnet50",
+        "encoder": "resnet18",
+        "options": {},
+        "bands": [1, 2, 3, 4],
+        "classes": ["water", "land"],
+        "dtype": None,
+    }
     card = model_card(**fields)
     torch.manual_seed(0)
     model = build_model_from_card(card).eval()

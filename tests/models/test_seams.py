@@ -17,9 +17,19 @@ from torch.overrides import TorchFunctionMode
 
 from geoseg.infer.predict import predict_logits
 from geoseg.models import build_model
-from geoseg.models.context import (EXACT_TILING, GLOBAL_CONTEXT, GLOBAL_HALO_CAP, KNOWN_HALOS, NOT_EQUIVARIANT,
-                                   context_radius, exact_tiling, has_global_context, measure_halo, safe_halo,
-                                   tiling_stride)
+from geoseg.models.context import (
+    EXACT_TILING,
+    GLOBAL_CONTEXT,
+    GLOBAL_HALO_CAP,
+    KNOWN_HALOS,
+    NOT_EQUIVARIANT,
+    context_radius,
+    exact_tiling,
+    has_global_context,
+    measure_halo,
+    safe_halo,
+    tiling_stride,
+)
 from geoseg.models.registry import SEGMENTATION_ARCHITECTURES as ARCHITECTURES  # instance models are merged, not tiled
 from geoseg.models.registry import TORCHVISION_ARCHITECTURES
 from geoseg.tiling import mirror_indices, plan_tiles
@@ -34,8 +44,9 @@ SMALL = {
     "segformer": dict(encoder_depth=3, decoder_segmentation_channels=32),
     "fpn": dict(decoder_pyramid_channels=32, decoder_segmentation_channels=32),
     "deeplabv3": dict(encoder_depth=3, decoder_channels=32, decoder_atrous_rates=(2, 4, 6)),
-    "deeplabv3plus": dict(encoder_depth=4, encoder_output_stride=16, decoder_channels=32,
-                          decoder_atrous_rates=(2, 4, 6)),
+    "deeplabv3plus": dict(
+        encoder_depth=4, encoder_output_stride=16, decoder_channels=32, decoder_atrous_rates=(2, 4, 6)
+    ),
     "pspnet": dict(encoder_depth=3, psp_out_channels=32),
     "manet": dict(encoder_depth=3, decoder_channels=[32, 16, 8], decoder_pab_channels=8),
     "pan": dict(decoder_channels=16),
@@ -76,14 +87,16 @@ def image(height: int, width: int, seed: int = 0) -> np.ndarray:
 def tiled_logits(model, scene: np.ndarray, *, core: int, halo: int) -> np.ndarray:
     _, height, width = scene.shape
     tiles = plan_tiles(height, width, tile_size=core + 2 * halo, halo=halo)
-    batch = np.stack([scene[:, mirror_indices(*t.read_rows, height)][:, :, mirror_indices(*t.read_cols, width)]
-                      for t in tiles])
+    batch = np.stack(
+        [scene[:, mirror_indices(*t.read_rows, height)][:, :, mirror_indices(*t.read_cols, width)] for t in tiles]
+    )
     logits = predict_logits(model, batch, CPU).numpy()
     assert logits.shape[2:] == batch.shape[2:]
     mosaic = np.full((logits.shape[1], height, width), np.nan, np.float32)
     for t, tile_logits in zip(tiles, logits):  # only cores are kept
-        mosaic[:, t.row:t.row + t.height, t.col:t.col + t.width] = \
-            tile_logits[:, halo:halo + t.height, halo:halo + t.width]
+        mosaic[:, t.row : t.row + t.height, t.col : t.col + t.width] = tile_logits[
+            :, halo : halo + t.height, halo : halo + t.width
+        ]
     assert not np.isnan(mosaic).any()
     return mosaic
 
@@ -92,7 +105,7 @@ def whole_logits(model, scene: np.ndarray, *, halo: int, stride: int) -> np.ndar
     _, height, width = scene.shape
     extra_h, extra_w = -(height + 2 * halo) % stride, -(width + 2 * halo) % stride
     padded = np.pad(scene, ((0, 0), (halo, halo + extra_h), (halo, halo + extra_w)), mode="reflect")
-    return predict_logits(model, padded[None], CPU)[0].numpy()[:, halo:halo + height, halo:halo + width]
+    return predict_logits(model, padded[None], CPU)[0].numpy()[:, halo : halo + height, halo : halo + width]
 
 
 def round_up(value: int, stride: int) -> int:
@@ -208,8 +221,18 @@ def test_fcn_resnet50_is_local_with_one_integer_bilinear_upsample():
     """Why fcn_resnet50 tiles exactly: no operator mixes all pixels, and its one resampling,
     bilinear with align_corners=False by exactly its stride, keeps a fixed grid on every tile."""
     calls = _calls("fcn_resnet50")
-    mixing = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.softmax, torch.softmax, torch.matmul, torch.bmm,
-              F.group_norm, F.instance_norm, F.layer_norm, F.grid_sample}
+    mixing = {
+        F.adaptive_avg_pool2d,
+        F.adaptive_max_pool2d,
+        F.softmax,
+        torch.softmax,
+        torch.matmul,
+        torch.bmm,
+        F.group_norm,
+        F.instance_norm,
+        F.layer_norm,
+        F.grid_sample,
+    }
     assert not [func for func, _, _ in calls if func in mixing]
     resampling = [(args, kwargs) for func, args, kwargs in calls if func is F.interpolate]
     assert len(resampling) == 1

@@ -32,8 +32,14 @@ ACTOR = "ray::_PredictActor"
 
 
 def geoseg(*args, env: dict, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "geoseg.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "geoseg.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kwargs,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -56,8 +62,9 @@ def done_chunks(out_dir: Path) -> int:
         return 0
 
 
-def wait_for_chunks(process: subprocess.Popen, out_dir: Path, at_least: int, timeout: float = 180,
-                    also=lambda: True) -> int:
+def wait_for_chunks(
+    process: subprocess.Popen, out_dir: Path, at_least: int, timeout: float = 180, also=lambda: True
+) -> int:
     """Wait until ``at_least`` chunks are written (and ``also()`` holds) while ``process`` still runs."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
@@ -106,11 +113,17 @@ def work(tmp_path_factory, local_cluster) -> Work:
     folder = tmp_path_factory.mktemp("cluster")
     scene, labels_gpkg = tiny_scene(folder)
     survey, _ = tiny_scene(folder / "survey", size=640, seed=1)
-    train_job = tiny_job(folder, scene, labels_gpkg, stages=["train", "predict"],
-                         runtime={"workers": 2, "cpus_per_worker": 1},
-                         predict={"scene": str(survey), "batch_size": 1})
-    output = finish(geoseg("run", train_job, "--stages", "train", "--address", local_cluster.address,
-                           env=local_cluster.env()))
+    train_job = tiny_job(
+        folder,
+        scene,
+        labels_gpkg,
+        stages=["train", "predict"],
+        runtime={"workers": 2, "cpus_per_worker": 1},
+        predict={"scene": str(survey), "batch_size": 1},
+    )
+    output = finish(
+        geoseg("run", train_job, "--stages", "train", "--address", local_cluster.address, env=local_cluster.env())
+    )
     assert "train: done" in output
     result = Work(folder, train_job, b"", local_cluster)
     reference_job, reference_out = result.predict_job("reference")
@@ -183,8 +196,13 @@ def test_submit_status_and_logs_through_the_jobs_api(work, local_cluster):
     job["evaluate"]["labels"] = "../labels.gpkg"
     (folder / "job.yaml").write_text(yaml.safe_dump(job))
 
-    submit = subprocess.run([sys.executable, "-m", "geoseg.cli", "submit", folder / "job.yaml", "--address", address],
-                            capture_output=True, text=True, env=env, timeout=120)
+    submit = subprocess.run(
+        [sys.executable, "-m", "geoseg.cli", "submit", folder / "job.yaml", "--address", address],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert submit.returncode == 0, submit.stderr
     submission = submit.stdout.strip()
     assert submission and "\n" not in submission, submit.stdout
@@ -202,12 +220,18 @@ def test_submit_status_and_logs_through_the_jobs_api(work, local_cluster):
     assert "geoseg: job 'tiny' finished" in followed  # a finished job's stream: all of it, then exit 0
 
     for args in (["status", "raysubmit_nosuchjob"], ["logs", "raysubmit_nosuchjob"]):
-        unknown = subprocess.run([sys.executable, "-m", "geoseg.cli", *args, "--address", address],
-                                 capture_output=True, text=True, env=env, timeout=60)
+        unknown = subprocess.run(
+            [sys.executable, "-m", "geoseg.cli", *args, "--address", address],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert unknown.returncode == 2
         assert unknown.stderr.strip().splitlines() == [
             f"geoseg: error: {address}: no job 'raysubmit_nosuchjob' on this cluster; "
-            f"`ray job list --address {address}` lists them"]
+            f"`ray job list --address {address}` lists them"
+        ]
 
 
 @pytest.mark.cluster
@@ -217,8 +241,9 @@ def test_losing_the_second_node_mid_predict_finishes_on_the_head(work, local_clu
     run = geoseg("run", job, "--address", local_cluster.address, env=local_cluster.env())
     try:
         # the pool hands each actor its batches at once, so the second node's actor holds some from the start
-        wait_for_chunks(run, out, 10, also=lambda: any(
-            node == "second" for _, node, _ in local_cluster.worker_processes(ACTOR)))
+        wait_for_chunks(
+            run, out, 10, also=lambda: any(node == "second" for _, node, _ in local_cluster.worker_processes(ACTOR))
+        )
         local_cluster.stop_node(local_cluster.second)  # the whole node at once: raylet, its workers, all
         assert done_chunks(out) < TILES
         output = finish(run)

@@ -51,8 +51,17 @@ class FailingActor:
 def test_every_tile_once_across_workers(tmp_path, ray_local):
     tiles = plan_tiles(300, 300, tile_size=96, halo=16)
     seen = []
-    done = _run_pool(tiles, RecordingActor, {"folder": str(tmp_path)}, batch_size=3, workers=2, cpus=1, gpus=0,
-                     progress=seen.append, calls_per_actor=2)
+    done = _run_pool(
+        tiles,
+        RecordingActor,
+        {"folder": str(tmp_path)},
+        batch_size=3,
+        workers=2,
+        cpus=1,
+        gpus=0,
+        progress=seen.append,
+        calls_per_actor=2,
+    )
     assert done == len(tiles) == sum(seen)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"tile-{t.index}" for t in tiles)
     assert {p.read_text() for p in tmp_path.iterdir()} == {"x"}  # none twice
@@ -60,8 +69,16 @@ def test_every_tile_once_across_workers(tmp_path, ray_local):
 
 def test_a_lost_actor_is_restarted_and_its_batches_retried(tmp_path, ray_local):
     tiles = plan_tiles(300, 300, tile_size=96, halo=16)
-    done = _run_pool(tiles, RecordingActor, {"folder": str(tmp_path), "die_at": 7}, batch_size=2, workers=1,
-                     cpus=1, gpus=0, progress=None)
+    done = _run_pool(
+        tiles,
+        RecordingActor,
+        {"folder": str(tmp_path), "die_at": 7},
+        batch_size=2,
+        workers=1,
+        cpus=1,
+        gpus=0,
+        progress=None,
+    )
     assert (tmp_path / "died").exists()  # the process really died mid-run
     assert done == len(tiles)
     assert {p.name for p in tmp_path.glob("tile-*")} == {f"tile-{t.index}" for t in tiles}
@@ -70,12 +87,12 @@ def test_a_lost_actor_is_restarted_and_its_batches_retried(tmp_path, ray_local):
 def test_a_geoseg_error_in_an_actor_comes_back_as_itself(tmp_path, ray_local):
     tiles = plan_tiles(128, 128, tile_size=96, halo=16)
     with pytest.raises(InputRasterError, match=r"scene.tif: tile \d+: cannot read block"):
-        _run_pool(tiles, FailingActor, {"folder": str(tmp_path)}, batch_size=2, workers=1, cpus=1, gpus=0,
-                  progress=None)
+        _run_pool(
+            tiles, FailingActor, {"folder": str(tmp_path)}, batch_size=2, workers=1, cpus=1, gpus=0, progress=None
+        )
 
 
 def test_an_actor_that_cannot_start_fails_the_stage(tmp_path, ray_local):
     tiles = plan_tiles(128, 128, tile_size=96, halo=16)
     with pytest.raises(StageError, match=r"predict: a model actor could not start: .*model.safetensors: truncated"):
-        _run_pool(tiles, BrokenActor, {"folder": str(tmp_path)}, batch_size=2, workers=1, cpus=1, gpus=0,
-                  progress=None)
+        _run_pool(tiles, BrokenActor, {"folder": str(tmp_path)}, batch_size=2, workers=1, cpus=1, gpus=0, progress=None)

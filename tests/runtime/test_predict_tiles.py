@@ -30,8 +30,16 @@ def test_same_bytes_for_one_and_two_ray_workers(small, ray_local):
         scene_mosaic(mosaic, scene, 64)
         order = list(tiles)
         random.Random(workers).shuffle(order)
-        written = predict_tiles(order, checkpoint=checkpoint, scene=scene, mosaic=mosaic, batch_size=batch,
-                                workers=workers, cpus_per_worker=1, use_gpu=False)
+        written = predict_tiles(
+            order,
+            checkpoint=checkpoint,
+            scene=scene,
+            mosaic=mosaic,
+            batch_size=batch,
+            workers=workers,
+            cpus_per_worker=1,
+            use_gpu=False,
+        )
         assert written == len(tiles)
         runs.append(chunk_bytes(mosaic))
     assert runs[0] == runs[1]

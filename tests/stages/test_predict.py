@@ -16,11 +16,16 @@ def test_blend_mode_runs_through_the_stage_and_leaves_no_scratch(tmp_path, ray_l
     checkpoint = unet_checkpoint(tmp_path / "ckpt", scene, **TINY_UNET)
     outputs = {}
     for stitch in ("blend", "crop"):
-        job = {"name": stitch, "output_dir": str(tmp_path / stitch), "classes": ["background", "water", "building"],
-               "stages": ["predict"], "tiling": {"tile_size": 96, "halo": 16, "stitch": stitch},
-               "model": {"arch": "unet", "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}},
-               "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "scores": True},
-               "runtime": {"workers": 1, "cpus_per_worker": 1}}
+        job = {
+            "name": stitch,
+            "output_dir": str(tmp_path / stitch),
+            "classes": ["background", "water", "building"],
+            "stages": ["predict"],
+            "tiling": {"tile_size": 96, "halo": 16, "stitch": stitch},
+            "model": {"arch": "unet", "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}},
+            "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "scores": True},
+            "runtime": {"workers": 1, "cpus_per_worker": 1},
+        }
         path = tmp_path / f"{stitch}.yaml"
         path.write_text(yaml.safe_dump(job))
         summary = run_job(path, log=lambda message: None)

@@ -54,16 +54,22 @@ def test_polygons_burned_in_file_order_equal_the_label_raster(scene):
     with rasterio.open(scene.labels_tif) as lab:
         labels, transform = lab.read(1), lab.transform
     index = {name: i for i, name in enumerate(DEMO_CLASSES)}
-    burned = rasterize([(g, index[c]) for g, c in zip(frame.geometry, frame["class"])], out_shape=labels.shape,
-                       transform=transform, fill=0, dtype="uint8")
+    burned = rasterize(
+        [(g, index[c]) for g, c in zip(frame.geometry, frame["class"])],
+        out_shape=labels.shape,
+        transform=transform,
+        fill=0,
+        dtype="uint8",
+    )
     valid = labels != 255
     assert (burned[valid] == labels[valid]).all()
 
 
 def test_colour_baseline_scores_a_real_but_imperfect_miou(scene, tmp_path):
     train = make_scene(tmp_path / "t", size=512, seed=5)
-    scores = colour_baseline(train.scene, train.labels_tif, scene.scene, scene.labels_tif, DEMO_CLASSES,
-                             sample_pixels=20_000)
+    scores = colour_baseline(
+        train.scene, train.labels_tif, scene.scene, scene.labels_tif, DEMO_CLASSES, sample_pixels=20_000
+    )
     assert 0.1 < scores["mean_iou"] < 0.9
     with rasterio.open(scene.labels_tif) as lab:
         assert scores["pixels"] == int((lab.read(1) != 255).sum())

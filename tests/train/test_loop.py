@@ -24,19 +24,45 @@ def _loop_config(folder: Path, loss: dict, **extra) -> dict:
     labels = rasterize_labels(frame, info, folder / "labels.tif")
     instances = rasterize_labels(frame, info, folder / "instances.tif", instances=True)
     train, val = split_area(192, 192, 0.25, "bottom")
-    card = model_card(arch="unet", encoder="resnet18", options={"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-                      classes=CLASSES, bands=[1, 2, 3], dtype="uint8", mean=[100.0] * 3, std=[50.0] * 3)
+    card = model_card(
+        arch="unet",
+        encoder="resnet18",
+        options={"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+        classes=CLASSES,
+        bands=[1, 2, 3],
+        dtype="uint8",
+        mean=[100.0] * 3,
+        std=[50.0] * 3,
+    )
     index = LabelIndex.build(labels, train, 3)
-    return training_config(card, pairs=[(scene, labels)], train_areas=[train], val_areas=[val], cells=[index.cells],
-                           instances=[instances], class_weights=[0.5, 2.0, 1.0], loss=loss, **extra)
+    return training_config(
+        card,
+        pairs=[(scene, labels)],
+        train_areas=[train],
+        val_areas=[val],
+        cells=[index.cells],
+        instances=[instances],
+        class_weights=[0.5, 2.0, 1.0],
+        loss=loss,
+        **extra,
+    )
 
 
-@pytest.mark.parametrize("loss", [{"ce": 1.0, "dice": 1.0}, {"border_ce": 1.0, "lovasz": 0.5},
-                                  {"weighted_ce": 1.0, "focal": 1.0, "tversky": 1.0, "jaccard": 1.0}])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        {"ce": 1.0, "dice": 1.0},
+        {"border_ce": 1.0, "lovasz": 0.5},
+        {"weighted_ce": 1.0, "focal": 1.0, "tversky": 1.0, "jaccard": 1.0},
+    ],
+)
 def test_the_loop_trains_with_each_loss_and_validates_on_the_strip(tmp_path, loss):
     reports = []
-    metrics = train_model(_loop_config(tmp_path, loss), report=lambda m, folder: reports.append(
-        (m, sorted(p.name for p in folder.iterdir()))), log=lambda line: None)
+    metrics = train_model(
+        _loop_config(tmp_path, loss),
+        report=lambda m, folder: reports.append((m, sorted(p.name for p in folder.iterdir()))),
+        log=lambda line: None,
+    )
     assert [m["epoch"] for m, _ in reports] == [1, 2]
     assert all(np.isfinite(m["loss"]) and 0 <= m["val_miou"] <= 1 for m, _ in reports)
     assert reports[-1][1] == ["best_model.safetensors", "model.safetensors", "model_card.json", "optimizer.pt"]
@@ -59,8 +85,15 @@ def test_the_model_learns_the_tiny_scene(tmp_path):
     from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
     from geoseg.io.labels import IGNORE
 
-    plan = _loop_config(tmp_path, {"ce": 1.0, "dice": 1.0}, epochs=4, steps_per_epoch=12, batch_size=4,
-                        learning_rate=3e-3, schedule="onecycle")
+    plan = _loop_config(
+        tmp_path,
+        {"ce": 1.0, "dice": 1.0},
+        epochs=4,
+        steps_per_epoch=12,
+        batch_size=4,
+        learning_rate=3e-3,
+        schedule="onecycle",
+    )
     metrics = train_model(plan, log=lambda line: None)
     losses = [h["loss"] for h in metrics["history"]]
     assert losses[-1] < 0.6 * losses[0], losses

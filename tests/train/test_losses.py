@@ -9,8 +9,7 @@ from scipy import ndimage
 
 from geoseg.errors import JobConfigError
 from geoseg.io.labels import IGNORE
-from geoseg.train.losses import (LOSSES, build_loss, class_weight_map, median_frequency_weights,
-                                 unet_border_weights)
+from geoseg.train.losses import LOSSES, build_loss, class_weight_map, median_frequency_weights, unet_border_weights
 
 CLASS_WEIGHTS = np.array([0.5, 2.0, 1.5])
 # (N=2, H=2, W=2): every class present; one pixel ignored.
@@ -28,6 +27,7 @@ def _pixel_weights(seed=1) -> np.ndarray:
 
 
 # ---- the formulas, by hand --------------------------------------------------------------------
+
 
 def _softmax(z):
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -113,6 +113,7 @@ def _run(spec, z, t, pixel_weights=None):
 
 # ---- each loss -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("targets", [TARGETS, TARGETS_CLASS_ONLY_IGNORED], ids=["all-present", "absent"])
 @pytest.mark.parametrize("name", LOSSES)
 def test_each_loss_matches_the_formula(name, targets):
@@ -181,6 +182,7 @@ def test_bfloat16_logits_are_scored_in_float32():
 
 # ---- combining -------------------------------------------------------------------------------
 
+
 def test_combined_loss_is_the_weighted_sum_of_parts():
     z, pw = _logits(), _pixel_weights()
     spec = {"ce": 1.0, "dice": 0.5, "lovasz": 2.0, "border_ce": 0.25}
@@ -203,17 +205,23 @@ def test_needs_flags_and_zero_weights_dropped():
     assert dropped.weights == {"ce": 1.0} and not dropped.needs_pixel_weights
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"dise": 1.0}, "train.loss: unknown loss 'dise' (did you mean 'dice'?); choose from ce, weighted_ce, "
-                    "border_ce, dice, focal, lovasz, jaccard, tversky"),
-    ({"ce": -1.0}, "train.loss.ce: weight must be a number ≥ 0 (got -1.0)"),
-    ({"ce": "1"}, "train.loss.ce: weight must be a number ≥ 0 (got '1')"),
-    ({"ce": True}, "train.loss.ce: weight must be a number ≥ 0 (got True)"),
-    ({"ce": float("nan")}, "train.loss.ce: weight must be a number ≥ 0 (got nan)"),
-    ({"ce": 0, "dice": 0.0}, "train.loss: weights must not all be 0 (got {'ce': 0, 'dice': 0.0})"),
-    ({}, "train.loss: must map loss names to weights"),
-    (["ce"], "train.loss: must map loss names to weights"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (
+            {"dise": 1.0},
+            "train.loss: unknown loss 'dise' (did you mean 'dice'?); choose from ce, weighted_ce, "
+            "border_ce, dice, focal, lovasz, jaccard, tversky",
+        ),
+        ({"ce": -1.0}, "train.loss.ce: weight must be a number ≥ 0 (got -1.0)"),
+        ({"ce": "1"}, "train.loss.ce: weight must be a number ≥ 0 (got '1')"),
+        ({"ce": True}, "train.loss.ce: weight must be a number ≥ 0 (got True)"),
+        ({"ce": float("nan")}, "train.loss.ce: weight must be a number ≥ 0 (got nan)"),
+        ({"ce": 0, "dice": 0.0}, "train.loss: weights must not all be 0 (got {'ce': 0, 'dice': 0.0})"),
+        ({}, "train.loss: must map loss names to weights"),
+        (["ce"], "train.loss: must map loss names to weights"),
+    ],
+)
 def test_bad_specs_raise_job_config_errors(spec, message):
     with pytest.raises(JobConfigError) as caught:
         build_loss(spec, num_classes=3)
@@ -244,6 +252,7 @@ def test_programming_errors_are_plain_value_errors():
 
 # ---- class weights ---------------------------------------------------------------------------
 
+
 def test_median_frequency_weights_by_hand():
     # freq = .1, .3, .6, 0 -> median of the present ones .3
     weights = median_frequency_weights(np.array([10, 30, 60, 0]))
@@ -265,6 +274,7 @@ def test_class_weight_map_zero_on_ignored():
 
 # ---- U-Net border weights --------------------------------------------------------------------
 
+
 def _two_squares():
     """Two 4x4 squares on rows 8-11, columns 2-5 and 10-13: a 4-pixel gap (columns 6-9)."""
     instances = np.zeros((20, 20), np.int32)
@@ -278,11 +288,11 @@ def test_border_term_between_two_squares():
     weights = unet_border_weights(_two_squares())
     assert weights.dtype == np.float32 and weights.shape == (20, 20)
     # (9, 7): 2 px from square 1 (column 5), 3 px from square 2 (column 10)
-    assert weights[9, 7] == pytest.approx(1 + w0 * np.exp(-(2 + 3) ** 2 / (2 * sigma**2)), rel=1e-6)
+    assert weights[9, 7] == pytest.approx(1 + w0 * np.exp(-((2 + 3) ** 2) / (2 * sigma**2)), rel=1e-6)
     # (9, 6): 1 px and 4 px
-    assert weights[9, 6] == pytest.approx(1 + w0 * np.exp(-(1 + 4) ** 2 / (2 * sigma**2)), rel=1e-6)
+    assert weights[9, 6] == pytest.approx(1 + w0 * np.exp(-((1 + 4) ** 2) / (2 * sigma**2)), rel=1e-6)
     # (4, 7): above the gap, d1 = hypot(4, 2), d2 = hypot(4, 3) = 5
-    assert weights[4, 7] == pytest.approx(1 + w0 * np.exp(-(np.hypot(4, 2) + 5) ** 2 / (2 * sigma**2)), rel=1e-6)
+    assert weights[4, 7] == pytest.approx(1 + w0 * np.exp(-((np.hypot(4, 2) + 5) ** 2) / (2 * sigma**2)), rel=1e-6)
     # far corner: d1 = 10, d2 = hypot(8, 14) -> about 1e-5
     assert 1.0 <= weights[0, 19] < 1.0 + 1e-3
     assert (weights[_two_squares() != 0] == 1.0).all()  # no border term inside objects
@@ -303,9 +313,9 @@ def test_border_weights_match_brute_force_on_many_instances():
     rng = np.random.default_rng(7)
     instances = np.zeros((64, 64), np.int64)
     for k, (r, c, h, w) in enumerate(zip(*rng.integers(0, 60, (2, 30)), *rng.integers(1, 6, (2, 30))), 1):
-        instances[r:r + h, c:c + w] = 1000 * k + 7  # sparse, large ids
+        instances[r : r + h, c : c + w] = 1000 * k + 7  # sparse, large ids
     ids = [i for i in np.unique(instances) if i != 0]
     distances = np.sort([ndimage.distance_transform_edt(instances != i) for i in ids], axis=0)
-    expected = 1 + 10 * np.exp(-(distances[0] + distances[1]) ** 2 / 50)
+    expected = 1 + 10 * np.exp(-((distances[0] + distances[1]) ** 2) / 50)
     expected[instances != 0] = 1
     assert unet_border_weights(instances) == pytest.approx(expected, abs=1e-4)

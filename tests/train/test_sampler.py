@@ -16,8 +16,10 @@ def test_validation_strip_and_training_area_split_the_scene(side):
     train, val = split_area(300, 200, 0.2, side)
     mask = np.zeros((300, 200), int)
     for window, value in ((train, 1), (val, 2)):
-        mask[int(window.row_off):int(window.row_off + window.height),
-             int(window.col_off):int(window.col_off + window.width)] += value
+        mask[
+            int(window.row_off) : int(window.row_off + window.height),
+            int(window.col_off) : int(window.col_off + window.width),
+        ] += value
     assert set(np.unique(mask)) == {1, 2}  # every pixel in exactly one of them
     assert (mask == 2).mean() == pytest.approx(0.2, abs=0.01)
     assert split_area(300, 200, 0.0)[1] is None
@@ -29,7 +31,7 @@ def test_validation_windows_cover_the_strip_inside_it():
     covered = np.zeros((300, 500), bool)
     for w in windows:
         assert w.row_off >= val.row_off and w.row_off + w.height <= 300 and w.col_off + w.width <= 500
-        covered[int(w.row_off):int(w.row_off + w.height), int(w.col_off):int(w.col_off + w.width)] = True
+        covered[int(w.row_off) : int(w.row_off + w.height), int(w.col_off) : int(w.col_off + w.width)] = True
     assert covered[210:].all() and not covered[:210].any()
 
 
@@ -64,8 +66,17 @@ def test_oversampling_lifts_a_rare_class_and_crops_stay_in_the_training_area(tmp
     # Crops never reach into a held-out strip: with the bottom 30% held out, no crop sees row >= 179.
     train, val = split_area(256, 256, 0.3, "bottom")
     index = LabelIndex.build(labels, train, 2)
-    sampler = CropSampler([(scene, labels)], areas=[train], bands=(1, 2, 3), size=32, mean=[0, 0, 0],
-                          std=[1, 1, 1], seed=1, indexes=[index], oversample=1.0)
+    sampler = CropSampler(
+        [(scene, labels)],
+        areas=[train],
+        bands=(1, 2, 3),
+        size=32,
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
+        seed=1,
+        indexes=[index],
+        oversample=1.0,
+    )
     assert _water_share(sampler) == 0.0  # the only water is in the strip
 
 
@@ -73,8 +84,8 @@ def test_photometric_jitter_changes_gain_and_offset_only(tmp_path):
     scene, labels = _rare_class_scene(tmp_path)
     train, _ = split_area(256, 256, 0.0)
     kwargs = dict(areas=[train], bands=(1, 2, 3), size=64, mean=[0, 0, 0], std=[1, 1, 1], seed=5)
-    (a, ta), = [s for _, s in zip(range(1), CropSampler([(scene, labels)], jitter=0.0, **kwargs))]
-    (b, tb), = [s for _, s in zip(range(1), CropSampler([(scene, labels)], jitter=0.2, **kwargs))]
+    ((a, ta),) = [s for _, s in zip(range(1), CropSampler([(scene, labels)], jitter=0.0, **kwargs))]
+    ((b, tb),) = [s for _, s in zip(range(1), CropSampler([(scene, labels)], jitter=0.2, **kwargs))]
     assert torch.equal(ta, tb)  # same crop and same augmentation: labels untouched
     assert not torch.equal(a, b)
     for band in range(3):  # b = a * gain + offset, gain within 1 ± 0.2

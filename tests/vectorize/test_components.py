@@ -31,12 +31,26 @@ def make_mosaic(path, labels, valid=None, *, chunk=16, scores=None, zarr_format=
     """A mosaic holding ``labels`` (and ``scores``, class × y × x uint8), written chunk by chunk."""
     valid = np.ones_like(labels) if valid is None else valid
     height, width = labels.shape
-    mosaic = create_mosaic(path, height=height, width=width, chunk=chunk, crs=CRS.from_epsg(32633),
-                           transform=UTM, class_names=CLASSES, scores=scores is not None,
-                           zarr_format=zarr_format)
+    mosaic = create_mosaic(
+        path,
+        height=height,
+        width=width,
+        chunk=chunk,
+        crs=CRS.from_epsg(32633),
+        transform=UTM,
+        class_names=CLASSES,
+        scores=scores is not None,
+        zarr_format=zarr_format,
+    )
     for row, col, h, w in mosaic.chunk_windows():
-        write_block(mosaic, row, col, labels[row:row + h, col:col + w], valid[row:row + h, col:col + w],
-                    None if scores is None else scores[:, row:row + h, col:col + w])
+        write_block(
+            mosaic,
+            row,
+            col,
+            labels[row : row + h, col : col + w],
+            valid[row : row + h, col : col + w],
+            None if scores is None else scores[:, row : row + h, col : col + w],
+        )
     return path
 
 
@@ -44,8 +58,7 @@ def instances(tmp_path, labels, valid=None, *, chunk=16, name="run", scores=None
     """Vectorize with instances; return (outputs, instance raster, table, polygons)."""
     folder = tmp_path / name
     folder.mkdir()
-    mosaic = make_mosaic(folder / "mosaic.zarr", labels, valid, chunk=chunk, scores=scores,
-                         zarr_format=zarr_format)
+    mosaic = make_mosaic(folder / "mosaic.zarr", labels, valid, chunk=chunk, scores=scores, zarr_format=zarr_format)
     out = vectorize_mosaic(mosaic, folder / "vectors", instances_table=folder / "instances.parquet", **kwargs)
     raster = zarr.open_group(str(mosaic), mode="r")["instances"][:]
     return out, raster, pd.read_parquet(folder / "instances.parquet"), pyogrio.read_dataframe(out.vectors)
@@ -83,10 +96,10 @@ def snake(shape=(100, 100), arm=4, gap=4):
     height, width = shape
     rows = list(range(2, height - arm - 2, arm + gap))
     for i, row in enumerate(rows):
-        lab[row:row + arm, 2:width - 2] = WATER
+        lab[row : row + arm, 2 : width - 2] = WATER
         if i + 1 < len(rows):  # link to the next arm, alternately at the right and the left end
             col = width - 2 - arm if i % 2 == 0 else 2
-            lab[row:rows[i + 1] + arm, col:col + arm] = WATER
+            lab[row : rows[i + 1] + arm, col : col + arm] = WATER
     return lab
 
 
@@ -111,8 +124,8 @@ def test_snake_across_every_chunk_is_one_id(tmp_path):
     lab = np.zeros((100, 150), dtype=np.uint8)
     lab[:, :100] = snake()
     lab[20:80, 105:145] = FOREST  # a forest ring around a lake, across row seams 32, 48, 64 and column seam 112
-    lab[26:74, 111:139] = WATER   # the lake: water, but not the snake's
-    lab[30:70, 115:135] = 0       # with an island
+    lab[26:74, 111:139] = WATER  # the lake: water, but not the snake's
+    lab[30:70, 115:135] = 0  # with an island
     assert ndimage.label(lab == WATER)[1] == 2
     _, raster, table, gdf = instances(tmp_path, lab)
     water = raster[lab == WATER]
@@ -144,7 +157,11 @@ def test_table_boxes_areas_and_classes_match_the_pixels(tmp_path):
         mask = raster == row["id"]
         box = boxes[row["id"] - 1]
         assert (row["row_min"], row["row_max"], row["col_min"], row["col_max"]) == (
-            box[0].start, box[0].stop, box[1].start, box[1].stop)
+            box[0].start,
+            box[0].stop,
+            box[1].start,
+            box[1].stop,
+        )
         assert row["area_px"] == mask.sum()
         assert row["area_m2"] == pytest.approx(mask.sum() * PIXEL_AREA)
         assert (lab[mask] == row["class_id"]).all() and row["class"] == CLASSES[row["class_id"]]
@@ -209,8 +226,11 @@ def test_zarr_v3_shards_and_rerun_give_the_same_ids(tmp_path):
     np.testing.assert_array_equal(v2, v3)
     pd.testing.assert_frame_equal(table, v3_table)
     # A rerun replaces the array and the table.
-    again = vectorize_mosaic(tmp_path / "v2" / "mosaic.zarr", tmp_path / "v2" / "vectors",
-                             instances_table=tmp_path / "v2" / "instances.parquet")
+    again = vectorize_mosaic(
+        tmp_path / "v2" / "mosaic.zarr",
+        tmp_path / "v2" / "vectors",
+        instances_table=tmp_path / "v2" / "instances.parquet",
+    )
     assert again.instances == len(table)
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "v2" / "mosaic.zarr"))["instances"][:], v2)
 
@@ -249,7 +269,7 @@ def test_first_pixel_of_pixel_polygons():
     lab = np.zeros((8, 8), dtype=np.uint8)
     lab[2, 5:7] = 1
     lab[3:6, 1:7] = 1  # the top row's first pixel is (2, 5), not the box corner (2, 1)
-    lab[4, 3] = 0      # a hole
+    lab[4, 3] = 0  # a hole
     pieces = polygonize_chunk(lab, np.ones_like(lab), 0, 0, [1])
     rows, cols = first_pixels(pieces.polygons[1:])
     assert (rows.tolist(), cols.tolist()) == ([2], [5])
@@ -258,12 +278,12 @@ def test_first_pixel_of_pixel_polygons():
 def test_merger_reports_each_piece_region():
     lab = np.zeros((8, 8), dtype=np.uint8)
     lab[1:7, 1] = 1  # one region through both chunk rows
-    lab[1, 5] = 1    # a one-pixel region in the top-right chunk
+    lab[1, 5] = 1  # a one-pixel region in the top-right chunk
     merger = SeamMerger(8, 8, track_pieces=True)
     chunks = []
     for row in (0, 4):
         for col in (0, 4):
-            pieces = polygonize_chunk(lab[row:row + 4, col:col + 4], np.ones((4, 4)), row, col, [1])
+            pieces = polygonize_chunk(lab[row : row + 4, col : col + 4], np.ones((4, 4)), row, col, [1])
             merger.add(pieces)
             chunks.append(pieces.count)
         if row == 0:
@@ -289,8 +309,14 @@ def test_ids_follow_rows_when_the_frame_drops_one():
 def test_stage_writes_instances_when_asked(tmp_path):
     lab = blobs(13, shape=(40, 40))
     make_mosaic(tmp_path / "mosaic.zarr", lab)
-    job = Job(name="t", output_dir=tmp_path, classes=list(CLASSES), stages=["vectorize"],
-              predict={"scene": tmp_path / "scene.tif"}, vectorize={"instances": True})
+    job = Job(
+        name="t",
+        output_dir=tmp_path,
+        classes=list(CLASSES),
+        stages=["vectorize"],
+        predict={"scene": tmp_path / "scene.tif"},
+        vectorize={"instances": True},
+    )
     lines = []
     result = run_vectorize(job, log=lines.append)
     _, count = reference(lab)

@@ -34,20 +34,20 @@ CLASS_OF = {1: BUILDING, 2: BUILDING, 3: TREE, 4: TREE, 5: BUILDING, 6: TREE, 7:
 
 def instance_ids() -> np.ndarray:
     ids = np.zeros((H, W), dtype=np.uint32)
-    ids[5:20, 25:45] = 1                      # across column seam 32
-    ids[20:50, 20:50] = 2                     # over the four-chunk corner (32, 32), touching 1 ...
-    ids[30:40, 30:40] = 0                     # ... with a hole across both seams
-    ids[140:150, 120:130] = 3                 # at the bottom-right scene corner, into the thin last column
-    ids[60:130, 5:15] = 4                     # an L larger than a chunk: read chunk by chunk
+    ids[5:20, 25:45] = 1  # across column seam 32
+    ids[20:50, 20:50] = 2  # over the four-chunk corner (32, 32), touching 1 ...
+    ids[30:40, 30:40] = 0  # ... with a hole across both seams
+    ids[140:150, 120:130] = 3  # at the bottom-right scene corner, into the thin last column
+    ids[60:130, 5:15] = 4  # an L larger than a chunk: read chunk by chunk
     ids[120:130, 5:100] = 4
-    ids[60:64, 60:64] = 5                     # two parts meeting only at a corner
+    ids[60:64, 60:64] = 5  # two parts meeting only at a corner
     ids[64:68, 64:68] = 5
-    ids[70:110, 40:90] = 6                    # larger than a chunk, with a hole across seams 96 and 64
+    ids[70:110, 40:90] = 6  # larger than a chunk, with a hole across seams 96 and 64
     ids[80:100, 50:80] = 0
-    ids[10:12, 100:102] = 7                   # 1 m²
-    for r in range(20):                       # a staircase, for simplification
-        ids[30 + r, 100:101 + r] = 9
-    ids[140:142, 0:2] = 99                    # in the array only: ignored
+    ids[10:12, 100:102] = 7  # 1 m²
+    for r in range(20):  # a staircase, for simplification
+        ids[30 + r, 100 : 101 + r] = 9
+    ids[140:142, 0:2] = 99  # in the array only: ignored
     return ids
 
 
@@ -59,14 +59,28 @@ def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 def make_instance_mosaic(tmp_path, pixels=None):
     """The mosaic holding ``pixels`` (default :func:`instance_ids`) and the table of :func:`instance_ids`."""
     ids = instance_ids()
-    mosaic = create_mosaic(tmp_path / "mosaic.zarr", height=H, width=W, chunk=CHUNK, crs=CRS.from_epsg(32633),
-                           transform=UTM, class_names=CLASSES)
+    mosaic = create_mosaic(
+        tmp_path / "mosaic.zarr",
+        height=H,
+        width=W,
+        chunk=CHUNK,
+        crs=CRS.from_epsg(32633),
+        transform=UTM,
+        class_names=CLASSES,
+    )
     create_instance_array(mosaic)[:] = ids if pixels is None else pixels
     known = [i for i in sorted(SCORES) if i != 8]
     boxes = [bbox(ids == i) for i in known] + [(0, 0, 2, 2)]  # 8: in the table, no pixels left
     known.append(8)
-    table = table_from_columns(known, [CLASS_OF[i] for i in known], CLASSES, [SCORES[i] for i in known], boxes,
-                               [int((ids == i).sum()) for i in known], PIXEL_AREA)
+    table = table_from_columns(
+        known,
+        [CLASS_OF[i] for i in known],
+        CLASSES,
+        [SCORES[i] for i in known],
+        boxes,
+        [int((ids == i).sum()) for i in known],
+        PIXEL_AREA,
+    )
     write_instance_table(table.sample(frac=1, random_state=0), tmp_path / "instances.parquet")  # any row order
     return tmp_path / "mosaic.zarr", tmp_path / "instances.parquet"
 
@@ -81,8 +95,9 @@ def run(tmp_path, **kwargs):
 def whole_array_polygon(ids: np.ndarray, iid: int):
     """Reference: the instance traced from the whole array in one piece, in map coordinates."""
     mask = ids == iid
-    parts = [shapely.geometry.shape(g) for g, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=4,
-                                                          transform=UTM)]
+    parts = [
+        shapely.geometry.shape(g) for g, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=UTM)
+    ]
     return shapely.union_all(parts)
 
 
@@ -102,7 +117,7 @@ def test_one_exact_feature_per_instance(tmp_path):
     assert list(gdf["class"]) == [CLASSES[CLASS_OF[i]] for i in gdf["id"]]
     # The GeoPackage layer is MultiPolygon as a whole (5 is); every other instance is one part.
     parts = dict(zip(gdf["id"], shapely.get_num_geometries(gdf.geometry.values)))
-    assert parts == {**{i: 1 for i in parts}, 5: 2}
+    assert parts == {**dict.fromkeys(parts, 1), 5: 2}
     geom = {i: g.geoms[0] if i != 5 else g for i, g in zip(gdf["id"], gdf.geometry)}
     assert len(geom[2].interiors) == 1 and len(geom[6].interiors) == 1  # holes kept, also across seams
     assert shapely.Polygon(geom[2].interiors[0]).area == pytest.approx(100 * PIXEL_AREA)
@@ -197,16 +212,25 @@ def test_geographic_mosaic_gets_geodesic_area(tmp_path):
     ids = np.zeros((40, 40), dtype=np.uint32)
     ids[5:25, 10:30] = 1
     transform = Affine(1e-5, 0, 15.0, 0, -1e-5, 45.0)
-    mosaic = create_mosaic(tmp_path / "geo.zarr", height=40, width=40, chunk=16, crs=CRS.from_epsg(4326),
-                           transform=transform, class_names=CLASSES)
+    mosaic = create_mosaic(
+        tmp_path / "geo.zarr",
+        height=40,
+        width=40,
+        chunk=16,
+        crs=CRS.from_epsg(4326),
+        transform=transform,
+        class_names=CLASSES,
+    )
     create_instance_array(mosaic)[:] = ids
-    write_instance_table(table_from_columns([1], [1], CLASSES, [0.9], [(5, 10, 25, 30)], [400], 1.0),
-                         tmp_path / "t.parquet")
+    write_instance_table(
+        table_from_columns([1], [1], CLASSES, [0.9], [(5, 10, 25, 30)], [400], 1.0), tmp_path / "t.parquet"
+    )
     out = vectorize_instances(tmp_path / "geo.zarr", tmp_path / "t.parquet", tmp_path / "v", simplify_m=0.5)
     gdf = pyogrio.read_dataframe(out.vectors)
     west, east, north, south = 15.0 + 10e-5, 15.0 + 30e-5, 45.0 - 5e-5, 45.0 - 25e-5
-    expected, _ = pyproj.Geod(ellps="WGS84").polygon_area_perimeter([west, east, east, west],
-                                                                     [south, south, north, north])
+    expected, _ = pyproj.Geod(ellps="WGS84").polygon_area_perimeter(
+        [west, east, east, west], [south, south, north, north]
+    )
     assert gdf["area_m2"].iloc[0] == pytest.approx(abs(expected), rel=1e-6)
 
 
@@ -222,18 +246,32 @@ def test_bad_inputs_are_refused(tmp_path):
     write_instance_table(bad, tmp_path / "bad.parquet")
     with pytest.raises(InputRasterError, match=r"instance 1 has bounding box rows 140:151.*150 × 130"):
         vectorize_instances(mosaic, tmp_path / "bad.parquet", tmp_path / "v")
-    plain = create_mosaic(tmp_path / "plain.zarr", height=8, width=8, chunk=8, crs=CRS.from_epsg(32633),
-                          transform=UTM, class_names=CLASSES)
+    plain = create_mosaic(
+        tmp_path / "plain.zarr",
+        height=8,
+        width=8,
+        chunk=8,
+        crs=CRS.from_epsg(32633),
+        transform=UTM,
+        class_names=CLASSES,
+    )
     with pytest.raises(InputRasterError, match="has no 'instances' array"):
         vectorize_instances(plain.path, table, tmp_path / "v")
     assert not (tmp_path / "v").exists()
 
 
 def test_write_vectors_keeps_extra_columns_in_every_format(tmp_path):
-    frame = features_frame({"id": np.array([7], dtype=np.int64), "class": ["building"],
-                            "class_id": np.array([1], dtype=np.int32), "score": np.array([0.5], dtype=np.float32),
-                            "area_m2": [1.0]}, [shapely.box(500000, 4999999, 500001, 5000000)],
-                           CRS.from_epsg(32633))
+    frame = features_frame(
+        {
+            "id": np.array([7], dtype=np.int64),
+            "class": ["building"],
+            "class_id": np.array([1], dtype=np.int32),
+            "score": np.array([0.5], dtype=np.float32),
+            "area_m2": [1.0],
+        },
+        [shapely.box(500000, 4999999, 500001, 5000000)],
+        CRS.from_epsg(32633),
+    )
     frame.index = [41]  # left by filtering: must not become a column
     for fmt in ("gpkg", "parquet"):
         vectors, geojson = write_vectors(frame, tmp_path / fmt, fmt=fmt)

@@ -34,10 +34,11 @@ def make_mosaic(path, labels, valid=None, *, chunk=CHUNK, crs=CRS.from_epsg(3263
     """A mosaic holding ``labels``, written chunk by chunk as predict does."""
     valid = np.ones_like(labels) if valid is None else valid
     height, width = labels.shape
-    mosaic = create_mosaic(path, height=height, width=width, chunk=chunk, crs=crs,
-                           transform=transform, class_names=CLASSES)
+    mosaic = create_mosaic(
+        path, height=height, width=width, chunk=chunk, crs=crs, transform=transform, class_names=CLASSES
+    )
     for row, col, h, w in mosaic.chunk_windows():
-        write_block(mosaic, row, col, labels[row:row + h, col:col + w], valid[row:row + h, col:col + w])
+        write_block(mosaic, row, col, labels[row : row + h, col : col + w], valid[row : row + h, col : col + w])
     return path
 
 
@@ -55,12 +56,12 @@ def blank():
 def spiral_water():
     """A body that crosses row and column seams, leaves chunk (0, 0) and re-enters it."""
     lab = blank()
-    lab[10:20, 30:100] = WATER    # top arm: chunk (0,0) -> (0,1)
-    lab[10:90, 90:100] = WATER    # down through row seam 64 in chunk column 1
-    lab[80:90, 20:100] = WATER    # back left through column seam 64 into chunk (1,0)
-    lab[30:90, 20:30] = WATER     # up through row seam 64, back into chunk (0,0)
-    lab[30:40, 20:50] = WATER     # a second piece in chunk (0,0), joined only via 3 other chunks
-    lab[80:250, 60:70] = WATER    # long leg down across row seams 128 and 192
+    lab[10:20, 30:100] = WATER  # top arm: chunk (0,0) -> (0,1)
+    lab[10:90, 90:100] = WATER  # down through row seam 64 in chunk column 1
+    lab[80:90, 20:100] = WATER  # back left through column seam 64 into chunk (1,0)
+    lab[30:90, 20:30] = WATER  # up through row seam 64, back into chunk (0,0)
+    lab[30:40, 20:50] = WATER  # a second piece in chunk (0,0), joined only via 3 other chunks
+    lab[80:250, 60:70] = WATER  # long leg down across row seams 128 and 192
     lab[240:250, 60:259] = WATER  # across column seams 128, 192 and 256 into the thin last column
     lab[100:250, 185:200] = WATER  # a U: back up across row seams 192 and 128
     return lab
@@ -90,11 +91,11 @@ def test_block_over_a_four_chunk_corner_is_one_feature(tmp_path):
 
 def test_separate_and_diagonal_regions_stay_apart(tmp_path):
     lab = blank()
-    lab[54:64, 54:64] = WATER     # these two meet only at the corner shared by four chunks
+    lab[54:64, 54:64] = WATER  # these two meet only at the corner shared by four chunks
     lab[64:74, 64:74] = WATER
-    lab[10:20, 10:20] = WATER     # corner contact inside one chunk
+    lab[10:20, 10:20] = WATER  # corner contact inside one chunk
     lab[20:30, 20:30] = WATER
-    lab[200:210, 54:64] = WATER   # corner contact across the column seam 64
+    lab[200:210, 54:64] = WATER  # corner contact across the column seam 64
     lab[210:220, 64:74] = WATER
     lab[120:128, 150:160] = WATER  # corner contact across the row seam 128
     lab[128:136, 160:170] = WATER
@@ -111,7 +112,7 @@ def test_hole_is_kept_inside_a_chunk_and_across_seams(tmp_path):
     lab = blank()
     lab[100:160, 100:160] = WATER  # a ring around the seam crossing at (128, 128)
     lab[110:150, 110:150] = FOREST  # an island of another class
-    lab[10:30, 10:30] = WATER      # a ring inside chunk (0,0) around background
+    lab[10:30, 10:30] = WATER  # a ring inside chunk (0,0) around background
     lab[15:25, 15:25] = 0
     _, gdf = vectorize(tmp_path, lab, classes=["water"])
     water = gdf.sort_values("area_m2").geometry.tolist()
@@ -126,10 +127,10 @@ def test_invalid_pixels_are_never_in_a_polygon(tmp_path):
     lab = blank()
     lab[20:120, 20:120] = WATER
     valid = np.ones_like(lab)
-    valid[:, 60:66] = 0            # a nodata strip across the seam cuts the body in two
-    valid[100:110, 100:110] = 0    # and a nodata hole
+    valid[:, 60:66] = 0  # a nodata strip across the seam cuts the body in two
+    valid[100:110, 100:110] = 0  # and a nodata hole
     lab[200:230, 200:230] = BUILDING
-    valid[200:230, 200:230] = 0    # labels under nodata are ignored altogether
+    valid[200:230, 200:230] = 0  # labels under nodata are ignored altogether
     _, gdf = vectorize(tmp_path, lab, valid)
     assert list(gdf["class"]) == ["water", "water"]
     expected = ((lab == WATER) & (valid == 1)).sum() * PIXEL_AREA
@@ -157,8 +158,10 @@ def test_matches_whole_array_labelling_on_a_random_scene(tmp_path):
         assert out.per_class[name] == count == len(ours)
         assert sorted(np.rint(ours["area_m2"] / PIXEL_AREA).astype(int).tolist()) == expected_sizes
         # The whole array through rasterio (no chunks at all) agrees feature for feature.
-        whole = [shapely.geometry.shape(g) for g, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=4,
-                                                               transform=UTM)]
+        whole = [
+            shapely.geometry.shape(g)
+            for g, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=UTM)
+        ]
         assert sum(shapely.equals(a, b) for a in ours.geometry for b in whole) == count
     assert shapely.is_valid(gdf.geometry.values).all()
 
@@ -171,8 +174,12 @@ def test_gpkg_crs_and_bounds(tmp_path):
     assert info["geometry_type"] == "Polygon"
     assert list(info["fields"]) == ["class", "class_id", "area_m2"]
     rows, cols = np.nonzero(lab)
-    expected = (500000 + cols.min() * PIXEL, 5000000 - (rows.max() + 1) * PIXEL,
-                500000 + (cols.max() + 1) * PIXEL, 5000000 - rows.min() * PIXEL)
+    expected = (
+        500000 + cols.min() * PIXEL,
+        5000000 - (rows.max() + 1) * PIXEL,
+        500000 + (cols.max() + 1) * PIXEL,
+        5000000 - rows.min() * PIXEL,
+    )
     assert tuple(gdf.total_bounds) == pytest.approx(expected)
 
 
@@ -213,8 +220,10 @@ def test_simplification_stays_valid_and_seamless(tmp_path):
     gdf = pyogrio.read_dataframe(simple.vectors)
     assert simple.features == exact.features  # no region vanishes
     assert gdf.is_valid.all() and (gdf.geom_type == "Polygon").all()
-    assert shapely.get_num_coordinates(gdf.geometry.values).sum() < 0.7 * shapely.get_num_coordinates(
-        exact_gdf.geometry.values).sum()
+    assert (
+        shapely.get_num_coordinates(gdf.geometry.values).sum()
+        < 0.7 * shapely.get_num_coordinates(exact_gdf.geometry.values).sum()
+    )
     # Touching classes were simplified as one coverage: no overlaps opened up.
     union = shapely.union_all(gdf.geometry.values)
     assert union.area == pytest.approx(gdf["area_m2"].sum(), rel=1e-9)
@@ -224,7 +233,7 @@ def test_simplification_stays_valid_and_seamless(tmp_path):
 
 def test_min_area_drops_small_regions(tmp_path):
     lab = blank()
-    lab[10:12, 10:12] = WATER     # 1 m²
+    lab[10:12, 10:12] = WATER  # 1 m²
     lab[100:140, 100:140] = WATER  # 400 m²
     out, gdf = vectorize(tmp_path, lab, min_area_m2=2.0)
     assert out.features == 1 and gdf["area_m2"].iloc[0] == pytest.approx(400.0)
@@ -274,7 +283,8 @@ def test_geographic_mosaic_gets_geodesic_area(tmp_path):
     gdf = pyogrio.read_dataframe(out.vectors)
     west, east, north, south = 15.0 + 20e-5, 15.0 + 90e-5, 45.0 - 10e-5, 45.0 - 60e-5
     expected, _ = pyproj.Geod(ellps="WGS84").polygon_area_perimeter(
-        [west, east, east, west], [south, south, north, north])
+        [west, east, east, west], [south, south, north, north]
+    )
     assert len(gdf) == 1 and gdf["area_m2"].iloc[0] == pytest.approx(abs(expected), rel=1e-6)
     assert 50 * 70 * 0.7 < gdf["area_m2"].iloc[0] < 50 * 70 * 1.2  # ~0.79 m × 1.11 m pixels
 
@@ -308,9 +318,12 @@ def test_drop_collinear_and_union_pieces_keep_the_shape():
     (cleaned,) = drop_collinear(np.array([shapely.Polygon(ring)], dtype=object))
     assert cleaned.equals(shapely.box(0, 0, 2, 2)) and len(cleaned.exterior.coords) == 5
     # Pieces of a ring around a hole, cut by seams at x=4 and y=4.
-    pieces = [shapely.box(0, 0, 4, 4).difference(shapely.box(2, 2, 4, 4)), shapely.box(4, 0, 8, 4).difference(
-        shapely.box(4, 2, 6, 4)), shapely.box(0, 4, 4, 8).difference(shapely.box(2, 4, 4, 6)),
-        shapely.box(4, 4, 8, 8).difference(shapely.box(4, 4, 6, 6))]
+    pieces = [
+        shapely.box(0, 0, 4, 4).difference(shapely.box(2, 2, 4, 4)),
+        shapely.box(4, 0, 8, 4).difference(shapely.box(4, 2, 6, 4)),
+        shapely.box(0, 4, 4, 8).difference(shapely.box(2, 4, 4, 6)),
+        shapely.box(4, 4, 8, 8).difference(shapely.box(4, 4, 6, 6)),
+    ]
     region = union_pieces(pieces)
     assert region.equals(shapely.box(0, 0, 8, 8).difference(shapely.box(2, 2, 6, 6)))
     assert len(region.exterior.coords) == 5 and len(region.interiors[0].coords) == 5
@@ -324,6 +337,7 @@ def test_ogrinfo_reads_both_outputs(tmp_path):
     assert "partially supported" not in run.stderr  # a GeoPackage version old GDAL/QGIS read fully
     assert "Layer name: polygons" in gpkg and "Feature Count: 1" in gpkg and "Geometry: Polygon" in gpkg
     assert 'ID["EPSG",32633]' in gpkg and "class_id: Integer" in gpkg and "area_m2: Real" in gpkg
-    geojson = subprocess.run(["ogrinfo", "-so", "-al", str(out.geojson)], capture_output=True, text=True,
-                             check=True).stdout
+    geojson = subprocess.run(
+        ["ogrinfo", "-so", "-al", str(out.geojson)], capture_output=True, text=True, check=True
+    ).stdout
     assert "Feature Count: 1" in geojson and "WGS 84" in geojson and "class: String" in geojson
