@@ -27,7 +27,8 @@ def coco_rle(instance: InstanceMask, height: int, width: int, origin: tuple[int,
 
     Args:
         instance: the mask; it must lie inside the image.
-        height, width: the image size.
+        height: the image's height in pixels.
+        width: the image's width in pixels.
         origin: scene pixel ``(row, col)`` of the image's top-left corner.
     """
     from pycocotools import mask as mask_utils
@@ -121,7 +122,8 @@ def coco_mask_ap(pred: list[InstanceMask], truth: list[InstanceMask], height: in
     Args:
         pred: predicted instances (scores rank them).
         truth: reference instances.
-        height, width: the scene size; every instance must lie inside it.
+        height: the scene's height in pixels; every instance must lie inside the scene.
+        width: the scene's width in pixels.
 
     Returns:
         ``ap``, ``ap50``, ``ap75``: None without references, 0.0 without predictions.

@@ -21,14 +21,16 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from sklearn.linear_model import LogisticRegression
 
-from geoseg.config.locations import as_location
+from geoseg.config.locations import RemotePath, as_location
 from geoseg.errors import InputRasterError
 from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
 
 __all__ = ["colour_baseline"]
 
 
-def _open_pair(scene_path: Path, labels_path: Path) -> tuple[rasterio.DatasetReader, rasterio.DatasetReader]:
+def _open_pair(
+    scene_path: Path | RemotePath, labels_path: Path | RemotePath
+) -> tuple[rasterio.DatasetReader, rasterio.DatasetReader]:
     try:
         scene = rasterio.open(scene_path)
     except RasterioIOError as exc:
@@ -43,7 +45,8 @@ def _open_pair(scene_path: Path, labels_path: Path) -> tuple[rasterio.DatasetRea
         labels.close()
         raise InputRasterError(
             f"{labels_path}: label grid {labels.width}x{labels.height} {tuple(labels.transform)[:6]!r} does not match "
-            f"scene {scene_path} {scene.width}x{scene.height} {tuple(scene.transform)[:6]!r}; rasterize the labels on the scene's grid"
+            f"scene {scene_path} {scene.width}x{scene.height} {tuple(scene.transform)[:6]!r}; "
+            "rasterize the labels on the scene's grid"
         )
     return scene, labels
 
@@ -80,9 +83,10 @@ def colour_baseline(
     """Score a per-pixel colour classifier trained on one scene, on another.
 
     Args:
-        train_scene, train_labels: the training image and its label raster
-            (class indices, same grid).
-        survey_scene, survey_labels: the scene to score, likewise.
+        train_scene: the training image.
+        train_labels: the training image's label raster (class indices, same grid).
+        survey_scene: the scene to score.
+        survey_labels: the survey scene's label raster (class indices, same grid).
         class_names: names of classes ``0..n-1`` of the label rasters.
         bands: 1-based bands to classify on (the model's); default: every band but alpha.
         sample_pixels: number of valid training pixels to fit on.

@@ -67,7 +67,8 @@ def truth_instances(
         frame: polygons in the scene CRS with an integer ``class_id`` column
             (as :func:`geoseg.io.labels.load_labels` returns them).
         transform: the scene's affine transform.
-        height, width: the scene's size in pixels; masks are clipped to it.
+        height: the scene's height in pixels; masks are clipped to the scene.
+        width: the scene's width in pixels.
         class_ids: keep only polygons of these classes (None: all).
         valid: optional ``valid((row0, col0, row1, col1)) -> bool array`` of
             that window's shape; pixels where it is False are dropped, as
@@ -81,7 +82,7 @@ def truth_instances(
     keep = np.ones(len(frame), bool) if class_ids is None else np.isin(frame["class_id"].to_numpy(), list(class_ids))
     out = []
     with rasterio.Env():  # one GDAL environment for the loop, not one per rasterize call (~30% of the time)
-        for geom, class_id in zip(frame.geometry.values[keep], frame["class_id"].to_numpy()[keep]):
+        for geom, class_id in zip(frame.geometry.values[keep], frame["class_id"].to_numpy()[keep], strict=True):
             region = None if geom is None or geom.is_empty else _pixel_box(geom.bounds, transform, height, width)
             if region is None:
                 continue
@@ -135,7 +136,7 @@ def mosaic_instances(mosaic_path: str | Path, table: pd.DataFrame) -> list[Insta
     mosaic = open_mosaic(mosaic_path)
     if INSTANCES not in mosaic.group:
         raise InputRasterError(f"{mosaic.path}: mosaic has no {INSTANCES!r} array; predict with instances first")
-    array, chunk = mosaic.group[INSTANCES], mosaic.chunk
+    array, chunk = mosaic.array(INSTANCES), mosaic.chunk
     ids = table["id"].to_numpy()
     boxes = table[["row_min", "col_min", "row_max", "col_max"]].to_numpy(np.int64)
     masks = [np.zeros((max(r1 - r0, 0), max(c1 - c0, 0)), bool) for r0, c0, r1, c1 in boxes]
@@ -147,7 +148,7 @@ def mosaic_instances(mosaic_path: str | Path, table: pd.DataFrame) -> list[Insta
                     by_chunk[cr, cc].append(k)
     for cr, cc in sorted(by_chunk):
         top, left = cr * chunk, cc * chunk
-        block = array[top : min(top + chunk, mosaic.height), left : min(left + chunk, mosaic.width)]
+        block = np.asarray(array[top : min(top + chunk, mosaic.height), left : min(left + chunk, mosaic.width)])
         bottom, right = top + block.shape[0], left + block.shape[1]
         for k in by_chunk[cr, cc]:
             r0, c0, r1, c1 = boxes[k]

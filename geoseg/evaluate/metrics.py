@@ -49,7 +49,7 @@ def scores_from_confusion(matrix: np.ndarray, class_names: list[str] | tuple[str
     freq = truth_total / total if total else np.zeros_like(truth_total)
 
     def clean(values):
-        return {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, values)}
+        return {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, values, strict=True)}
 
     return {
         "pixel_accuracy": float(tp.sum() / total) if total else None,

@@ -14,6 +14,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 from rasterio.enums import Resampling
 
+from geoseg.config.locations import RemotePath
 from geoseg.io.mosaic import MosaicInfo
 
 __all__ = ["class_colours", "write_quicklook"]
@@ -28,8 +29,8 @@ _NAMED = {
 
 
 def class_colours(class_names) -> list[str]:
-    palette = plt.get_cmap("tab10").colors
-    return [_NAMED.get(name, matplotlib.colors.to_hex(palette[i % 10])) for i, name in enumerate(class_names)]
+    palette = plt.get_cmap("tab10")  # 10 listed colours: palette(k) is the k-th, as RGBA
+    return [_NAMED.get(name, matplotlib.colors.to_hex(palette(i % 10))) for i, name in enumerate(class_names)]
 
 
 def _decimated_mosaic(mosaic: MosaicInfo, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +44,7 @@ def _decimated_mosaic(mosaic: MosaicInfo, step: int) -> tuple[np.ndarray, np.nda
 
 
 def write_quicklook(
-    scene_path: Path,
+    scene_path: Path | RemotePath,
     bands: list[int],
     truth_path: Path | None,
     mosaic: MosaicInfo,
@@ -55,7 +56,7 @@ def write_quicklook(
     labels, valid = _decimated_mosaic(mosaic, step)
     shape = labels.shape
     with rasterio.open(scene_path) as src:
-        rgb = src.read(bands[:3], out_shape=(min(3, len(bands)),) + shape, resampling=Resampling.nearest)
+        rgb = src.read(bands[:3], out_shape=(min(3, len(bands)), *shape), resampling=Resampling.nearest)
     rgb = np.moveaxis(rgb, 0, -1).astype(np.float32)
     low, high = np.percentile(rgb[valid > 0], [1, 99]) if valid.any() else (0, 1)
     rgb = np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
@@ -69,14 +70,17 @@ def write_quicklook(
     panels.append(("prediction", np.ma.masked_where(valid == 0, labels)))
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.6), dpi=110)
-    for ax, (title, image) in zip(np.atleast_1d(axes), panels):
+    for ax, (title, image) in zip(np.atleast_1d(axes), panels, strict=True):
         if image.ndim == 3:
             ax.imshow(image, interpolation="nearest")
         else:
             ax.imshow(image, cmap=colours, vmin=-0.5, vmax=n - 0.5, interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()
-    handles = [Patch(color=c, label=name) for name, c in zip(mosaic.class_names, class_colours(mosaic.class_names))]
+    handles = [
+        Patch(color=c, label=name)
+        for name, c in zip(mosaic.class_names, class_colours(mosaic.class_names), strict=True)
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,8 @@ class BlendScratch:
     """Per-tile window probabilities, stored in the partial mosaic."""
 
     def __init__(self, mosaic: MosaicInfo):
-        self.probs = mosaic.group[f"{SCRATCH}/probs"]
-        self.done = mosaic.group[f"{SCRATCH}/done"]
+        self.probs = mosaic.array(f"{SCRATCH}/probs")
+        self.done = mosaic.array(f"{SCRATCH}/done")
 
     @staticmethod
     def create(mosaic: MosaicInfo, tile_count: int, classes: int, size: int) -> None:
@@ -60,7 +60,7 @@ class BlendScratch:
         self.done[tile.index] = 1  # after the probabilities, as with chunks
 
     def finished(self) -> set[int]:
-        return set(np.nonzero(self.done[:])[0].tolist())
+        return set(np.nonzero(np.asarray(self.done[:]))[0].tolist())
 
 
 def _neighbours(tile: Tile, mosaic: MosaicInfo):
@@ -77,7 +77,7 @@ def _neighbours(tile: Tile, mosaic: MosaicInfo):
 
 def blend_tiles(tiles: list[Tile], mosaic: MosaicInfo, scratch: BlendScratch, valid: list[np.ndarray]) -> None:
     """Blend each tile's core from the windows covering it; write labels (and scores) once."""
-    for tile, core_valid in zip(tiles, valid):
+    for tile, core_valid in zip(tiles, valid, strict=True):
         # The window weights are a function of the tile size only: recomputed, not cached, to stay simple.
         weight = hann_window(tile.size)
         total = None
@@ -87,12 +87,13 @@ def blend_tiles(tiles: list[Tile], mosaic: MosaicInfo, scratch: BlendScratch, va
             c0, c1 = max(tile.col, left), min(tile.col + tile.width, left + tile.size)
             if r0 >= r1 or c0 >= c1:
                 continue
-            probs = scratch.probs[index, :, r0 - top : r1 - top, c0 - left : c1 - left].astype(np.float32)
+            probs = np.asarray(scratch.probs[index, :, r0 - top : r1 - top, c0 - left : c1 - left]).astype(np.float32)
             w = weight[r0 - top : r1 - top, c0 - left : c1 - left]
             if total is None:
                 total = np.zeros((probs.shape[0], tile.height, tile.width), np.float32)
             total[:, r0 - tile.row : r1 - tile.row, c0 - tile.col : c1 - tile.col] += probs * w
             weights[r0 - tile.row : r1 - tile.row, c0 - tile.col : c1 - tile.col] += w
+        assert total is not None  # the tile's own window (dr = dc = 0) always covers its core
         blended = total / weights
         labels = blended.argmax(axis=0).astype(np.uint8)
         labels[~core_valid] = 0

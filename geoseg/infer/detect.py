@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -67,10 +68,13 @@ def detections_to_masks(
 
     Args:
         output: ``boxes``, ``labels``, ``scores``, ``masks`` (N, 1, H, W) for one input image.
-        row_off, col_off: scene pixel of the input's top-left corner (negative in a mirrored margin).
+        row_off: scene row of the input's top-left corner (negative in a mirrored margin).
+        col_off: scene column of the input's top-left corner (negative in a mirrored margin).
         window: ``(row0, col0, row1, col1)`` of the input in scene pixels (before clipping).
         scene_shape: ``(height, width)`` of the scene; masks are clipped to it.
-        score_threshold, mask_threshold, min_area: what counts as a detection.
+        score_threshold: detections scoring below this are dropped.
+        mask_threshold: a pixel belongs to a detection's mask where its mask probability exceeds this.
+        min_area: detections with fewer mask pixels (inside the scene) are dropped.
         tile: the tile index recorded on each instance.
         valid: optional boolean (H, W) of the input: False where the scene has no data.
     """
@@ -83,7 +87,7 @@ def detections_to_masks(
     out = []
     keep = output["scores"] >= score_threshold
     for score, label, prob in zip(
-        output["scores"][keep].tolist(), output["labels"][keep].tolist(), output["masks"][keep]
+        output["scores"][keep].tolist(), output["labels"][keep].tolist(), output["masks"][keep], strict=True
     ):
         mask = (prob[0] > mask_threshold).numpy()[r0 - row_off : r1 - row_off, c0 - col_off : c1 - col_off]
         if valid is not None:
@@ -135,11 +139,15 @@ class TileDetector:
         self.model, self.card = load_checkpoint(checkpoint, device=self.device)
         # Boxes under the threshold would be dropped anyway; dropping them inside the model also
         # skips pasting their full-tile masks, the slowest step of an unsure model.
-        self.model.roi_heads.score_thresh = max(self.model.roi_heads.score_thresh, score_threshold)
+        # torchvision's RoIHeads (nn.Module types every submodule attribute as Tensor | Module).
+        roi_heads: Any = self.model.roi_heads
+        roi_heads.score_thresh = max(roi_heads.score_thresh, score_threshold)
         self.bands = tuple(self.card.bands)
         self.mean, self.std = self.card.normalization.mean, self.card.normalization.std
         self.out_dir = Path(out_dir)
-        self.thresholds = {"score_threshold": score_threshold, "mask_threshold": mask_threshold, "min_area": min_area}
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+        self.min_area = min_area
         self._scenes = ThreadLocalRaster(scene)
         self._forward_lock = threading.Lock()
         self.scene_shape = (self.scene.height, self.scene.width)
@@ -158,7 +166,7 @@ class TileDetector:
             valids.append(_window_valid(self.scene, tile))
         with self._forward_lock:  # one batch in the model at a time; I/O of other calls overlaps it
             outputs = run_detector(self.model, inputs, self.device)
-        for tile, output, valid in zip(tiles, outputs, valids):
+        for tile, output, valid in zip(tiles, outputs, valids, strict=True):
             top, left = tile.row - tile.halo, tile.col - tile.halo
             window = (top, left, top + tile.size, left + tile.size)
             masks = detections_to_masks(
@@ -169,7 +177,9 @@ class TileDetector:
                 scene_shape=self.scene_shape,
                 tile=tile.index,
                 valid=valid,
-                **self.thresholds,
+                score_threshold=self.score_threshold,
+                mask_threshold=self.mask_threshold,
+                min_area=self.min_area,
             )
             save_masks(tile_file(self.out_dir, tile.index), masks)
         return [tile.index for tile in tiles]

@@ -105,11 +105,11 @@ class TilePredictor:
             logits = predict_logits(self.model, inputs, self.device)
         del inputs
         if self.scratch is not None:  # blend mode, first pass: keep whole windows for the blend pass
-            for tile, probs in zip(tiles, torch.softmax(logits, dim=1).numpy()):
+            for tile, probs in zip(tiles, torch.softmax(logits, dim=1).numpy(), strict=True):
                 self.scratch.write(tile, probs)
             return [tile.index for tile in tiles]
-        logits = logits.numpy()
-        for tile, tile_logits, valid in zip(tiles, logits, valids):
+        batch_logits = logits.numpy()
+        for tile, tile_logits, valid in zip(tiles, batch_logits, valids, strict=True):
             # Only the core is kept, so only the core is reduced.
             core = tile_logits[:, tile.halo : tile.halo + tile.height, tile.halo : tile.halo + tile.width]
             label = core.argmax(axis=0).astype(np.uint8)

@@ -119,10 +119,10 @@ def _copy_blocks(dst, mosaic: MosaicInfo, array: str) -> None:
         rows, cols = window.toslices()
         win = Window(window.col_off, window.row_off, window.width, window.height)
         if array == "scores":
-            dst.write(np.asarray(mosaic.group["scores"][:, rows, cols], dtype=np.uint8), window=win)
+            dst.write(np.asarray(mosaic.array("scores")[:, rows, cols], dtype=np.uint8), window=win)
             dst.write_mask(np.asarray(mosaic.valid[rows, cols]) != 0, window=win)
             continue
-        data = np.asarray(mosaic.group[array][rows, cols], dtype=np.uint8)
+        data = np.asarray(mosaic.array(array)[rows, cols], dtype=np.uint8)
         if array == "labels":
             valid = np.asarray(mosaic.valid[rows, cols])
             data = np.where(valid != 0, data, np.uint8(LABELS_NODATA))

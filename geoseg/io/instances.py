@@ -34,7 +34,7 @@ import pandas as pd
 import zarr
 
 from geoseg.errors import InputRasterError
-from geoseg.io.mosaic import MosaicInfo, _layout
+from geoseg.io.mosaic import MosaicInfo, _layout, geoseg_attrs
 
 __all__ = [
     "INSTANCES",
@@ -63,7 +63,7 @@ TABLE_COLUMNS = {
 
 def create_instance_array(mosaic: MosaicInfo) -> zarr.Array:
     """Add (or replace) the empty ``instances`` array, with the mosaic's georeferencing attributes."""
-    zarr_format = int(mosaic.group.attrs["geoseg"].get("zarr_format", 2))
+    zarr_format = int(geoseg_attrs(mosaic.group).get("zarr_format", 2))
     if INSTANCES in mosaic.group:
         del mosaic.group[INSTANCES]
     arr = mosaic.group.create_array(

@@ -113,7 +113,7 @@ def rasterize_labels(
         for window in iter_blocks(scene.height, scene.width, block):
             hits = np.sort(index.query(box(*window_bounds(window, scene.transform))))  # file order = burn order
             values = hits + 1 if instances else labels.class_id.values[hits]
-            shapes = [(geom, int(value)) for geom, value in zip(labels.geometry.values[hits], values)]
+            shapes = [(geom, int(value)) for geom, value in zip(labels.geometry.values[hits], values, strict=True)]
             out = np.zeros((int(window.height), int(window.width)), profile["dtype"])
             if shapes:
                 out = rasterize(

@@ -178,7 +178,8 @@ def load_masks(path) -> list[InstanceMask]:
         for i in range(len(data["rows"])):
             h, w = (int(v) for v in data["shapes"][i])
             bits = data["bits"][data["offsets"][i] : data["offsets"][i + 1]]
-            window = tuple(int(v) for v in data["windows"][i])
+            row0, col0, row1, col1 = (int(v) for v in data["windows"][i])
+            window = (row0, col0, row1, col1)
             out.append(
                 InstanceMask(
                     row=int(data["rows"][i]),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
@@ -35,9 +36,29 @@ from rasterio.crs import CRS
 
 from geoseg.errors import InputRasterError
 
-__all__ = ["DATA_ARRAYS", "MosaicInfo", "create_mosaic", "done_chunks", "mark_done", "open_mosaic", "write_block"]
+__all__ = [
+    "DATA_ARRAYS",
+    "MosaicInfo",
+    "create_mosaic",
+    "done_chunks",
+    "geoseg_attrs",
+    "mark_done",
+    "member_array",
+    "open_mosaic",
+    "write_block",
+]
 
 DATA_ARRAYS = ("labels", "valid")
+
+
+def member_array(group: zarr.Group, name: str) -> zarr.Array:
+    """``group[name]``, typed as the array it is (zarr types every member as ``Array | Group``)."""
+    return cast(zarr.Array, group[name])
+
+
+def geoseg_attrs(node: zarr.Group | zarr.Array) -> dict[str, Any]:
+    """The ``geoseg`` attribute of a mosaic group or level (zarr types attribute values as any JSON)."""
+    return cast(dict[str, Any], node.attrs["geoseg"])
 
 
 @dataclass(frozen=True)
@@ -56,11 +77,15 @@ class MosaicInfo:
 
     @property
     def labels(self) -> zarr.Array:
-        return self.group["labels"]
+        return member_array(self.group, "labels")
 
     @property
     def valid(self) -> zarr.Array:
-        return self.group["valid"]
+        return member_array(self.group, "valid")
+
+    def array(self, name: str) -> zarr.Array:
+        """The group's array ``name`` (``scores``, ``done``, ``instances``, …)."""
+        return member_array(self.group, name)
 
     @property
     def has_scores(self) -> bool:
@@ -96,9 +121,9 @@ def _layout(chunk: int, zarr_format: int, leading: int | None = None) -> dict:
     """
     lead = (leading,) if leading else ()
     if zarr_format == 2:
-        return {"chunks": lead + (chunk, chunk)}
+        return {"chunks": (*lead, chunk, chunk)}
     inner = chunk // 2 if chunk % 2 == 0 and chunk >= 256 else chunk
-    return {"shards": lead + (chunk, chunk), "chunks": lead + (inner, inner)}
+    return {"shards": (*lead, chunk, chunk), "chunks": (*lead, inner, inner)}
 
 
 def _dims(zarr_format: int, names: list[str]) -> dict:
@@ -147,11 +172,11 @@ def _create_data_arrays(
             **_dims(zarr_format, dims),
             **_layout(chunk, zarr_format),
         )
-        attrs = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x"}
+        attrs: dict[str, Any] = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": wkt}, "coordinates": "y x"}
         if zarr_format == 2:
             attrs["_ARRAY_DIMENSIONS"] = dims
         arr.attrs.update(attrs)
-    group["labels"].attrs.update(
+    member_array(group, "labels").attrs.update(
         {
             "long_name": "class index",
             "flag_values": list(range(len(class_names))),
@@ -159,7 +184,7 @@ def _create_data_arrays(
             "class_names": list(class_names),
         }
     )
-    group["valid"].attrs.update({"long_name": "1 where the input scene has data, 0 for nodata or alpha"})
+    member_array(group, "valid").attrs.update({"long_name": "1 where the input scene has data, 0 for nodata or alpha"})
 
 
 def _create_scores(
@@ -253,7 +278,7 @@ def create_mosaic(
     crs: CRS,
     transform: Affine,
     class_names: list[str] | tuple[str, ...],
-    zarr_format: int = 2,
+    zarr_format: Literal[2, 3] = 2,
     fingerprint: dict | None = None,
     scores: bool = False,
 ) -> MosaicInfo:
@@ -306,14 +331,14 @@ def create_mosaic(
     return open_mosaic(path, mode="r+")
 
 
-def open_mosaic(path: str | Path, mode: str = "r") -> MosaicInfo:
+def open_mosaic(path: str | Path, mode: Literal["r", "r+"] = "r") -> MosaicInfo:
     """Open a mosaic written by :func:`create_mosaic` and read its georeferencing."""
     path = Path(path)
     if not path.exists():
         raise InputRasterError(f"{path}: mosaic not found; run `geoseg predict` first")
     try:
         group = zarr.open_group(str(path), mode=mode)
-        meta = dict(group.attrs["geoseg"])
+        meta = dict(geoseg_attrs(group))
     except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
         raise InputRasterError(f"{path}: not a geoseg mosaic ({exc}); run `geoseg predict` again") from None
     return MosaicInfo(
@@ -344,15 +369,15 @@ def write_block(
     mosaic.labels[row_off : row_off + h, col_off : col_off + w] = labels
     mosaic.valid[row_off : row_off + h, col_off : col_off + w] = valid
     if scores is not None:
-        mosaic.group["scores"][:, row_off : row_off + h, col_off : col_off + w] = scores
+        mosaic.array("scores")[:, row_off : row_off + h, col_off : col_off + w] = scores
 
 
 def mark_done(mosaic: MosaicInfo, row_off: int, col_off: int) -> None:
     """Record that the chunk at pixel (row_off, col_off) is completely written."""
-    mosaic.group["done"][row_off // mosaic.chunk, col_off // mosaic.chunk] = 1
+    mosaic.array("done")[row_off // mosaic.chunk, col_off // mosaic.chunk] = 1
 
 
 def done_chunks(mosaic: MosaicInfo) -> set[tuple[int, int]]:
     """(chunk row, chunk col) of every chunk marked done."""
-    rows, cols = np.nonzero(mosaic.group["done"][:])
-    return set(zip(rows.tolist(), cols.tolist()))
+    rows, cols = np.nonzero(np.asarray(mosaic.array("done")[:]))
+    return set(zip(rows.tolist(), cols.tolist(), strict=True))

@@ -7,17 +7,21 @@ prediction and the benchmarks standardize raw pixels with :func:`normalize`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
 
+from geoseg.config.locations import RemotePath
 from geoseg.io.raster import iter_blocks, read_valid
 
 __all__ = ["band_statistics", "normalize"]
 
 
-def band_statistics(images: list[Path], bands: tuple[int, ...], *, step: int = 4) -> tuple[list[float], list[float]]:
+def band_statistics(
+    images: Sequence[Path | RemotePath], bands: tuple[int, ...], *, step: int = 4
+) -> tuple[list[float], list[float]]:
     """Mean and standard deviation of each band over valid pixels (every ``step``-th pixel)."""
     total = np.zeros(len(bands))
     total_sq = np.zeros(len(bands))
@@ -44,7 +48,7 @@ def band_statistics(images: list[Path], bands: tuple[int, ...], *, step: int = 4
     return mean.tolist(), std.tolist()
 
 
-def normalize(pixels: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """(bands, H, W) raw pixels → float32 standardized with the model card's statistics."""
     mean_ = np.asarray(mean, np.float32)[:, None, None]
     std_ = np.asarray(std, np.float32)[:, None, None]

@@ -43,14 +43,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
 from affine import Affine
 
 from geoseg.errors import InputRasterError, JobConfigError
-from geoseg.io.mosaic import DATA_ARRAYS, MosaicInfo, open_mosaic
+from geoseg.io.mosaic import DATA_ARRAYS, MosaicInfo, geoseg_attrs, member_array, open_mosaic
 from geoseg.io.multiscales import OVERVIEWS_GROUP, level_shape, multiscales, write_coords
 
 __all__ = ["OVERVIEWS_GROUP", "build_overviews", "list_overviews", "overview_factors", "read_overview"]
@@ -96,7 +96,7 @@ def _block_add(dest: np.ndarray, child: np.ndarray, row0: int, col0: int) -> Non
     h, w = child.shape[-2:]
     hh, ww = -(-(h + pr) // 2), -(-(w + pc) // 2)
     if pr or pc or h % 2 or w % 2:
-        padded = np.zeros(child.shape[:-2] + (2 * hh, 2 * ww), dtype=child.dtype)
+        padded = np.zeros((*child.shape[:-2], 2 * hh, 2 * ww), dtype=child.dtype)
         padded[..., pr : pr + h, pc : pc + w] = child
     else:
         padded = child
@@ -166,6 +166,7 @@ class _Builder:
                 else:
                     _place(lab, child[0], i * c, j * c)
                     _place(wts, child[1], i * c, j * c)
+        result: np.ndarray | tuple[np.ndarray, np.ndarray]
         if self.exact:
             valid = acc.any(axis=0)
             # argmax returns the first maximum: ties go to the lowest class index.
@@ -248,7 +249,7 @@ def build_overviews(
     zarr_format = base.metadata.zarr_format
     dims = ["y", "x"]
     ref_attrs = {k: v for k, v in mosaic.group["spatial_ref"].attrs.asdict().items() if k != "GeoTransform"}
-    unit = mosaic.group["x"].attrs.get("units", "m")
+    unit = cast(str, mosaic.group["x"].attrs.get("units", "m"))
     partial = zarr.open_group(str(root / _PARTIAL), mode="w", zarr_format=zarr_format)
     levels: dict[int, tuple[zarr.Array, zarr.Array]] = {}
     for level, f in enumerate(factors, start=1):
@@ -306,7 +307,7 @@ def list_overviews(mosaic_path: str | Path) -> list[int]:
 
 
 def _advertised(mosaic: MosaicInfo) -> list[int]:
-    entries = mosaic.group.attrs.get("multiscales") or []
+    entries = cast(list[dict[str, Any]], mosaic.group.attrs.get("multiscales") or [])
     for entry in entries:
         if entry.get("name") == "labels":
             return [int(d["factor"]) for d in entry["datasets"] if int(d["factor"]) > 1]
@@ -330,6 +331,6 @@ def read_overview(mosaic_path: str | Path, factor: int) -> tuple[np.ndarray, np.
             f"{mosaic.path}: no overview with factor {factor!r} (has {available or 'none'}); "
             "build them with geoseg.io.overviews.build_overviews or pick one of those"
         )
-    group = mosaic.group[f"{OVERVIEWS_GROUP}/{factor}"]
-    transform = Affine.from_gdal(*group.attrs["geoseg"]["transform"])
-    return np.asarray(group["labels"][:]), np.asarray(group["valid"][:]), transform
+    group = cast(zarr.Group, mosaic.group[f"{OVERVIEWS_GROUP}/{factor}"])
+    transform = Affine.from_gdal(*geoseg_attrs(group)["transform"])
+    return np.asarray(member_array(group, "labels")[:]), np.asarray(member_array(group, "valid")[:]), transform

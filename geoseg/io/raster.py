@@ -17,7 +17,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.config.locations import as_location, is_uri
+from geoseg.config.locations import RemotePath, as_location, is_uri
 from geoseg.errors import InputRasterError
 from geoseg.tiling import Tile, mirror_indices
 
@@ -28,7 +28,7 @@ __all__ = ["SceneInfo", "ThreadLocalRaster", "inspect_scene", "iter_blocks", "re
 class SceneInfo:
     """What the pipeline needs to know about a scene, read once from its header."""
 
-    path: Path
+    path: Path | RemotePath
     height: int
     width: int
     count: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -77,16 +78,17 @@ def write_synthetic_scene(path: str | Path, size: int, *, block: int = 512, seed
     """Write a ``size``×``size`` 3-band uint8 GeoTIFF block by block; return its path.
 
     Tiled (``block``-pixel blocks, pixel-interleaved), DEFLATE-compressed, at
-    0.5 m in EPSG:32633 (horizontal predictor, about 2:1 like real orthophotos). One block is in memory at a time and GDAL's block
-    cache is capped, so memory stays flat whatever ``size``. Written to a
-    temporary name and renamed, so an interrupted write is never reused.
+    0.5 m in EPSG:32633 (horizontal predictor, about 2:1 like real orthophotos).
+    One block is in memory at a time and GDAL's block cache is capped, so memory
+    stays flat whatever ``size``. Written to a temporary name and renamed, so an
+    interrupted write is never reused.
     """
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels (got {size!r})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    profile = {
+    profile: dict[str, Any] = {
         "driver": "GTiff",
         "height": size,
         "width": size,

@@ -14,6 +14,7 @@ this.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -199,6 +200,7 @@ def _roads(
             room = min([water.distance(c) + 0.5 * radius] + [c.distance(o) - r - 0.7 * radius for o, r in towns])
             if best is None or room > best[0]:
                 best = (room, c)
+        assert best is not None  # the first of the 12 tries always sets it
         c = best[1]
         towns.append((c, radius))
         town = _blob(rng, c.x, c.y, radius, harmonics=4, roughness=0.25, elongation=rng.uniform(1.0, 1.5))
@@ -230,7 +232,7 @@ def _buildings(rng: np.random.Generator, size: int, frontage, blocked) -> list[S
     cands: list[tuple[Polygon, float]] = []
     for line, half, sparse in frontage:
         coords = np.asarray(line.coords)
-        for (x0, y0), (x1, y1) in zip(coords[:-1], coords[1:]):
+        for (x0, y0), (x1, y1) in itertools.pairwise(coords):
             seg_len = math.hypot(x1 - x0, y1 - y0)
             if seg_len < 10:
                 continue
@@ -262,7 +264,7 @@ def _buildings(rng: np.random.Generator, size: int, frontage, blocked) -> list[S
     tree = shapely.STRtree(padded)
     left, right = tree.query(padded, predicate="intersects")
     neighbours: dict[int, list[int]] = {}
-    for i, j in zip(left.tolist(), right.tolist()):
+    for i, j in zip(left.tolist(), right.tolist(), strict=True):
         if i != j:
             neighbours.setdefault(i, []).append(j)
     kept: set[int] = set()

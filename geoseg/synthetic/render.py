@@ -16,6 +16,7 @@ perfectly sharp) and Gaussian sensor noise.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -50,7 +51,7 @@ def _noise(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
         field = ndimage.gaussian_filter(rng.standard_normal((size, size), dtype=np.float32), scale)
     else:
         # Coarse white noise, smoothed, then linearly upsampled: cheap for big scales.
-        n = int(math.ceil(size / scale)) + 3
+        n = math.ceil(size / scale) + 3
         coarse = ndimage.gaussian_filter(rng.standard_normal((n, n), dtype=np.float32), 1.0)
         field = ndimage.zoom(coarse, scale, order=1)[:size, :size]
     field -= field.mean()
@@ -62,7 +63,8 @@ def _shadow(geom: Polygon, length: float) -> Polygon:
     """The ground a building shades: its footprint swept along the sun's shadow direction."""
     dx, dy = SHADOW_DIRECTION[0] * length, SHADOW_DIRECTION[1] * length
     coords = np.asarray(geom.exterior.coords)
-    sweep = [Polygon([a, b, b + (dx, dy), a + (dx, dy)]) for a, b in zip(coords[:-1], coords[1:])]
+    # a and b are numpy points: `+ (dx, dy)` is vector addition, not tuple concatenation.
+    sweep = [Polygon([a, b, b + (dx, dy), a + (dx, dy)]) for a, b in itertools.pairwise(coords)]  # noqa: RUF005
     return shapely.union_all([geom, affinity.translate(geom, dx, dy), *[s for s in sweep if s.area > 0]])
 
 

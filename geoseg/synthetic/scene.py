@@ -27,7 +27,7 @@ __all__ = ["SceneFiles", "generate_demo", "make_scene"]
 LABEL_NODATA = 255
 # GeoPackages record a "last change" timestamp; pinning it keeps files byte-identical.
 _GPKG_DATE = "2000-01-01T00:00:00.000Z"
-_TIFF_PROFILE = dict(driver="GTiff", tiled=True, blockxsize=512, blockysize=512, compress="deflate")
+_TIFF_PROFILE = {"driver": "GTiff", "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate"}
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def make_scene(
 
     shape = (size, size)
     labels = rasterize(
-        list(zip(geoms, class_index.tolist())),
+        list(zip(geoms, class_index.tolist(), strict=True)),
         out_shape=shape,
         transform=transform,
         fill=0,
@@ -154,7 +154,7 @@ def make_scene(
         dtype="uint8",
     )
     ids = rasterize(
-        list(zip(geoms, range(1, len(objects) + 1))),
+        list(zip(geoms, range(1, len(objects) + 1), strict=True)),
         out_shape=shape,
         transform=transform,
         fill=0,

@@ -1,8 +1,9 @@
-"""The vectorize stage: Zarr mosaic → one polygon per region → GPKG + GeoJSON.
+"""Class polygons of a semantic mosaic: Zarr mosaic → one polygon per region → GPKG + GeoJSON.
 
-The mosaic is read one chunk at a time (invariant 2: memory is O(chunk), plus
-the regions still open across the current seam and the finished features),
-polygonized per chunk, stitched across seams, and written once at the end.
+The vectorize stage runs it. The mosaic is read one chunk at a time
+(invariant 2: memory is O(chunk), plus the regions still open across the
+current seam and the finished features), polygonized per chunk, stitched
+across seams, and written once at the end.
 """
 
 from __future__ import annotations

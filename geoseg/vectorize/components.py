@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
@@ -67,7 +68,7 @@ class RegionNumbering:
         return len(self.order)
 
 
-def first_pixels(polygons: Sequence) -> tuple[np.ndarray, np.ndarray]:
+def first_pixels(polygons: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row and column of each pixel polygon's first pixel in row-major order.
 
     Polygons are in global pixel coordinates (x = column, y = row, corners on
@@ -130,7 +131,7 @@ def _match_rows(frame: gpd.GeoDataFrame, regions, transform: Affine) -> np.ndarr
     classes = [c for c, _ in regions]
     ids = np.zeros(len(frame), dtype=np.uint32)
     start = 0
-    for row, (class_id, geom) in enumerate(zip(frame["class_id"], frame.geometry)):
+    for row, (class_id, geom) in enumerate(zip(frame["class_id"], frame.geometry, strict=True)):
         for j in range(start, len(regions)):
             if classes[j] == class_id and shapely.intersection(geom, geoms[j]).area >= 0.5 * geom.area:
                 ids[row], start = j + 1, j + 1
@@ -172,7 +173,7 @@ class _Stats:
 
 def _class_score(mosaic: MosaicInfo, rows: slice, cols: slice, labels: np.ndarray) -> np.ndarray:
     """Each pixel's stored score for its own class (raw values: uint8 p*255 or float)."""
-    block = np.asarray(mosaic.group["scores"][:, rows, cols])  # one chunk: every class of one core
+    block = np.asarray(mosaic.array("scores")[:, rows, cols])  # one chunk: every class of one core
     return np.take_along_axis(block, labels[None].astype(np.intp), axis=0)[0]
 
 
@@ -213,9 +214,9 @@ def write_instances(
     stats = _Stats(numbering.count)
     scores = None
     if mosaic.has_scores:
-        scores = mosaic.group["scores"]
+        scores = mosaic.array("scores")
         integer = np.issubdtype(scores.dtype, np.integer)
-        scale = float(scores.attrs.get("scale_factor", 1 / 255 if integer else 1.0))
+        scale = float(cast(float, scores.attrs.get("scale_factor", 1 / 255 if integer else 1.0)))
     chunk_rows = mosaic.grid[0]
     for index, (row_off, col_off, height, width) in enumerate(mosaic.chunk_windows()):
         rows, cols = slice(row_off, row_off + height), slice(col_off, col_off + width)

@@ -105,6 +105,7 @@ def areas_m2(geoms: np.ndarray, crs: CRS) -> np.ndarray:
     if not crs.is_geographic:
         return shapely.area(geoms) * metres_per_unit(crs) ** 2
     geod = pyproj.CRS.from_wkt(crs.to_wkt()).get_geod()
+    assert geod is not None  # a geographic CRS always has an ellipsoid
     # pyproj's area is signed by ring orientation: orient shells counter-clockwise.
     oriented = shapely.orient_polygons(geoms)
     return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in oriented], dtype=np.float64)

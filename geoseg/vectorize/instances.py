@@ -109,7 +109,7 @@ def _paint(block: np.ndarray, row_off: int, col_off: int, boxes: np.ndarray, ids
     """
     local = np.zeros(block.shape, dtype=np.int32)
     height, width = block.shape
-    for k, (box, iid) in enumerate(zip(boxes, ids)):
+    for k, (box, iid) in enumerate(zip(boxes, ids, strict=True)):
         r0, c0 = max(box[0] - row_off, 0), max(box[1] - col_off, 0)
         r1, c1 = min(box[2] - row_off, height), min(box[3] - col_off, width)
         if r0 < r1 and c0 < c1:
@@ -136,7 +136,7 @@ def _instance_polygons(
     mosaic: MosaicInfo, table: pd.DataFrame, progress: Callable[[int, int], None] | None
 ) -> dict[int, object]:
     """Pixel-space polygon of every instance that has pixels: ``{id: polygon}``."""
-    array = mosaic.group[INSTANCES]
+    array = mosaic.array(INSTANCES)
     chunk = mosaic.chunk
     grid_rows, grid_cols = mosaic.grid
     ids = table["id"].to_numpy(np.int64)
@@ -289,7 +289,7 @@ def vectorize_instances(
             f"{mosaic.path}: has no {INSTANCES!r} array; run `geoseg predict` with an "
             "instance model (or vectorize.instances: true) first"
         )
-    shape = tuple(mosaic.group[INSTANCES].shape)
+    shape = tuple(mosaic.array(INSTANCES).shape)
     if shape != (mosaic.height, mosaic.width):
         raise InputRasterError(
             f"{mosaic.path}/{INSTANCES}: shape {shape!r} is not the mosaic's "

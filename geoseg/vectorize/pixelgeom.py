@@ -101,7 +101,7 @@ def node_polygons(geoms: np.ndarray) -> np.ndarray:
     new_slots = np.ones(n + total, dtype=bool)
     new_slots[old_slots] = False
     out[new_slots] = np.where(on_row[:, None], np.column_stack([minor, major]), np.column_stack([major, minor]))
-    new_offsets = (ring_offsets + before[ring_offsets],) + tuple(offsets[1:])
+    new_offsets = (ring_offsets + before[ring_offsets], *offsets[1:])
     return _from_ragged(geom_type, out.astype(np.float64) + origin, new_offsets)
 
 
@@ -141,7 +141,7 @@ def drop_collinear(geoms: np.ndarray) -> np.ndarray:
     x, y = coords[:, 0], coords[:, 1]
     straight = ((x[prev] == x) & (x == x[nxt])) | ((y[prev] == y) & (y == y[nxt]))
     coords, ring_offsets = _compact(coords, ring_offsets, ~closing & ~straight)
-    return _from_ragged(geom_type, coords, (ring_offsets,) + tuple(offsets[1:]))
+    return _from_ragged(geom_type, coords, (ring_offsets, *offsets[1:]))
 
 
 def union_pieces(pieces: list) -> object:
@@ -152,11 +152,11 @@ def union_pieces(pieces: list) -> object:
     cheaply (areas of integer polygons add up exactly) and the general union is
     the fallback; full validity is checked once, on every output, at export.
     """
-    pieces = np.asarray(pieces, dtype=object)
+    geoms = np.asarray(pieces, dtype=object)
     try:
-        region = shapely.coverage_union_all(node_polygons(pieces))
-        if region.geom_type not in ("Polygon", "MultiPolygon") or region.area != shapely.area(pieces).sum():
+        region = shapely.coverage_union_all(node_polygons(geoms))
+        if region.geom_type not in ("Polygon", "MultiPolygon") or region.area != shapely.area(geoms).sum():
             raise ValueError("coverage union lost or gained area")
     except (shapely.errors.GEOSException, ValueError):
-        region = shapely.union_all(pieces)
+        region = shapely.union_all(geoms)
     return drop_collinear(np.array([region], dtype=object))[0]

@@ -109,7 +109,8 @@ def polygonize_chunk(labels: np.ndarray, valid: np.ndarray, row_off: int, col_of
         labels: class index per pixel of the chunk (any integer dtype).
         valid: nonzero where the pixel holds data; other pixels are never part
             of a polygon.
-        row_off, col_off: the chunk's position in the mosaic, in pixels.
+        row_off: the chunk's first row in the mosaic, in pixels.
+        col_off: the chunk's first column in the mosaic, in pixels.
         class_ids: the class indices to vectorize.
 
     Returns:

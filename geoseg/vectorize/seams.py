@@ -92,7 +92,9 @@ class SeamMerger:
         self._above_cls = np.zeros(self.width, dtype=np.int64)
         self._below_ids = np.zeros(self.width, dtype=np.int64)
         self._below_cls = np.zeros(self.width, dtype=np.int64)
-        self._left_ids = self._left_cls = None  # right column of the previous chunk in this row
+        # Right column of the previous chunk in this row (None at the start of a row).
+        self._left_ids: np.ndarray | None = None
+        self._left_cls: np.ndarray | None = None
         self._row_off = 0
         self._row_height = 0
         self._next_col = 0
@@ -123,6 +125,8 @@ class SeamMerger:
         if pieces.row_off > 0:
             self._join(self._above_ids[cols], self._above_cls[cols], ids(pieces.top), pieces.classes[pieces.top])
         if pieces.col_off > 0:
+            # _check_order: col_off > 0 only after a chunk of this row was added.
+            assert self._left_ids is not None and self._left_cls is not None
             self._join(self._left_ids, self._left_cls, ids(pieces.left), pieces.classes[pieces.left])
         self._left_ids, self._left_cls = ids(pieces.right), pieces.classes[pieces.right]
         self._below_ids[cols] = ids(pieces.bottom)
