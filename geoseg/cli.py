@@ -202,9 +202,12 @@ def _cmd_logs(args) -> int:
         sys.stdout.write(job_logs(args.submission_id, address=address))
         sys.stdout.flush()
         return 0
-    final = follow_job_logs(
-        args.submission_id, address=address, write=lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush())
-    )
+
+    def write(chunk: str) -> None:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+    final = follow_job_logs(args.submission_id, address=address, write=write)
     print(f"geoseg: job {args.submission_id} {final}", file=sys.stderr, flush=True)
     return 0 if final == "SUCCEEDED" else 1
 

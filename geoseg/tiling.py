@@ -11,7 +11,9 @@ whole-image inference on a mirror-padded image would see.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import SupportsInt
 
 import numpy as np
 
@@ -39,7 +41,7 @@ class Tile:
     def read_cols(self) -> tuple[int, int]:
         return self.col - self.halo, self.col - self.halo + self.size
 
-    def as_row(self) -> dict:
+    def as_row(self) -> dict[str, int]:
         return {
             "index": self.index,
             "row": self.row,
@@ -51,7 +53,7 @@ class Tile:
         }
 
     @classmethod
-    def from_row(cls, row: dict) -> Tile:
+    def from_row(cls, row: Mapping[str, SupportsInt]) -> Tile:
         return cls(**{key: int(row[key]) for key in ("index", "row", "col", "height", "width", "halo", "size")})
 
 
@@ -60,7 +62,7 @@ def plan_tiles(height: int, width: int, *, tile_size: int, halo: int) -> list[Ti
     core = tile_size - 2 * halo
     if core <= 0:
         raise ValueError(f"tile_size {tile_size} leaves no core with halo {halo}")
-    tiles = []
+    tiles: list[Tile] = []
     for row in range(0, height, core):
         for col in range(0, width, core):
             tiles.append(Tile(len(tiles), row, col, min(core, height - row), min(core, width - col), halo, tile_size))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import posixpath
 import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -19,8 +21,10 @@ from geoseg.errors import JobConfigError
 
 __all__ = ["format_validation_error", "read_job_file", "rebase_job_paths"]
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
 # pydantic's error types → our wording; the fallback is pydantic's own message.
-_MESSAGES = {
+_MESSAGES: dict[str, Callable[[dict[str, Any]], str]] = {
     "greater_than_equal": lambda ctx: f"must be >= {ctx['ge']}",
     "greater_than": lambda ctx: f"must be > {ctx['gt']}",
     "less_than_equal": lambda ctx: f"must be <= {ctx['le']}",
@@ -30,7 +34,7 @@ _MESSAGES = {
 }
 
 
-def _known_keys(loc: tuple) -> list[str]:
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     """Field names of the schema section that holds ``loc`` (list indexes skipped)."""
     model: type[BaseModel] = Job
     for part in loc[:-1]:
@@ -64,9 +68,9 @@ def format_validation_error(source: str, error: ValidationError) -> list[str]:
     return lines
 
 
-def _resolve_paths(model: BaseModel, base: Path) -> BaseModel:
+def _resolve_paths(model: _Model, base: Path) -> _Model:
     """Return a copy with every relative Path field made absolute against ``base``."""
-    updates = {}
+    updates: dict[str, Any] = {}
     for name, value in model:
         if isinstance(value, Path) and not value.is_absolute():
             updates[name] = (base / value).resolve()
@@ -77,7 +81,7 @@ def _resolve_paths(model: BaseModel, base: Path) -> BaseModel:
     return model.model_copy(update=updates)
 
 
-def rebase_job_paths(data: dict, base: str) -> dict:
+def rebase_job_paths(data: dict[str, Any], base: str) -> dict[str, Any]:
     """A copy of a job file's mapping with every relative path made absolute against ``base``.
 
     ``base`` is the job file's folder as another machine (a cluster node) sees
@@ -88,7 +92,7 @@ def rebase_job_paths(data: dict, base: str) -> dict:
     return _rebase(data, Job, posixpath.normpath(base))
 
 
-def _rebase(data: dict, model: type[BaseModel], base: str) -> dict:
+def _rebase(data: dict[str, Any], model: type[BaseModel], base: str) -> dict[str, Any]:
     out = dict(data)
     for key, value in data.items():
         field = model.model_fields.get(key)
@@ -107,9 +111,10 @@ def _rebase(data: dict, model: type[BaseModel], base: str) -> dict:
     return out
 
 
-def _nested_types(annotation) -> list:
+def _nested_types(annotation: object) -> list[object]:
     """The annotation and every type inside it (``X | None``, ``list[X]``, ``Annotated[X, ...]``)."""
-    found, todo = [], [annotation]  # a list: some annotation metadata is not hashable
+    found: list[object] = []
+    todo = [annotation]  # a list: some annotation metadata is not hashable
     while todo:
         kind = todo.pop()
         if kind not in found:

@@ -7,6 +7,7 @@ The job schema turns every input field into one of the two; readers in
 
 from __future__ import annotations
 
+from os import PathLike
 from pathlib import Path
 
 __all__ = ["SCHEMES", "RemotePath", "as_location", "is_uri"]
@@ -14,11 +15,11 @@ __all__ = ["SCHEMES", "RemotePath", "as_location", "is_uri"]
 SCHEMES = ("s3://",)
 
 
-def is_uri(value) -> bool:
+def is_uri(value: object) -> bool:
     return isinstance(value, str) and value.startswith(SCHEMES)
 
 
-def as_location(value) -> Path | RemotePath:
+def as_location(value: str | PathLike[str]) -> Path | RemotePath:
     """``Path`` for a local path; :class:`RemotePath` for an object-storage URI (``Path`` would fold its ``//``)."""
     return RemotePath(value) if is_uri(value) else Path(value)
 

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-def _input_location(value):
+def _input_location(value: object) -> Path | RemotePath:
     """A local path (relative to the job file) or an object-storage URI such as ``s3://bucket/key``."""
     if is_uri(value):
         return RemotePath(value)
@@ -46,9 +46,11 @@ class Strict(BaseModel):
 
 
 class ModelSpec(Strict):
-    arch: str = Field("unet", description="Architecture name from `geoseg models` (e.g. unet, deeplabv3plus).")
-    encoder: str = Field("resnet18", description="segmentation-models-pytorch encoder name (random init).")
-    weights: Path | None = Field(None, description="Optional local .safetensors file to start from; never downloaded.")
+    arch: str = Field(default="unet", description="Architecture name from `geoseg models` (e.g. unet, deeplabv3plus).")
+    encoder: str = Field(default="resnet18", description="segmentation-models-pytorch encoder name (random init).")
+    weights: Path | None = Field(
+        default=None, description="Optional local .safetensors file to start from; never downloaded."
+    )
     options: dict[str, int | float | str | bool | list[int]] = Field(
         default_factory=dict,
         description="Extra keyword arguments for the architecture (e.g. encoder_depth, decoder_channels).",
@@ -56,7 +58,9 @@ class ModelSpec(Strict):
 
     @field_validator("options")
     @classmethod
-    def _no_reserved_options(cls, value):
+    def _no_reserved_options(
+        cls, value: dict[str, int | float | str | bool | list[int]]
+    ) -> dict[str, int | float | str | bool | list[int]]:
         # geoseg sets these itself from the job (bands, classes, model.encoder).
         reserved = sorted({"in_channels", "classes", "num_classes", "encoder", "encoder_name"} & set(value))
         if reserved:
@@ -68,28 +72,30 @@ class ModelSpec(Strict):
 
 
 class Tiling(Strict):
-    tile_size: int = Field(512, gt=0, description="Pixels a side the model sees per prediction tile (core + 2*halo).")
+    tile_size: int = Field(
+        default=512, gt=0, description="Pixels a side the model sees per prediction tile (core + 2*halo)."
+    )
     halo: int | Literal["auto"] = Field(
-        32,
+        default=32,
         description="Context pixels on every side of a tile's core (only the core is written); a multiple of "
         "the model's stride, >= 0, or `auto`: the model's measured receptive-field radius, "
         "which makes crop-mode tiles equal whole-image prediction for convolutional models.",
     )
     stitch: Literal["crop", "blend"] = Field(
-        "crop",
+        default="crop",
         description="crop: keep each tile's core (exact when the halo covers the model's context); "
         "blend: Hann-weighted average of the overlapping windows (for wide-context models).",
     )
 
     @field_validator("halo")
     @classmethod
-    def _halo_not_negative(cls, value):
+    def _halo_not_negative(cls, value: int | Literal["auto"]) -> int | Literal["auto"]:
         if value != "auto" and value < 0:
             raise ValueError("must be >= 0")
         return value
 
     @model_validator(mode="after")
-    def _core_positive(self):
+    def _core_positive(self) -> Tiling:
         if self.halo != "auto" and self.tile_size - 2 * self.halo <= 0:
             raise ValueError(
                 f"tile_size {self.tile_size} leaves no core with halo {self.halo}; "
@@ -118,7 +124,7 @@ LOSS_NAMES = ("ce", "weighted_ce", "border_ce", "dice", "focal", "lovasz", "jacc
 
 class TrainSpec(Strict):
     scenes: list[TrainScene] = Field(min_length=1, description="Training scenes with their label polygons.")
-    label_field: str = Field("class", description="Attribute of the label polygons holding the class name.")
+    label_field: str = Field(default="class", description="Attribute of the label polygons holding the class name.")
     ignore_classes: list[str] = Field(
         default_factory=list,
         description=(
@@ -126,15 +132,17 @@ class TrainSpec(Strict):
             "building-instance job on labels that also map roads and water)."
         ),
     )
-    tile_size: int = Field(256, gt=0, description="Pixels a side of each training crop.")
-    batch_size: int = Field(8, gt=0, description="Crops per step per worker.")
-    epochs: int = Field(6, gt=0, description="Training epochs.")
-    steps_per_epoch: int = Field(60, gt=0, description="Optimizer steps per epoch per worker.")
-    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate of the one-cycle schedule (AdamW).")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
-    seed: int = Field(0, description="Seed for crops, augmentation and initial weights.")
+    tile_size: int = Field(default=256, gt=0, description="Pixels a side of each training crop.")
+    batch_size: int = Field(default=8, gt=0, description="Crops per step per worker.")
+    epochs: int = Field(default=6, gt=0, description="Training epochs.")
+    steps_per_epoch: int = Field(default=60, gt=0, description="Optimizer steps per epoch per worker.")
+    learning_rate: float = Field(
+        default=2e-3, gt=0, description="Peak learning rate of the one-cycle schedule (AdamW)."
+    )
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
+    seed: int = Field(default=0, description="Seed for crops, augmentation and initial weights.")
     max_failures: int = Field(
-        0, ge=-1, description="Worker failures Ray Train retries from the last checkpoint (-1: forever)."
+        default=0, ge=-1, description="Worker failures Ray Train retries from the last checkpoint (-1: forever)."
     )
     loss: dict[str, float] = Field(
         default_factory=lambda: {"ce": 1.0, "dice": 1.0},
@@ -143,9 +151,9 @@ class TrainSpec(Strict):
             "(U-Net border weights; needs label polygons), dice, focal, lovasz, jaccard, tversky."
         ),
     )
-    schedule: Literal["onecycle", "cosine"] = Field("onecycle", description="Learning-rate schedule (AdamW).")
+    schedule: Literal["onecycle", "cosine"] = Field(default="onecycle", description="Learning-rate schedule (AdamW).")
     validation_fraction: float = Field(
-        0.15,
+        default=0.15,
         ge=0,
         lt=0.5,
         description=(
@@ -153,25 +161,27 @@ class TrainSpec(Strict):
         ),
     )
     validation_side: Literal["bottom", "top", "left", "right"] = Field(
-        "bottom", description="Side of each scene the validation strip lies along."
+        default="bottom", description="Side of each scene the validation strip lies along."
     )
     early_stopping: int | None = Field(
-        None, gt=0, description="Stop after this many epochs without a better validation mIoU; null: run every epoch."
+        default=None,
+        gt=0,
+        description="Stop after this many epochs without a better validation mIoU; null: run every epoch.",
     )
     oversample: float = Field(
-        0.5,
+        default=0.5,
         ge=0,
         le=1,
         description="Share of crops centred on a class drawn uniformly among those present (lifts rare classes).",
     )
     jitter: float = Field(
-        0.1,
+        default=0.1,
         ge=0,
         lt=1,
         description="Photometric jitter: per-band gain 1±jitter and offset ±jitter (in band std); 0: off.",
     )
     empty_ratio: float = Field(
-        0.1,
+        default=0.1,
         ge=0,
         lt=1,
         description=(
@@ -182,7 +192,7 @@ class TrainSpec(Strict):
 
     @field_validator("loss")
     @classmethod
-    def _known_losses(cls, value):
+    def _known_losses(cls, value: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(value) - set(LOSS_NAMES))
         if unknown:
             raise ValueError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSS_NAMES)}")
@@ -193,30 +203,33 @@ class TrainSpec(Strict):
 
 class PredictSpec(Strict):
     scene: InputLocation = Field(description="GeoTIFF to map (a path or an s3:// URI); read tile by tile.")
-    batch_size: int = Field(4, gt=0, description="Tiles per forward pass.")
+    batch_size: int = Field(default=4, gt=0, description="Tiles per forward pass.")
     checkpoint: Path | None = Field(
-        None, description="Checkpoint folder; default: <output_dir>/checkpoint from the train stage."
+        default=None, description="Checkpoint folder; default: <output_dir>/checkpoint from the train stage."
     )
-    scores: bool = Field(False, description="Also write per-class probabilities (uint8, p*255) to the mosaic.")
+    scores: bool = Field(default=False, description="Also write per-class probabilities (uint8, p*255) to the mosaic.")
     zarr_format: Literal[2, 3] = Field(
-        2, description="2: read by GDAL >= 3.4 and xarray; 3: sharded (one shard per tile core)."
+        default=2, description="2: read by GDAL >= 3.4 and xarray; 3: sharded (one shard per tile core)."
     )
 
 
 class VectorizeSpec(Strict):
     classes: list[str] | None = Field(
-        None, description="Class names to turn into polygons; default: all but the first."
+        default=None, description="Class names to turn into polygons; default: all but the first."
     )
-    simplify_m: float = Field(0.0, ge=0, description="Simplification tolerance in metres (0: exact pixel edges).")
-    min_area_m2: float = Field(0.0, ge=0, description="Drop polygons smaller than this.")
+    simplify_m: float = Field(
+        default=0.0, ge=0, description="Simplification tolerance in metres (0: exact pixel edges)."
+    )
+    min_area_m2: float = Field(default=0.0, ge=0, description="Drop polygons smaller than this.")
     format: Literal["gpkg", "parquet"] = Field(
-        "gpkg",
+        default="gpkg",
         description=(
-            "Vectors in the mosaic CRS: gpkg (GeoPackage) or parquet (GeoParquet); a GeoJSON in EPSG:4326 is always written."
+            "Vectors in the mosaic CRS: gpkg (GeoPackage) or parquet (GeoParquet); "
+            "a GeoJSON in EPSG:4326 is always written."
         ),
     )
     instances: bool = Field(
-        False,
+        default=False,
         description=(
             "Semantic models: also number every connected region of the vectorized classes across the whole mosaic "
             "(mosaic.zarr/instances + instances.parquet; a region spanning many chunks is one id). "
@@ -226,12 +239,12 @@ class VectorizeSpec(Strict):
 
 
 class InstanceSpec(Strict):
-    score_threshold: float = Field(0.5, ge=0, le=1, description="Keep detections at least this confident.")
+    score_threshold: float = Field(default=0.5, ge=0, le=1, description="Keep detections at least this confident.")
     mask_threshold: float = Field(
-        0.5, gt=0, lt=1, description="Mask probability above which a pixel is in the instance."
+        default=0.5, gt=0, lt=1, description="Mask probability above which a pixel is in the instance."
     )
     merge_iou: float = Field(
-        0.5,
+        default=0.5,
         gt=0,
         le=1,
         description=(
@@ -240,12 +253,12 @@ class InstanceSpec(Strict):
         ),
     )
     merge_ios: float = Field(
-        0.7,
+        default=0.7,
         gt=0,
         le=1,
         description=("Or when the intersection over the smaller of the two masks (where both tiles saw) reaches this."),
     )
-    min_area_px: int = Field(16, ge=1, description="Drop instances smaller than this many pixels.")
+    min_area_px: int = Field(default=16, ge=1, description="Drop instances smaller than this many pixels.")
 
 
 class EvaluateSpec(Strict):
@@ -254,21 +267,23 @@ class EvaluateSpec(Strict):
         "or a label GeoTIFF; a path or an s3:// URI."
     )
     colour_baseline: bool = Field(
-        False, description="Also score a per-pixel colour classifier trained on the train scenes."
+        default=False, description="Also score a per-pixel colour classifier trained on the train scenes."
     )
 
 
 class RuntimeSpec(Strict):
     address: str | None = Field(
-        None, description="Ray address; null starts the embedded local Ray (or uses RAY_ADDRESS)."
+        default=None, description="Ray address; null starts the embedded local Ray (or uses RAY_ADDRESS)."
     )
-    workers: int = Field(1, gt=0, description="Training workers (Ray Train) and prediction model actors (Ray actors).")
+    workers: int = Field(
+        default=1, gt=0, description="Training workers (Ray Train) and prediction model actors (Ray actors)."
+    )
     cpus_per_worker: int = Field(
-        2, gt=0, description="CPU cores each worker or actor reserves (and torch threads it uses)."
+        default=2, gt=0, description="CPU cores each worker or actor reserves (and torch threads it uses)."
     )
-    use_gpu: bool = Field(False, description="Give each worker one GPU.")
+    use_gpu: bool = Field(default=False, description="Give each worker one GPU.")
     dashboard: bool = Field(
-        False,
+        default=False,
         description="Start the embedded Ray's dashboard (http://127.0.0.1:8265) for "
         "prediction too; off by default, as it costs a few percent of a laptop's CPU. Training "
         "always starts it (Ray Train needs its state API). A cluster's own dashboard is not affected.",
@@ -281,10 +296,10 @@ class Job(Strict):
         description="Folder for checkpoint, mosaic, vectors and metrics (local, or shared by every node of a cluster)."
     )
     publish: str | None = Field(
-        None,
+        default=None,
         description=(
-            "Object-storage prefix (s3://bucket/prefix) that each stage's outputs are copied to once the stage is done; "
-            "runs/<run id>/run.json goes last. Credentials come from the environment (AWS_*), never from here."
+            "Object-storage prefix (s3://bucket/prefix) that each stage's outputs are copied to once the stage is "
+            "done; runs/<run id>/run.json goes last. Credentials come from the environment (AWS_*), never from here."
         ),
     )
     classes: list[str] = Field(min_length=2, description="Class names; index 0 is the background class.")
@@ -292,14 +307,16 @@ class Job(Strict):
         default_factory=lambda: list(STAGE_NAMES), description="Stages `geoseg run` chains, in this order."
     )
     bands: list[int] | None = Field(
-        None, description="1-based band indexes fed to the model, in order; default: all non-alpha bands."
+        default=None, description="1-based band indexes fed to the model, in order; default: all non-alpha bands."
     )
     model: ModelSpec = Field(default_factory=ModelSpec, description="The segmentation model.")
     tiling: Tiling = Field(default_factory=Tiling, description="Prediction tiling.")
-    train: TrainSpec | None = Field(None, description="Training settings (needed by the train stage).")
-    predict: PredictSpec | None = Field(None, description="Prediction settings (needed by predict and later stages).")
+    train: TrainSpec | None = Field(default=None, description="Training settings (needed by the train stage).")
+    predict: PredictSpec | None = Field(
+        default=None, description="Prediction settings (needed by predict and later stages)."
+    )
     vectorize: VectorizeSpec = Field(default_factory=VectorizeSpec, description="Polygon export settings.")
-    evaluate: EvaluateSpec | None = Field(None, description="Accuracy assessment settings.")
+    evaluate: EvaluateSpec | None = Field(default=None, description="Accuracy assessment settings.")
     instances: InstanceSpec = Field(
         default_factory=InstanceSpec,
         description="Instance models (Mask R-CNN): detection thresholds and the cross-tile merge.",
@@ -308,7 +325,7 @@ class Job(Strict):
 
     @field_validator("classes")
     @classmethod
-    def _unique_classes(cls, value):
+    def _unique_classes(cls, value: list[str]) -> list[str]:
         dupes = sorted({c for c in value if value.count(c) > 1})
         if dupes:
             raise ValueError(f"class names must be unique (repeated: {', '.join(dupes)})")
@@ -318,20 +335,20 @@ class Job(Strict):
 
     @field_validator("publish")
     @classmethod
-    def _publish_is_a_uri(cls, value):
+    def _publish_is_a_uri(cls, value: str | None) -> str | None:
         if value is not None and not is_uri(value):
             raise ValueError("must be an s3:// URI, e.g. s3://bucket/surveys/flood")
         return value
 
     @field_validator("bands")
     @classmethod
-    def _bands_positive(cls, value):
+    def _bands_positive(cls, value: list[int] | None) -> list[int] | None:
         if value is not None and (not value or any(b < 1 for b in value)):
             raise ValueError(f"band indexes are 1-based and non-empty (got {value!r})")
         return value
 
     @model_validator(mode="after")
-    def _stage_sections(self):
+    def _stage_sections(self) -> Job:
         missing = [
             f"{stage.name!r} needs a `{section}:` section"
             for stage in STAGES

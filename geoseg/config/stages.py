@@ -53,7 +53,7 @@ STAGES: tuple[StageInfo, ...] = (
         uses_ray_address=False,
     ),
 )
-STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+STAGE_NAMES: tuple[StageName, ...] = tuple(stage.name for stage in STAGES)
 if get_args(StageName) != STAGE_NAMES:  # pragma: no cover - a programming error, caught on import
     raise RuntimeError(f"StageName {get_args(StageName)} and STAGES {STAGE_NAMES} disagree")
 

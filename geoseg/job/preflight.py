@@ -48,6 +48,7 @@ def _check_model(job: Job, source: str, problems: list[str]) -> None:
         problems[-1] = f"{source}: {problems[-1]}"
         return
     stride = output_stride(model)
+    assert job.tiling.halo != "auto", "load_job measures halo: auto before the inputs are checked"
     for field, size, halo in (
         ("tiling.tile_size", job.tiling.tile_size, job.tiling.halo),
         ("train.tile_size", job.train.tile_size if job.train else None, 0),
@@ -74,6 +75,7 @@ def _check_checkpoint_stride(job: Job, source: str, card: ModelCard, checkpoint:
     model = _collect(problems, build_model_from_card, card)
     if model is None:
         return
+    assert job.tiling.halo != "auto", "load_job measures halo: auto before the inputs are checked"
     message = check_tile_size(job.tiling.tile_size, output_stride(model), card.arch, job.tiling.halo)
     if message:
         problems.append(f"{source}: tiling.tile_size: {message} (for the {card.arch} model in {checkpoint})")
@@ -160,6 +162,7 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
                 job.model.encoder,
                 dict(job.model.options),
             ):
+                assert checkpoint is not None  # read_card read the card from it
                 _check_checkpoint_stride(job, source, card, checkpoint, problems)
         if scene is not None and "evaluate" in stages and job.evaluate:
             labels = job.evaluate.labels  # a Path, or a RemotePath for an s3:// URI

@@ -67,7 +67,7 @@ def run_job(
                 if stage in ("train", "predict"):
                     record.note_checkpoint(job)
                 if job.publish:
-                    _publish(job, record.data["stages"][stage]["outputs"], f"{stage} outputs", log)
+                    _publish(job, job.publish, record.data["stages"][stage]["outputs"], f"{stage} outputs", log)
         if record.data["checkpoint"]["weights_sha256"] is None:
             record.note_checkpoint(job)
     except BaseException as exc:
@@ -75,7 +75,7 @@ def run_job(
         raise
     record.finish()
     if job.publish:  # last: a reader that finds this run "done" finds every output it lists
-        _publish(job, [record.path, JobPaths.of(job).runs / LATEST], "the run record", log)
+        _publish(job, job.publish, [record.path, JobPaths.of(job).runs / LATEST], "the run record", log)
     log(f"geoseg: job {job.name!r} finished in {time.perf_counter() - started:.0f} s; run {record.run_id}")
     summary["run"] = {"id": record.run_id, "file": str(record.path), "noop": False}
     return summary
@@ -85,8 +85,8 @@ def _run_stage(stage: str, job: Job, *, address: str | None, log, force: bool) -
     return stage_runner(stage)(job, address=address, log=log, force=force)
 
 
-def _publish(job: Job, outputs: list, what: str, log) -> None:
+def _publish(job: Job, prefix: str, outputs: list, what: str, log) -> None:
     from geoseg.io.publish import publish_outputs
 
-    written = publish_outputs(outputs, Path(job.output_dir), job.publish)
-    log(f"geoseg: published {what} to {job.publish} ({len(written)} item(s))")
+    written = publish_outputs(outputs, Path(job.output_dir), prefix)
+    log(f"geoseg: published {what} to {prefix} ({len(written)} item(s))")

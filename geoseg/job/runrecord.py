@@ -59,6 +59,7 @@ import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import geoseg._version
 from geoseg.config import Job
@@ -151,7 +152,7 @@ def input_fingerprints(job: Job, stages: list[str]) -> list[dict]:
         named.append(("evaluate.labels", job.evaluate.labels))
     found = []
     for role, path in named:
-        entry = {"role": role, "path": str(path), "size": None, "mtime": None}
+        entry: dict[str, Any] = {"role": role, "path": str(path), "size": None, "mtime": None}
         if isinstance(path, Path):  # local; an s3:// object (a str subclass) is not asked for
             try:
                 stat = Path(path).stat()
@@ -219,7 +220,7 @@ class RunRecord:
                 break
             except FileExistsError:
                 continue
-        data = {
+        data: dict[str, Any] = {
             "format": FORMAT,
             "run_id": run_id,
             "status": "running",
@@ -359,8 +360,9 @@ def _difference(last: dict, job: Job, stages: list[str], code: dict, inputs: lis
 def finished_run(
     job: Job, stages: list[str], *, code: dict | None = None, inputs: list[dict] | None = None
 ) -> tuple[dict | None, str | None]:
-    """``(run, None)`` when the most recent run already did this work (see the module doc), else
-    ``(None, why)``; ``why`` is None when there was no earlier run.
+    """Whether the most recent run already did this work (see the module doc).
+
+    Returns ``(run, None)`` when it did, else ``(None, why)``; ``why`` is None when there was no earlier run.
     """
     runs = _runs(JobPaths.of(job).runs)
     if not runs:

@@ -91,6 +91,7 @@ def submit_job(
     given = submit_job_file(
         job_path.name, text, address=address, entrypoint=command, submission_id=submission_id, metadata=metadata
     )
+    assert address is not None  # submit_job_file refuses a missing address (ClusterError)
     return Submission(given, job.name, stages_run, address)
 
 

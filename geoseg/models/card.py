@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geoseg.errors import CheckpointError
 
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
 __all__ = ["CARD_FORMAT", "ModelCard", "Normalization", "TrainingSummary", "card_from_json"]
 
-CARD_FORMAT = "geoseg-model-card/1"
+CARD_FORMAT: Final = "geoseg-model-card/1"
 
 
 class _Frozen(BaseModel):
@@ -37,15 +40,15 @@ class TrainingSummary(_Frozen):
 
     epochs_run: int = Field(ge=0)
     best_epoch: int = Field(ge=0)
-    val_miou: float | None = Field(None, description="Best validation mIoU (semantic models).")
-    val_f1: float | None = Field(None, description="Best validation F1 at mask IoU 0.5 (instance models).")
+    val_miou: float | None = Field(default=None, description="Best validation mIoU (semantic models).")
+    val_f1: float | None = Field(default=None, description="Best validation F1 at mask IoU 0.5 (instance models).")
 
 
 class ModelCard(_Frozen):
     """Everything needed to rebuild a checkpoint's model and feed it the right pixels."""
 
     format: Literal["geoseg-model-card/1"] = CARD_FORMAT
-    geoseg_version: str | None = Field(None, description="geoseg version that trained the model.")
+    geoseg_version: str | None = Field(default=None, description="geoseg version that trained the model.")
     arch: str = Field(description="Architecture name from `geoseg models`.")
     encoder: str = Field(description="Encoder (segmentation-models-pytorch) or backbone name.")
     options: dict[str, int | float | str | bool | list[int]] = Field(default_factory=dict)
@@ -53,13 +56,17 @@ class ModelCard(_Frozen):
     bands: tuple[int, ...] = Field(min_length=1, description="1-based bands the model reads, in order.")
     dtype: str = Field(description="Data type of the training imagery (e.g. uint8, uint16).")
     normalization: Normalization
-    train_tile_size: int | None = Field(None, description="Training crop size in pixels.")
-    tile_size: int | None = Field(None, description="Prediction tile size of the job that trained it.")
-    halo: int | None = Field(None, description="Prediction halo of the job that trained it.")
-    crs: str | None = Field(None, description="CRS of the first training scene.")
-    pixel_size: tuple[float, float] | None = Field(None, description="Pixel size (x, y) of the first training scene.")
-    loss: dict[str, float] | None = Field(None, description="Losses and weights it was trained with.")
-    run: str | None = Field(None, description="Ray Train run name: a rerun of the same job finds its model by it.")
+    train_tile_size: int | None = Field(default=None, description="Training crop size in pixels.")
+    tile_size: int | None = Field(default=None, description="Prediction tile size of the job that trained it.")
+    halo: int | None = Field(default=None, description="Prediction halo of the job that trained it.")
+    crs: str | None = Field(default=None, description="CRS of the first training scene.")
+    pixel_size: tuple[float, float] | None = Field(
+        default=None, description="Pixel size (x, y) of the first training scene."
+    )
+    loss: dict[str, float] | None = Field(default=None, description="Losses and weights it was trained with.")
+    run: str | None = Field(
+        default=None, description="Ray Train run name: a rerun of the same job finds its model by it."
+    )
     training: TrainingSummary | None = None
 
     @property
@@ -76,7 +83,10 @@ class ModelCard(_Frozen):
 
 
 def card_from_json(text: str, source: str | Path) -> ModelCard:
-    """Parse and validate a model card; CheckpointError (one line, with the fix) when it is not one this geoseg reads."""
+    """Parse and validate a model card.
+
+    Raises CheckpointError (one line, with the fix) when it is not one this geoseg reads.
+    """
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -104,7 +114,7 @@ def card_from_json(text: str, source: str | Path) -> ModelCard:
         ) from None
 
 
-def _describe(err: dict) -> str:
+def _describe(err: ErrorDetails) -> str:
     field = ".".join(str(part) for part in err["loc"]) or "(top level)"
     message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
     got = "" if err["type"] == "missing" or isinstance(err.get("input"), (dict, list)) else f" (got {err['input']!r})"

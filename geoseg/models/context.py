@@ -27,6 +27,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -113,8 +115,9 @@ def exact_tiling(arch: str, options: dict | None = None) -> bool:
 
 
 def tiling_stride(arch: str, model: torch.nn.Module) -> int:
-    """The alignment halo and core need: the encoder's stride, times 8 for PAN's FPA block
-    (three more 2× max pools below the encoder; smaller multiples fail or misalign).
+    """The alignment halo and core need: the encoder's stride, times 8 for PAN's FPA block.
+
+    PAN's FPA block adds three more 2× max pools below the encoder; smaller multiples fail or misalign.
     :func:`geoseg.models.registry.output_stride` already applies PAN's factor.
     """
     return output_stride(model)
@@ -123,12 +126,14 @@ def tiling_stride(arch: str, model: torch.nn.Module) -> int:
 class _FreezeGlobal(TorchFunctionMode):
     """Treat operators that mix all pixels as constants, so gradients follow local paths only."""
 
-    DETACH = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.softmax, torch.softmax, torch.matmul, torch.bmm}
+    DETACH: ClassVar[frozenset[Callable[..., object]]] = frozenset(
+        {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.softmax, torch.softmax, torch.matmul, torch.bmm}
+    )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.group_norm:  # normalise with the statistics held constant
-            x, groups, weight, bias, eps = (list(args) + [None, None, 1e-5])[:5]
+            x, groups, weight, bias, eps = [*args, None, None, 1e-5][:5]
             eps = kwargs.get("eps", eps)
             xs = x.reshape(x.shape[0], groups, -1)
             mean, var = xs.mean(-1, keepdim=True).detach(), xs.var(-1, unbiased=False, keepdim=True).detach()
@@ -181,6 +186,7 @@ def context_radius(
         block = out[:, :, centre : centre + stride, centre : centre + stride]
         (block * weights[:, None, None]).sum().backward(inputs=[x])
     model.train(was_training)
+    assert x.grad is not None  # backward(inputs=[x]) just filled it
     grad = x.grad.abs().sum(dim=(0, 1))
     mask = grad > rel_tol * grad.max()
     rows = torch.nonzero(mask.any(dim=1)).flatten()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import segmentation_models_pytorch as smp
@@ -92,7 +93,10 @@ SMP_ARCHITECTURES = {
     "segformer": "Segformer",
 }
 # geoseg name → (torchvision.models.segmentation builder, its class returning plain logits)
-_TORCHVISION = {"fcn_resnet50": (fcn_resnet50, FCNLogits), "deeplabv3_resnet50": (deeplabv3_resnet50, DeepLabV3Logits)}
+_TORCHVISION: dict[str, tuple[Callable[..., FCN | DeepLabV3], type[FCNLogits | DeepLabV3Logits]]] = {
+    "fcn_resnet50": (fcn_resnet50, FCNLogits),
+    "deeplabv3_resnet50": (deeplabv3_resnet50, DeepLabV3Logits),
+}
 # geoseg name → torchvision builder name
 TORCHVISION_ARCHITECTURES = {name: builder.__name__ for name, (builder, _) in _TORCHVISION.items()}
 # Every architecture → where it comes from (what `geoseg models` lists)
@@ -138,8 +142,10 @@ def _check_sizes(in_channels: int, num_classes: int) -> None:
 
 
 def resolve_encoder(arch: str, encoder: str = DEFAULT_ENCODER) -> str:
-    """The backbone ``build_model(arch, encoder=encoder)`` builds: ``encoder`` itself for smp,
-    torchvision's fixed resnet50 for its architectures (which accept only "resnet50" and the default).
+    """The backbone ``build_model(arch, encoder=encoder)`` builds.
+
+    That is ``encoder`` itself for smp, torchvision's fixed resnet50 for its architectures (which accept only
+    "resnet50" and the default).
     """
     _check_arch(arch)
     if arch in SMP_ARCHITECTURES:
@@ -163,8 +169,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _head_scale(arch: str, depth: int, options: dict) -> int | None:
-    """The final upsampling smp's head needs for logits the size of the input (smp 0.6, encoders
-    that halve the resolution at each stage); None where the head has no ``upsampling``.
+    """The final upsampling smp's head needs for logits the size of the input.
+
+    For smp 0.6 and encoders that halve the resolution at each stage; None where the head has no ``upsampling``.
     """
     if arch == "fpn":  # the pyramid's finest level is stage depth-3 (1/4 for depth 5)
         return 2 ** (depth - 3)
@@ -180,12 +187,11 @@ def _head_scale(arch: str, depth: int, options: dict) -> int | None:
 def _check_smp_options(arch: str, encoder: str, options: dict) -> dict:
     """Refuse options smp would ignore, or that would make the model return anything but logits."""
     options = dict(options)
-    if "encoder_weights" in options:
-        if options.pop("encoder_weights") is not None:
-            raise ModelError(
-                "model.options.encoder_weights: nothing is downloaded at run time; remove it and name "
-                "a local .safetensors file in model.weights"
-            )
+    if "encoder_weights" in options and options.pop("encoder_weights") is not None:
+        raise ModelError(
+            "model.options.encoder_weights: nothing is downloaded at run time; remove it and name "
+            "a local .safetensors file in model.weights"
+        )
     params = inspect.signature(getattr(smp, SMP_ARCHITECTURES[arch])).parameters
     for name in options:
         if name in _RESERVED:
@@ -347,9 +353,10 @@ def output_stride(model: torch.nn.Module) -> int:
 
 
 def smallest_tile(model: torch.nn.Module, *, arch: str = "model", in_channels: int = 3, strides: int = 8) -> int:
-    """The smallest tile side that the tile plan accepts (a multiple of the stride, see
-    :func:`geoseg.tiling.check_tile_size`) and that the model, in eval mode with a batch of one,
-    turns into logits of the same size. Tries up to ``strides`` multiples, one small forward pass each.
+    """The smallest tile side that the tile plan accepts and the model turns into logits of the same size.
+
+    The side is a multiple of the stride (see :func:`geoseg.tiling.check_tile_size`); the model runs in eval mode
+    with a batch of one. Tries up to ``strides`` multiples, one small forward pass each.
 
     Training with a batch of one may need more: BatchNorm cannot normalise a single 1 × 1 value
     (smp's bottlenecks at one stride, torchvision DeepLabV3's image pooling at any size).

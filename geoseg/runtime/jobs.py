@@ -53,7 +53,7 @@ def submit_job_file(
     return given
 
 
-def job_status(submission_id: str, *, address: str) -> dict:
+def job_status(submission_id: str, *, address: str | None) -> dict:
     """The job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), Ray's message about it, and its times."""
     info = _job_info(_client(address), submission_id, address)
     return {
@@ -67,7 +67,7 @@ def job_status(submission_id: str, *, address: str) -> dict:
     }
 
 
-def job_logs(submission_id: str, *, address: str) -> str:
+def job_logs(submission_id: str, *, address: str | None) -> str:
     """Everything the job's driver (``geoseg run`` on the cluster) has printed so far."""
     client = _client(address)
     _job_info(client, submission_id, address)
@@ -77,7 +77,7 @@ def job_logs(submission_id: str, *, address: str) -> str:
         raise ClusterError(f"{address}: cannot read the logs of {submission_id!r}: {_first_line(error)}") from None
 
 
-def follow_job_logs(submission_id: str, *, address: str, write: Callable[[str], None]) -> str:
+def follow_job_logs(submission_id: str, *, address: str | None, write: Callable[[str], None]) -> str:
     """Pass the job's logs to ``write`` as they come until the job ends; return its final status."""
     client = _client(address)
     _job_info(client, submission_id, address)
@@ -148,7 +148,7 @@ def _check_reachable(url: str, address: str) -> None:
         ) from None
 
 
-def _job_info(client, submission_id: str, address: str):
+def _job_info(client, submission_id: str, address: str | None):
     try:
         return client.get_job_info(submission_id)
     except RuntimeError as error:

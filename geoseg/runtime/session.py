@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
+from typing import Any
 
 import ray
 
@@ -29,7 +30,7 @@ def ray_session(address: str | None = None, *, dashboard: bool = False):
     address = address or os.environ.get("RAY_ADDRESS")
     # Keep the console to geoseg's own progress lines: Ray Train's patched print
     # would echo every worker line twice, and its INFO logs bury the progress.
-    options = {
+    options: dict[str, Any] = {
         "logging_level": logging.WARNING,
         "log_to_driver": True,
         "runtime_env": {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},

@@ -21,8 +21,9 @@ __all__ = ["fit_model"]
 
 
 def _quiet_report_logs() -> None:
-    """Ray Train logs every report at INFO (to a logger named by its file path,
-    not its module); those lines drown geoseg's own progress.
+    """Quiet Ray Train's per-report INFO lines, which drown geoseg's own progress.
+
+    Ray Train logs every report at INFO, to a logger named by its file path, not its module.
     """
     try:
         from ray.train.v2._internal.execution import context as train_context
@@ -75,7 +76,8 @@ def fit_model(
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
-        run_config=RunConfig(
+        # ray.train exports Train V2's RunConfig (with logging_config) only at run time; mypy sees V1's.
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=name,
             storage_path=str(Path(storage).resolve()),
             failure_config=FailureConfig(max_failures=max_failures),

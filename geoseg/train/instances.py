@@ -23,6 +23,7 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.windows import Window
+from torchvision.models.detection.roi_heads import RoIHeads
 
 from geoseg.infer.detect import detections_to_masks, run_detector
 from geoseg.io.masks import InstanceMask, tight
@@ -70,7 +71,7 @@ def crop_targets(ids: np.ndarray, id_classes: np.ndarray) -> dict[str, torch.Ten
     """Torchvision detection targets (boxes, labels, masks) for one crop of the instance raster."""
     values, counts = np.unique(ids[ids > 0], return_counts=True)
     values = values[counts >= MIN_PIXELS]
-    masks = np.stack([ids == v for v in values]) if len(values) else np.zeros((0,) + ids.shape, bool)
+    masks = np.stack([ids == v for v in values]) if len(values) else np.zeros((0, *ids.shape), bool)
     boxes = np.zeros((len(values), 4), np.float32)
     for k, mask in enumerate(masks):
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -84,7 +85,7 @@ def crop_targets(ids: np.ndarray, id_classes: np.ndarray) -> dict[str, torch.Ten
 
 def collate_instances(batch):
     """Detection models take lists: (images, targets) instead of stacked tensors."""
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
 
 
@@ -200,7 +201,9 @@ def validate_instances(
     ]
     model.eval()
     # Only detections at 0.5 and above are scored: drop the rest before their masks are pasted.
-    score_thresh, model.roi_heads.score_thresh = model.roi_heads.score_thresh, 0.5
+    heads = model.roi_heads
+    assert isinstance(heads, RoIHeads)  # a torchvision Mask R-CNN, unwrapped (see validation_metrics)
+    score_thresh, heads.score_thresh = heads.score_thresh, 0.5
     for scene, window in jobs[rank::world]:
         image_path, ids_path = pairs[scene]
         with rasterio.open(image_path) as src, rasterio.open(ids_path) as lab:
@@ -220,6 +223,6 @@ def validate_instances(
         )
         result = match_instances(pred, _truth_in(ids, np.asarray(id_classes[scene]), row, col), iou=0.5)
         totals += (result["tp"], result["fp"], result["fn"])
-    model.roi_heads.score_thresh = score_thresh
+    heads.score_thresh = score_thresh
     model.train()
     return totals

@@ -137,7 +137,7 @@ def _batches(plan: TrainingPlan, seed: int, pixel_weights: Callable | None) -> I
     card, spec = plan.card, plan.spec
     pairs = [(scene.image, scene.labels) for scene in plan.scenes]
     areas = [window_of(scene.train_area) for scene in plan.scenes]
-    common = {
+    common: dict[str, Any] = {
         "bands": card.bands,
         "size": spec.tile_size,
         "mean": list(card.normalization.mean),
@@ -235,7 +235,8 @@ def train_model(
 
     Args:
         plan: what to train and how (built by the train stage).
-        rank, world: this worker's rank and the number of workers (each draws its own crops).
+        rank: this worker's rank (each worker draws its own crops).
+        world: the number of workers.
         device: where to train.
         prepare_model: wraps the model for distributed training (Ray Train's DDP).
         report: called after every epoch with the metrics and (rank 0) a checkpoint folder.

@@ -88,7 +88,7 @@ def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
     return weights
 
 
-def class_weight_map(labels: np.ndarray, class_weights: Sequence[float]) -> np.ndarray:
+def class_weight_map(labels: np.ndarray, class_weights: Sequence[float] | np.ndarray) -> np.ndarray:
     """Per-pixel class weights ``w_c(x) = class_weights[labels[x]]``, 0 on ignored pixels.
 
     Args:
@@ -146,7 +146,7 @@ def unet_border_weights(
         if base.shape != instances.shape:
             raise ValueError(f"class_weight_map shape {base.shape} does not match instances {instances.shape}")
     # Compact the ids to 1..n so that find_objects gives one bounding box per instance.
-    ids, compact = np.unique(instances, return_inverse=True)
+    _ids, compact = np.unique(instances, return_inverse=True)
     compact = compact.reshape(instances.shape) + 1
     compact[instances == 0] = 0
     boxes = ndimage.find_objects(compact)
@@ -157,13 +157,15 @@ def unet_border_weights(
     # instances lie within reach, so a window of that margin around each
     # instance holds every pixel whose term matters, with exact distances.
     reach = sigma * math.sqrt(2.0 * math.log(1.0 / _NEGLIGIBLE))
-    margin = int(math.ceil(reach))
+    margin = math.ceil(reach)
     d1 = np.full(instances.shape, np.inf)
     d2 = np.full(instances.shape, np.inf)
     for label, box in enumerate(boxes, start=1):
         if box is None:  # the id slot of background 0
             continue
-        window = tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, instances.shape))
+        window = tuple(
+            slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, instances.shape, strict=True)
+        )
         dist = ndimage.distance_transform_edt(compact[window] != label)
         near = d1[window]
         d2[window] = np.minimum(d2[window], np.maximum(near, dist))  # before d1 changes under it
@@ -184,6 +186,8 @@ class _CrossEntropy(torch.nn.Module):
     batch keeps the same scale whatever the share of border pixels. The sum of
     weights is clamped so an all-ignored batch gives 0, not 0/0.
     """
+
+    class_weights: torch.Tensor | None  # a buffer (register_buffer), moved with the module
 
     def __init__(self, class_weights: torch.Tensor | None = None, use_pixel_weights: bool = False):
         super().__init__()
@@ -308,7 +312,10 @@ class CombinedLoss(torch.nn.Module):
         self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
     ) -> torch.Tensor:
         parts = self.parts(logits, targets, pixel_weights)
-        return sum(self.weights[name] * value for name, value in parts.items())
+        total = sum(self.weights[name] * value for name, value in parts.items())
+        # build_loss keeps at least one term, so this is a tensor, never sum()'s empty start 0.
+        assert isinstance(total, torch.Tensor)
+        return total
 
 
 def _check_spec(spec) -> dict[str, float]:

@@ -1,5 +1,7 @@
-"""Where training crops come from: a held-out validation area, class-balanced
-oversampling, D4 augmentation and photometric jitter.
+"""Where training crops come from.
+
+A held-out validation area, class-balanced oversampling, D4 augmentation and
+photometric jitter.
 
 Validation is a held-out *area* (a strip along one side of every training
 scene), not random tiles: random tiles overlap the training crops, so their
@@ -14,6 +16,7 @@ block, so this works on scenes larger than memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +39,12 @@ def split_area(height: int, width: int, fraction: float, side: str = "bottom") -
     if fraction <= 0:
         return Window(0, 0, width, height), None
     if side in ("bottom", "top"):
-        strip = max(1, int(round(height * fraction)))
+        strip = max(1, round(height * fraction))
         train_rows, val_rows = height - strip, strip
         if side == "bottom":
             return Window(0, 0, width, train_rows), Window(0, train_rows, width, val_rows)
         return Window(0, strip, width, train_rows), Window(0, 0, width, val_rows)
-    strip = max(1, int(round(width * fraction)))
+    strip = max(1, round(width * fraction))
     train_cols = width - strip
     if side == "right":
         return Window(0, 0, train_cols, height), Window(train_cols, 0, strip, height)
@@ -97,7 +100,7 @@ class CropSampler(torch.utils.data.IterableDataset):
 
     def __init__(
         self,
-        pairs: list[tuple[Path, Path]],
+        pairs: Sequence[tuple[str | Path, str | Path]],
         *,
         areas: list[Window],
         bands: tuple[int, ...],
@@ -108,7 +111,7 @@ class CropSampler(torch.utils.data.IterableDataset):
         indexes: list[LabelIndex] | None = None,
         oversample: float = 0.0,
         jitter: float = 0.0,
-        instances: list[Path] | None = None,
+        instances: Sequence[str | Path | None] | None = None,
         pixel_weights=None,
     ):
         super().__init__()
@@ -125,6 +128,7 @@ class CropSampler(torch.utils.data.IterableDataset):
         row0, col0 = int(area.row_off), int(area.col_off)
         max_row, max_col = row0 + int(area.height) - h, col0 + int(area.width) - w
         if self.oversample > 0 and rng.random() < self.oversample:
+            assert self.indexes is not None  # __init__ refuses oversampling without a LabelIndex per scene
             cells = self.indexes[scene].cells
             present = np.flatnonzero(cells.any(axis=(0, 1)))
             if len(present):
