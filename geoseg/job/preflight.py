@@ -107,87 +107,112 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
     """Return one line per problem with the job's inputs for ``stages`` (empty when all is well)."""
     problems: list[str] = []
     _check_model(job, source, problems)
-    bands = job.bands
-    first: SceneInfo | None = None
-    if "train" in stages and job.train:
-        for i, pair in enumerate(job.train.scenes):
-            scene = _collect(problems, inspect_scene, pair.image, field=f"train.scenes[{i}].image", bands=bands)
-            if scene is None:
-                continue
-            if first is None:
-                first = scene
-            else:
-                _check_band_match(scene, first, f"train.scenes[{i}].image", problems)
-            _collect(
-                problems,
-                load_labels,
-                pair.labels,
-                scene=scene,
-                classes=job.classes,
-                field=job.train.label_field,
-                source=f"train.scenes[{i}].labels",
-                ignore=job.train.ignore_classes,
-            )
-    needs_scene = {"predict", "evaluate"} & set(stages)
-    if needs_scene and job.predict:
-        card = checkpoint = None
+    first = _check_training_inputs(job, problems) if "train" in stages and job.train else None
+    if {"predict", "evaluate"} & set(stages) and job.predict:
+        card, checkpoint = None, None
         if "train" not in stages and "predict" in stages:  # an existing model predicts: its card rules
             checkpoint = job.predict.checkpoint or JobPaths.of(job).checkpoint
-            card = _collect(problems, read_card, checkpoint)
-            if card is not None and bands and list(bands) != list(card.bands):
-                problems.append(
-                    f"{source}: bands: {list(bands)} differs from the bands the model in {checkpoint} "
-                    f"was trained on ({list(card.bands)}); remove `bands:` or set it to {list(card.bands)}"
-                )
-        scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=bands)
-        if (
-            scene is not None
-            and card is not None
-            and not bands
-            and all(1 <= b <= scene.count and b != scene.alpha for b in card.bands)
-        ):
-            # Prediction reads the card's bands when the job names none (as run_predict does).
-            scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=card.bands)
+            card = _checkpoint_card(job, source, checkpoint, problems)
+        scene = _predicted_scene(job, card, problems)
         if scene is not None and first is not None:
             _check_band_match(scene, first, "predict.scene", problems)
-        if scene is not None and card is not None:
-            if len(card.bands) != len(scene.bands) or card.dtype != scene.dtype:
-                problems.append(
-                    f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the "
-                    f"model in {checkpoint} was trained on {len(card.bands)} of {card.dtype}; "
-                    "predict imagery like the training scenes, or choose them with `bands:`"
-                )
-            if card is not None and (card.arch, card.encoder, card.options) != (
-                job.model.arch,
-                job.model.encoder,
-                dict(job.model.options),
-            ):
-                assert checkpoint is not None  # read_card read the card from it
-                _check_checkpoint_stride(job, source, card, checkpoint, problems)
+        if scene is not None and card is not None and checkpoint is not None:
+            _check_scene_against_card(job, source, scene, card, checkpoint, problems)
         if scene is not None and "evaluate" in stages and job.evaluate:
-            labels = job.evaluate.labels  # a Path, or a RemotePath for an s3:// URI
-            if labels.suffix.lower() in (".tif", ".tiff"):
-                truth = _collect(problems, inspect_scene, labels, field="evaluate.labels")
-                if truth is not None and (truth.height, truth.width, truth.transform, truth.crs) != (
-                    scene.height,
-                    scene.width,
-                    scene.transform,
-                    scene.crs,
-                ):
-                    problems.append(
-                        f"{labels}: evaluate.labels: label raster is not on the scene's grid; "
-                        "give polygons instead, or warp it onto the scene (gdalwarp -te -tr)"
-                    )
-            else:
-                field = job.train.label_field if job.train else "class"
-                _collect(
-                    problems,
-                    load_labels,
-                    labels,
-                    scene=scene,
-                    classes=job.classes,
-                    field=field,
-                    source="evaluate.labels",
-                    ignore=job.train.ignore_classes if job.train else (),
-                )
+            _check_reference_labels(job, scene, problems)
     return problems
+
+
+def _check_training_inputs(job: Job, problems: list[str]) -> SceneInfo | None:
+    """Every training scene and its labels; the first readable scene, which the others must match."""
+    assert job.train is not None
+    first: SceneInfo | None = None
+    for i, pair in enumerate(job.train.scenes):
+        scene = _collect(problems, inspect_scene, pair.image, field=f"train.scenes[{i}].image", bands=job.bands)
+        if scene is None:
+            continue
+        if first is None:
+            first = scene
+        else:
+            _check_band_match(scene, first, f"train.scenes[{i}].image", problems)
+        _collect(
+            problems,
+            load_labels,
+            pair.labels,
+            scene=scene,
+            classes=job.classes,
+            field=job.train.label_field,
+            source=f"train.scenes[{i}].labels",
+            ignore=job.train.ignore_classes,
+        )
+    return first
+
+
+def _checkpoint_card(job: Job, source: str, checkpoint: Path, problems: list[str]) -> ModelCard | None:
+    """The card of the checkpoint a predict-only job uses, and whether the job's ``bands:`` agree with it."""
+    card = _collect(problems, read_card, checkpoint)
+    bands = job.bands
+    if card is not None and bands and list(bands) != list(card.bands):
+        problems.append(
+            f"{source}: bands: {list(bands)} differs from the bands the model in {checkpoint} "
+            f"was trained on ({list(card.bands)}); remove `bands:` or set it to {list(card.bands)}"
+        )
+    return card
+
+
+def _predicted_scene(job: Job, card: ModelCard | None, problems: list[str]) -> SceneInfo | None:
+    """The scene to predict, read with the bands prediction will read (the card's when the job names none)."""
+    assert job.predict is not None
+    scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=job.bands)
+    if (
+        scene is not None
+        and card is not None
+        and not job.bands
+        and all(1 <= b <= scene.count and b != scene.alpha for b in card.bands)
+    ):
+        # Prediction reads the card's bands when the job names none (as run_predict does).
+        scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=card.bands)
+    return scene
+
+
+def _check_scene_against_card(
+    job: Job, source: str, scene: SceneInfo, card: ModelCard, checkpoint: Path, problems: list[str]
+) -> None:
+    """The scene's bands and data type are the model's; the tile size fits the checkpoint's own model."""
+    if len(card.bands) != len(scene.bands) or card.dtype != scene.dtype:
+        problems.append(
+            f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the "
+            f"model in {checkpoint} was trained on {len(card.bands)} of {card.dtype}; "
+            "predict imagery like the training scenes, or choose them with `bands:`"
+        )
+    if (card.arch, card.encoder, card.options) != (job.model.arch, job.model.encoder, dict(job.model.options)):
+        _check_checkpoint_stride(job, source, card, checkpoint, problems)
+
+
+def _check_reference_labels(job: Job, scene: SceneInfo, problems: list[str]) -> None:
+    """``evaluate.labels``: a label raster on the scene's grid, or polygons whose classes the job knows."""
+    assert job.evaluate is not None
+    labels = job.evaluate.labels  # a Path, or a RemotePath for an s3:// URI
+    if labels.suffix.lower() in (".tif", ".tiff"):
+        truth = _collect(problems, inspect_scene, labels, field="evaluate.labels")
+        if truth is not None and (truth.height, truth.width, truth.transform, truth.crs) != (
+            scene.height,
+            scene.width,
+            scene.transform,
+            scene.crs,
+        ):
+            problems.append(
+                f"{labels}: evaluate.labels: label raster is not on the scene's grid; "
+                "give polygons instead, or warp it onto the scene (gdalwarp -te -tr)"
+            )
+        return
+    _collect(
+        problems,
+        load_labels,
+        labels,
+        scene=scene,
+        classes=job.classes,
+        field=job.train.label_field if job.train else "class",
+        source="evaluate.labels",
+        ignore=job.train.ignore_classes if job.train else (),
+    )
