@@ -25,6 +25,7 @@ elsewhere on the machine still starts its own embedded Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -75,28 +76,20 @@ class Node:
                     pids.add(proc.info["pid"])
             except (ProcessLookupError, PermissionError):
                 continue
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             pids.update(child.pid for child in psutil.Process(self.process.pid).children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
         return pids
 
     def kill(self) -> None:
         """SIGKILL the whole node at once, workers included, with no chance to clean up (a lost machine)."""
         doomed = self.pids()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         for pid in doomed:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @dataclass
@@ -132,9 +125,9 @@ class LocalCluster:
         """The cluster's alive nodes as ``ray.nodes()`` sees them, from a short-lived client process
         (a ``ray.init`` in the test process would pin this process to one cluster)."""
         script = (
-            "import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+            f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
             "print(json.dumps([{'id': n['NodeID'], 'resources': n['Resources']} "
-            "for n in ray.nodes() if n['Alive']]))" % self.address
+            "for n in ray.nodes() if n['Alive']]))"
         )
         out = subprocess.run(
             [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, env=self.env()

@@ -6,6 +6,7 @@ is the share of all cores that *other* processes used while we ran.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -129,9 +130,10 @@ class MemorySampler:
 
 
 class Contention:
-    """How much of the machine *other* work used while we ran: the CPU-busy
-    time of the whole machine minus our own, as a share of all its cores.
-    On a shared 2-core box this is what makes two timings comparable or not.
+    """How much of the machine *other* work used while we ran.
+
+    The CPU-busy time of the whole machine minus our own, as a share of all its
+    cores. On a shared 2-core box this is what makes two timings comparable or not.
     """
 
     def __init__(self):
@@ -182,10 +184,8 @@ def wait_until_quiet(root: psutil.Process, *, timeout: float = 20.0, share: floa
     def usage() -> dict[int, float]:
         seconds = {}
         for proc in root.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):
                 seconds[proc.pid] = cpu_seconds(proc)
-            except psutil.Error:
-                pass
         return seconds
 
     started = time.monotonic()

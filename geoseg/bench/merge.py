@@ -21,7 +21,9 @@ objects), plus F1 at IoU 0.5 and COCO mask AP.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import rasterio
 from rasterio.windows import Window
@@ -35,12 +37,13 @@ from geoseg.io.labels import load_labels
 from geoseg.io.masks import bbox_pairs, load_masks, mask_iou
 from geoseg.io.raster import inspect_scene, read_valid
 from geoseg.job import load_job
+from geoseg.stages.sections import evaluate_spec, predict_spec, resolved_halo
 from geoseg.tiling import plan_tiles
 
 __all__ = ["bench_merge"]
 
 
-def bench_merge(job_path: str | Path, *, log=print) -> dict:
+def bench_merge(job_path: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score the merges of one instance job's raw detections (run its predict stage first)."""
     job = load_job(job_path)
     paths = JobPaths.of(job)
@@ -51,9 +54,9 @@ def bench_merge(job_path: str | Path, *, log=print) -> dict:
             "with an instance model first"
         )
     detections = [d for f in files for d in load_masks(f)]
-    scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
+    scene = inspect_scene(predict_spec(job).scene, field="predict.scene", bands=job.bands)
     labels = load_labels(
-        job.evaluate.labels,
+        evaluate_spec(job).labels,
         scene=scene,
         classes=job.classes,
         field=job.train.label_field if job.train else "class",
@@ -71,15 +74,16 @@ def bench_merge(job_path: str | Path, *, log=print) -> dict:
         )
     log(f"bench merge: {len(detections)} raw detections from {len(files)} tiles; {len(truth)} reference objects")
     settings = job.instances
-    results: dict = {
+    halo = resolved_halo(job)
+    results: dict[str, Any] = {
         "job": job.name,
         "raw_detections": len(detections),
         "reference": len(truth),
         "tile_size": job.tiling.tile_size,
-        "overlap_px": 2 * job.tiling.halo,
+        "overlap_px": 2 * halo,
     }
-    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
-    merge = {
+    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=halo)
+    merge: dict[str, Any] = {
         "iou": settings.merge_iou,
         "ios": settings.merge_ios,
         "windows": tile_windows(tiles, scene.height, scene.width),
@@ -115,9 +119,11 @@ def bench_merge(job_path: str | Path, *, log=print) -> dict:
 
 
 def _split_by_the_model(detections: list, truth: list, iou: float = 0.1) -> set[int]:
-    """Reference objects that some tile's own detections already split: two or more of one tile's
-    detections match the object at IoU >= ``iou`` (an L-shaped building as body and wing). No merge
-    of tiles can make those one; the other splits are the tiling's.
+    """Reference objects that some tile's own detections already split.
+
+    Two or more of one tile's detections match the object at IoU >= ``iou`` (an
+    L-shaped building as body and wing). No merge of tiles can make those one;
+    the other splits are the tiling's.
     """
     per_tile: dict[tuple[int, int], int] = {}
     for i, j in bbox_pairs(truth, detections).tolist():

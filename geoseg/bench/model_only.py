@@ -1,4 +1,4 @@
-"""The model alone: the same batches forwarded in a plain loop, the yardstick ``geoseg bench predict`` measures against."""
+"""The model alone, the yardstick of ``geoseg bench predict``: the same batches forwarded in a plain loop."""
 
 from __future__ import annotations
 

@@ -312,9 +312,15 @@ def bench_predict(
 
     Args:
         size: scene pixels a side (N); the scene has N² pixels at 0.5 m.
-        tile_size, halo, batch_size: the job's ``tiling`` and ``predict.batch_size``.
-        workers, cpus_per_worker, use_gpu: the job's ``runtime`` (model actors, torch threads each).
-        arch, encoder, options: the model (random init; nothing downloaded).
+        tile_size: the job's ``tiling.tile_size``.
+        halo: the job's ``tiling.halo``.
+        batch_size: the job's ``predict.batch_size``.
+        workers: the job's ``runtime.workers`` (model actors).
+        cpus_per_worker: the job's ``runtime.cpus_per_worker`` (torch threads of each actor).
+        use_gpu: the job's ``runtime.use_gpu``.
+        arch: the model's architecture (random init; nothing downloaded).
+        encoder: the model's encoder (random init; nothing downloaded).
+        options: the model's extra options (``model.options``).
         workdir: folder for the cached scene and this run's checkpoint/mosaic
             (default: a temporary folder, removed unless ``keep``).
         keep: keep a scene this run had to write (for reuse by the next run).
@@ -331,7 +337,7 @@ def bench_predict(
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels (got {size!r})")
     temporary = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="geoseg-bench-")) if temporary else Path(workdir)
+    workdir = Path(tempfile.mkdtemp(prefix="geoseg-bench-")) if workdir is None else Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = workdir / f"run-{os.getpid()}-{int(time.time())}"
     scene = scene_path(workdir, size)

@@ -134,7 +134,7 @@ def sahi_greedy_nmm(
 
     # Visiting order: per class (np.unique order), score descending, ties by x1, y1, x2, y2.
     keys = (boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -scores)
-    order = np.lexsort(keys if class_agnostic else keys + (classes,))
+    order = np.lexsort(keys if class_agnostic else (*keys, classes))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
 

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -120,7 +121,7 @@ def bench_train(
     options = dict(options or {})
     cpus = cpus or os.cpu_count() or 1
     temporary = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="geoseg-bench-train-")) if temporary else Path(workdir)
+    workdir = Path(tempfile.mkdtemp(prefix="geoseg-bench-train-")) if workdir is None else Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         scene = write_synthetic_scene(workdir / f"train_scene_{size}.tif", size)
@@ -137,7 +138,7 @@ def bench_train(
             epochs=epochs,
             steps=steps,
         )
-        result = {
+        result: dict[str, Any] = {
             "bench": "train",
             "arch": arch,
             "encoder": encoder,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -17,18 +19,19 @@ from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
 from geoseg.evaluate.quicklook import write_quicklook
 from geoseg.io.instances import INSTANCES, read_instance_table
 from geoseg.io.labels import load_labels, rasterize_labels
-from geoseg.io.mosaic import open_mosaic
+from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.io.raster import inspect_scene
+from geoseg.stages.sections import evaluate_spec, predict_spec, train_spec
 
 __all__ = ["mosaic_confusion", "run_evaluate"]
 
 
 def _truth_raster(job: Job, paths: JobPaths) -> Path:
     """The reference as a label raster on the scene grid (polygons are rasterized first)."""
-    labels = job.evaluate.labels  # a Path, or a RemotePath for an s3:// URI
+    labels = evaluate_spec(job).labels  # a Path, or a RemotePath for an s3:// URI
     if labels.suffix.lower() in (".tif", ".tiff"):
         return labels
-    scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
+    scene = inspect_scene(predict_spec(job).scene, field="predict.scene", bands=job.bands)
     field = job.train.label_field if job.train else "class"
     frame = load_labels(
         labels,
@@ -49,35 +52,36 @@ def mosaic_confusion(mosaic_path: Path, truth_path: Path) -> tuple[np.ndarray, t
     with rasterio.open(truth_path) as truth:
         for row, col, h, w in mosaic.chunk_windows():
             reference = truth.read(1, window=Window(col, row, w, h))
-            predicted = mosaic.labels[row : row + h, col : col + w]
-            valid = mosaic.valid[row : row + h, col : col + w]
+            predicted = np.asarray(mosaic.labels[row : row + h, col : col + w])
+            valid = np.asarray(mosaic.valid[row : row + h, col : col + w])
             matrix += confusion_matrix(reference, predicted, n, valid=valid)
     return matrix, mosaic.class_names
 
 
-def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log) -> dict | None:
+def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log: Callable[[str], None]) -> dict | None:
     from geoseg.evaluate.colour_baseline import colour_baseline
 
-    pair = job.train.scenes[0]
+    train = train_spec(job)
+    pair = train.scenes[0]
     train_labels = paths.train_labels(0)
     if not train_labels.exists():
         scene = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands)
         frame = load_labels(
-            pair.labels, scene=scene, classes=job.classes, field=job.train.label_field, ignore=job.train.ignore_classes
+            pair.labels, scene=scene, classes=job.classes, field=train.label_field, ignore=train.ignore_classes
         )
         rasterize_labels(frame, scene, train_labels)
     log("evaluate: fitting the per-pixel colour baseline (logistic regression on band values)")
     bands = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands).bands
-    return colour_baseline(pair.image, train_labels, job.predict.scene, truth, job.classes, bands=bands)
+    return colour_baseline(pair.image, train_labels, predict_spec(job).scene, truth, job.classes, bands=bands)
 
 
-def _instance_metrics(job: Job, paths: JobPaths, mosaic, log) -> dict:
+def _instance_metrics(job: Job, paths: JobPaths, mosaic: MosaicInfo, log: Callable[[str], None]) -> dict:
     """Instances against the reference polygons (one per polygon): F1 at IoU 0.5, splits, duplicates, mask AP."""
-    labels = job.evaluate.labels  # a Path, or a RemotePath for an s3:// URI
+    labels = evaluate_spec(job).labels  # a Path, or a RemotePath for an s3:// URI
     if labels.suffix.lower() in (".tif", ".tiff"):
         log("evaluate: instance metrics need reference polygons (one per object), not a label raster; skipped")
         return {"skipped": "evaluate.labels is a raster"}
-    scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
+    scene = inspect_scene(predict_spec(job).scene, field="predict.scene", bands=job.bands)
     frame = load_labels(
         labels,
         scene=scene,
@@ -102,31 +106,38 @@ def _instance_metrics(job: Job, paths: JobPaths, mosaic, log) -> dict:
     log(
         f"evaluate: instances: {result['count_pred']} predicted, {result['count_truth']} in the reference; "
         f"F1@0.5 {result['f1'] or 0:.3f} (precision {result['precision'] or 0:.3f}, recall "
-        f"{result['recall'] or 0:.3f}), mask AP {result['ap'] or 0:.3f}, AP50 {result['ap50'] or 0:.3f}; split {result['splits']}, "
-        f"duplicates {result['duplicates']}, merged neighbours {result['merged']}"
+        f"{result['recall'] or 0:.3f}), mask AP {result['ap'] or 0:.3f}, AP50 {result['ap50'] or 0:.3f}; "
+        f"split {result['splits']}, duplicates {result['duplicates']}, merged neighbours {result['merged']}"
     )
     return result
 
 
-def run_evaluate(job: Job, *, address: str | None = None, log=print, force: bool = False) -> dict:
+def run_evaluate(
+    job: Job, *, address: str | None = None, log: Callable[[str], None] = print, force: bool = False
+) -> dict[str, Any]:
     """Score the mosaic against ``evaluate.labels``; write ``metrics.json`` and the quicklook.
 
     Runs in this process and always recomputes; ``address`` and ``force`` are taken for the
     runners' one signature (:mod:`geoseg.config.stages`).
     """
     paths = JobPaths.of(job)
+    predict, evaluate = predict_spec(job), evaluate_spec(job)
     started = time.perf_counter()
     truth = _truth_raster(job, paths)
     matrix, class_names = mosaic_confusion(paths.mosaic, truth)
-    report = {"job": job.name, "scene": str(job.predict.scene), "model": scores_from_confusion(matrix, class_names)}
+    report: dict[str, Any] = {
+        "job": job.name,
+        "scene": str(predict.scene),
+        "model": scores_from_confusion(matrix, class_names),
+    }
     if paths.training_history.exists():  # loss and validation mIoU per epoch, from the train stage
         report["training"] = json.loads(paths.training_history.read_text())
-    if job.evaluate.colour_baseline and job.train:
+    if evaluate.colour_baseline and job.train:
         report["colour_baseline"] = _colour_baseline(job, paths, truth, log)
     mosaic = open_mosaic(paths.mosaic)
     if INSTANCES in mosaic.group and paths.instance_table.exists():
         report["instances"] = _instance_metrics(job, paths, mosaic, log)
-    scene = inspect_scene(job.predict.scene, field="predict.scene", bands=job.bands)
+    scene = inspect_scene(predict.scene, field="predict.scene", bands=job.bands)
     write_quicklook(scene.path, list(scene.bands), truth, mosaic, paths.quicklook)
     tmp = paths.metrics.with_name(paths.metrics.name + ".partial")
     tmp.write_text(json.dumps(report, indent=2) + "\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
+from typing import Any
 
 from geoseg.config import Job
 from geoseg.config.paths import JobPaths
@@ -19,29 +21,33 @@ from geoseg.models.checkpoint import build_model_from_card, read_card, weights_s
 from geoseg.models.context import KNOWN_HALOS, has_global_context
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
 from geoseg.stages.progress import tile_progress
+from geoseg.stages.sections import predict_spec, resolved_halo
 from geoseg.tiling import check_tile_size, plan_tiles
 
 __all__ = ["run_predict"]
 
 
-def run_predict(job: Job, *, address: str | None = None, log=print, force: bool = False) -> dict:
+def run_predict(
+    job: Job, *, address: str | None = None, log: Callable[[str], None] = print, force: bool = False
+) -> dict[str, Any]:
     """Predict the scene into ``mosaic.zarr``; skip a complete one, resume a half-written one.
 
     ``force`` redoes it all: a complete mosaic, a half-written one and (instance models) the tiles'
     detections are ignored and written again.
     """
     paths = JobPaths.of(job)
-    spec = job.predict
+    spec = predict_spec(job)
+    halo = resolved_halo(job)
     checkpoint = spec.checkpoint or paths.checkpoint
     card = read_card(checkpoint)
-    scene = inspect_scene(spec.scene, field="predict.scene", bands=job.bands or card.bands)
+    scene = inspect_scene(spec.scene, field="predict.scene", bands=job.bands or list(card.bands))
     if len(scene.bands) != len(card.bands) or scene.dtype != card.dtype:
         raise InputRasterError(
             f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the model in {checkpoint} "
             f"expects {len(card.bands)} of {card.dtype}; predict imagery like the training scenes"
         )
     stride = output_stride(build_model_from_card(card))
-    problem = check_tile_size(job.tiling.tile_size, stride, card.arch, job.tiling.halo)
+    problem = check_tile_size(job.tiling.tile_size, stride, card.arch, halo)
     if problem:
         raise InputRasterError(f"tiling.tile_size: {problem}")
     instance_model = is_instance_arch(card.arch)
@@ -54,7 +60,7 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
         _note_seams(card, job, log)
 
     started = time.perf_counter()
-    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
+    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=halo)
     fingerprint = _fingerprint(scene, checkpoint, job)
     if instance_model:
         fingerprint["instances"] = job.instances.model_dump()
@@ -130,7 +136,7 @@ def run_predict(job: Job, *, address: str | None = None, log=print, force: bool 
     }
 
 
-def _note_seams(card: ModelCard, job: Job, log) -> None:
+def _note_seams(card: ModelCard, job: Job, log: Callable[[str], None]) -> None:
     """Say when crop-mode tiles only approximate whole-image prediction (cheap: known halos only)."""
     if job.tiling.stitch != "crop":
         return
@@ -142,9 +148,10 @@ def _note_seams(card: ModelCard, job: Job, log) -> None:
         return
     encoder = resolve_encoder(card.arch, card.encoder)
     known = KNOWN_HALOS.get(card.arch) if encoder == resolve_encoder(card.arch) else None
-    if known and job.tiling.halo < known:
+    halo = resolved_halo(job)
+    if known and halo < known:
         log(
-            f"predict: note: halo {job.tiling.halo} is below {card.arch}/{encoder}'s receptive-field radius "
+            f"predict: note: halo {halo} is below {card.arch}/{encoder}'s receptive-field radius "
             f"(halo {known}); tiles approximate whole-image prediction near core edges "
             "(`halo: auto` makes them exact, `stitch: blend` smooths the seams)"
         )
@@ -164,7 +171,7 @@ def _predict_blended(tiles, todo, checkpoint, scene, partial, job: Job, progress
         checkpoint=checkpoint,
         scene=scene.path,
         mosaic=partial,
-        batch_size=job.predict.batch_size,
+        batch_size=predict_spec(job).batch_size,
         workers=runtime.workers,
         cpus_per_worker=runtime.cpus_per_worker,
         use_gpu=runtime.use_gpu,
@@ -183,6 +190,7 @@ def _predict_blended(tiles, todo, checkpoint, scene, partial, job: Job, progress
 
 def _fingerprint(scene, checkpoint, job: Job) -> dict:
     """What must match for a half-written mosaic to be resumed rather than redone."""
+    spec = predict_spec(job)
     return {
         "scene": str(scene.path),
         "size": [scene.height, scene.width],
@@ -192,8 +200,8 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
         "tile_size": job.tiling.tile_size,
         "halo": job.tiling.halo,
         "stitch": job.tiling.stitch,
-        "scores": job.predict.scores,
-        "zarr_format": job.predict.zarr_format,
+        "scores": spec.scores,
+        "zarr_format": spec.zarr_format,
     }
 
 
@@ -220,6 +228,7 @@ def _resume_or_create(partial, fingerprint: dict, scene, job: Job, classes, log)
         log(f"predict: discarding {partial.name}: it was started with another scene, checkpoint or tiling")
         shutil.rmtree(partial)
     partial.parent.mkdir(parents=True, exist_ok=True)
+    spec = predict_spec(job)
     create_mosaic(
         partial,
         height=scene.height,
@@ -229,7 +238,7 @@ def _resume_or_create(partial, fingerprint: dict, scene, job: Job, classes, log)
         transform=scene.transform,
         class_names=classes,
         fingerprint=fingerprint,
-        scores=job.predict.scores,
-        zarr_format=job.predict.zarr_format,
+        scores=spec.scores,
+        zarr_format=spec.zarr_format,
     )
     return set()

@@ -24,6 +24,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -43,6 +45,7 @@ from geoseg.io.raster import read_valid
 from geoseg.models.card import ModelCard
 from geoseg.runtime import detect_tiles, ray_session
 from geoseg.stages.progress import tile_progress
+from geoseg.stages.sections import predict_spec, resolved_halo
 from geoseg.tiling import plan_tiles
 from geoseg.vectorize.export import metres_per_unit
 
@@ -51,7 +54,7 @@ __all__ = ["run_predict_instances", "write_instance_mosaic"]
 FINGERPRINT = "fingerprint.json"
 
 
-def _detections_folder(paths: JobPaths, fingerprint: dict, log, force: bool = False) -> set[int]:
+def _detections_folder(paths: JobPaths, fingerprint: dict, log: Callable[[str], None], force: bool = False) -> set[int]:
     """The tiles already detected under this fingerprint (a stale folder, or any with ``force``, is emptied first)."""
     folder = paths.tile_detections
     stamp = folder / FINGERPRINT
@@ -108,13 +111,21 @@ def _table(instances: list[InstanceMask], mosaic: MosaicInfo):
 
 
 def run_predict_instances(
-    job: Job, *, card: ModelCard, checkpoint, scene, fingerprint: dict, address, log, force: bool = False
-) -> dict:
+    job: Job,
+    *,
+    card: ModelCard,
+    checkpoint,
+    scene,
+    fingerprint: dict,
+    address,
+    log: Callable[[str], None],
+    force: bool = False,
+) -> dict[str, Any]:
     """Detect, merge and write the instance mosaic and table (see the module doc)."""
     paths = JobPaths.of(job)
-    spec, settings = job.predict, job.instances
+    spec, settings = predict_spec(job), job.instances
     started = time.perf_counter()
-    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=job.tiling.halo)
+    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=resolved_halo(job))
     have = _detections_folder(paths, fingerprint, log, force)
     todo = [tile for tile in tiles if tile.index not in have]
     log(

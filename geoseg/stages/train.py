@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from geoseg.models import is_instance_arch, output_stride
 from geoseg.models.card import ModelCard, Normalization
 from geoseg.models.checkpoint import build_model_from_card, read_card
 from geoseg.runtime import fit_model, ray_session
+from geoseg.stages.sections import resolved_halo, train_spec
 from geoseg.train.history import plot_history
 from geoseg.train.instances import instance_centres
 from geoseg.train.plan import TrainingPlan, TrainingScene, box_of
@@ -30,7 +32,9 @@ __all__ = ["run_train", "training_plan"]
 _CLASS_WEIGHTED = {"weighted_ce", "border_ce"}
 
 
-def run_train(job: Job, *, address: str | None = None, log: Callable[[str], None] = print, force: bool = False) -> dict:
+def run_train(
+    job: Job, *, address: str | None = None, log: Callable[[str], None] = print, force: bool = False
+) -> dict[str, Any]:
     """Train the job's model into ``checkpoint/``; skip it when the checkpoint already holds this job's model.
 
     ``force`` trains again from the start: the "already trained" shortcut is skipped and Ray Train's
@@ -58,7 +62,7 @@ def run_train(job: Job, *, address: str | None = None, log: Callable[[str], None
             workers=job.runtime.workers,
             cpus_per_worker=job.runtime.cpus_per_worker,
             use_gpu=job.runtime.use_gpu,
-            max_failures=job.train.max_failures,
+            max_failures=train_spec(job).max_failures,
         )
     history = metrics.pop("history", [])
     _write_history(paths, history, metrics)
@@ -78,7 +82,7 @@ def run_train(job: Job, *, address: str | None = None, log: Callable[[str], None
 
 def training_plan(job: Job, log: Callable[[str], None] = print) -> TrainingPlan:
     """Everything the training loop needs: label rasters, areas, band statistics in the model card, weights."""
-    spec = job.train
+    spec = train_spec(job)
     scenes = [
         inspect_scene(pair.image, field=f"train.scenes[{i}].image", bands=job.bands)
         for i, pair in enumerate(spec.scenes)
@@ -92,7 +96,7 @@ def training_plan(job: Job, log: Callable[[str], None] = print) -> TrainingPlan:
     if _CLASS_WEIGHTED & set(spec.loss) and not instance_model:
         from geoseg.train.losses import median_frequency_weights
 
-        counts = sum(counts for _, counts in prepared)
+        counts = np.sum([counts for _, counts in prepared if counts is not None], axis=0)
         class_weights = tuple(float(w) for w in median_frequency_weights(counts))
         log(
             "train: median-frequency class weights "
@@ -109,19 +113,22 @@ def training_plan(job: Job, log: Callable[[str], None] = print) -> TrainingPlan:
 
 
 def _labels_of(job: Job, index: int, scene: SceneInfo):
+    spec = train_spec(job)
     return load_labels(
-        job.train.scenes[index].labels,
+        spec.scenes[index].labels,
         scene=scene,
         classes=job.classes,
-        field=job.train.label_field,
+        field=spec.label_field,
         source=f"train.scenes[{index}].labels",
-        ignore=job.train.ignore_classes,
+        ignore=spec.ignore_classes,
     )
 
 
-def _semantic_scene(job: Job, index: int, scene: SceneInfo, log) -> tuple[TrainingScene, np.ndarray]:
+def _semantic_scene(
+    job: Job, index: int, scene: SceneInfo, log: Callable[[str], None]
+) -> tuple[TrainingScene, np.ndarray]:
     """The scene's class raster, areas and class-presence grid; and its per-class pixel counts."""
-    paths, spec = JobPaths.of(job), job.train
+    paths, spec = JobPaths.of(job), train_spec(job)
     labels = _labels_of(job, index, scene)
     out = rasterize_labels(labels, scene, paths.train_labels(index))
     instances = None
@@ -143,9 +150,9 @@ def _semantic_scene(job: Job, index: int, scene: SceneInfo, log) -> tuple[Traini
     ), label_index.counts
 
 
-def _instance_scene(job: Job, index: int, scene: SceneInfo, log) -> tuple[TrainingScene, None]:
+def _instance_scene(job: Job, index: int, scene: SceneInfo, log: Callable[[str], None]) -> tuple[TrainingScene, None]:
     """The scene's instance-id raster (one id per label polygon), areas, ids' classes and centres."""
-    paths, spec = JobPaths.of(job), job.train
+    paths, spec = JobPaths.of(job), train_spec(job)
     labels = _labels_of(job, index, scene)
     ids = rasterize_labels(labels, scene, paths.train_instances(index), instances=True)
     train_area, val_area = split_area(scene.height, scene.width, spec.validation_fraction, spec.validation_side)
@@ -159,13 +166,14 @@ def _instance_scene(job: Job, index: int, scene: SceneInfo, log) -> tuple[Traini
         labels=str(ids),
         train_area=box_of(train_area),
         val_area=None if val_area is None else box_of(val_area),
-        id_classes=tuple([0] + labels.class_id.astype(int).tolist()),
+        id_classes=(0, *labels.class_id.astype(int).tolist()),
         centres=tuple((int(r), int(c)) for r, c in centres),
     ), None
 
 
 def _model_card(job: Job, first: SceneInfo, mean: list[float], std: list[float]) -> ModelCard:
     instance_model = is_instance_arch(job.model.arch)
+    spec = train_spec(job)
     return ModelCard(
         geoseg_version=__version__,
         arch=job.model.arch,
@@ -175,17 +183,17 @@ def _model_card(job: Job, first: SceneInfo, mean: list[float], std: list[float])
         bands=tuple(first.bands),
         dtype=first.dtype,
         normalization=Normalization(mean=tuple(mean), std=tuple(std)),
-        train_tile_size=job.train.tile_size,
+        train_tile_size=spec.tile_size,
         tile_size=job.tiling.tile_size,
-        halo=job.tiling.halo,
+        halo=resolved_halo(job),
         crs=first.crs.to_string(),
         pixel_size=(abs(first.transform.a), abs(first.transform.e)),
-        loss={"maskrcnn": 1.0} if instance_model else dict(job.train.loss),
+        loss={"maskrcnn": 1.0} if instance_model else dict(spec.loss),
     )
 
 
 def _describe(job: Job) -> str:
-    spec = job.train
+    spec = train_spec(job)
     held_out = (
         f", {spec.validation_fraction:.0%} held out along the {spec.validation_side}"
         if spec.validation_fraction

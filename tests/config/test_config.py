@@ -91,7 +91,7 @@ def test_auto_halo_resolves_to_the_measured_context(tmp_path):
 def test_model_options_may_not_set_what_geoseg_sets(tmp_path):
     from geoseg.config.schema import Job
 
-    with pytest.raises(Exception, match="in_channels.*set by geoseg"):
+    with pytest.raises(Exception, match=r"in_channels.*set by geoseg"):
         Job.model_validate(
             {
                 "name": "x",

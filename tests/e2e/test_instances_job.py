@@ -70,9 +70,11 @@ def test_instance_settings_are_checked(tmp_path, capsys):
     assert "tiling.halo: 'auto'" in capsys.readouterr().err
     # The labels also hold roads: without ignore_classes that is an unknown class, and the message says what to do.
     path = _job(tmp_path, scene, labels)
-    spec = yaml.safe_load(open(path))
+    with open(path) as file:
+        spec = yaml.safe_load(file)
     spec["train"].pop("ignore_classes")
-    open(path, "w").write(yaml.safe_dump(spec))
+    with open(path, "w") as file:
+        file.write(yaml.safe_dump(spec))
     assert main(["validate", path]) == 2
     assert "train.ignore_classes" in capsys.readouterr().err
 
@@ -122,11 +124,7 @@ def test_building_job_on_the_demo_survey(tmp_path):
         generate_demo(demo)
     spec = yaml.safe_load((root / "jobs" / "building_instances.yaml").read_text())
     spec["output_dir"] = str(tmp_path / "out")
-    for key, section in (
-        ("train", spec["train"]["scenes"][0]),
-        ("predict", spec["predict"]),
-        ("evaluate", spec["evaluate"]),
-    ):
+    for section in (spec["train"]["scenes"][0], spec["predict"], spec["evaluate"]):
         for field in ("image", "labels", "scene"):
             if field in section:
                 section[field] = str((root / "jobs" / section[field]).resolve())

@@ -137,7 +137,7 @@ def test_ap_ranks_by_score_and_counts_more_than_100_detections():
     truth = [rect(0, 0, 10, 10)]
     high_fp = [rect(30, 30, 5, 5, score=0.9), rect(0, 0, 10, 10, score=0.8)]
     assert coco_mask_ap(high_fp, truth, 40, 40)["ap50"] == pytest.approx(0.5)
-    assert coco_mask_ap(high_fp[::-1][:1] + [rect(30, 30, 5, 5, score=0.1)], truth, 40, 40)["ap50"] == pytest.approx(1)
+    assert coco_mask_ap([*high_fp[::-1][:1], rect(30, 30, 5, 5, score=0.1)], truth, 40, 40)["ap50"] == pytest.approx(1)
     # 150 references in one group (a big low-score false positive spans them): COCO's default
     # maxDets=100 would stop recall at 100/150.
     many = [rect(0, 3 * k, 2, 2) for k in range(150)]
@@ -220,9 +220,9 @@ def test_truth_instances_equal_rasterize_of_each_polygon():
         rasterize([(g, 1)], out_shape=(height, width), transform=ORIGIN, fill=0, all_touched=False) > 0
         for g in polygons
     ]
-    kept = [(e, c) for e, c in zip(expected, frame.class_id) if e.any()]
+    kept = [(e, c) for e, c in zip(expected, frame.class_id, strict=True) if e.any()]
     assert 3 < len(kept) == len(got) <= len(polygons) - 2
-    for m, (e, class_id) in zip(got, kept):
+    for m, (e, class_id) in zip(got, kept, strict=True):
         assert (full(m, height, width) == e).all() and m.class_id == class_id and m.score == 1.0
         assert tight(m) is m
 
@@ -296,7 +296,7 @@ def test_mosaic_instances_round_trip(tmp_path, zarr_format):
     )
     got = mosaic_instances(tmp_path / "m.zarr", table)
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g.bbox == e.bbox and (g.mask == e.mask).all() and g.class_id == e.class_id
     assert got[0].score == 1.0 and got[2].score == pytest.approx(0.2)
     report = instance_report(got, expected, height, width)

@@ -99,7 +99,7 @@ def test_every_object_comes_out_once_and_whole():
     assert (result["tp"], result["fp"], result["fn"]) == (len(truth), 0, 0)
     # The whole view wins over a cut one: every object is smaller than the overlap, so no kept view is cut.
     assert not any(m.cut for m in merged)
-    assert min(mask_iou(m, t) for m, t in zip(merged, sorted(truth, key=first_pixel))) >= 0.85
+    assert min(mask_iou(m, t) for m, t in zip(merged, sorted(truth, key=first_pixel), strict=True)) >= 0.85
 
 
 def test_the_result_does_not_depend_on_tile_order():
@@ -109,7 +109,7 @@ def test_the_result_does_not_depend_on_tile_order():
     np.random.default_rng(3).shuffle(shuffled)
     second = resolve_overlaps(merge_detections(shuffled), min_area=1)
     assert [(m.bbox, m.score) for m in first] == [(m.bbox, m.score) for m in second]
-    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(first, second))
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(first, second, strict=True))
 
 
 def test_neighbours_whose_boxes_overlap_stay_apart():

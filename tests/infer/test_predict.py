@@ -40,7 +40,7 @@ def predict_scene(tmp_path, path, *, tile_size=256, halo=32, batch=4, zarr_forma
 @pytest.mark.parametrize("name", ["cogeo.tif", "RGB.byte.tif", "RGBA.uint16.tif", "alpha.tif"])
 def test_real_geotiffs_predict_with_georeferencing_and_masks(tmp_path, name):
     path = real_raster(name)
-    scene, mosaic = predict_scene(tmp_path, path)
+    _, mosaic = predict_scene(tmp_path, path)
     with rasterio.open(path) as src:
         assert mosaic.crs == src.crs
         assert mosaic.transform == src.transform

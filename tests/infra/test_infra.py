@@ -8,6 +8,7 @@ constraints; no credentials are written anywhere; the cluster launcher starts Ra
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 from pathlib import Path
@@ -220,7 +221,7 @@ def test_runtime_env_holds_environment_variables_only_and_no_secrets(path):
         assert not SECRET_NAME.search(name), f"{name} in runtimeEnvYAML: take it from a Secret instead"
 
 
-@pytest.mark.parametrize("path", MANIFESTS + [CLUSTER], ids=["rayjob", "raycronjob", "cluster"])
+@pytest.mark.parametrize("path", [*MANIFESTS, CLUSTER], ids=["rayjob", "raycronjob", "cluster"])
 def test_no_credential_values_in_manifests(path):
     text = path.read_text()
     assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), "an AWS access key id is written in the file"
@@ -272,7 +273,7 @@ def test_dockerfile_installs_geoseg_with_the_constraints():
     start = max(i for i in range(len(argv) - 1) if argv[i : i + 2] == ["pip", "install"])
     install = argv[start : argv.index("&&", start) if "&&" in argv[start:] else len(argv)]
     assert "." in install, "geoseg (the repo, `.`) is not what pip installs"
-    assert any(a == "-c" and b == "constraints.txt" for a, b in zip(install, install[1:])), (
+    assert any(a == "-c" and b == "constraints.txt" for a, b in itertools.pairwise(install)), (
         f"pip install without -c constraints.txt: {shlex.join(install)}"
     )
     assert "--index-url" not in install and "-i" not in install, "the PyTorch index may only be an extra index"

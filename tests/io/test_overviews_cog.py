@@ -155,7 +155,7 @@ def test_exact_mode_matches_brute_force_at_every_level(tmp_path, chunk, zarr_for
 
 
 def test_invalid_blocks_are_invalid_and_zero(base):
-    info, labels, valid = base
+    info, _, _ = base
     build_overviews(info.path)
     for factor in (2, 4):
         over, ok, _ = read_overview(info.path, factor)
@@ -308,13 +308,13 @@ def test_cog_of_valid_array_and_overwrite(tmp_path, base):
 
 def test_cog_refuses_bad_input_in_one_line(tmp_path, base):
     info, _, _ = base
-    with pytest.raises(InputRasterError, match="nope.zarr.*not found") as err:
+    with pytest.raises(InputRasterError, match=r"nope\.zarr.*not found") as err:
         export_cog(tmp_path / "nope.zarr", tmp_path / "x.tif")
     assert "\n" not in str(err.value)
     with pytest.raises(InputRasterError, match=r"no array 'probs'.*use one of labels, valid, scores") as err:
         export_cog(info.path, tmp_path / "x.tif", array="probs")
     assert str(info.path) in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(InputRasterError, match="no scores array.*predict.scores: true"):
+    with pytest.raises(InputRasterError, match=r"no scores array.*predict\.scores: true"):
         export_cog(info.path, tmp_path / "x.tif", array="scores")
     with pytest.raises(JobConfigError, match="overview_resampling 'median'"):
         export_cog(info.path, tmp_path / "x.tif", overview_resampling="median")

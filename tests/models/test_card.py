@@ -35,7 +35,7 @@ def test_a_card_round_trips_through_its_json(checkpoint):
     assert written["format"] == CARD_FORMAT and written["bands"] == [1, 2, 3]
     assert "training" not in written  # unset fields are left out, not written as null
     assert read_card(folder) == card
-    model, loaded = load_checkpoint(folder)
+    _, loaded = load_checkpoint(folder)
     assert loaded == card and loaded.in_channels == 3 and loaded.num_classes == 3
     with pytest.raises(Exception, match="frozen"):
         loaded.arch = "fpn"  # a card is read-only: what the weights are does not change
@@ -88,7 +88,7 @@ def test_a_card_that_is_not_json_is_refused(checkpoint):
 
 
 def test_a_missing_checkpoint_says_how_to_make_one(tmp_path):
-    with pytest.raises(CheckpointError, match="checkpoint not found .* run the train stage first"):
+    with pytest.raises(CheckpointError, match=r"checkpoint not found .* run the train stage first"):
         read_card(tmp_path / "nothing")
 
 

@@ -69,18 +69,18 @@ def test_builds_for_3_and_4_bands_with_input_sized_logits(arch):
 # Shallow encoders and narrow decoders keep the training steps cheap; FPN and PAN need
 # their full depth, and torchvision's recipes cannot be shrunk.
 TINY = {
-    "unet": dict(encoder_depth=3, decoder_channels=[32, 16, 8]),
-    "unetplusplus": dict(encoder_depth=3, decoder_channels=[32, 16, 8]),
-    "deeplabv3": dict(encoder_depth=3, decoder_channels=32),
-    "deeplabv3plus": dict(encoder_depth=3, decoder_channels=32),
+    "unet": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "unetplusplus": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "deeplabv3": {"encoder_depth": 3, "decoder_channels": 32},
+    "deeplabv3plus": {"encoder_depth": 3, "decoder_channels": 32},
     # No dropout: with 3 steps its noise (p=0.2 on 32 channels) outweighs the fall of the loss.
-    "fpn": dict(decoder_pyramid_channels=32, decoder_segmentation_channels=32, decoder_dropout=0.0),
-    "pspnet": dict(encoder_depth=3, psp_out_channels=32),
-    "linknet": dict(encoder_depth=3),
-    "manet": dict(encoder_depth=3, decoder_channels=[32, 16, 8], decoder_pab_channels=8),
-    "pan": dict(decoder_channels=16),
-    "upernet": dict(encoder_depth=3, decoder_channels=32),
-    "segformer": dict(encoder_depth=3, decoder_segmentation_channels=32),
+    "fpn": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32, "decoder_dropout": 0.0},
+    "pspnet": {"encoder_depth": 3, "psp_out_channels": 32},
+    "linknet": {"encoder_depth": 3},
+    "manet": {"encoder_depth": 3, "decoder_channels": [32, 16, 8], "decoder_pab_channels": 8},
+    "pan": {"decoder_channels": 16},
+    "upernet": {"encoder_depth": 3, "decoder_channels": 32},
+    "segformer": {"encoder_depth": 3, "decoder_segmentation_channels": 32},
     "fcn_resnet50": {},
     "deeplabv3_resnet50": {},
 }
@@ -110,7 +110,7 @@ def test_trains_a_few_steps(arch):
         loss.backward()
         optimizer.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert _loss(model, x, y) < start
 
 

@@ -38,19 +38,22 @@ CPU = torch.device("cpu")
 CLASSES = 3
 # Small but architecture-faithful options; FPN and PAN need their full depth.
 SMALL = {
-    "unet": dict(encoder_depth=3, decoder_channels=[32, 16, 8]),
-    "unetplusplus": dict(encoder_depth=3, decoder_channels=[32, 16, 8]),
-    "linknet": dict(encoder_depth=3),
-    "segformer": dict(encoder_depth=3, decoder_segmentation_channels=32),
-    "fpn": dict(decoder_pyramid_channels=32, decoder_segmentation_channels=32),
-    "deeplabv3": dict(encoder_depth=3, decoder_channels=32, decoder_atrous_rates=(2, 4, 6)),
-    "deeplabv3plus": dict(
-        encoder_depth=4, encoder_output_stride=16, decoder_channels=32, decoder_atrous_rates=(2, 4, 6)
-    ),
-    "pspnet": dict(encoder_depth=3, psp_out_channels=32),
-    "manet": dict(encoder_depth=3, decoder_channels=[32, 16, 8], decoder_pab_channels=8),
-    "pan": dict(decoder_channels=16),
-    "upernet": dict(encoder_depth=3, decoder_channels=32),
+    "unet": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "unetplusplus": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "linknet": {"encoder_depth": 3},
+    "segformer": {"encoder_depth": 3, "decoder_segmentation_channels": 32},
+    "fpn": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
+    "deeplabv3": {"encoder_depth": 3, "decoder_channels": 32, "decoder_atrous_rates": (2, 4, 6)},
+    "deeplabv3plus": {
+        "encoder_depth": 4,
+        "encoder_output_stride": 16,
+        "decoder_channels": 32,
+        "decoder_atrous_rates": (2, 4, 6),
+    },
+    "pspnet": {"encoder_depth": 3, "psp_out_channels": 32},
+    "manet": {"encoder_depth": 3, "decoder_channels": [32, 16, 8], "decoder_pab_channels": 8},
+    "pan": {"decoder_channels": 16},
+    "upernet": {"encoder_depth": 3, "decoder_channels": 32},
     "fcn_resnet50": {},  # torchvision's recipes take no options
     "deeplabv3_resnet50": {},
 }
@@ -93,7 +96,7 @@ def tiled_logits(model, scene: np.ndarray, *, core: int, halo: int) -> np.ndarra
     logits = predict_logits(model, batch, CPU).numpy()
     assert logits.shape[2:] == batch.shape[2:]
     mosaic = np.full((logits.shape[1], height, width), np.nan, np.float32)
-    for t, tile_logits in zip(tiles, logits):  # only cores are kept
+    for t, tile_logits in zip(tiles, logits, strict=True):  # only cores are kept
         mosaic[:, t.row : t.row + t.height, t.col : t.col + t.width] = tile_logits[
             :, halo : halo + t.height, halo : halo + t.width
         ]

@@ -12,7 +12,7 @@ from tests.factories import TINY_UNET, chunk_bytes, tiny_scene, unet_checkpoint
 def test_blend_mode_runs_through_the_stage_and_leaves_no_scratch(tmp_path, ray_local):
     from geoseg.job import run_job
 
-    scene, labels = tiny_scene(tmp_path)
+    scene, _ = tiny_scene(tmp_path)
     checkpoint = unet_checkpoint(tmp_path / "ckpt", scene, **TINY_UNET)
     outputs = {}
     for stitch in ("blend", "crop"):

@@ -55,7 +55,7 @@ def test_polygons_burned_in_file_order_equal_the_label_raster(scene):
         labels, transform = lab.read(1), lab.transform
     index = {name: i for i, name in enumerate(DEMO_CLASSES)}
     burned = rasterize(
-        [(g, index[c]) for g, c in zip(frame.geometry, frame["class"])],
+        [(g, index[c]) for g, c in zip(frame.geometry, frame["class"], strict=True)],
         out_shape=labels.shape,
         transform=transform,
         fill=0,

@@ -312,7 +312,7 @@ def test_border_weights_add_to_the_class_map_and_need_two_instances():
 def test_border_weights_match_brute_force_on_many_instances():
     rng = np.random.default_rng(7)
     instances = np.zeros((64, 64), np.int64)
-    for k, (r, c, h, w) in enumerate(zip(*rng.integers(0, 60, (2, 30)), *rng.integers(1, 6, (2, 30))), 1):
+    for k, (r, c, h, w) in enumerate(zip(*rng.integers(0, 60, (2, 30)), *rng.integers(1, 6, (2, 30)), strict=True), 1):
         instances[r : r + h, c : c + w] = 1000 * k + 7  # sparse, large ids
     ids = [i for i in np.unique(instances) if i != 0]
     distances = np.sort([ndimage.distance_transform_edt(instances != i) for i in ids], axis=0)

@@ -171,7 +171,7 @@ def test_table_boxes_areas_and_classes_match_the_pixels(tmp_path):
 def test_score_is_the_mean_class_probability_over_the_region(tmp_path):
     lab = blobs(5, shape=(50, 60))
     rng = np.random.default_rng(5)
-    scores = rng.integers(0, 256, size=(len(CLASSES),) + lab.shape, dtype=np.uint8)
+    scores = rng.integers(0, 256, size=(len(CLASSES), *lab.shape), dtype=np.uint8)
     _, raster, table, _ = instances(tmp_path, lab, scores=scores)
     own = np.take_along_axis(scores, lab[None].astype(np.intp), axis=0)[0] / 255.0
     for row in table.itertuples():
@@ -184,7 +184,7 @@ def test_polygon_ids_match_the_raster(tmp_path):
     _, raster, table, gdf = instances(tmp_path, lab)
     counts = np.bincount(raster.ravel())
     assert gdf["id"].tolist() == list(range(1, len(gdf) + 1))  # features come in id order
-    for ident, class_id, geom in zip(gdf["id"], gdf["class_id"], gdf.geometry):
+    for ident, class_id, geom in zip(gdf["id"], gdf["class_id"], gdf.geometry, strict=True):
         assert geom.area / PIXEL_AREA == pytest.approx(counts[ident])
         # The polygon covers its id's pixels: test one of them, by its centre.
         row, col = first_pixel(raster, ident)
@@ -239,7 +239,7 @@ def test_simplified_polygons_keep_their_ids(tmp_path):
     lab = blobs(10)
     _, raster, table, gdf = instances(tmp_path, lab, simplify_m=1.0)
     assert gdf["id"].tolist() == table["id"].tolist()
-    for ident, geom in zip(gdf["id"], gdf.geometry):
+    for ident, geom in zip(gdf["id"], gdf.geometry, strict=True):
         row, col = first_pixel(raster, ident)
         pixels = (raster == ident).sum() * PIXEL_AREA
         assert geom.distance(shapely.Point(UTM @ (col + 0.5, row + 0.5))) <= 1.0 + 1e-9

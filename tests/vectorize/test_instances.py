@@ -116,9 +116,9 @@ def test_one_exact_feature_per_instance(tmp_path):
         assert row.score == pytest.approx(SCORES[row.id]) and row.class_id == CLASS_OF[row.id]
     assert list(gdf["class"]) == [CLASSES[CLASS_OF[i]] for i in gdf["id"]]
     # The GeoPackage layer is MultiPolygon as a whole (5 is); every other instance is one part.
-    parts = dict(zip(gdf["id"], shapely.get_num_geometries(gdf.geometry.values)))
+    parts = dict(zip(gdf["id"], shapely.get_num_geometries(gdf.geometry.values), strict=True))
     assert parts == {**dict.fromkeys(parts, 1), 5: 2}
-    geom = {i: g.geoms[0] if i != 5 else g for i, g in zip(gdf["id"], gdf.geometry)}
+    geom = {i: g.geoms[0] if i != 5 else g for i, g in zip(gdf["id"], gdf.geometry, strict=True)}
     assert len(geom[2].interiors) == 1 and len(geom[6].interiors) == 1  # holes kept, also across seams
     assert shapely.Polygon(geom[2].interiors[0]).area == pytest.approx(100 * PIXEL_AREA)
     assert shapely.Polygon(geom[6].interiors[0]).area == pytest.approx(600 * PIXEL_AREA)
@@ -236,7 +236,7 @@ def test_geographic_mosaic_gets_geodesic_area(tmp_path):
 
 def test_bad_inputs_are_refused(tmp_path):
     mosaic, table = make_instance_mosaic(tmp_path)
-    with pytest.raises(JobConfigError, match="vectorize.format.*'shp'"):
+    with pytest.raises(JobConfigError, match=r"vectorize\.format.*'shp'"):
         vectorize_instances(mosaic, table, tmp_path / "v", fmt="shp")
     with pytest.raises(JobConfigError, match="simplify_m: must be ≥ 0"):
         vectorize_instances(mosaic, table, tmp_path / "v", simplify_m=-1)

@@ -28,9 +28,10 @@ PIXEL_AREA = PIXEL * PIXEL
 UTM = Affine(PIXEL, 0, 500000.0, 0, -PIXEL, 5000000.0)
 CLASSES = ("background", "water", "building", "forest")
 WATER, BUILDING, FOREST = 1, 2, 3
+UTM_CRS = CRS.from_epsg(32633)
 
 
-def make_mosaic(path, labels, valid=None, *, chunk=CHUNK, crs=CRS.from_epsg(32633), transform=UTM):
+def make_mosaic(path, labels, valid=None, *, chunk=CHUNK, crs=UTM_CRS, transform=UTM):
     """A mosaic holding ``labels``, written chunk by chunk as predict does."""
     valid = np.ones_like(labels) if valid is None else valid
     height, width = labels.shape
