@@ -1,4 +1,4 @@
-"""The package's layers: which package may import which, and no import cycles between files.
+"""The house rules the tree keeps: layered imports without cycles, Ray only in runtime, small modules and functions.
 
 Every import counts, including those inside functions (a lazy import is still
 a dependency). A package may import from its own package or from a strictly
@@ -180,3 +180,15 @@ def _external_imports(path: Path) -> set[str]:
 def test_modules_stay_small():
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 420}
     assert long == {}
+
+
+def test_functions_stay_short():
+    """No function over 80 lines (docstring included): long ones get split into named steps."""
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert long == []
