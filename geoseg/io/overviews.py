@@ -229,28 +229,54 @@ def build_overviews(
     mosaic = open_mosaic(mosaic_path, mode="r+")
     root = Path(mosaic.path)
     factors = overview_factors(mosaic.height, mosaic.width, min_side)
+    exact = _use_exact(mosaic, len(factors), method, max_memory)
+    # Forget the old pyramid first: from here until the end the mosaic advertises none.
+    _forget_overviews(mosaic, root)
+    if not factors:
+        return []
+    levels = _create_levels(mosaic, root / _PARTIAL, factors, exact)
+    _fill_levels(mosaic, levels, exact)
+    os.replace(root / _PARTIAL, root / OVERVIEWS_GROUP)
+    mosaic.group.attrs["multiscales"] = multiscales(mosaic, factors, _method_name(exact))
+    return factors
+
+
+def _method_name(exact: bool) -> str:
+    return "exact" if exact else "cascade"
+
+
+def _use_exact(mosaic: MosaicInfo, levels: int, method: str, max_memory: int) -> bool:
+    """Whether to build from per-class counts: asked for, or ``auto`` and the accumulators fit ``max_memory``.
+
+    Raises:
+        JobConfigError: ``method`` is not ``auto``, ``exact`` or ``cascade``.
+    """
     if method not in ("auto", "exact", "cascade"):
         raise JobConfigError(f"overviews: method {method!r} is not one of 'auto', 'exact', 'cascade'; use 'auto'")
     classes = max(len(mosaic.class_names), 1)
-    exact_bytes = sum(classes * mosaic.chunk**2 * _count_dtype(k).itemsize for k in range(len(factors) + 1))
-    exact = method == "exact" or (method == "auto" and exact_bytes <= max_memory)
+    # One (classes, chunk, chunk) accumulator per level, the base's included.
+    exact_bytes = sum(classes * mosaic.chunk**2 * _count_dtype(k).itemsize for k in range(levels + 1))
+    return method == "exact" or (method == "auto" and exact_bytes <= max_memory)
 
-    # Forget the old pyramid first: from here until the end the mosaic advertises none.
+
+def _forget_overviews(mosaic: MosaicInfo, root: Path) -> None:
+    """Stop advertising the old pyramid, then delete it and any partial one a crashed build left."""
     attrs = dict(mosaic.group.attrs)
     if "multiscales" in attrs:
         del mosaic.group.attrs["multiscales"]
     for stale in (root / OVERVIEWS_GROUP, root / _PARTIAL):
         if stale.exists():
             shutil.rmtree(stale)
-    if not factors:
-        return []
 
-    base = mosaic.labels
-    zarr_format = base.metadata.zarr_format
-    dims = ["y", "x"]
+
+def _create_levels(
+    mosaic: MosaicInfo, path: Path, factors: list[int], exact: bool
+) -> dict[int, tuple[zarr.Array, zarr.Array]]:
+    """Create every level's empty group at ``path``, georeferenced; return level k → (labels, valid)."""
+    zarr_format = mosaic.labels.metadata.zarr_format
     ref_attrs = {k: v for k, v in mosaic.group["spatial_ref"].attrs.asdict().items() if k != "GeoTransform"}
     unit = cast(str, mosaic.group["x"].attrs.get("units", "m"))
-    partial = zarr.open_group(str(root / _PARTIAL), mode="w", zarr_format=zarr_format)
+    partial = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     levels: dict[int, tuple[zarr.Array, zarr.Array]] = {}
     for level, f in enumerate(factors, start=1):
         height, width = level_shape(mosaic.height, mosaic.width, level)
@@ -263,41 +289,49 @@ def build_overviews(
                     "transform": list(transform.to_gdal()),
                     "height": height,
                     "width": width,
-                    "method": "exact" if exact else "cascade",
+                    "method": _method_name(exact),
                 }
             }
         )
-        pair = []
-        for name in DATA_ARRAYS:
-            arr = group.create_array(
-                name,
-                shape=(height, width),
-                chunks=(mosaic.chunk, mosaic.chunk),
-                dtype="uint8",
-                fill_value=0,
-                dimension_names=dims if zarr_format == 3 else None,
-            )
-            arr_attrs = mosaic.group[name].attrs.asdict()  # _ARRAY_DIMENSIONS, grid_mapping, _CRS, class names…
-            arr_attrs["geoseg"] = {
-                "factor": f,
-                "transform": list(transform.to_gdal()),
-                "resampling": "mode" if name == "labels" else "max",
-            }
-            arr.attrs.update(arr_attrs)
-            pair.append(arr)
-        levels[level] = (pair[0], pair[1])
+        levels[level] = _level_arrays(mosaic, group, f, transform, (height, width))
         write_coords(group, transform, height, width, unit, zarr_format, ref_attrs)
+    return levels
 
+
+def _level_arrays(
+    mosaic: MosaicInfo, group: zarr.Group, factor: int, transform: Affine, shape: tuple[int, int]
+) -> tuple[zarr.Array, zarr.Array]:
+    """Create one level's empty ``labels`` and ``valid`` arrays, chunked and attributed like the base's."""
+    zarr_format = mosaic.labels.metadata.zarr_format
+    pair = []
+    for name in DATA_ARRAYS:
+        arr = group.create_array(
+            name,
+            shape=shape,
+            chunks=(mosaic.chunk, mosaic.chunk),
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=["y", "x"] if zarr_format == 3 else None,
+        )
+        arr_attrs = mosaic.group[name].attrs.asdict()  # _ARRAY_DIMENSIONS, grid_mapping, _CRS, class names…
+        arr_attrs["geoseg"] = {
+            "factor": factor,
+            "transform": list(transform.to_gdal()),
+            "resampling": "mode" if name == "labels" else "max",
+        }
+        arr.attrs.update(arr_attrs)
+        pair.append(arr)
+    return pair[0], pair[1]
+
+
+def _fill_levels(mosaic: MosaicInfo, levels: dict[int, tuple[zarr.Array, zarr.Array]], exact: bool) -> None:
+    """Compute and write every chunk of every level: one depth-first walk down from each top-level chunk."""
     builder = _Builder(mosaic, levels, exact)
-    top = len(factors)
+    top = len(levels)
     top_h, top_w = level_shape(mosaic.height, mosaic.width, top)
     for row in range(-(-top_h // mosaic.chunk)):
         for col in range(-(-top_w // mosaic.chunk)):
             builder.node(top, row, col)
-
-    os.replace(root / _PARTIAL, root / OVERVIEWS_GROUP)
-    mosaic.group.attrs["multiscales"] = multiscales(mosaic, factors, "exact" if exact else "cascade")
-    return factors
 
 
 def list_overviews(mosaic_path: str | Path) -> list[int]:

@@ -16,10 +16,11 @@ import numpy as np
 import pyogrio
 import rasterio
 import shapely
+from affine import Affine
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
-from geoseg.synthetic.layout import DEMO_CLASSES, make_layout
+from geoseg.synthetic.layout import DEMO_CLASSES, SceneObject, make_layout
 from geoseg.synthetic.render import render_rgb
 
 __all__ = ["SceneFiles", "generate_demo", "make_scene"]
@@ -127,46 +128,21 @@ def make_scene(
     Returns:
         The paths of the three files.
     """
-    if int(size) != size or size < 64:
-        raise ValueError(f"size must be an integer of at least 64 pixels (got {size!r})")
-    if not pixel_size > 0:
-        raise ValueError(f"pixel_size must be positive (got {pixel_size!r})")
-    size = int(size)
+    size = _checked_size(size, pixel_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Spawned in this order (layout, render, collar) so a seed always gives the same scene; the streams are
+    # independent, so the collar's draws (only with nodata_collar) leave the layout and colours alone.
     layout_rng, render_rng, collar_rng = np.random.default_rng(seed).spawn(3)
 
     objects = make_layout(size, layout_rng)
     transform = from_origin(origin[0], origin[1], pixel_size, pixel_size)
-    ox, oy = origin
-    scale = np.array([pixel_size, -pixel_size])
-    geoms = shapely.transform(np.array([o.geom for o in objects], dtype=object), lambda xy: xy * scale + (ox, oy))
-    geoms = np.array([g if g.is_valid else shapely.make_valid(g) for g in geoms], dtype=object)
+    geoms = _map_geometries(objects, origin, pixel_size)
     class_index = np.array([DEMO_CLASSES.index(o.cls) for o in objects], np.uint8)
-
-    shape = (size, size)
-    labels = rasterize(
-        list(zip(geoms, class_index.tolist(), strict=True)),
-        out_shape=shape,
-        transform=transform,
-        fill=0,
-        all_touched=False,
-        dtype="uint8",
-    )
-    ids = rasterize(
-        list(zip(geoms, range(1, len(objects) + 1), strict=True)),
-        out_shape=shape,
-        transform=transform,
-        fill=0,
-        all_touched=False,
-        dtype="int32",
-    )
-    if not np.array_equal(np.concatenate([[0], class_index])[ids], labels):  # pragma: no cover - GDAL guard
-        raise RuntimeError("object-id and class rasterizations disagree; the RGB would not match the labels")
-
+    labels, ids = _burn(geoms, class_index, size, transform)
     rgb = render_rgb(objects, labels, ids, render_rng)
-    del ids
-    rgb = np.clip(np.rint(rgb), 1, 255).astype(np.uint8).transpose(2, 0, 1)
+    del ids  # freed before the float RGB is rounded, which takes a few copies of it
+    rgb = _rgb_bands(rgb)
     if nodata_collar:
         collar = _collar(size, collar_rng)
         rgb[:, collar] = 0
@@ -179,6 +155,60 @@ def make_scene(
     _write_tif(files.labels_tif, labels[None], crs, transform, LABEL_NODATA)
     _write_gpkg(files.labels_gpkg, [o.cls for o in objects], geoms, crs)
     return files
+
+
+def _checked_size(size: int, pixel_size: float) -> int:
+    """``size`` as an int, after refusing a scene under 64 pixels or a pixel size that is not positive.
+
+    Raises:
+        ValueError: either is out of range.
+    """
+    if int(size) != size or size < 64:
+        raise ValueError(f"size must be an integer of at least 64 pixels (got {size!r})")
+    if not pixel_size > 0:
+        raise ValueError(f"pixel_size must be positive (got {pixel_size!r})")
+    return int(size)
+
+
+def _map_geometries(objects: list[SceneObject], origin: tuple[float, float], pixel_size: float) -> np.ndarray:
+    """The objects' pixel-space polygons in map coordinates, each made valid (an object array, burn order)."""
+    ox, oy = origin
+    scale = np.array([pixel_size, -pixel_size])
+    geoms = shapely.transform(np.array([o.geom for o in objects], dtype=object), lambda xy: xy * scale + (ox, oy))
+    return np.array([g if g.is_valid else shapely.make_valid(g) for g in geoms], dtype=object)
+
+
+def _burn(geoms: np.ndarray, class_index: np.ndarray, size: int, transform: Affine) -> tuple[np.ndarray, np.ndarray]:
+    """Burn the polygons in file order: the class raster (uint8) and the object-id raster (int32, 1-based).
+
+    Both come from the same polygons by the same rule, so they must agree
+    pixel for pixel; the renderer relies on it to colour each object.
+    """
+    shape = (size, size)
+    labels = rasterize(
+        list(zip(geoms, class_index.tolist(), strict=True)),
+        out_shape=shape,
+        transform=transform,
+        fill=0,
+        all_touched=False,
+        dtype="uint8",
+    )
+    ids = rasterize(
+        list(zip(geoms, range(1, len(geoms) + 1), strict=True)),
+        out_shape=shape,
+        transform=transform,
+        fill=0,
+        all_touched=False,
+        dtype="int32",
+    )
+    if not np.array_equal(np.concatenate([[0], class_index])[ids], labels):  # pragma: no cover - GDAL guard
+        raise RuntimeError("object-id and class rasterizations disagree; the RGB would not match the labels")
+    return labels, ids
+
+
+def _rgb_bands(rgb: np.ndarray) -> np.ndarray:
+    """Rendered float RGB ``(size, size, 3)`` as band-first uint8 in 1–255: 0 stays free to mark no data."""
+    return np.clip(np.rint(rgb), 1, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
 def generate_demo(

@@ -9,14 +9,16 @@ across seams, and written once at the end.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 
 from geoseg.errors import JobConfigError
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
-from geoseg.vectorize.components import number_regions, with_ids, write_instances
+from geoseg.vectorize.components import RegionNumbering, number_regions, with_ids, write_instances
 from geoseg.vectorize.export import regions_to_frame, write_vectors
 from geoseg.vectorize.polygonize import polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
@@ -138,50 +140,77 @@ def vectorize_mosaic(
         JobConfigError: an unknown class name or a negative tolerance/area.
         StageError: writing an output failed.
     """
-    problems = [
-        f"vectorize.{name}: must be ≥ 0 (got {value!r})"
-        for name, value in (("simplify_m", simplify_m), ("min_area_m2", min_area_m2))
-        if not value >= 0
-    ]
-    if problems:
-        raise JobConfigError(problems)
+    _check_non_negative(simplify_m=simplify_m, min_area_m2=min_area_m2)
     mosaic = open_mosaic(mosaic_path, mode="r" if instances_table is None else "r+")
     class_ids = select_classes(mosaic.class_names, classes)
     if instances_table is None:
-        # Nested so the pixel-space regions are freed once the table is built.
-        frame = regions_to_frame(
-            _merge_chunks(mosaic, class_ids, progress),
-            transform=mosaic.transform,
-            crs=mosaic.crs,
-            class_names=mosaic.class_names,
-            simplify_m=simplify_m,
-            min_area_m2=min_area_m2,
-        )
+        frame = _class_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
     else:
         frame, numbering, merger = _numbered_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
     vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
-    counts = frame["class"].value_counts()
-    per_class = {mosaic.class_names[i]: int(counts.get(mosaic.class_names[i], 0)) for i in class_ids}
-    features = len(frame)
+    per_class = _per_class(frame, mosaic.class_names, class_ids)
+    outputs = VectorOutputs(vectors=vectors, geojson=geojson, features=len(frame), per_class=per_class)
     if instances_table is None:
-        return VectorOutputs(vectors=vectors, geojson=geojson, features=features, per_class=per_class)
+        return outputs
     del frame  # pass 2 needs only the numbering, not the features
+    table = _write_instance_ids(mosaic, class_ids, merger, numbering, Path(instances_table), progress)
+    return replace(outputs, instances=len(table), instance_table=Path(instances_table))
+
+
+def _check_non_negative(**values: float) -> None:
+    """Refuse a negative (or NaN) tolerance or area, naming every bad setting at once.
+
+    Raises:
+        JobConfigError: one problem per setting that is not ≥ 0.
+    """
+    problems = [f"vectorize.{name}: must be ≥ 0 (got {value!r})" for name, value in values.items() if not value >= 0]
+    if problems:
+        raise JobConfigError(problems)
+
+
+def _class_frame(
+    mosaic: MosaicInfo,
+    class_ids: list[int],
+    simplify_m: float,
+    min_area_m2: float,
+    progress: Callable[[int, int], None] | None,
+) -> gpd.GeoDataFrame:
+    """Pass 1 without ids: the features of every region, in the order the seams finish them."""
+    # Passed straight in, never bound to a name, so the pixel-space regions are freed once the frame is built.
+    return regions_to_frame(
+        _merge_chunks(mosaic, class_ids, progress),
+        transform=mosaic.transform,
+        crs=mosaic.crs,
+        class_names=mosaic.class_names,
+        simplify_m=simplify_m,
+        min_area_m2=min_area_m2,
+    )
+
+
+def _per_class(frame: gpd.GeoDataFrame, class_names: Sequence[str], class_ids: list[int]) -> dict[str, int]:
+    """Features per vectorized class name, 0 for a class with none."""
+    counts = frame["class"].value_counts()
+    return {class_names[i]: int(counts.get(class_names[i], 0)) for i in class_ids}
+
+
+def _write_instance_ids(
+    mosaic: MosaicInfo,
+    class_ids: list[int],
+    merger: SeamMerger,
+    numbering: RegionNumbering,
+    table_path: Path,
+    progress: Callable[[int, int], None] | None,
+) -> pd.DataFrame:
+    """Pass 2: the instance array and table, from pass 1's numbering; return the table."""
     rows = mosaic.grid[0]
-    table = write_instances(
+    # Pass 1 reported chunk rows 1..rows of 2 × rows; pass 2 carries on from there.
+    return write_instances(
         mosaic,
         class_ids,
         merger.chunk_regions,
         numbering,
-        Path(instances_table),
+        table_path,
         progress=None if progress is None else lambda done, _: progress(rows + done, 2 * rows),
-    )
-    return VectorOutputs(
-        vectors=vectors,
-        geojson=geojson,
-        features=features,
-        per_class=per_class,
-        instances=len(table),
-        instance_table=Path(instances_table),
     )
 
 
@@ -191,7 +220,7 @@ def _numbered_frame(
     simplify_m: float,
     min_area_m2: float,
     progress: Callable[[int, int], None] | None,
-):
+) -> tuple[gpd.GeoDataFrame, RegionNumbering, SeamMerger]:
     """Pass 1 with ids: the features in id order with an ``id`` column, the numbering, the merger."""
     merger = SeamMerger(mosaic.height, mosaic.width, track_pieces=True)
     regions = _merge_chunks(mosaic, class_ids, progress, merger, total=2 * mosaic.grid[0])

@@ -20,7 +20,7 @@ in :mod:`geoseg.vectorize.polygonize`, so pieces from two chunks meet exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,6 +274,29 @@ def vectorize_instances(
         JobConfigError: a negative tolerance/area or an unknown format.
         StageError: writing an output failed.
     """
+    _check_settings(simplify_m, min_area_m2, fmt)
+    mosaic = _open_instance_mosaic(mosaic_path)
+    table_path = Path(table_path)
+    table = read_instance_table(table_path)
+    _check_table(table, mosaic, table_path)
+    frame, traced = _traced_frame(mosaic, table, simplify_m, min_area_m2, progress)
+    vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
+    return InstanceVectorOutputs(
+        vectors=vectors,
+        geojson=geojson,
+        format=fmt,
+        features=len(frame),
+        per_class=_per_class(frame, mosaic.class_names, table),
+        missing=len(table) - traced,
+    )
+
+
+def _check_settings(simplify_m: float, min_area_m2: float, fmt: str) -> None:
+    """Refuse a negative (or NaN) tolerance or area and an unknown format, naming every problem at once.
+
+    Raises:
+        JobConfigError: one problem per bad setting.
+    """
     problems = [
         f"vectorize.{name}: must be ≥ 0 (got {value!r})"
         for name, value in (("simplify_m", simplify_m), ("min_area_m2", min_area_m2))
@@ -283,6 +306,14 @@ def vectorize_instances(
         problems.append(f"vectorize.format: must be one of {sorted(FORMATS)!r} (got {fmt!r})")
     if problems:
         raise JobConfigError(problems)
+
+
+def _open_instance_mosaic(mosaic_path: Path) -> MosaicInfo:
+    """Open the mosaic, checking that it holds an ``instances`` array of its own shape.
+
+    Raises:
+        InputRasterError: the mosaic is missing, or its ``instances`` array is missing or misshapen.
+    """
     mosaic = open_mosaic(mosaic_path)
     if INSTANCES not in mosaic.group:
         raise InputRasterError(
@@ -295,10 +326,18 @@ def vectorize_instances(
             f"{mosaic.path}/{INSTANCES}: shape {shape!r} is not the mosaic's "
             f"{(mosaic.height, mosaic.width)!r}; run `geoseg predict` again"
         )
-    table_path = Path(table_path)
-    table = read_instance_table(table_path)
-    _check_table(table, mosaic, table_path)
+    return mosaic
 
+
+def _traced_frame(
+    mosaic: MosaicInfo,
+    table: pd.DataFrame,
+    simplify_m: float,
+    min_area_m2: float,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[gpd.GeoDataFrame, int]:
+    """The output features, by id, and how many instances had pixels to trace."""
+    # Held only here, so the pixel-space polygons are freed once the frame is built.
     polygons = _instance_polygons(mosaic, table, progress)
     ids = np.array(sorted(polygons), dtype=np.int64)
     frame = instances_to_frame(
@@ -310,16 +349,11 @@ def vectorize_instances(
         simplify_m=simplify_m,
         min_area_m2=min_area_m2,
     )
-    del polygons
-    vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
+    return frame, len(ids)
+
+
+def _per_class(frame: gpd.GeoDataFrame, class_names: Sequence[str], table: pd.DataFrame) -> dict[str, int]:
+    """Features per class: every mosaic class but index 0, then any other class the table names; 0 for none."""
     counts = frame["class"].value_counts()
-    names = list(mosaic.class_names[1:]) + sorted(set(table["class"].astype(str)) - set(mosaic.class_names[1:]))
-    per_class = {name: int(counts.get(name, 0)) for name in names}
-    return InstanceVectorOutputs(
-        vectors=vectors,
-        geojson=geojson,
-        format=fmt,
-        features=len(frame),
-        per_class=per_class,
-        missing=len(table) - len(ids),
-    )
+    names = list(class_names[1:]) + sorted(set(table["class"].astype(str)) - set(class_names[1:]))
+    return {name: int(counts.get(name, 0)) for name in names}
