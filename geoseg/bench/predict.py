@@ -39,6 +39,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,24 @@ def _timed_ray_session(address: str | None):
         yield time.perf_counter() - started
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What one benchmark run is asked for: the job's tiling, batches, runtime and model, the baseline's batches."""
+
+    size: int  # scene pixels a side
+    tile_size: int
+    halo: int
+    batch_size: int
+    workers: int
+    cpus_per_worker: int
+    use_gpu: bool
+    arch: str
+    encoder: str
+    options: dict
+    model_only_batches: int
+    address: str | None
+
+
 @dataclass
 class _Measured:
     """What one benchmark run measured, before it becomes rates and the JSON line."""
@@ -110,21 +129,7 @@ def _ensure_scene(scene: Path, size: int, log) -> bool:
     return True
 
 
-def _bench_job(
-    run_dir: Path,
-    scene: Path,
-    checkpoint: Path,
-    *,
-    arch: str,
-    encoder: str,
-    options: dict,
-    tile_size: int,
-    halo: int,
-    batch_size: int,
-    workers: int,
-    cpus_per_worker: int,
-    use_gpu: bool,
-):
+def _bench_job(run_dir: Path, scene: Path, checkpoint: Path, settings: _Settings):
     """The predict-only job the benchmark runs, writing under ``run_dir/out``."""
     from geoseg.config import Job
 
@@ -134,58 +139,48 @@ def _bench_job(
             "output_dir": str(run_dir / "out"),
             "classes": CLASSES,
             "stages": ["predict"],
-            "model": {"arch": arch, "encoder": encoder, "options": options},
-            "tiling": {"tile_size": tile_size, "halo": halo},
-            "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "batch_size": batch_size},
-            "runtime": {"workers": workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu},
+            "model": {"arch": settings.arch, "encoder": settings.encoder, "options": settings.options},
+            "tiling": {"tile_size": settings.tile_size, "halo": settings.halo},
+            "predict": {"scene": str(scene), "checkpoint": str(checkpoint), "batch_size": settings.batch_size},
+            "runtime": {
+                "workers": settings.workers,
+                "cpus_per_worker": settings.cpus_per_worker,
+                "use_gpu": settings.use_gpu,
+            },
         }
     )
 
 
-def _measure(
-    job,
-    scene: Path,
-    checkpoint: Path,
-    *,
-    size: int,
-    tile_size: int,
-    halo: int,
-    batch_size: int,
-    cpus_per_worker: int,
-    use_gpu: bool,
-    model_only_batches: int,
-    address: str | None,
-    log,
-) -> _Measured:
+def _measure(job, scene: Path, checkpoint: Path, settings: _Settings, log) -> _Measured:
     """Run the predict stage under the memory sampler, then time the model alone on the same tiles."""
     from geoseg.stages.predict import run_predict
     from geoseg.tiling import plan_tiles
 
-    tiles = plan_tiles(size, size, tile_size=tile_size, halo=halo)
+    tiles = plan_tiles(settings.size, settings.size, tile_size=settings.tile_size, halo=settings.halo)
     load_before = os.getloadavg()[0]
 
     # Ray itself is started before the clock: a cluster has it running already, and
     # the embedded start-up is a once-per-job cost, reported as ray_start_s.
-    with MemorySampler() as memory, _timed_ray_session(address) as ray_start_s:
+    with MemorySampler() as memory, _timed_ray_session(settings.address) as ray_start_s:
         wall_start = time.time()
         started = time.perf_counter()
-        run_predict(job, address=address, log=log)
+        run_predict(job, address=settings.address, log=log)
         end_to_end = time.perf_counter() - started
     mosaic = Path(job.output_dir) / "mosaic.zarr"
     done = _done_times(mosaic)
 
     # Ray's processes take seconds to exit; the model-only loop must not share the CPU with them.
     quiet_wait = wait_until_quiet(psutil.Process())
-    device = "cuda" if use_gpu else "cpu"
+    device = "cuda" if settings.use_gpu else "cpu"
     per_tile, timed, model_only_other_cpu = model_only_seconds(
         checkpoint,
         scene,
         mosaic,
         tiles,
-        batch_size=batch_size,
+        batch_size=settings.batch_size,
         device=device,
-        threads=cpus_per_worker,
-        max_batches=model_only_batches,
+        threads=settings.cpus_per_worker,
+        max_batches=settings.model_only_batches,
     )
     return _Measured(
         tiles=len(tiles),
@@ -231,40 +226,27 @@ def _device_name(use_gpu: bool) -> str:
     return "cpu"
 
 
-def _report(
-    m: _Measured,
-    *,
-    size: int,
-    tile_size: int,
-    halo: int,
-    batch_size: int,
-    workers: int,
-    cpus_per_worker: int,
-    use_gpu: bool,
-    arch: str,
-    encoder: str,
-    options: dict,
-) -> dict:
+def _report(m: _Measured, settings: _Settings) -> dict:
     """The JSON line: settings, rates per scene pixel, memory, contention and the machine."""
     import torch
 
-    mpix = size * size / 1e6
+    mpix = settings.size * settings.size / 1e6
     e2e_rate = mpix / m.end_to_end_s
     model_rate = mpix / (m.model_only_per_tile_s * m.tiles)
-    steady_rate, first_batch_s, tail_s = _steady_state(m, batch_size, mpix)
+    steady_rate, first_batch_s, tail_s = _steady_state(m, settings.batch_size, mpix)
     return {
         "bench": "predict",
-        "size": size,
-        "tile": tile_size,
-        "halo": halo,
-        "core": tile_size - 2 * halo,
+        "size": settings.size,
+        "tile": settings.tile_size,
+        "halo": settings.halo,
+        "core": settings.tile_size - 2 * settings.halo,
         "tiles": m.tiles,
-        "workers": workers,
-        "batch_size": batch_size,
-        "device": _device_name(use_gpu),
-        "arch": arch,
-        "encoder": encoder,
-        "options": options,
+        "workers": settings.workers,
+        "batch_size": settings.batch_size,
+        "device": _device_name(settings.use_gpu),
+        "arch": settings.arch,
+        "encoder": settings.encoder,
+        "options": settings.options,
         "end_to_end_s": round(m.end_to_end_s, 2),
         "ray_start_s": round(m.ray_start_s, 2),
         "end_to_end_mpix_s": _sig(e2e_rate),
@@ -282,7 +264,7 @@ def _report(
         **top_processes(m.memory),
         "km2_per_h": _sig(e2e_rate * 1e6 * PIXEL_SIZE**2 / 1e6 * 3600),
         "torch": torch.__version__,
-        "threads": cpus_per_worker,
+        "threads": settings.cpus_per_worker,
         "cpu_count": os.cpu_count(),
         "load_before": round(m.load_before, 2),
         "load_after": round(m.load_after, 2),
@@ -336,51 +318,7 @@ def bench_predict(
     options = dict(options or {})
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels (got {size!r})")
-    temporary = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="geoseg-bench-")) if workdir is None else Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_dir = workdir / f"run-{os.getpid()}-{int(time.time())}"
-    scene = scene_path(workdir, size)
-    created = False
-    try:
-        created = _ensure_scene(scene, size, log)
-        checkpoint = random_checkpoint(run_dir / "checkpoint", arch, encoder, options)
-        job = _bench_job(
-            run_dir,
-            scene,
-            checkpoint,
-            arch=arch,
-            encoder=encoder,
-            options=options,
-            tile_size=tile_size,
-            halo=halo,
-            batch_size=batch_size,
-            workers=workers,
-            cpus_per_worker=cpus_per_worker,
-            use_gpu=use_gpu,
-        )
-        measured = _measure(
-            job,
-            scene,
-            checkpoint,
-            size=size,
-            tile_size=tile_size,
-            halo=halo,
-            batch_size=batch_size,
-            cpus_per_worker=cpus_per_worker,
-            use_gpu=use_gpu,
-            model_only_batches=model_only_batches,
-            address=address,
-            log=log,
-        )
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if created and not keep:
-            scene.unlink(missing_ok=True)
-        if temporary and not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return _report(
-        measured,
+    settings = _Settings(
         size=size,
         tile_size=tile_size,
         halo=halo,
@@ -391,4 +329,32 @@ def bench_predict(
         arch=arch,
         encoder=encoder,
         options=options,
+        model_only_batches=model_only_batches,
+        address=address,
     )
+    return _run_in_workdir(workdir, settings, keep=keep, log=log)
+
+
+def _run_in_workdir(workdir: Path | None, settings: _Settings, *, keep: bool, log: Callable[[str], None]) -> dict:
+    """Run the benchmark in ``workdir`` (a temporary folder if None) and return its JSON line.
+
+    The run's checkpoint and mosaic, and whatever ``keep`` does not keep, are removed even when the run fails.
+    """
+    temporary = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="geoseg-bench-")) if workdir is None else Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = workdir / f"run-{os.getpid()}-{int(time.time())}"
+    scene = scene_path(workdir, settings.size)
+    created = False
+    try:
+        created = _ensure_scene(scene, settings.size, log)
+        checkpoint = random_checkpoint(run_dir / "checkpoint", settings.arch, settings.encoder, settings.options)
+        job = _bench_job(run_dir, scene, checkpoint, settings)
+        measured = _measure(job, scene, checkpoint, settings, log)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if created and not keep:
+            scene.unlink(missing_ok=True)
+        if temporary and not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return _report(measured, settings)

@@ -131,53 +131,87 @@ def sahi_greedy_nmm(
     # SAHI holds predictions in a float32 (N, 6) array for ordering and matching.
     scores = np.array([d.score for d in items], dtype=np.float32)
     classes = np.array([d.class_id for d in items], dtype=np.int64)
-
-    # Visiting order: per class (np.unique order), score descending, ties by x1, y1, x2, y2.
-    keys = (boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -scores)
-    order = np.lexsort(keys if class_agnostic else (*keys, classes))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
-
-    # Candidate edges: overlapping boxes of the same class (unless agnostic) with IoS >= threshold.
-    pairs = bbox_pairs(items)
-    if not class_agnostic and len(pairs):
-        pairs = pairs[classes[pairs[:, 0]] == classes[pairs[:, 1]]]
-    if len(pairs):
-        pairs = pairs[_ios(boxes[pairs[:, 0]], boxes[pairs[:, 1]]) >= np.float32(match_threshold)]
-    # Direct each edge from the earlier-visited box to the later one, grouped by the earlier.
-    first = np.where(rank[pairs[:, 0]] < rank[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
-    second = np.where(rank[pairs[:, 0]] < rank[pairs[:, 1]], pairs[:, 1], pairs[:, 0])
-    by = np.lexsort((rank[second], first))
-    first, second = first[by], second[by]
-    starts = np.searchsorted(first, np.arange(n + 1))
+    order, rank = _visiting_order(boxes, scores, classes, class_agnostic)
+    later, starts = _matches(items, boxes, classes, rank, match_threshold, class_agnostic)
 
     absorbed = np.zeros(n, dtype=bool)
     out = []
     for keep in order:
         if absorbed[keep]:
             continue
-        candidates = second[starts[keep] : starts[keep + 1]]  # already in visiting order
+        candidates = later[starts[keep] : starts[keep + 1]]  # already in visiting order
         candidates = candidates[~absorbed[candidates]]
         absorbed[candidates] = True
-
-        box = [float(v) for v in boxes[keep]]
-        score, class_id = items[keep].score, items[keep].class_id
-        members = [items[keep]]
-        for j in candidates:
-            other = items[j]
-            if not _has_match(box, boxes[j], match_threshold):
-                continue  # SAHI drops it: absorbed above, merged nowhere
-            box = [
-                min(box[0], float(boxes[j, 0])),
-                min(box[1], float(boxes[j, 1])),
-                max(box[2], float(boxes[j, 2])),
-                max(box[3], float(boxes[j, 3])),
-            ]
-            class_id = class_id if score > other.score else other.class_id
-            score = max(score, other.score)
-            members.append(other)
-        out.append(_union(members, class_id, score))
+        out.append(_merge_group(items, boxes, keep, candidates, match_threshold))
     return out
+
+
+def _visiting_order(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, class_agnostic: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """SAHI's visiting order and each box's rank in it.
+
+    Per class (np.unique order) unless ``class_agnostic``, score descending, ties by x1, y1, x2, y2 ascending
+    (``_score_tiebreak_order``).
+    """
+    keys = (boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -scores)
+    order = np.lexsort(keys if class_agnostic else (*keys, classes))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return order, rank
+
+
+def _matches(
+    items: list[InstanceMask],
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    rank: np.ndarray,
+    match_threshold: float,
+    class_agnostic: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """SAHI's match matrix as adjacency lists: box ``i`` may absorb ``later[starts[i] : starts[i + 1]]``.
+
+    A match is a pair of overlapping boxes of one class (unless ``class_agnostic``) with IoS >= the threshold,
+    directed from the earlier-visited box to the later one; each list is in visiting order.
+    """
+    pairs = bbox_pairs(items)  # every pair with a positive box intersection: only those can match
+    if not class_agnostic and len(pairs):
+        pairs = pairs[classes[pairs[:, 0]] == classes[pairs[:, 1]]]
+    if len(pairs):
+        pairs = pairs[_ios(boxes[pairs[:, 0]], boxes[pairs[:, 1]]) >= np.float32(match_threshold)]
+    # Direct each pair from the earlier-visited box to the later one, grouped by the earlier.
+    first = np.where(rank[pairs[:, 0]] < rank[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
+    second = np.where(rank[pairs[:, 0]] < rank[pairs[:, 1]], pairs[:, 1], pairs[:, 0])
+    by = np.lexsort((rank[second], first))
+    first, second = first[by], second[by]
+    return second, np.searchsorted(first, np.arange(len(items) + 1))
+
+
+def _merge_group(
+    items: list[InstanceMask], boxes: np.ndarray, keep: int, candidates: np.ndarray, match_threshold: float
+) -> InstanceMask:
+    """Fold the absorbed ``candidates`` into ``keep`` one by one in score order, as SAHI's ``_apply_merge`` does.
+
+    A candidate is merged only if ``has_match`` holds against the merged box so far. The result has the OR of
+    the merged masks, the best score and the class of the higher-scoring side (the candidate's on a tie).
+    """
+    box = [float(v) for v in boxes[keep]]
+    score, class_id = items[keep].score, items[keep].class_id
+    members = [items[keep]]
+    for j in candidates:
+        other = items[j]
+        if not _has_match(box, boxes[j], match_threshold):
+            continue  # SAHI drops it: absorbed above, merged nowhere
+        box = [
+            min(box[0], float(boxes[j, 0])),
+            min(box[1], float(boxes[j, 1])),
+            max(box[2], float(boxes[j, 2])),
+            max(box[3], float(boxes[j, 3])),
+        ]
+        class_id = class_id if score > other.score else other.class_id
+        score = max(score, other.score)
+        members.append(other)
+    return _union(members, class_id, score)
 
 
 def _union(members: list[InstanceMask], class_id: int, score: float) -> InstanceMask:

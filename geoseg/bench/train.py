@@ -23,6 +23,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,9 @@ def bench_train(
     """Run the three trainings; return the fields of the JSON line."""
     import torch
 
-    from geoseg.runtime import fit_model, ray_session
-    from geoseg.train.loop import train_model
+    # Imported before anything is written: a Ray (Train) that cannot load fails at once.
+    from geoseg.runtime import fit_model, ray_session  # noqa: F401
+    from geoseg.train.loop import train_model  # noqa: F401
 
     options = dict(options or {})
     cpus = cpus or os.cpu_count() or 1
@@ -150,34 +152,8 @@ def bench_train(
             "cpus": cpus,
         }
 
-        log(f"bench: plain PyTorch loop, {cpus} threads")
-        previous = torch.get_num_threads()
-        torch.set_num_threads(cpus)
-        started = time.perf_counter()
-        plain = train_model(plan, log=log, report=lambda metrics, folder: None)
-        result["plain_wall_s"] = round(time.perf_counter() - started, 2)
-        torch.set_num_threads(previous)
-        result["plain_samples_s"] = round(_steady_rate(plain["history"], batch_size, steps, 1), 3)
-
-        with ray_session(None, dashboard=True):  # as the train stage: Ray Train polls the state API
-            for workers in (1, 2):
-                per_worker = max(1, cpus // workers)
-                log(f"bench: Ray Train, {workers} worker(s) x {per_worker} CPU")
-                started = time.perf_counter()
-                metrics = fit_model(
-                    plan,
-                    name=f"bench-{workers}-{os.getpid()}",
-                    storage=workdir / "ray",
-                    checkpoint_out=workdir / f"checkpoint_{workers}",
-                    workers=workers,
-                    cpus_per_worker=per_worker,
-                    use_gpu=False,
-                    max_failures=0,
-                )
-                result[f"ray_{workers}_wall_s"] = round(time.perf_counter() - started, 2)
-                result[f"ray_{workers}_samples_s"] = round(
-                    _steady_rate(metrics["history"], batch_size, steps, workers), 3
-                )
+        result.update(_plain_run(plan, cpus, batch_size, steps, log))
+        result.update(_ray_train_runs(plan, cpus, batch_size, steps, workdir, log))
         result["ray_1_efficiency"] = round(result["ray_1_samples_s"] / result["plain_samples_s"], 4)
         result["ray_2_vs_plain"] = round(result["ray_2_samples_s"] / result["plain_samples_s"], 4)
         result.update(torch=torch.__version__, cpu_count=os.cpu_count(), python=platform.python_version())
@@ -187,3 +163,48 @@ def bench_train(
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             shutil.rmtree(workdir / "ray", ignore_errors=True)
+
+
+def _plain_run(
+    plan: TrainingPlan, cpus: int, batch_size: int, steps: int, log: Callable[[str], None]
+) -> dict[str, float]:
+    """``plain_wall_s`` and ``plain_samples_s``: the training loop in this process, ``cpus`` torch threads."""
+    import torch
+
+    from geoseg.train.loop import train_model
+
+    log(f"bench: plain PyTorch loop, {cpus} threads")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cpus)
+    started = time.perf_counter()
+    plain = train_model(plan, log=log, report=lambda metrics, folder: None)
+    wall_s = round(time.perf_counter() - started, 2)
+    torch.set_num_threads(previous)
+    return {"plain_wall_s": wall_s, "plain_samples_s": round(_steady_rate(plain["history"], batch_size, steps, 1), 3)}
+
+
+def _ray_train_runs(
+    plan: TrainingPlan, cpus: int, batch_size: int, steps: int, workdir: Path, log: Callable[[str], None]
+) -> dict[str, float]:
+    """``ray_<n>_wall_s`` and ``ray_<n>_samples_s`` for Ray Train with 1 and 2 workers sharing the ``cpus``."""
+    from geoseg.runtime import fit_model, ray_session
+
+    fields = {}
+    with ray_session(None, dashboard=True):  # as the train stage: Ray Train polls the state API
+        for workers in (1, 2):
+            per_worker = max(1, cpus // workers)
+            log(f"bench: Ray Train, {workers} worker(s) x {per_worker} CPU")
+            started = time.perf_counter()
+            metrics = fit_model(
+                plan,
+                name=f"bench-{workers}-{os.getpid()}",
+                storage=workdir / "ray",
+                checkpoint_out=workdir / f"checkpoint_{workers}",
+                workers=workers,
+                cpus_per_worker=per_worker,
+                use_gpu=False,
+                max_failures=0,
+            )
+            fields[f"ray_{workers}_wall_s"] = round(time.perf_counter() - started, 2)
+            fields[f"ray_{workers}_samples_s"] = round(_steady_rate(metrics["history"], batch_size, steps, workers), 3)
+    return fields

@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from geoseg.config import Job
@@ -14,7 +15,7 @@ from geoseg.errors import GeosegError, InputRasterError, JobConfigError, StageEr
 from geoseg.infer.blend import BlendScratch, drop_scratch
 from geoseg.io.mosaic import create_mosaic, done_chunks, open_mosaic
 from geoseg.io.overviews import build_overviews, list_overviews
-from geoseg.io.raster import inspect_scene
+from geoseg.io.raster import SceneInfo, inspect_scene
 from geoseg.models import is_instance_arch, output_stride, resolve_encoder
 from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import build_model_from_card, read_card, weights_sha256
@@ -22,7 +23,7 @@ from geoseg.models.context import KNOWN_HALOS, has_global_context
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
 from geoseg.stages.progress import tile_progress
 from geoseg.stages.sections import predict_spec, resolved_halo
-from geoseg.tiling import check_tile_size, plan_tiles
+from geoseg.tiling import Tile, check_tile_size, plan_tiles
 
 __all__ = ["run_predict"]
 
@@ -36,39 +37,16 @@ def run_predict(
     detections are ignored and written again.
     """
     paths = JobPaths.of(job)
-    spec = predict_spec(job)
-    halo = resolved_halo(job)
-    checkpoint = spec.checkpoint or paths.checkpoint
-    card = read_card(checkpoint)
-    scene = inspect_scene(spec.scene, field="predict.scene", bands=job.bands or list(card.bands))
-    if len(scene.bands) != len(card.bands) or scene.dtype != card.dtype:
-        raise InputRasterError(
-            f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the model in {checkpoint} "
-            f"expects {len(card.bands)} of {card.dtype}; predict imagery like the training scenes"
-        )
-    stride = output_stride(build_model_from_card(card))
-    problem = check_tile_size(job.tiling.tile_size, stride, card.arch, halo)
-    if problem:
-        raise InputRasterError(f"tiling.tile_size: {problem}")
+    checkpoint, card, scene = _checked_inputs(job, log)
     instance_model = is_instance_arch(card.arch)
-    if instance_model and job.tiling.stitch != "crop":
-        raise JobConfigError(
-            f"tiling.stitch: {card.arch} predicts instances, which are merged across tiles, "
-            "not blended; remove `stitch: blend`"
-        )
-    if not instance_model:
-        _note_seams(card, job, log)
 
     started = time.perf_counter()
-    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=halo)
+    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=resolved_halo(job))
     fingerprint = _fingerprint(scene, checkpoint, job)
     if instance_model:
         fingerprint["instances"] = job.instances.model_dump()
     if not force and _is_complete(paths.mosaic, fingerprint) and (not instance_model or paths.instance_table.exists()):
-        if not list_overviews(paths.mosaic):
-            build_overviews(paths.mosaic)
-        log(f"predict: {paths.mosaic} is already complete for this scene, checkpoint and tiling; nothing to do")
-        return {"tiles": 0, "skipped": len(tiles), "seconds": 0.0, "mosaic": str(paths.mosaic)}
+        return _nothing_to_do(paths.mosaic, len(tiles), log)
     if instance_model:
         from geoseg.stages.predict_instances import run_predict_instances
 
@@ -82,45 +60,82 @@ def run_predict(
             log=log,
             force=force,
         )
-    partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
-    if force and partial.exists():
-        log(f"predict: --force: discarding {partial.name} and its finished chunks")
-        shutil.rmtree(partial)
-    done = _resume_or_create(partial, fingerprint, scene, job, list(card.classes), log)
-    todo = [tile for tile in tiles if (tile.row // job.tiling.core, tile.col // job.tiling.core) not in done]
-    log(
-        f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles "
-        f"(tile {job.tiling.tile_size}, halo {job.tiling.halo}, core {job.tiling.core})"
+    return _predict_semantic(
+        job, card, checkpoint, scene, tiles, fingerprint, started=started, address=address, log=log, force=force
     )
-    if done:
-        log(f"predict: resuming: skipped {len(tiles) - len(todo)} of {len(tiles)} chunks already written")
 
+
+def _checked_inputs(job: Job, log: Callable[[str], None]) -> tuple[Path, ModelCard, SceneInfo]:
+    """The checkpoint, its model card and the inspected scene, checked against each other and the tiling.
+
+    Every check that can fail runs here, before the stage writes anything.
+    """
+    spec = predict_spec(job)
+    halo = resolved_halo(job)  # before the checkpoint is read: a halo still 'auto' is reported first
+    checkpoint = spec.checkpoint or JobPaths.of(job).checkpoint
+    card = read_card(checkpoint)
+    scene = inspect_scene(spec.scene, field="predict.scene", bands=job.bands or list(card.bands))
+    if len(scene.bands) != len(card.bands) or scene.dtype != card.dtype:
+        raise InputRasterError(
+            f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the model in {checkpoint} "
+            f"expects {len(card.bands)} of {card.dtype}; predict imagery like the training scenes"
+        )
+    _check_tiling(job, card, halo)
+    if not is_instance_arch(card.arch):
+        _note_seams(card, job, log)
+    return checkpoint, card, scene
+
+
+def _check_tiling(job: Job, card: ModelCard, halo: int) -> None:
+    """Raise when the tile size does not suit the model's output stride and the halo, or an instance model blends."""
+    stride = output_stride(build_model_from_card(card))
+    problem = check_tile_size(job.tiling.tile_size, stride, card.arch, halo)
+    if problem:
+        raise InputRasterError(f"tiling.tile_size: {problem}")
+    if is_instance_arch(card.arch) and job.tiling.stitch != "crop":
+        raise JobConfigError(
+            f"tiling.stitch: {card.arch} predicts instances, which are merged across tiles, "
+            "not blended; remove `stitch: blend`"
+        )
+
+
+def _nothing_to_do(mosaic: Path, tiles: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The result for a mosaic that is already complete (given overviews if an older run left it without)."""
+    if not list_overviews(mosaic):
+        build_overviews(mosaic)
+    log(f"predict: {mosaic} is already complete for this scene, checkpoint and tiling; nothing to do")
+    return {"tiles": 0, "skipped": tiles, "seconds": 0.0, "mosaic": str(mosaic)}
+
+
+def _predict_semantic(
+    job: Job,
+    card: ModelCard,
+    checkpoint: Path,
+    scene: SceneInfo,
+    tiles: list[Tile],
+    fingerprint: dict,
+    *,
+    started: float,
+    address: str | None,
+    log: Callable[[str], None],
+    force: bool,
+) -> dict[str, Any]:
+    """Write the class mosaic under ``mosaic.zarr.partial`` (resuming its done chunks), then give it the final name.
+
+    ``started`` is the stage's clock: the rate it reports counts planning and fingerprinting too.
+    """
+    paths = JobPaths.of(job)
+    partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
+    todo = _chunks_to_do(partial, fingerprint, scene, job, card, tiles, force, log)
     progress = tile_progress(len(tiles), len(tiles) - len(todo), log)
 
     runtime = job.runtime
     with ray_session(address or runtime.address, dashboard=runtime.dashboard):
         if job.tiling.stitch == "crop":
-            written = predict_tiles(
-                todo,
-                checkpoint=checkpoint,
-                scene=scene.path,
-                mosaic=partial,
-                batch_size=spec.batch_size,
-                workers=runtime.workers,
-                cpus_per_worker=runtime.cpus_per_worker,
-                use_gpu=runtime.use_gpu,
-                progress=progress,
-            )
+            written = _predict_cropped(todo, checkpoint, scene, partial, job, progress)
         else:
             written = _predict_blended(tiles, todo, checkpoint, scene, partial, job, progress, log)
-    missing = len(tiles) - len(done_chunks(open_mosaic(partial)))
-    if missing:
-        raise StageError(f"predict: {missing} chunks of {partial} were not written; rerun to resume")
-    drop_scratch(open_mosaic(partial, mode="r+").group)
-    levels = build_overviews(partial)  # before the rename: only a mosaic with its overviews looks complete
-    if paths.mosaic.exists():
-        shutil.rmtree(paths.mosaic)
-    os.replace(partial, paths.mosaic)  # only a complete mosaic carries the final name
+    levels = _publish(partial, paths.mosaic, len(tiles))
     seconds = time.perf_counter() - started
     mpix = scene.width * scene.height / 1e6
     log(
@@ -134,6 +149,67 @@ def run_predict(
         "mpix_per_s": round(mpix / seconds, 3),
         "mosaic": str(paths.mosaic),
     }
+
+
+def _chunks_to_do(
+    partial: Path,
+    fingerprint: dict,
+    scene: SceneInfo,
+    job: Job,
+    card: ModelCard,
+    tiles: list[Tile],
+    force: bool,
+    log: Callable[[str], None],
+) -> list[Tile]:
+    """Make ``partial`` ready (new, or a matching half-written one) and return the tiles whose chunk is not written."""
+    if force and partial.exists():
+        log(f"predict: --force: discarding {partial.name} and its finished chunks")
+        shutil.rmtree(partial)
+    done = _resume_or_create(partial, fingerprint, scene, job, list(card.classes), log)
+    todo = [tile for tile in tiles if (tile.row // job.tiling.core, tile.col // job.tiling.core) not in done]
+    log(
+        f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles "
+        f"(tile {job.tiling.tile_size}, halo {job.tiling.halo}, core {job.tiling.core})"
+    )
+    if done:
+        log(f"predict: resuming: skipped {len(tiles) - len(todo)} of {len(tiles)} chunks already written")
+    return todo
+
+
+def _predict_cropped(
+    todo: list[Tile],
+    checkpoint: Path,
+    scene: SceneInfo,
+    partial: Path,
+    job: Job,
+    progress: Callable[[int], None],
+) -> int:
+    """Crop mode: each tile writes its core straight into its chunk."""
+    runtime = job.runtime
+    return predict_tiles(
+        todo,
+        checkpoint=checkpoint,
+        scene=scene.path,
+        mosaic=partial,
+        batch_size=predict_spec(job).batch_size,
+        workers=runtime.workers,
+        cpus_per_worker=runtime.cpus_per_worker,
+        use_gpu=runtime.use_gpu,
+        progress=progress,
+    )
+
+
+def _publish(partial: Path, mosaic: Path, chunks: int) -> list[int]:
+    """Check every chunk of ``partial`` is written, add its overviews and rename it to ``mosaic``; the levels."""
+    missing = chunks - len(done_chunks(open_mosaic(partial)))
+    if missing:
+        raise StageError(f"predict: {missing} chunks of {partial} were not written; rerun to resume")
+    drop_scratch(open_mosaic(partial, mode="r+").group)
+    levels = build_overviews(partial)  # before the rename: only a mosaic with its overviews looks complete
+    if mosaic.exists():
+        shutil.rmtree(mosaic)
+    os.replace(partial, mosaic)  # only a complete mosaic carries the final name
+    return levels
 
 
 def _note_seams(card: ModelCard, job: Job, log: Callable[[str], None]) -> None:

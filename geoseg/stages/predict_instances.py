@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from rasterio.windows import Window
 
 from geoseg.config import Job
 from geoseg.config.paths import JobPaths
+from geoseg.config.schema import InstanceSpec
 from geoseg.errors import StageError
 from geoseg.infer.detect import tile_file
 from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
@@ -41,12 +43,12 @@ from geoseg.io.instances import create_instance_array, table_from_columns, write
 from geoseg.io.masks import InstanceMask, load_masks
 from geoseg.io.mosaic import MosaicInfo, create_mosaic, mark_done, write_block
 from geoseg.io.overviews import build_overviews
-from geoseg.io.raster import read_valid
+from geoseg.io.raster import SceneInfo, read_valid
 from geoseg.models.card import ModelCard
 from geoseg.runtime import detect_tiles, ray_session
 from geoseg.stages.progress import tile_progress
 from geoseg.stages.sections import predict_spec, resolved_halo
-from geoseg.tiling import plan_tiles
+from geoseg.tiling import Tile, plan_tiles
 from geoseg.vectorize.export import metres_per_unit
 
 __all__ = ["run_predict_instances", "write_instance_mosaic"]
@@ -123,74 +125,11 @@ def run_predict_instances(
 ) -> dict[str, Any]:
     """Detect, merge and write the instance mosaic and table (see the module doc)."""
     paths = JobPaths.of(job)
-    spec, settings = predict_spec(job), job.instances
     started = time.perf_counter()
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=resolved_halo(job))
-    have = _detections_folder(paths, fingerprint, log, force)
-    todo = [tile for tile in tiles if tile.index not in have]
-    log(
-        f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles (tile "
-        f"{job.tiling.tile_size}, halo {job.tiling.halo}: neighbours overlap by {2 * job.tiling.halo} px)"
-        + (f"; resuming: {len(have)} tiles already detected" if have else "")
-    )
-    progress = tile_progress(len(tiles), len(tiles) - len(todo), log)
-
-    runtime = job.runtime
-    thresholds = {
-        "score_threshold": settings.score_threshold,
-        "mask_threshold": settings.mask_threshold,
-        "min_area": settings.min_area_px,
-    }
-    with ray_session(address or runtime.address, dashboard=runtime.dashboard):
-        detect_tiles(
-            todo,
-            checkpoint=checkpoint,
-            scene=scene.path,
-            out_dir=paths.tile_detections,
-            batch_size=spec.batch_size,
-            workers=runtime.workers,
-            cpus_per_worker=runtime.cpus_per_worker,
-            use_gpu=runtime.use_gpu,
-            thresholds=thresholds,
-            progress=progress,
-        )
-    missing = [tile.index for tile in tiles if not tile_file(paths.tile_detections, tile.index).exists()]
-    if missing:
-        raise StageError(
-            f"predict: {len(missing)} tiles have no detections file in {paths.tile_detections}; rerun to resume"
-        )
-    detections = [d for tile in tiles for d in load_masks(tile_file(paths.tile_detections, tile.index))]
-    merged = merge_detections(
-        detections,
-        iou=settings.merge_iou,
-        ios=settings.merge_ios,
-        windows=tile_windows(tiles, scene.height, scene.width),
-        scene_shape=(scene.height, scene.width),
-    )
-    instances = resolve_overlaps(merged, min_area=settings.min_area_px)
-
-    partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    mosaic = create_mosaic(
-        partial,
-        height=scene.height,
-        width=scene.width,
-        chunk=job.tiling.core,
-        crs=scene.crs,
-        transform=scene.transform,
-        class_names=list(card.classes),
-        fingerprint=fingerprint,
-        zarr_format=spec.zarr_format,
-    )
-    write_instance_mosaic(instances, mosaic, scene.path)
-    table = _table(instances, mosaic)
-    levels = build_overviews(partial)
-    if paths.mosaic.exists():
-        shutil.rmtree(paths.mosaic)
-    os.replace(partial, paths.mosaic)
-    # After the mosaic: a rerun finds a complete mosaic only with its table beside it.
-    write_instance_table(table, paths.instance_table)
+    todo = _detect(job, paths, tiles, checkpoint, scene, fingerprint, address=address, log=log, force=force)
+    detections, merged, instances = _merge_tiles(paths, tiles, scene, job.instances)
+    levels = _write_outputs(paths, instances, card, scene, job, fingerprint)
     seconds = time.perf_counter() - started
     cut = sum(d.cut for d in detections)
     log(
@@ -209,3 +148,102 @@ def run_predict_instances(
         "mosaic": str(paths.mosaic),
         "table": str(paths.instance_table),
     }
+
+
+def _detect(
+    job: Job,
+    paths: JobPaths,
+    tiles: list[Tile],
+    checkpoint: Path,
+    scene: SceneInfo,
+    fingerprint: dict,
+    *,
+    address: str | None,
+    log: Callable[[str], None],
+    force: bool,
+) -> list[Tile]:
+    """Run the tiles not yet detected under this fingerprint through the actor pool; return those tiles."""
+    have = _detections_folder(paths, fingerprint, log, force)
+    todo = [tile for tile in tiles if tile.index not in have]
+    log(
+        f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles (tile "
+        f"{job.tiling.tile_size}, halo {job.tiling.halo}: neighbours overlap by {2 * job.tiling.halo} px)"
+        + (f"; resuming: {len(have)} tiles already detected" if have else "")
+    )
+    progress = tile_progress(len(tiles), len(tiles) - len(todo), log)
+
+    runtime, settings = job.runtime, job.instances
+    thresholds = {
+        "score_threshold": settings.score_threshold,
+        "mask_threshold": settings.mask_threshold,
+        "min_area": settings.min_area_px,
+    }
+    with ray_session(address or runtime.address, dashboard=runtime.dashboard):
+        detect_tiles(
+            todo,
+            checkpoint=checkpoint,
+            scene=scene.path,
+            out_dir=paths.tile_detections,
+            batch_size=predict_spec(job).batch_size,
+            workers=runtime.workers,
+            cpus_per_worker=runtime.cpus_per_worker,
+            use_gpu=runtime.use_gpu,
+            thresholds=thresholds,
+            progress=progress,
+        )
+    return todo
+
+
+def _merge_tiles(
+    paths: JobPaths, tiles: list[Tile], scene: SceneInfo, settings: InstanceSpec
+) -> tuple[list[InstanceMask], list[InstanceMask], list[InstanceMask]]:
+    """Every tile's raw detections, those merged across tiles, and the final non-overlapping instances."""
+    missing = [tile.index for tile in tiles if not tile_file(paths.tile_detections, tile.index).exists()]
+    if missing:
+        raise StageError(
+            f"predict: {len(missing)} tiles have no detections file in {paths.tile_detections}; rerun to resume"
+        )
+    detections = [d for tile in tiles for d in load_masks(tile_file(paths.tile_detections, tile.index))]
+    merged = merge_detections(
+        detections,
+        iou=settings.merge_iou,
+        ios=settings.merge_ios,
+        windows=tile_windows(tiles, scene.height, scene.width),
+        scene_shape=(scene.height, scene.width),
+    )
+    instances = resolve_overlaps(merged, min_area=settings.min_area_px)
+    return detections, merged, instances
+
+
+def _write_outputs(
+    paths: JobPaths,
+    instances: list[InstanceMask],
+    card: ModelCard,
+    scene: SceneInfo,
+    job: Job,
+    fingerprint: dict,
+) -> list[int]:
+    """Write the mosaic under a temporary name, rename it, then write the table beside it; the overview levels."""
+    partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    mosaic = create_mosaic(
+        partial,
+        height=scene.height,
+        width=scene.width,
+        chunk=job.tiling.core,
+        crs=scene.crs,
+        transform=scene.transform,
+        class_names=list(card.classes),
+        fingerprint=fingerprint,
+        zarr_format=predict_spec(job).zarr_format,
+    )
+    write_instance_mosaic(instances, mosaic, scene.path)
+    table = _table(instances, mosaic)
+    levels = build_overviews(partial)
+    if paths.mosaic.exists():
+        shutil.rmtree(paths.mosaic)
+    os.replace(partial, paths.mosaic)
+    # After the mosaic: a rerun finds a complete mosaic only with its table beside it.
+    write_instance_table(table, paths.instance_table)
+    return levels
