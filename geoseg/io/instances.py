@@ -20,7 +20,7 @@ col_min    int64
 row_max    int64
 col_max    int64
 area_px    int64    pixels of the instance
-area_m2    float64  the same in square metres
+area_m2    float64  ground area in m² (geodesic where the CRS's scale is not true)
 =========  =======  ===========================================================
 """
 
@@ -107,8 +107,15 @@ def read_instance_table(path: str | Path) -> pd.DataFrame:
     return table.astype({k: v for k, v in TABLE_COLUMNS.items() if k in table.columns})
 
 
-def table_from_columns(ids, class_ids, class_names, scores, bboxes, areas_px, pixel_area_m2: float) -> pd.DataFrame:
-    """Build the table from per-instance arrays (``bboxes``: (n, 4) row0, col0, row1, col1)."""
+def table_from_columns(ids, class_ids, class_names, scores, bboxes, areas_px, pixel_area_m2) -> pd.DataFrame:
+    """Build the table from per-instance arrays (``bboxes``: (n, 4) row0, col0, row1, col1).
+
+    ``area_m2`` is ``areas_px * pixel_area_m2``. A pixel's ground area is one
+    number only where the CRS's scale is true (UTM, say); in Web Mercator or a
+    geographic CRS it changes with latitude, so pass one value per instance
+    there: the ground area of a pixel at the instance, e.g. from
+    :func:`geoseg.vectorize.metres.pixel_areas_m2` at its box's centre.
+    """
     bboxes = np.asarray(bboxes, dtype=np.int64).reshape(-1, 4)
     class_ids = np.asarray(class_ids, dtype=np.uint8)
     areas_px = np.asarray(areas_px, dtype=np.int64)
@@ -123,6 +130,6 @@ def table_from_columns(ids, class_ids, class_names, scores, bboxes, areas_px, pi
             "row_max": bboxes[:, 2],
             "col_max": bboxes[:, 3],
             "area_px": areas_px,
-            "area_m2": areas_px * float(pixel_area_m2),
+            "area_m2": areas_px * np.asarray(pixel_area_m2, dtype=np.float64),
         }
     )

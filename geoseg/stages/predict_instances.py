@@ -49,7 +49,7 @@ from geoseg.runtime import detect_tiles, ray_session
 from geoseg.stages.progress import tile_progress
 from geoseg.stages.sections import predict_spec, resolved_halo
 from geoseg.tiling import Tile, plan_tiles
-from geoseg.vectorize.export import metres_per_unit
+from geoseg.vectorize.metres import pixel_areas_m2
 
 __all__ = ["run_predict_instances", "write_instance_mosaic"]
 
@@ -100,7 +100,10 @@ def write_instance_mosaic(instances: list[InstanceMask], mosaic: MosaicInfo, sce
 
 
 def _table(instances: list[InstanceMask], mosaic: MosaicInfo):
-    pixel_m2 = abs(mosaic.transform.a * mosaic.transform.e) * metres_per_unit(mosaic.crs) ** 2
+    # The ground area of a pixel at each instance's centre: in Web Mercator or degrees it varies with latitude.
+    boxes = np.asarray([i.bbox for i in instances], dtype=np.float64).reshape(-1, 4)
+    centre_rows, centre_cols = (boxes[:, 0] + boxes[:, 2]) / 2 - 0.5, (boxes[:, 1] + boxes[:, 3]) / 2 - 0.5
+    pixel_m2 = pixel_areas_m2(mosaic.transform, mosaic.crs, centre_rows, centre_cols)
     return table_from_columns(
         ids=np.arange(1, len(instances) + 1),
         class_ids=[i.class_id for i in instances],

@@ -124,9 +124,10 @@ def vectorize_mosaic(
         out_dir: where ``polygons.gpkg`` (or ``.parquet``) and ``polygons.geojson`` go (created
             if missing; existing outputs are replaced only once complete).
         classes: class names to vectorize; default every class but index 0.
-        simplify_m: simplification tolerance in metres (0: none). Touching
-            polygons are simplified as one coverage and stay valid.
-        min_area_m2: drop regions whose exact area is smaller.
+        simplify_m: simplification tolerance in metres on the ground, in any
+            CRS (0: none). Touching polygons are simplified as one coverage and stay valid.
+        min_area_m2: drop regions whose exact ground area is smaller (see
+            :mod:`geoseg.vectorize.metres`).
         progress: called as ``progress(done, total)`` after each chunk row
             (of each pass: ``total`` is twice the chunk rows with instances).
         instances_table: where to write ``instances.parquet``; None: no instances.

@@ -39,7 +39,8 @@ from scipy import ndimage
 from geoseg.errors import StageError
 from geoseg.io.instances import create_instance_array, table_from_columns, write_instance_table
 from geoseg.io.mosaic import MosaicInfo
-from geoseg.vectorize.export import areas_m2, metres_per_unit, pixel_to_map
+from geoseg.vectorize.export import pixel_to_map
+from geoseg.vectorize.metres import areas_m2
 from geoseg.vectorize.polygonize import label_components
 
 __all__ = ["RegionNumbering", "first_pixels", "number_regions", "with_ids", "write_instances"]
@@ -241,12 +242,11 @@ def write_instances(
     s = slice(1, n + 1)
     score = stats.score_sum[s] * scale / np.maximum(stats.area[s], 1) if scores is not None else np.full(n, np.nan)
     bboxes = np.column_stack([stats.row_min[s], stats.col_min[s], stats.row_max[s], stats.col_max[s]])
-    pixel_area = abs(mosaic.transform.a * mosaic.transform.e) * metres_per_unit(mosaic.crs) ** 2
     table = table_from_columns(
-        np.arange(1, n + 1), numbering.classes[s], mosaic.class_names, score, bboxes, stats.area[s], pixel_area
+        np.arange(1, n + 1), numbering.classes[s], mosaic.class_names, score, bboxes, stats.area[s], 0.0
     )
-    # The polygon's exact area, as the min_area_m2 filter measured it (geodesic
-    # in a geographic CRS, where pixels are not all the same size).
+    # The polygon's exact ground area, as the min_area_m2 filter measured it
+    # (geodesic where the CRS's scale is not true: pixels are not all the same size).
     table["area_m2"] = numbering.areas_m2[s]
     write_instance_table(table, table_path)
     return table

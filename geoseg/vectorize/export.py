@@ -21,12 +21,21 @@ import pyproj
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import CRSError
 
 from geoseg.errors import StageError
+from geoseg.vectorize.metres import areas_m2, metres_per_unit, simplify_tolerance
 from geoseg.vectorize.pixelgeom import node_polygons
 
-__all__ = ["FORMATS", "LAYER", "empty_frame", "features_frame", "regions_to_frame", "write_vectors"]
+__all__ = [
+    "FORMATS",
+    "LAYER",
+    "areas_m2",
+    "empty_frame",
+    "features_frame",
+    "metres_per_unit",
+    "regions_to_frame",
+    "write_vectors",
+]
 
 LAYER = "polygons"
 # Vector formats in the mosaic CRS (``vectorize.format``) and their file suffixes.
@@ -35,20 +44,6 @@ FORMATS = {"gpkg": ".gpkg", "parquet": ".parquet"}
 # storage that goes away. GDAL reports its own I/O errors through pyogrio's data source and layer
 # errors; pyarrow (GeoParquet) and Python raise OSError.
 _WRITE_ERRORS = (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError)
-# Metres per degree of latitude (mean), to turn a tolerance in metres into
-# degrees when a mosaic is in a geographic CRS. Good to a few per cent, which
-# is plenty for a simplification tolerance.
-_METRES_PER_DEGREE = 111_320.0
-
-
-def metres_per_unit(crs: CRS) -> float:
-    """Length of one CRS unit in metres (1 for metres, 0.3048 for feet, ...)."""
-    if crs.is_geographic:
-        return _METRES_PER_DEGREE
-    try:
-        return float(crs.linear_units_factor[1])
-    except CRSError:  # a local or engineering CRS without declared units: assume metres
-        return 1.0
 
 
 def pixel_to_map(geoms: np.ndarray, transform: Affine) -> np.ndarray:
@@ -98,21 +93,8 @@ def make_polygonal(geoms: np.ndarray) -> np.ndarray:
     return out
 
 
-def areas_m2(geoms: np.ndarray, crs: CRS) -> np.ndarray:
-    """Area of each geometry in m²: planar in a projected CRS, geodesic otherwise."""
-    if len(geoms) == 0:
-        return np.zeros(0, dtype=np.float64)
-    if not crs.is_geographic:
-        return shapely.area(geoms) * metres_per_unit(crs) ** 2
-    geod = pyproj.CRS.from_wkt(crs.to_wkt()).get_geod()
-    assert geod is not None  # a geographic CRS always has an ellipsoid
-    # pyproj's area is signed by ring orientation: orient shells counter-clockwise.
-    oriented = shapely.orient_polygons(geoms)
-    return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in oriented], dtype=np.float64)
-
-
-def simplify_regions(pixel_geoms: np.ndarray, transform: Affine, tolerance: float) -> np.ndarray:
-    """Simplify in the mosaic CRS; returns geometries in map coordinates.
+def simplify_regions(pixel_geoms: np.ndarray, transform: Affine, crs: CRS, simplify_m: float) -> np.ndarray:
+    """Simplify in the mosaic CRS by ``simplify_m`` metres on the ground; returns map geometries.
 
     All vectorized classes are simplified together as one coverage, so a border
     shared by two touching classes moves once, for both, and no gap or overlap
@@ -121,7 +103,12 @@ def simplify_regions(pixel_geoms: np.ndarray, transform: Affine, tolerance: floa
     turns, so the polygons are noded first, exactly, in pixel coordinates
     (``shapely.segmentize`` is no substitute: its float steps land beside the
     integer corners).
+
+    A coverage takes one tolerance: the smallest, in map units, that any region
+    needs for ``simplify_m`` on the ground (:func:`~geoseg.vectorize.metres.simplify_tolerance`),
+    so no region moves more; in a CRS whose scale is true it is ``simplify_m / unit``.
     """
+    tolerance = float(simplify_tolerance(pixel_to_map(pixel_geoms, transform), crs, simplify_m).min())
     noded = pixel_to_map(node_polygons(pixel_geoms), transform)
     try:
         return shapely.coverage_simplify(noded, tolerance)
@@ -169,7 +156,8 @@ def regions_to_frame(
     """Build the output table from ``(class_id, pixel-space polygon)`` regions.
 
     ``min_area_m2`` is compared with each region's exact (unsimplified) area;
-    ``area_m2`` is the area of the geometry as written.
+    ``area_m2`` is the area of the geometry as written. Both are ground areas
+    (:func:`~geoseg.vectorize.metres.areas_m2`), in any CRS.
     """
     if not regions:
         return empty_frame(crs)
@@ -179,7 +167,7 @@ def regions_to_frame(
         keep = areas_m2(pixel_to_map(pixel_geoms, transform), crs) >= min_area_m2
         class_ids, pixel_geoms = class_ids[keep], pixel_geoms[keep]
     if simplify_m > 0 and len(pixel_geoms):
-        geoms = simplify_regions(pixel_geoms, transform, simplify_m / metres_per_unit(crs))
+        geoms = simplify_regions(pixel_geoms, transform, crs, simplify_m)
     else:
         geoms = pixel_to_map(pixel_geoms, transform)
     geoms = make_polygonal(geoms)

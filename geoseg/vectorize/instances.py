@@ -35,15 +35,8 @@ from rasterio.features import shapes
 from geoseg.errors import InputRasterError, JobConfigError
 from geoseg.io.instances import INSTANCES, read_instance_table
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
-from geoseg.vectorize.export import (
-    FORMATS,
-    areas_m2,
-    features_frame,
-    make_polygonal,
-    metres_per_unit,
-    pixel_to_map,
-    write_vectors,
-)
+from geoseg.vectorize.export import FORMATS, features_frame, make_polygonal, pixel_to_map, write_vectors
+from geoseg.vectorize.metres import areas_m2, simplify_tolerance
 from geoseg.vectorize.pixelgeom import union_pieces
 
 __all__ = ["InstanceVectorOutputs", "instances_to_frame", "vectorize_instances"]
@@ -213,7 +206,8 @@ def instances_to_frame(
     if simplify_m > 0 and len(ids):
         # Per polygon: instances are objects, not a coverage, so two touching
         # instances may each move their shared border by up to the tolerance.
-        geoms = shapely.simplify(geoms, simplify_m / metres_per_unit(crs), preserve_topology=True)
+        # The tolerance is simplify_m on the ground at each instance, in map units.
+        geoms = shapely.simplify(geoms, simplify_tolerance(geoms, crs, simplify_m), preserve_topology=True)
     geoms = make_polygonal(geoms) if len(ids) else geoms
     kept = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms) if len(ids) else np.zeros(0, bool)
     ids, geoms = ids[kept], shapely.orient_polygons(geoms[kept])
@@ -258,10 +252,11 @@ def vectorize_instances(
         table_path: its ``instances.parquet``.
         out_dir: where ``polygons.gpkg``/``polygons.parquet`` and
             ``polygons.geojson`` go (existing ones are replaced only once complete).
-        simplify_m: tolerance in metres (0: exact pixel edges). Each polygon is
-            simplified on its own (topology-preserving) and repaired, so it stays
-            valid; touching instances may open small gaps or overlaps.
-        min_area_m2: drop instances whose exact area is smaller.
+        simplify_m: tolerance in metres on the ground, at each instance's own
+            latitude (0: exact pixel edges). Each polygon is simplified on its
+            own (topology-preserving) and repaired, so it stays valid; touching
+            instances may open small gaps or overlaps.
+        min_area_m2: drop instances whose exact ground area is smaller.
         fmt: ``"gpkg"`` (GeoPackage) or ``"parquet"`` (GeoParquet) in the mosaic CRS.
         progress: called as ``progress(done, total)`` after each chunk row.
 
