@@ -33,7 +33,7 @@ from geoseg.config.paths import JobPaths
 from geoseg.errors import InputRasterError
 from geoseg.evaluate.instances import instance_report, truth_instances
 from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
-from geoseg.io.labels import load_labels
+from geoseg.io.labels import label_options, load_labels
 from geoseg.io.masks import bbox_pairs, load_masks, mask_iou
 from geoseg.io.raster import inspect_scene, read_valid
 from geoseg.job import load_job
@@ -59,9 +59,8 @@ def bench_merge(job_path: str | Path, *, log: Callable[[str], None] = print) -> 
         evaluate_spec(job).labels,
         scene=scene,
         classes=job.classes,
-        field=job.train.label_field if job.train else "class",
         source="evaluate.labels",
-        ignore=job.train.ignore_classes if job.train else (),
+        **label_options(job.train),
     )
     with rasterio.open(scene.path) as src:
         truth = truth_instances(

@@ -133,11 +133,19 @@ def read_job_file(path: str | Path) -> Job:
     source = str(path)
     if not path.is_file():
         raise JobConfigError(f"{source}: job file not found; check the path (e.g. jobs/flood_survey.yaml)")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        detail = str(exc).replace("\n", " ")
-        raise JobConfigError(f"{source}: not valid YAML: {detail}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start].decode("utf-8")  # valid: decoding stops at the first bad byte
+        line, column = _line_column(before, len(before))
+        raise JobConfigError(
+            f"{source}:{line}:{column}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise JobConfigError(_yaml_problem(source, text, exc)) from None
     if not isinstance(data, dict):
         raise JobConfigError(f"{source}: expected a mapping of job keys at the top level (got {type(data).__name__})")
     try:
@@ -145,3 +153,41 @@ def read_job_file(path: str | Path) -> Job:
     except ValidationError as exc:
         raise JobConfigError(format_validation_error(source, exc)) from None
     return _resolve_paths(job, path.resolve().parent)
+
+
+_YAML_FIX = "fix the line shown (indent with spaces, not tabs; quote a value that holds ': ' or ' #')"
+
+
+def _yaml_problem(source: str, text: str, error: yaml.YAMLError) -> str:
+    """``file:line:column: not valid YAML: problem; fix``, then the offending line and a caret under the column.
+
+    PyYAML names a parsed string ``"<unicode string>"`` and counts from 0; the
+    message names the job file and counts lines and columns from 1, as editors do.
+    """
+    if isinstance(error, yaml.reader.ReaderError):  # a character YAML forbids; only its position is known
+        line, column = _line_column(text, error.position)
+        problem = f"unacceptable character #x{error.character:04x}: {error.reason}"
+    elif isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        line, column = error.problem_mark.line + 1, error.problem_mark.column + 1
+        problem = error.problem or error.context or type(error).__name__
+        start = error.context_mark
+        if (
+            error.problem
+            and error.context
+            and start is not None
+            and (start.line, start.column) != (line - 1, column - 1)
+        ):
+            problem += f" ({error.context} started at line {start.line + 1}, column {start.column + 1})"
+    else:
+        return f"{source}: not valid YAML: {' '.join(str(error).split())}; {_YAML_FIX}"
+    lines = text.splitlines()
+    shown = lines[line - 1] if line <= len(lines) else ""
+    shown = "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in shown)  # no control codes on a terminal
+    caret = "".join("\t" if ch == "\t" else " " for ch in shown[: column - 1]) + "^"
+    return f"{source}:{line}:{column}: not valid YAML: {problem}; {_YAML_FIX}\n    {shown}\n    {caret}"
+
+
+def _line_column(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of character ``offset`` in ``text``."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return text.count("\n", 0, offset) + 1, offset - line_start + 1

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
+from geoseg.config.label_values import label_text, unknown_label_classes
 from geoseg.config.locations import RemotePath, is_uri
 from geoseg.config.stages import STAGE_NAMES, STAGES, StageName
 
@@ -114,8 +115,30 @@ class Tiling(Strict):
 class TrainScene(Strict):
     image: InputLocation = Field(description="Training GeoTIFF (a path or an s3:// URI).")
     labels: InputLocation = Field(
-        description="Label polygons (GeoPackage/GeoJSON/Shapefile; a path or an s3:// URI) with a class-name attribute."
+        description="Label features (GeoPackage/GeoJSON/Shapefile; a path or an s3:// URI): polygons, or lines and "
+        "points given a width with train.buffer_m."
     )
+    label_field: str | None = Field(
+        default=None, description="Attribute holding the class of this scene's labels; default: train.label_field."
+    )
+    label_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Attribute value -> class name, compared as text (README: Labels); other values are class names.",
+    )
+    label_class: str | None = Field(
+        default=None, description="One class for every feature of the layer (labels without a class attribute)."
+    )
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: object) -> object:
+        return {label_text(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_classes(self) -> TrainScene:
+        if self.label_class is not None and (self.label_map or self.label_field is not None):
+            raise ValueError("label_class gives every feature one class; remove label_field and label_map, or it")
+        return self
 
 
 # The names geoseg.train.losses builds (kept here so validating a job does not import torch).
@@ -124,7 +147,16 @@ LOSS_NAMES = ("ce", "weighted_ce", "border_ce", "dice", "focal", "lovasz", "jacc
 
 class TrainSpec(Strict):
     scenes: list[TrainScene] = Field(min_length=1, description="Training scenes with their label polygons.")
-    label_field: str = Field(default="class", description="Attribute of the label polygons holding the class name.")
+    label_field: str = Field(
+        default="class", description="Attribute of the label features holding the class name (scenes may override)."
+    )
+    buffer_m: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description=(
+            "Class name -> half-width in metres given to its line and point labels (e.g. {road: 3.5}), measured "
+            "on the ground (a local azimuthal projection where the labels are in degrees or Web Mercator)."
+        ),
+    )
     ignore_classes: list[str] = Field(
         default_factory=list,
         description=(
@@ -364,6 +396,14 @@ class Job(Strict):
                 raise ValueError(
                     f"train.ignore_classes names {clash!r}, which are also in classes:; remove them from one of the two"
                 )
+            unknown_names = unknown_label_classes(
+                ((s.label_map, s.label_class) for s in self.train.scenes),
+                self.train.buffer_m,
+                self.classes,
+                self.train.ignore_classes,
+            )
+            if unknown_names:
+                raise ValueError("; ".join(unknown_names))
         if self.vectorize.classes:
             unknown = [c for c in self.vectorize.classes if c not in self.classes]
             if unknown:

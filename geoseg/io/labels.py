@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio
 import rasterio
 from rasterio.features import rasterize
@@ -14,13 +17,32 @@ from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 from shapely.geometry import box
 
+from geoseg.config.label_values import label_text, label_words
 from geoseg.config.locations import as_location, is_uri
+from geoseg.config.schema import TrainSpec
 from geoseg.errors import InputVectorError
+from geoseg.io.label_geometry import needs_width, no_overlap, with_width
 from geoseg.io.raster import SceneInfo, iter_blocks, read_valid
 
-__all__ = ["IGNORE", "load_labels", "rasterize_labels"]
+__all__ = ["IGNORE", "label_options", "load_labels", "rasterize_labels"]
 
 IGNORE = 255  # label value for pixels without data; losses and metrics skip it
+
+
+def label_options(train: TrainSpec | None, scene: int | None = None) -> dict[str, Any]:
+    """The :func:`load_labels` keywords a job gives the labels of ``train.scenes[scene]``.
+
+    ``scene=None`` is for labels outside ``train.scenes`` (``evaluate.labels``): the job-wide
+    ``train.label_field``, ``ignore_classes`` and ``buffer_m`` only.
+    """
+    if train is None:
+        return {"field": "class"}
+    options: dict[str, Any] = {"field": train.label_field, "ignore": train.ignore_classes, "buffer_m": train.buffer_m}
+    if scene is not None:
+        pair = train.scenes[scene]
+        options.update(label_map=pair.label_map, label_class=pair.label_class)
+        options["field"] = pair.label_field or train.label_field
+    return options
 
 
 def load_labels(
@@ -31,18 +53,59 @@ def load_labels(
     field: str,
     source: str = "labels",
     ignore: list[str] | tuple[str, ...] = (),
+    label_map: Mapping[str, str] | None = None,
+    label_class: str | None = None,
+    buffer_m: Mapping[str, float] | None = None,
 ) -> gpd.GeoDataFrame:
-    """Read label polygons, check them against the scene and classes, return them in the scene CRS.
+    """Read label features, check them against the scene and classes, return polygons in the scene CRS.
 
-    The result keeps the file order (later features are burned over earlier
-    ones) and has an integer ``class_id`` column. Polygons whose class is in
-    ``ignore`` are left out (any other unknown class name is an error).
+    The class of a feature is ``label_class`` when given, else its ``field`` value read as text
+    (:func:`~geoseg.config.label_values.label_text`) and looked up in ``label_map`` (values not in
+    it are class names themselves). Features whose class is in ``ignore`` are left out; any other
+    unknown class name is an error. Lines and points become areas ``buffer_m[class]`` metres on
+    either side; without one they are an error. Every problem is reported at once, one line each.
+    The result keeps the file order (later features are burned over earlier ones) and has an
+    integer ``class_id`` column.
     """
     path = as_location(path)
+    frame = _read(path, source)
+    where = f"{path}: {source}"
+    problems: list[str] = []
+    names = _class_names(frame, where, field, label_map or {}, label_class, problems)
+    if frame.crs is None:
+        problems.append(f"{where}: labels have no CRS; save them with one (QGIS: Export > Save Features As)")
+    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    if names is not None:
+        names = names[frame.index]
+        kept = ~names.isin(list(ignore))
+        frame, names = frame[kept], names[kept]
+        unknown = sorted(set(names) - set(classes))
+        if unknown:
+            problems.append(
+                f"{where}: class names {unknown!r} are not in the job's classes {classes!r}; "
+                "add them to `classes:` or `train.ignore_classes:`, map them with label_map, or fix the labels"
+            )
+        problems += _arealess(frame, names, classes, buffer_m or {}, where)
+    if frame.crs is not None:
+        native_crs, native_bounds = frame.crs, frame.total_bounds
+        if frame.crs != scene.crs:
+            frame = frame.to_crs(scene.crs)  # reproject, never silently misalign
+        problems += no_overlap(frame, native_crs, native_bounds, scene, where)
+    if problems:
+        error = InputVectorError("\n".join(problems))
+        error.problems = problems  # type: ignore[attr-defined]  # one line each, for callers listing them
+        raise error
+    assert names is not None  # a missing class field is a problem above
+    frame = frame.assign(class_id=names.map({name: i for i, name in enumerate(classes)}).astype("uint8"))
+    frame = with_width(frame, names, buffer_m or {})
+    return frame[["class_id", "geometry"]].reset_index(drop=True)
+
+
+def _read(path, source: str) -> gpd.GeoDataFrame:
     if not path.exists():  # an object-storage URI is checked by opening it
         raise InputVectorError(f"{path}: {source}: file not found; check the path in the job file")
     try:
-        frame = gpd.read_file(str(path))
+        return gpd.read_file(str(path))
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, ValueError) as exc:
         hint = (
             "; check the URI, and the credentials and endpoint in the environment (AWS_* variables)"
@@ -50,35 +113,46 @@ def load_labels(
             else ""
         )
         raise InputVectorError(f"{path}: {source}: not a readable vector file ({exc}){hint}") from None
+
+
+def _class_names(
+    frame: gpd.GeoDataFrame,
+    where: str,
+    field: str,
+    label_map: Mapping[str, str],
+    label_class: str | None,
+    problems: list[str],
+) -> pd.Series | None:
+    """Each feature's class name (None, with a problem, when the field is missing)."""
+    if label_class is not None:
+        return pd.Series(label_class, index=frame.index, dtype=object)
     if field not in frame.columns:
-        raise InputVectorError(
-            f"{path}: {source}: no attribute {field!r} (has {[c for c in frame.columns if c != 'geometry']!r}); "
-            "set train.label_field to the column holding class names"
+        problems.append(
+            f"{where}: no attribute {field!r} (has {[c for c in frame.columns if c != 'geometry']!r}); "
+            "set label_field (train.label_field, or the scene's) to the column holding class names, "
+            "or label_class: <name> on the scene when every feature is one class"
         )
-    if frame.crs is None:
-        raise InputVectorError(
-            f"{path}: {source}: labels have no CRS; save them with one (QGIS: Export > Save Features As)"
-        )
-    names = frame[field].astype(str)
-    if ignore:
-        frame, names = frame[~names.isin(list(ignore))], names[~names.isin(list(ignore))]
-    unknown = sorted(set(names) - set(classes))
-    if unknown:
-        raise InputVectorError(
-            f"{path}: {source}: class names {unknown!r} are not in the job's classes {classes!r}; "
-            "add them to `classes:` or `train.ignore_classes:`, or fix the labels"
-        )
-    frame = frame.assign(class_id=names.map({name: i for i, name in enumerate(classes)}).astype("uint8"))
-    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
-    if frame.crs != scene.crs:
-        frame = frame.to_crs(scene.crs)  # reproject, never silently misalign
-    if not frame.intersects(box(*scene.bounds)).any():
-        raise InputVectorError(
-            f"{path}: {source}: no label polygon overlaps the scene {scene.path.name} "
-            f"(labels bounds {tuple(round(v, 1) for v in frame.total_bounds)!r}, scene bounds "
-            f"{tuple(round(v, 1) for v in scene.bounds)!r} in {scene.crs}); check that they belong together"
-        )
-    return frame[["class_id", "geometry"]].reset_index(drop=True)
+        return None
+    booleans = {word: name for key, name in label_map.items() for word in label_words(key)}
+
+    def name_of(value: object) -> str:
+        text = label_text(value)
+        return label_map[text] if text in label_map else booleans.get(text.lower(), text)
+
+    return frame[field].map(name_of).astype(object)
+
+
+def _arealess(
+    frame: gpd.GeoDataFrame, names: pd.Series, classes: list[str], buffer_m: Mapping[str, float], where: str
+) -> list[str]:
+    """One line per (geometry type, known class) of lines and points that no ``buffer_m`` gives a width."""
+    arealess = frame[needs_width(frame) & names.isin([c for c in classes if c not in buffer_m]).to_numpy()]
+    counts = pd.DataFrame({"kind": arealess.geom_type, "name": names[arealess.index]}).value_counts(sort=False)
+    return [
+        f"{where}: {int(n)} {kind} feature(s) of class {name!r} have no area; give them a width with "
+        f"train.buffer_m: {{{name}: 3.0}} (half-width in metres)"
+        for (kind, name), n in sorted(counts.items())
+    ]
 
 
 def rasterize_labels(

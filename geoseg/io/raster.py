@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from geoseg.config.locations import RemotePath, as_location, is_uri
 from geoseg.errors import InputRasterError
+from geoseg.io.integrity import gdal_reason, repair_hint
 from geoseg.tiling import Tile, mirror_indices
 
 __all__ = ["SceneInfo", "ThreadLocalRaster", "inspect_scene", "iter_blocks", "read_tile", "read_valid"]
@@ -70,7 +71,9 @@ def inspect_scene(path: str | Path, *, field: str = "scene", bands: list[int] | 
                 f"{path}: {field}: cannot read it from object storage ({exc}); check the URI, "
                 "and the credentials and endpoint in the environment (AWS_* variables)"
             ) from None
-        raise InputRasterError(f"{path}: {field}: not a readable raster ({exc}); re-export it as GeoTIFF") from None
+        raise InputRasterError(
+            f"{path}: {field}: not a readable raster ({gdal_reason(exc)}); re-export it as GeoTIFF"
+        ) from None
     if crs is None:
         raise InputRasterError(
             f"{path}: {field}: raster has no CRS; assign one, e.g. `gdal_edit.py -a_srs EPSG:32633 {path.name}`"
@@ -102,15 +105,29 @@ def read_valid(src: rasterio.DatasetReader, window: Window) -> np.ndarray:
     return src.dataset_mask(window=window) > 0
 
 
-def read_tile(src: rasterio.DatasetReader, tile: Tile, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Read a tile's model input (bands × size × size, mirrored outside) and its core validity."""
+def read_tile(
+    src: rasterio.DatasetReader, tile: Tile, bands: tuple[int, ...], *, field: str = "predict.scene"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a tile's model input (bands × size × size, mirrored outside) and its core validity.
+
+    A read that fails (a block damaged after the inputs were checked) raises
+    :class:`InputRasterError` naming the file and the window; finished chunks
+    are kept, so a rerun on a repaired file resumes.
+    """
     rows = mirror_indices(*tile.read_rows, src.height)
     cols = mirror_indices(*tile.read_cols, src.width)
     r0, c0 = int(rows.min()), int(cols.min())
     window = Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
-    block = src.read(list(bands), window=window)
+    try:
+        block = src.read(list(bands), window=window)
+        valid = read_valid(src, Window(tile.col, tile.row, tile.width, tile.height))
+    except RasterioIOError as exc:
+        path = as_location(src.name)
+        raise InputRasterError(
+            f"{path}: {field}: damaged: cannot read row {r0}, col {c0}, {window.height}×{window.width} px "
+            f"({gdal_reason(exc)}); {repair_hint(path)}, then rerun: finished chunks are kept"
+        ) from None
     pixels = block[:, rows - r0][:, :, cols - c0]
-    valid = read_valid(src, Window(tile.col, tile.row, tile.width, tile.height))
     return pixels, valid
 
 
@@ -124,15 +141,22 @@ def iter_blocks(height: int, width: int, block: int = 512):
 class ThreadLocalRaster:
     """One GDAL handle on a raster per thread (GDAL handles are not thread-safe), opened on first use."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, field: str = "predict.scene"):
         self.path = as_location(path)
+        self.field = field
         self._local = threading.local()
         self._handles: list[rasterio.DatasetReader] = []
 
     def get(self) -> rasterio.DatasetReader:
         handle = getattr(self._local, "handle", None)
         if handle is None:
-            handle = self._local.handle = rasterio.open(self.path)
+            try:
+                handle = self._local.handle = rasterio.open(self.path)
+            except RasterioIOError as exc:  # checked before the run: gone or damaged since
+                raise InputRasterError(
+                    f"{self.path}: {self.field}: cannot open it ({gdal_reason(exc)}); restore the file "
+                    "and rerun: finished chunks are kept"
+                ) from None
             self._handles.append(handle)
         return handle
 

@@ -18,7 +18,7 @@ from geoseg.evaluate.instances import instance_report, mosaic_instances, truth_i
 from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
 from geoseg.evaluate.quicklook import write_quicklook
 from geoseg.io.instances import INSTANCES, read_instance_table
-from geoseg.io.labels import load_labels, rasterize_labels
+from geoseg.io.labels import label_options, load_labels, rasterize_labels
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.io.raster import inspect_scene
 from geoseg.stages.sections import evaluate_spec, predict_spec, train_spec
@@ -32,15 +32,7 @@ def _truth_raster(job: Job, paths: JobPaths) -> Path:
     if labels.suffix.lower() in (".tif", ".tiff"):
         return labels
     scene = inspect_scene(predict_spec(job).scene, field="predict.scene", bands=job.bands)
-    field = job.train.label_field if job.train else "class"
-    frame = load_labels(
-        labels,
-        scene=scene,
-        classes=job.classes,
-        field=field,
-        source="evaluate.labels",
-        ignore=job.train.ignore_classes if job.train else (),
-    )
+    frame = load_labels(labels, scene=scene, classes=job.classes, source="evaluate.labels", **label_options(job.train))
     return rasterize_labels(frame, scene, paths.truth)
 
 
@@ -67,7 +59,7 @@ def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log: Callable[[str]
     if not train_labels.exists():
         scene = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands)
         frame = load_labels(
-            pair.labels, scene=scene, classes=job.classes, field=train.label_field, ignore=train.ignore_classes
+            pair.labels, scene=scene, classes=job.classes, source="train.scenes[0].labels", **label_options(train, 0)
         )
         rasterize_labels(frame, scene, train_labels)
     log("evaluate: fitting the per-pixel colour baseline (logistic regression on band values)")
@@ -82,14 +74,7 @@ def _instance_metrics(job: Job, paths: JobPaths, mosaic: MosaicInfo, log: Callab
         log("evaluate: instance metrics need reference polygons (one per object), not a label raster; skipped")
         return {"skipped": "evaluate.labels is a raster"}
     scene = inspect_scene(predict_spec(job).scene, field="predict.scene", bands=job.bands)
-    frame = load_labels(
-        labels,
-        scene=scene,
-        classes=job.classes,
-        field=job.train.label_field if job.train else "class",
-        source="evaluate.labels",
-        ignore=job.train.ignore_classes if job.train else (),
-    )
+    frame = load_labels(labels, scene=scene, classes=job.classes, source="evaluate.labels", **label_options(job.train))
     table = read_instance_table(paths.instance_table)
     classes = sorted(set(table["class_id"].astype(int))) or list(range(1, len(job.classes)))
     # Reference pixels where the scene has no data are not expected to be found (as in the label raster).

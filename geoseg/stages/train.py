@@ -14,7 +14,7 @@ from geoseg._version import __version__
 from geoseg.config import Job
 from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError
-from geoseg.io.labels import load_labels, rasterize_labels
+from geoseg.io.labels import label_options, load_labels, rasterize_labels
 from geoseg.io.normalization import band_statistics
 from geoseg.io.raster import SceneInfo, inspect_scene
 from geoseg.models import is_instance_arch, output_stride
@@ -118,9 +118,8 @@ def _labels_of(job: Job, index: int, scene: SceneInfo):
         spec.scenes[index].labels,
         scene=scene,
         classes=job.classes,
-        field=spec.label_field,
         source=f"train.scenes[{index}].labels",
-        ignore=spec.ignore_classes,
+        **label_options(spec, index),
     )
 
 
