@@ -22,6 +22,7 @@ from geoseg.models.checkpoint import build_model_from_card, read_card, weights_s
 from geoseg.models.context import KNOWN_HALOS, has_global_context
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
 from geoseg.stages.progress import tile_progress
+from geoseg.stages.resolution import resolution_note
 from geoseg.stages.sections import predict_spec, resolved_halo
 from geoseg.tiling import Tile, check_tile_size, plan_tiles
 
@@ -83,6 +84,9 @@ def _checked_inputs(job: Job, log: Callable[[str], None]) -> tuple[Path, ModelCa
     _check_tiling(job, card, halo)
     if not is_instance_arch(card.arch):
         _note_seams(card, job, log)
+    note = resolution_note(str(scene.path), scene.transform, scene.crs, scene.height, scene.width, card)
+    if note:
+        log(note)
     return checkpoint, card, scene
 
 
