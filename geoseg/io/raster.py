@@ -48,6 +48,26 @@ class SceneInfo:
     def pixel_area(self) -> float:
         return abs(self.transform.a * self.transform.e)
 
+    def mismatch_fix(self, bands: int, dtype: str, what: str) -> str:
+        """The fix for a scene whose bands or data type differ from ``bands`` of ``dtype`` (``what`` has them).
+
+        Only a fix that works: ``bands:`` can pick a subset of a scene's bands, never add bands or
+        change the data type.
+        """
+        usable = self.count - (self.alpha is not None)
+        if dtype != self.dtype:
+            return (
+                f"{what} reads {dtype}, and no job setting converts {self.dtype} pixels: use imagery stored as "
+                f"{dtype}, or train a model on {self.dtype} imagery like this scene"
+            )
+        if usable >= bands:
+            example = ", ".join(str(b) for b in range(1, bands + 1))
+            return f"pick the {bands} band(s) {what} reads with `bands:` (e.g. `bands: [{example}]`)"
+        return (
+            f"this scene has only {usable} usable band(s) and {what} reads {bands}: use imagery with "
+            f"{bands} band(s), or train a model on {usable}-band imagery"
+        )
+
 
 def inspect_scene(path: str | Path, *, field: str = "scene", bands: list[int] | None = None) -> SceneInfo:
     """Open a GeoTIFF's header and check that geoseg can use it.

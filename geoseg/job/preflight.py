@@ -109,8 +109,8 @@ def _check_band_match(scene: SceneInfo, reference: SceneInfo, field: str, proble
     if len(scene.bands) != len(reference.bands) or scene.dtype != reference.dtype:
         problems.append(
             f"{scene.path}: {field}: {len(scene.bands)} band(s) of {scene.dtype}, but the training scene "
-            f"{reference.path.name} has {len(reference.bands)} of {reference.dtype}; use matching imagery "
-            "or set `bands:`"
+            f"{reference.path.name} has {len(reference.bands)} of {reference.dtype}; "
+            + scene.mismatch_fix(len(reference.bands), reference.dtype, "the model")
         )
 
 
@@ -193,7 +193,7 @@ def _check_scene_against_card(
         problems.append(
             f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the "
             f"model in {checkpoint} was trained on {len(card.bands)} of {card.dtype}; "
-            "predict imagery like the training scenes, or choose them with `bands:`"
+            + scene.mismatch_fix(len(card.bands), card.dtype, "the model")
         )
     if (card.arch, card.encoder, card.options) != (job.model.arch, job.model.encoder, dict(job.model.options)):
         _check_checkpoint_stride(job, source, card, checkpoint, problems)

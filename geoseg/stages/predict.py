@@ -79,7 +79,8 @@ def _checked_inputs(job: Job, log: Callable[[str], None]) -> tuple[Path, ModelCa
     if len(scene.bands) != len(card.bands) or scene.dtype != card.dtype:
         raise InputRasterError(
             f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the model in {checkpoint} "
-            f"expects {len(card.bands)} of {card.dtype}; predict imagery like the training scenes"
+            f"expects {len(card.bands)} of {card.dtype}; "
+            + scene.mismatch_fix(len(card.bands), card.dtype, "the model")
         )
     _check_tiling(job, card, halo)
     if not is_instance_arch(card.arch):

@@ -108,13 +108,40 @@ def test_the_predict_stage_itself_refuses_a_mismatch_with_the_fix(tmp_path, rgbn
         run_predict(load_job(predict_job(tmp_path, scene, rgbn_card)), log=lambda message: None)
     message = str(caught.value)
     assert "\n" not in message and str(scene) in message and "predict.scene" in message
-    assert "4 band(s) of uint8" in message and "4 of uint16" in message and "predict imagery like" in message
+    assert "4 band(s) of uint8" in message and "4 of uint16" in message
+    assert message.endswith(
+        "the model reads uint16, and no job setting converts uint8 pixels: use imagery stored as "
+        "uint16, or train a model on uint8 imagery like this scene"
+    )
 
 
-def test_preflight_mismatch_message_names_the_fix(tmp_path, capsys, rgbn_card):
-    job = predict_job(tmp_path, _uint8_rgb(tmp_path), rgbn_card)
-    code, err = run_cli(["validate", job], capsys)
-    assert code == 2 and ("`bands:`" in err[0] or "imagery like" in err[0]), err
+@pytest.mark.parametrize(
+    "make, fix",
+    [
+        # Another data type: `bands:` cannot help, so it is not suggested.
+        (_uint8_rgb, "the model reads uint16, and no job setting converts uint8 pixels: use imagery stored as uint16"),
+        # Too few bands (the fourth is alpha): nor here.
+        (_uint16_rgba, "this scene has only 3 usable band(s) and the model reads 4: use imagery with 4 band(s)"),
+    ],
+)
+def test_preflight_mismatch_message_names_only_a_fix_that_works(tmp_path, capsys, rgbn_card, make, fix):
+    code, err = run_cli(["validate", predict_job(tmp_path, make(tmp_path), rgbn_card)], capsys)
+    assert code == 2 and len(err) == 1 and fix in err[0] and "`bands:`" not in err[0], err
+
+
+def test_a_scene_with_more_bands_than_the_model_is_told_to_pick_them_with_bands(tmp_path, capsys, rgbn):
+    """A 3-band model and the 4-band RGBN scene: `bands:` is the fix, and the fix works."""
+    three = inspect_scene(rgbn.scene, bands=[1, 2, 3])
+    checkpoint = tiny_unet_checkpoint(tmp_path / "ckpt", three)
+    scene_only = predict_job(tmp_path, rgbn.scene, checkpoint)
+    # The card's own bands are read when the job names none, so this validates; a job that asks for all four
+    # bands gets the fix, and following it validates.
+    assert run_cli(["validate", scene_only], capsys)[0] == 0
+    code, err = run_cli(["validate", predict_job(tmp_path, rgbn.scene, checkpoint, bands=[1, 2, 3, 4])], capsys)
+    assert code == 2 and len(err) == 2, err
+    assert "differs from the bands the model" in err[0] and "set it to [1, 2, 3]" in err[0], err[0]
+    assert err[1].endswith("pick the 3 band(s) the model reads with `bands:` (e.g. `bands: [1, 2, 3]`)"), err[1]
+    assert run_cli(["validate", predict_job(tmp_path, rgbn.scene, checkpoint, bands=[1, 2, 3])], capsys)[0] == 0
 
 
 def test_predict_only_job_uses_the_card_band_selection(tmp_path, capsys, rgbn):
