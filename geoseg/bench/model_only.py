@@ -9,7 +9,7 @@ import numpy as np
 import psutil
 
 from geoseg.bench.measure import Contention, cpu_seconds
-from geoseg.synthetic.blocks import CLASSES, MEAN, STD
+from geoseg.synthetic.blocks import CLASSES, scene_card
 
 __all__ = ["model_only_seconds", "random_checkpoint"]
 
@@ -65,19 +65,10 @@ def model_only_seconds(
 def random_checkpoint(folder: Path, arch: str, encoder: str, options: dict):
     import torch
 
-    from geoseg.models import ModelCard, build_model
-    from geoseg.models.card import Normalization
+    from geoseg.models import build_model
     from geoseg.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(arch, in_channels=3, num_classes=len(CLASSES), encoder=encoder, **options)
-    card = ModelCard(
-        arch=arch,
-        encoder=encoder,
-        options=options,
-        classes=tuple(CLASSES),
-        bands=(1, 2, 3),
-        dtype="uint8",
-        normalization=Normalization(mean=tuple(MEAN), std=tuple(STD)),
-    )
+    card = scene_card(arch, encoder, options)
     return save_checkpoint(folder, model, card)

@@ -31,8 +31,7 @@ import numpy as np
 import rasterio
 
 from geoseg.config.schema import TrainScene, TrainSpec
-from geoseg.models.card import ModelCard, Normalization
-from geoseg.synthetic.blocks import CLASSES, MEAN, STD, write_synthetic_scene
+from geoseg.synthetic.blocks import MEAN, scene_card, write_synthetic_scene
 from geoseg.train.plan import TrainingPlan, TrainingScene
 
 __all__ = ["bench_train"]
@@ -66,15 +65,7 @@ def _plan(
     steps: int,
 ) -> TrainingPlan:
     """The training plan of every run: the whole scene for training, no validation, the same schedule."""
-    card = ModelCard(
-        arch=arch,
-        encoder=encoder,
-        options=options,
-        classes=tuple(CLASSES),
-        bands=(1, 2, 3),
-        dtype="uint8",
-        normalization=Normalization(mean=tuple(MEAN), std=tuple(STD)),
-    )
+    card = scene_card(arch, encoder, options)
     spec = TrainSpec(
         scenes=[TrainScene(image=scene, labels=labels)],
         tile_size=tile_size,

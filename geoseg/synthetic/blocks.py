@@ -18,6 +18,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from geoseg.io.raster import iter_blocks
+from geoseg.models.card import ModelCard, Normalization
 
 __all__ = [
     "CLASSES",
@@ -25,6 +26,7 @@ __all__ = [
     "PIXEL_SIZE",
     "SCENE_CRS",
     "STD",
+    "scene_card",
     "scene_path",
     "synthetic_block",
     "usable_scene",
@@ -124,3 +126,16 @@ def usable_scene(path: Path, size: int) -> bool:
             )
     except rasterio.errors.RasterioIOError:
         return False
+
+
+def scene_card(arch: str, encoder: str, options: dict[str, Any]) -> ModelCard:
+    """The model card of a randomly initialised model for this scene: its 3 uint8 bands, classes and statistics."""
+    return ModelCard(
+        arch=arch,
+        encoder=encoder,
+        options=options,
+        classes=tuple(CLASSES),
+        bands=(1, 2, 3),
+        dtype="uint8",
+        normalization=Normalization(mean=tuple(MEAN), std=tuple(STD)),
+    )

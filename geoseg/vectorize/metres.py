@@ -194,11 +194,12 @@ def pixel_areas_m2(transform: Affine, crs: CRS, rows, cols) -> np.ndarray:
     corner_cols = cols[:, None] + np.array([0, 1, 1, 0])
     corner_rows = rows[:, None] + np.array([0, 0, 1, 1])
     x, y = a * corner_cols + b * corner_rows + c, d * corner_cols + e * corner_rows + f
-    rings = np.stack([x, y], axis=-1)  # (n, 4 corners, xy)
-    areas = areas_m2(shapely.polygons(rings), crs)
-    # Where the scale is true, the exact affine pixel area (a polygon's shoelace over large map
-    # coordinates would differ from it in the last bits).
     ground = _ground(crs.to_wkt())
-    planar = _true_scale(ground, x.mean(axis=1), y.mean(axis=1))
-    areas[planar] = abs(a * e - b * d) * ground.unit**2
+    # Where the scale is true, the exact affine pixel area (a polygon's shoelace over large map
+    # coordinates would differ from it in the last bits); geodesic pixel polygons elsewhere.
+    areas = np.full(len(rows), abs(a * e - b * d) * ground.unit**2)
+    curved = ~_true_scale(ground, x.mean(axis=1), y.mean(axis=1))
+    if curved.any():
+        rings = np.stack([x[curved], y[curved]], axis=-1)  # (n, 4 corners, xy)
+        areas[curved] = _geodesic_areas(ground, shapely.polygons(rings))
     return areas
