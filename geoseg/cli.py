@@ -1,9 +1,8 @@
 """Command line: parse, call the library, map errors to one line and an exit code.
 
-Exit codes: 0 success; 2 bad job or input, 1 a known failure while running (a
-``GeosegError``: its message, one line per problem, no traceback); 1 for any
-other exception, a bug: its whole traceback, then one line saying so; 130
-interrupted. ``GEOSEG_DEBUG=1`` lets every exception through with its traceback.
+Exit codes: 0 success; 2 bad job or input, 1 a known failure while running (a ``GeosegError``: its message, one
+line per problem, no traceback); 1 for any other exception, a bug: its whole traceback, then one line saying so;
+130 interrupted. ``GEOSEG_DEBUG=1`` lets every exception through with its traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ def _cmd_validate(args) -> int:
 def _cmd_run(args) -> int:
     from geoseg.job import run_job
 
-    run_job(args.job, stages=args.stages, address=args.address, log=_log, force=args.force)
+    run_job(args.job, stages=args.stages, address=args.address, log=_log, force=args.force, verbose=args.verbose)
     return 0
 
 
@@ -44,7 +43,7 @@ def _stage_command(stage: str):
     def command(args) -> int:
         from geoseg.job import run_job
 
-        run_job(args.job, stages=[stage], address=getattr(args, "address", None), log=_log)
+        run_job(args.job, stages=[stage], address=getattr(args, "address", None), log=_log, verbose=args.verbose)
         return 0
 
     return command
@@ -61,39 +60,17 @@ def _cmd_demo_data(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from geoseg.errors import ModelError
-    from geoseg.models import ARCHITECTURES, is_instance_arch, model_info, resolve_encoder
-    from geoseg.models.context import KNOWN_HALOS, exact_tiling
-    from geoseg.models.registry import SMP_ARCHITECTURES
+    from geoseg.models.table import architecture_table
 
-    # Sized for 3 bands and 2 classes. halo: the pre-measured safe halo (`halo: auto` measures
-    # others); tiling: "exact" when crop mode with that halo equals whole-image prediction,
-    # "blend" when no halo can (global context, or a resampling grid that moves with the tile).
-    rows, refused = [], []
-    for arch, source in ARCHITECTURES.items():
-        # --encoder sizes the smp architectures; torchvision's have a fixed backbone.
-        encoder = args.encoder if arch in SMP_ARCHITECTURES else resolve_encoder(arch)
-        try:
-            info = model_info(arch, encoder=encoder)
-        except ModelError as exc:
-            refused.append(exc)
-            rows.append(f"{arch:<21} {source:<35} {encoder:<14} not available: {exc}")
-            continue
-        known = arch in KNOWN_HALOS and info.encoder == resolve_encoder(arch)
-        halo = str(KNOWN_HALOS[arch]) if known else "-"
-        tiling = "instances" if is_instance_arch(arch) else "exact (crop)" if exact_tiling(arch) else "blend"
-        rows.append(
-            f"{arch:<21} {source:<35} {info.encoder:<14} {info.parameters:>12,} {info.stride:>6} "
-            f"{info.smallest_tile:>13} {halo:>5}  {tiling}"
-        )
-    if len(refused) >= len(SMP_ARCHITECTURES):  # no smp architecture takes this encoder: a bad argument
-        raise refused[0]
-    _log(
-        f"{'arch':<21} {'source':<35} {'encoder':<14} {'parameters':>12} {'stride':>6} {'smallest tile':>13} "
-        f"{'halo':>5}  tiling"
-    )
-    for row in rows:
-        _log(row)
+    for line in architecture_table(args.encoder):
+        _log(line)
+    return 0
+
+
+def _cmd_weights_fetch(args) -> int:
+    from geoseg.job.weights import fetch_job_weights
+
+    fetch_job_weights(args.job, log=_log)
     return 0
 
 
@@ -245,6 +222,7 @@ def _add_job_commands(sub) -> None:
         help="run every stage again, even when the last run already finished this job "
         "(by default such a rerun does nothing and says so)",
     )
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output here, not in the run's ray.log")
     p.set_defaults(func=_cmd_run)
 
     for stage in STAGES:
@@ -252,6 +230,7 @@ def _add_job_commands(sub) -> None:
         p.add_argument("job", help="job YAML file")
         if stage.uses_ray_address:
             p.add_argument("--address", help="Ray cluster address")
+        p.add_argument("--verbose", action="store_true", help="show Ray's own output here, not in the run's ray.log")
         p.set_defaults(func=_stage_command(stage.name))
 
 
@@ -354,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model architectures")
     p.add_argument("--encoder", default="resnet18", help="encoder to size them with (default: resnet18)")
     p.set_defaults(func=_cmd_models)
+    weights = sub.add_parser("weights", help="pretrained encoder weights").add_subparsers(dest="weights", required=True)
+    p = weights.add_parser("fetch", help="download a job's model.encoder_weights into their library's cache")
+    p.add_argument("job", help="job YAML file")
+    p.set_defaults(func=_cmd_weights_fetch)
     return parser
 
 

@@ -48,7 +48,11 @@ class JobConfigError(GeosegError, ValueError):
 
 
 class InputRasterError(GeosegError, OSError):
-    """A raster is missing, unreadable, lacks a CRS or does not fit the job."""
+    """A raster is missing, unreadable, lacks a CRS or does not fit the job (``problems``: one line each)."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class InputVectorError(GeosegError, OSError):

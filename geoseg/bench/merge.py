@@ -35,9 +35,10 @@ from geoseg.evaluate.instances import instance_report, truth_instances
 from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
 from geoseg.io.labels import label_options, load_labels
 from geoseg.io.masks import bbox_pairs, load_masks, mask_iou
-from geoseg.io.raster import inspect_scene, read_valid
+from geoseg.io.raster import read_valid
 from geoseg.job import load_job
-from geoseg.stages.sections import evaluate_spec, predict_spec, resolved_halo
+from geoseg.stages.scene import predicted_scene
+from geoseg.stages.sections import evaluate_spec, resolved_halo
 from geoseg.tiling import plan_tiles
 
 __all__ = ["bench_merge"]
@@ -54,7 +55,7 @@ def bench_merge(job_path: str | Path, *, log: Callable[[str], None] = print) -> 
             "with an instance model first"
         )
     detections = [d for f in files for d in load_masks(f)]
-    scene = inspect_scene(predict_spec(job).scene, field="predict.scene", bands=job.bands)
+    scene = predicted_scene(job, job.bands)
     labels = load_labels(
         evaluate_spec(job).labels,
         scene=scene,

@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from os import PathLike
+from typing import Literal
 
-__all__ = ["label_text", "label_words", "unknown_label_classes"]
+__all__ = ["BOX_SUFFIXES", "RASTER_SUFFIXES", "label_kind", "label_text", "label_words", "unknown_label_classes"]
+
+RASTER_SUFFIXES = (".tif", ".tiff")  # label rasters: class values on a grid
+BOX_SUFFIXES = (".csv",)  # box tables: xmin, ymin, xmax, ymax, label
+
+LabelKind = Literal["vector", "raster", "boxes"]
+
+
+def label_kind(location: str | PathLike[str]) -> LabelKind:
+    """What a label file holds, by its name: a label raster, a box table, or vector features (anything else)."""
+    suffix = str(location).lower().rsplit("/", 1)[-1]
+    if suffix.endswith(RASTER_SUFFIXES):
+        return "raster"
+    if suffix.endswith(BOX_SUFFIXES):
+        return "boxes"
+    return "vector"
+
 
 # PyYAML (YAML 1.1) reads these unquoted words, in any of the cases it accepts, as booleans.
 _YAML_WORDS = {True: ("true", "yes", "on"), False: ("false", "no", "off")}
@@ -34,21 +52,26 @@ def label_words(key: str) -> tuple[str, ...]:
 
 
 def unknown_label_classes(
-    scenes: Iterable[tuple[Mapping[str, str], str | None]],
+    scenes: Iterable[tuple[Mapping[str, str], str | None] | tuple[str, Mapping[str, str], str | None]],
     buffer_m: Iterable[str],
     classes: list[str],
     ignore: list[str],
 ) -> list[str]:
-    """One line per class name that ``label_map``, ``label_class`` or ``buffer_m`` gives and ``classes`` lacks."""
+    """One line per class name that ``label_map``, ``label_class`` or ``buffer_m`` gives and ``classes`` lacks.
+
+    ``scenes`` holds ``(label_map, label_class)`` per scene (named ``train.scenes[i]``), or
+    ``(where, label_map, label_class)`` per label source (:meth:`TrainSpec.label_namings`).
+    """
     known = ", ".join(classes)
     found = []
-    for i, (label_map, label_class) in enumerate(scenes):
+    for i, naming in enumerate(scenes):
+        where, label_map, label_class = naming if len(naming) == 3 else (f"train.scenes[{i}]", *naming)
         found += [
-            f"train.scenes[{i}].label_map: {key!r} maps to {name!r}, which is not in classes: ({known})"
+            f"{where}.label_map: {key!r} maps to {name!r}, which is not in classes: ({known})"
             for key, name in label_map.items()
             if name not in classes and name not in ignore
         ]
         if label_class is not None and label_class not in classes:
-            found.append(f"train.scenes[{i}].label_class: {label_class!r} is not in classes: ({known})")
+            found.append(f"{where}.label_class: {label_class!r} is not in classes: ({known})")
     found += [f"train.buffer_m: {name!r} is not in classes: ({known})" for name in buffer_m if name not in classes]
     return found

@@ -40,12 +40,8 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        annotation = model.model_fields[part].annotation
-        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        inner += [
-            b for a in getattr(annotation, "__args__", ()) for b in getattr(a, "__args__", ()) if isinstance(b, type)
-        ]
-        sections = [a for a in inner if issubclass(a, BaseModel)]
+        kinds = _nested_types(model.model_fields[part].annotation)
+        sections = [a for a in kinds if isinstance(a, type) and issubclass(a, BaseModel)]
         if not sections:
             return []
         model = sections[0]
@@ -74,10 +70,12 @@ def _resolve_paths(model: _Model, base: Path) -> _Model:
     for name, value in model:
         if isinstance(value, Path) and not value.is_absolute():
             updates[name] = (base / value).resolve()
+        elif isinstance(value, list) and any(isinstance(item, Path) for item in value):  # predict.scene: files
+            updates[name] = [(base / v).resolve() if isinstance(v, Path) and not v.is_absolute() else v for v in value]
         elif isinstance(value, BaseModel):
             updates[name] = _resolve_paths(value, base)
         elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
-            updates[name] = [_resolve_paths(item, base) for item in value]
+            updates[name] = type(value)(_resolve_paths(item, base) for item in value)  # keeps LabelSources
     return model.model_copy(update=updates)
 
 
@@ -100,8 +98,10 @@ def _rebase(data: dict[str, Any], model: type[BaseModel], base: str) -> dict[str
             continue  # an unknown key: load_job reports it where the copy runs
         kinds = _nested_types(field.annotation)
         if Path in kinds and isinstance(value, str):
-            if value and not is_uri(value) and not posixpath.isabs(value):
-                out[key] = posixpath.normpath(posixpath.join(base, value))
+            out[key] = _rebase_path(value, base)
+            continue
+        if Path in kinds and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            out[key] = [_rebase_path(v, base) for v in value]
             continue
         sections = [kind for kind in kinds if isinstance(kind, type) and issubclass(kind, BaseModel)]
         if sections and isinstance(value, dict):
@@ -109,6 +109,12 @@ def _rebase(data: dict[str, Any], model: type[BaseModel], base: str) -> dict[str
         elif sections and isinstance(value, list):
             out[key] = [_rebase(item, sections[0], base) if isinstance(item, dict) else item for item in value]
     return out
+
+
+def _rebase_path(value: str, base: str) -> str:
+    if value and not is_uri(value) and not posixpath.isabs(value):
+        return posixpath.normpath(posixpath.join(base, value))
+    return value
 
 
 def _nested_types(annotation: object) -> list[object]:
@@ -120,6 +126,8 @@ def _nested_types(annotation: object) -> list[object]:
         if kind not in found:
             found.append(kind)
             todo.extend(typing.get_args(kind))
+            if isinstance(kind, type) and issubclass(kind, list):  # a typed list, e.g. LabelSources(list[LabelSource])
+                todo.extend(getattr(kind, "__orig_bases__", ()))
     return found
 
 

@@ -7,15 +7,20 @@ the job file's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from geoseg.config.label_values import label_text, unknown_label_classes
-from geoseg.config.locations import RemotePath, is_uri
+from geoseg.config.base import InputLocation, Strict
+from geoseg.config.label_values import unknown_label_classes
+from geoseg.config.locations import is_uri
+from geoseg.config.model_spec import ModelSpec
+from geoseg.config.predict_spec import PredictSpec
 from geoseg.config.stages import STAGE_NAMES, STAGES, StageName
+from geoseg.config.train_spec import LOSS_NAMES, TrainScene, TrainSpec
 
 __all__ = [
+    "LOSS_NAMES",
     "EvaluateSpec",
     "InstanceSpec",
     "Job",
@@ -27,49 +32,6 @@ __all__ = [
     "TrainSpec",
     "VectorizeSpec",
 ]
-
-
-def _input_location(value: object) -> Path | RemotePath:
-    """A local path (relative to the job file) or an object-storage URI such as ``s3://bucket/key``."""
-    if is_uri(value):
-        return RemotePath(value)
-    if isinstance(value, (str, Path)) and str(value):
-        return Path(value)
-    raise ValueError("must be a file path or an s3:// URI")
-
-
-# Inputs may live in object storage (read through GDAL); outputs are local or shared folders.
-InputLocation = Annotated[Path, PlainValidator(_input_location)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSpec(Strict):
-    arch: str = Field(default="unet", description="Architecture name from `geoseg models` (e.g. unet, deeplabv3plus).")
-    encoder: str = Field(default="resnet18", description="segmentation-models-pytorch encoder name (random init).")
-    weights: Path | None = Field(
-        default=None, description="Optional local .safetensors file to start from; never downloaded."
-    )
-    options: dict[str, int | float | str | bool | list[int]] = Field(
-        default_factory=dict,
-        description="Extra keyword arguments for the architecture (e.g. encoder_depth, decoder_channels).",
-    )
-
-    @field_validator("options")
-    @classmethod
-    def _no_reserved_options(
-        cls, value: dict[str, int | float | str | bool | list[int]]
-    ) -> dict[str, int | float | str | bool | list[int]]:
-        # geoseg sets these itself from the job (bands, classes, model.encoder).
-        reserved = sorted({"in_channels", "classes", "num_classes", "encoder", "encoder_name"} & set(value))
-        if reserved:
-            raise ValueError(
-                f"{reserved[0]!r} is set by geoseg (from bands:, classes: or model.encoder); "
-                "remove it from model.options"
-            )
-        return value
 
 
 class Tiling(Strict):
@@ -110,139 +72,6 @@ class Tiling(Strict):
         if self.halo == "auto":
             raise ValueError("tiling.halo 'auto' must be resolved (load_job does) before the core is known")
         return self.tile_size - 2 * self.halo
-
-
-class TrainScene(Strict):
-    image: InputLocation = Field(description="Training GeoTIFF (a path or an s3:// URI).")
-    labels: InputLocation = Field(
-        description="Label features (GeoPackage/GeoJSON/Shapefile; a path or an s3:// URI): polygons, or lines and "
-        "points given a width with train.buffer_m."
-    )
-    label_field: str | None = Field(
-        default=None, description="Attribute holding the class of this scene's labels; default: train.label_field."
-    )
-    label_map: dict[str, str] = Field(
-        default_factory=dict,
-        description="Attribute value -> class name, compared as text (README: Labels); other values are class names.",
-    )
-    label_class: str | None = Field(
-        default=None, description="One class for every feature of the layer (labels without a class attribute)."
-    )
-
-    @field_validator("label_map", mode="before")
-    @classmethod
-    def _keys_as_text(cls, value: object) -> object:
-        return {label_text(k): v for k, v in value.items()} if isinstance(value, dict) else value
-
-    @model_validator(mode="after")
-    def _one_way_to_name_classes(self) -> TrainScene:
-        if self.label_class is not None and (self.label_map or self.label_field is not None):
-            raise ValueError("label_class gives every feature one class; remove label_field and label_map, or it")
-        return self
-
-
-# The names geoseg.train.losses builds (kept here so validating a job does not import torch).
-LOSS_NAMES = ("ce", "weighted_ce", "border_ce", "dice", "focal", "lovasz", "jaccard", "tversky")
-
-
-class TrainSpec(Strict):
-    scenes: list[TrainScene] = Field(min_length=1, description="Training scenes with their label polygons.")
-    label_field: str = Field(
-        default="class", description="Attribute of the label features holding the class name (scenes may override)."
-    )
-    buffer_m: dict[str, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=dict,
-        description=(
-            "Class name -> half-width in metres given to its line and point labels (e.g. {road: 3.5}), measured "
-            "on the ground (a local azimuthal projection where the labels are in degrees or Web Mercator)."
-        ),
-    )
-    ignore_classes: list[str] = Field(
-        default_factory=list,
-        description=(
-            "Label class names to leave out of training and evaluation (e.g. everything but `building` for a "
-            "building-instance job on labels that also map roads and water)."
-        ),
-    )
-    tile_size: int = Field(default=256, gt=0, description="Pixels a side of each training crop.")
-    batch_size: int = Field(default=8, gt=0, description="Crops per step per worker.")
-    epochs: int = Field(default=6, gt=0, description="Training epochs.")
-    steps_per_epoch: int = Field(default=60, gt=0, description="Optimizer steps per epoch per worker.")
-    learning_rate: float = Field(
-        default=2e-3, gt=0, description="Peak learning rate of the one-cycle schedule (AdamW)."
-    )
-    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
-    seed: int = Field(default=0, description="Seed for crops, augmentation and initial weights.")
-    max_failures: int = Field(
-        default=0, ge=-1, description="Worker failures Ray Train retries from the last checkpoint (-1: forever)."
-    )
-    loss: dict[str, float] = Field(
-        default_factory=lambda: {"ce": 1.0, "dice": 1.0},
-        description=(
-            "Losses and their weights, summed: ce, weighted_ce (median-frequency class weights), border_ce "
-            "(U-Net border weights; needs label polygons), dice, focal, lovasz, jaccard, tversky."
-        ),
-    )
-    schedule: Literal["onecycle", "cosine"] = Field(default="onecycle", description="Learning-rate schedule (AdamW).")
-    validation_fraction: float = Field(
-        default=0.15,
-        ge=0,
-        lt=0.5,
-        description=(
-            "Share of every training scene held out as a validation strip (never cropped for training); 0: none."
-        ),
-    )
-    validation_side: Literal["bottom", "top", "left", "right"] = Field(
-        default="bottom", description="Side of each scene the validation strip lies along."
-    )
-    early_stopping: int | None = Field(
-        default=None,
-        gt=0,
-        description="Stop after this many epochs without a better validation mIoU; null: run every epoch.",
-    )
-    oversample: float = Field(
-        default=0.5,
-        ge=0,
-        le=1,
-        description="Share of crops centred on a class drawn uniformly among those present (lifts rare classes).",
-    )
-    jitter: float = Field(
-        default=0.1,
-        ge=0,
-        lt=1,
-        description="Photometric jitter: per-band gain 1±jitter and offset ±jitter (in band std); 0: off.",
-    )
-    empty_ratio: float = Field(
-        default=0.1,
-        ge=0,
-        lt=1,
-        description=(
-            "Instance models (Mask R-CNN): share of training crops drawn where no instance is (teaches what is "
-            "not a building); the rest are centred near a random instance."
-        ),
-    )
-
-    @field_validator("loss")
-    @classmethod
-    def _known_losses(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(LOSS_NAMES))
-        if unknown:
-            raise ValueError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSS_NAMES)}")
-        if any(w < 0 for w in value.values()) or not sum(value.values()) > 0:
-            raise ValueError(f"loss weights must be >= 0 with a positive sum (got {value})")
-        return value
-
-
-class PredictSpec(Strict):
-    scene: InputLocation = Field(description="GeoTIFF to map (a path or an s3:// URI); read tile by tile.")
-    batch_size: int = Field(default=4, gt=0, description="Tiles per forward pass.")
-    checkpoint: Path | None = Field(
-        default=None, description="Checkpoint folder; default: <output_dir>/checkpoint from the train stage."
-    )
-    scores: bool = Field(default=False, description="Also write per-class probabilities (uint8, p*255) to the mosaic.")
-    zarr_format: Literal[2, 3] = Field(
-        default=2, description="2: read by GDAL >= 3.4 and xarray; 3: sharded (one shard per tile core)."
-    )
 
 
 class VectorizeSpec(Strict):
@@ -397,13 +226,18 @@ class Job(Strict):
                     f"train.ignore_classes names {clash!r}, which are also in classes:; remove them from one of the two"
                 )
             unknown_names = unknown_label_classes(
-                ((s.label_map, s.label_class) for s in self.train.scenes),
+                self.train.label_namings(),
                 self.train.buffer_m,
                 self.classes,
                 self.train.ignore_classes,
             )
             if unknown_names:
                 raise ValueError("; ".join(unknown_names))
+        if self.predict and self.predict.on_read_error == "skip" and self.tiling.stitch == "blend":
+            raise ValueError(
+                "predict.on_read_error: skip leaves unread tiles out, which blending cannot do without; "
+                "use tiling.stitch: crop, or on_read_error: stop"
+            )
         if self.vectorize.classes:
             unknown = [c for c in self.vectorize.classes if c not in self.classes]
             if unknown:

@@ -70,9 +70,9 @@ def _read(
 
 
 def colour_baseline(
-    train_scene: Path,
+    train_scene: str | Path,
     train_labels: Path,
-    survey_scene: Path,
+    survey_scene: str | Path,
     survey_labels: Path,
     class_names: Sequence[str],
     *,

@@ -11,6 +11,10 @@ A tile is read as core + halo, mirror-padded outside the scene like every
 geoseg tile; detections are clipped to the scene (what the model found in the
 mirrored margin is not there). A detection whose mask reaches the window's
 edge *inside the scene* is marked ``cut``: the tile saw only part of it.
+
+A tile whose read fails stops the run, or with ``on_read_error="skip"`` gets
+no file and comes back as an :class:`~geoseg.io.mosaic.UnreadTile` in place of
+its index: the stage leaves its core invalid, and a rerun detects it again.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
+from geoseg.infer.predict import OnReadError, read_or_skip
 from geoseg.io.masks import InstanceMask, save_masks, tight
+from geoseg.io.mosaic import UnreadTile
 from geoseg.io.normalization import normalize
-from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
+from geoseg.io.raster import ThreadLocalRaster, read_valid
 from geoseg.models.checkpoint import load_checkpoint
 from geoseg.tiling import Tile
 
@@ -132,6 +138,7 @@ class TileDetector:
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
         min_area: int = 16,
+        on_read_error: OnReadError = "stop",
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -148,6 +155,7 @@ class TileDetector:
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
         self.min_area = min_area
+        self.on_read_error: OnReadError = on_read_error
         self._scenes = ThreadLocalRaster(scene)
         self._forward_lock = threading.Lock()
         self.scene_shape = (self.scene.height, self.scene.width)
@@ -157,15 +165,28 @@ class TileDetector:
         """This thread's handle on the scene (opened on first use)."""
         return self._scenes.get()
 
-    def __call__(self, tiles: list[Tile]) -> list[int]:
+    def __call__(self, tiles: list[Tile]) -> list[int | UnreadTile]:
+        """Detect in ``tiles``; each one's index, or (``on_read_error`` skip) why it could not be read."""
         inputs = np.empty((len(tiles), len(self.bands), tiles[0].size, tiles[0].size), np.float32)
+        read: list[Tile] = []
         valids = []
-        for i, tile in enumerate(tiles):
-            pixels, _ = read_tile(self.scene, tile, self.bands)
-            inputs[i] = normalize(pixels, self.mean, self.std)
-            valids.append(_window_valid(self.scene, tile))
-        with self._forward_lock:  # one batch in the model at a time; I/O of other calls overlaps it
-            outputs = run_detector(self.model, inputs, self.device)
+        unread: list[int | UnreadTile] = []
+        for tile in tiles:
+            got = read_or_skip(self.scene, tile, self.bands, self.on_read_error)
+            if isinstance(got, UnreadTile):
+                unread.append(got)
+                continue
+            inputs[len(read)] = normalize(got[0], self.mean, self.std)
+            read.append(tile)
+            valids.append(_window_valid(self.scene, tile))  # the blocks read_tile just decoded
+        if read:
+            with self._forward_lock:  # one batch in the model at a time; I/O of other calls overlaps it
+                outputs = run_detector(self.model, inputs[: len(read)], self.device)
+            self._save(read, outputs, valids)
+        return [tile.index for tile in read] + unread
+
+    def _save(self, tiles: list[Tile], outputs: list[dict], valids: list[np.ndarray]) -> None:
+        """Each tile's detections, in scene pixels, to its own file."""
         for tile, output, valid in zip(tiles, outputs, valids, strict=True):
             top, left = tile.row - tile.halo, tile.col - tile.halo
             window = (top, left, top + tile.size, left + tile.size)
@@ -182,7 +203,6 @@ class TileDetector:
                 min_area=self.min_area,
             )
             save_masks(tile_file(self.out_dir, tile.index), masks)
-        return [tile.index for tile in tiles]
 
     def close(self) -> None:
         self._scenes.close()

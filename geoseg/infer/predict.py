@@ -13,26 +13,36 @@ multi-threaded model; on a GPU it keeps the device fed. Each thread reads
 through its own GDAL dataset handle (GDAL handles are not thread-safe);
 chunks are still written once each, and a tile's result does not depend on
 which batch or thread it went through, so the bytes do not change.
+
+A tile whose read fails (a block damaged after the inputs were checked) stops
+the run, or with ``on_read_error="skip"`` has its chunk written invalid, as
+outside the data, and comes back as an :class:`~geoseg.io.mosaic.UnreadTile`
+saying why, in place of its index.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import rasterio
 import torch
 from rasterio.windows import Window
 
+from geoseg.errors import InputRasterError
 from geoseg.infer.blend import BlendScratch, blend_tiles
-from geoseg.io.mosaic import mark_done, open_mosaic, write_block
+from geoseg.io.integrity import gdal_reason
+from geoseg.io.mosaic import UnreadTile, leave_invalid, mark_done, open_mosaic, write_block
 from geoseg.io.normalization import normalize
 from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
 from geoseg.models.checkpoint import load_checkpoint
 from geoseg.tiling import Tile
 
-__all__ = ["TileBlender", "TilePredictor", "predict_logits", "quantized_scores"]
+__all__ = ["TileBlender", "TilePredictor", "predict_logits", "quantized_scores", "read_or_skip"]
+
+OnReadError = Literal["stop", "skip"]
 
 
 def predict_logits(model: torch.nn.Module, batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -54,6 +64,20 @@ def quantized_scores(logits: torch.Tensor) -> np.ndarray:
     return torch.round(torch.softmax(logits, dim=1) * 255).to(torch.uint8).numpy()
 
 
+def read_or_skip(
+    src: rasterio.DatasetReader, tile: Tile, bands: tuple[int, ...], on_read_error: OnReadError
+) -> tuple[np.ndarray, np.ndarray] | UnreadTile:
+    """:func:`~geoseg.io.raster.read_tile`, or where it fails and ``on_read_error`` is skip, why it failed."""
+    try:
+        return read_tile(src, tile, bands)
+    except InputRasterError as error:
+        if on_read_error == "stop":
+            raise
+        # read_tile raises ``from None``: GDAL's error is hidden from tracebacks but kept as the context.
+        reason = gdal_reason(error)
+        return UnreadTile(str(src.name), tile.index, tile.row, tile.col, tile.height, tile.width, reason)
+
+
 class TilePredictor:
     """Reads tiles of one scene, runs the model, writes each core once."""
 
@@ -66,6 +90,7 @@ class TilePredictor:
         device: str = "cpu",
         threads: int | None = None,
         stitch: str = "crop",
+        on_read_error: OnReadError = "stop",
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -88,26 +113,47 @@ class TilePredictor:
         self._forward_lock = threading.Lock()
         self.mosaic = open_mosaic(mosaic, mode="r+")
         self.scratch = BlendScratch(self.mosaic) if stitch == "blend" else None
+        self.on_read_error: OnReadError = on_read_error
 
     @property
     def scene(self) -> rasterio.DatasetReader:
         """This thread's handle on the scene (opened on first use)."""
         return self._scenes.get()
 
-    def __call__(self, tiles: list[Tile]) -> list[int]:
+    def __call__(self, tiles: list[Tile]) -> list[int | UnreadTile]:
+        """Predict ``tiles``; each one's index, or (``on_read_error`` skip) why it was left invalid."""
+        read, inputs, valids, unread = self._read(tiles)
+        if read:
+            with self._forward_lock:  # one batch in the model at a time; I/O of other calls overlaps it
+                logits = predict_logits(self.model, inputs, self.device)
+            del inputs
+            self._write(read, logits, valids)
+        return [tile.index for tile in read] + unread
+
+    def _read(self, tiles: list[Tile]) -> tuple[list[Tile], np.ndarray, list[np.ndarray], list[int | UnreadTile]]:
+        """The tiles read, their normalized inputs and core validity; the chunks of those that failed left invalid."""
         inputs = np.empty((len(tiles), len(self.bands), tiles[0].size, tiles[0].size), np.float32)
+        read: list[Tile] = []
         valids = []
-        for i, tile in enumerate(tiles):
-            pixels, valid = read_tile(self.scene, tile, self.bands)
-            inputs[i] = normalize(pixels, self.mean, self.std)
+        unread: list[int | UnreadTile] = []
+        for tile in tiles:
+            got = read_or_skip(self.scene, tile, self.bands, self.on_read_error)
+            if isinstance(got, UnreadTile):
+                leave_invalid(self.mosaic, tile.row, tile.col, tile.height, tile.width)
+                unread.append(got)
+                continue
+            pixels, valid = got
+            inputs[len(read)] = normalize(pixels, self.mean, self.std)
+            read.append(tile)
             valids.append(valid)
-        with self._forward_lock:  # one batch in the model at a time; I/O of other calls overlaps it
-            logits = predict_logits(self.model, inputs, self.device)
-        del inputs
+        return read, inputs[: len(read)], valids, unread
+
+    def _write(self, tiles: list[Tile], logits: torch.Tensor, valids: list[np.ndarray]) -> None:
+        """Write the tiles' cores (blend mode, first pass: their whole windows' probabilities)."""
         if self.scratch is not None:  # blend mode, first pass: keep whole windows for the blend pass
             for tile, probs in zip(tiles, torch.softmax(logits, dim=1).numpy(), strict=True):
                 self.scratch.write(tile, probs)
-            return [tile.index for tile in tiles]
+            return
         batch_logits = logits.numpy()
         for tile, tile_logits, valid in zip(tiles, batch_logits, valids, strict=True):
             # Only the core is kept, so only the core is reduced.
@@ -120,7 +166,6 @@ class TilePredictor:
                 score[:, ~valid] = 0
             write_block(self.mosaic, tile.row, tile.col, label, valid.astype(np.uint8), score)
             mark_done(self.mosaic, tile.row, tile.col)  # only after the pixels are on disk
-        return [tile.index for tile in tiles]
 
     def close(self) -> None:
         self._scenes.close()

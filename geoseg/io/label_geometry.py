@@ -79,11 +79,16 @@ def _true_metres(crs: CRS, lon: float, lat: float) -> bool:
 
 
 def no_overlap(
-    frame: gpd.GeoDataFrame, labels_crs: object, labels_bounds: np.ndarray, scene: SceneInfo, where: str
+    frame: gpd.GeoDataFrame,
+    labels_crs: object,
+    labels_bounds: np.ndarray,
+    scene: SceneInfo,
+    where: str,
+    what: str = "label polygon",
 ) -> list[str]:
     """A line saying where labels and scene lie when no label (``frame``, in the scene CRS) touches it, else nothing.
 
-    ``labels_crs`` and ``labels_bounds`` are the labels' own, as read from the file.
+    ``labels_crs`` and ``labels_bounds`` are the labels' own, as read from the file; ``what`` names one label.
     """
     if frame.empty:
         return [f"{where}: no label features left (all empty, or in train.ignore_classes); check the labels"]
@@ -95,7 +100,7 @@ def no_overlap(
         there = transform_bounds(scene_crs, native, *scene.bounds, densify_pts=21)
         scene_there = f", i.e. {_bounds(there, native)} in {_crs_name(native)}"
     return [
-        f"{where}: no label polygon overlaps the scene {scene.path.name}: labels bounds "
+        f"{where}: no {what} overlaps the scene {scene.path.name}: labels bounds "
         f"{_bounds(labels_bounds, native)} in {_crs_name(native)}, scene bounds "
         f"{_bounds(scene.bounds, scene_crs)} in {_crs_name(scene_crs)}{scene_there} (west, south, east, north); "
         "check that the labels belong to this scene and were saved with their true CRS"

@@ -8,12 +8,14 @@ Layout (Zarr format 2 by default, so GDAL >= 3.4 and xarray both read it)::
       scores       uint8  (class, y, x)  optional: softmax probability × 255, rounded
       x, y         float64        pixel-centre coordinates in the scene CRS
       spatial_ref  int32 scalar   CF grid mapping: crs_wkt, spatial_ref, GeoTransform
-      done         uint8  (chunk rows, chunk cols)  1 once that chunk is written
+      done         uint8  (chunk rows, chunk cols)  1 once that chunk is written (2: written invalid, unread)
 
 ``done`` has one element per Zarr chunk of ``labels`` and is itself chunked
 1×1, so marking a chunk done is a write to a file of its own: still one writer
 per chunk, no read-modify-write. A chunk is marked only after its pixels are
-written, so a killed run never counts a chunk it did not finish.
+written, so a killed run never counts a chunk it did not finish. A chunk whose tile could not
+be read (``predict.on_read_error: skip``) is written all 0, as outside the data, and marked
+:data:`UNREAD`: the next run that predicts retries it. ``geoseg.unread_tiles`` says why.
 
 Georeferencing is written three ways (DESIGN.md §4): CF (``grid_mapping`` on every
 data array pointing at ``spatial_ref``), GDAL's ``_CRS`` attribute, and the 1-D
@@ -25,7 +27,7 @@ core, so each chunk is written exactly once by one task.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -38,17 +40,37 @@ from geoseg.errors import InputRasterError
 
 __all__ = [
     "DATA_ARRAYS",
+    "DONE",
+    "UNREAD",
     "MosaicInfo",
+    "UnreadTile",
     "create_mosaic",
     "done_chunks",
     "geoseg_attrs",
+    "leave_invalid",
     "mark_done",
     "member_array",
     "open_mosaic",
+    "read_unread_tiles",
+    "record_unread_tiles",
     "write_block",
 ]
 
 DATA_ARRAYS = ("labels", "valid")
+DONE, UNREAD = 1, 2  # values of ``done``: predicted; left invalid because its tile could not be read
+
+
+@dataclass(frozen=True)
+class UnreadTile:
+    """A tile whose pixels could not be read: its core (``row``, ``col``, ``height``, ``width``) is left invalid."""
+
+    file: str
+    tile: int  # the tile's index in the tile plan
+    row: int
+    col: int
+    height: int
+    width: int
+    reason: str  # GDAL's words, e.g. ``TIFFReadEncodedTile() failed.``
 
 
 def member_array(group: zarr.Group, name: str) -> zarr.Array:
@@ -105,10 +127,8 @@ class MosaicInfo:
 
 def _pixel_centres(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     # Coordinates name pixel *centres* (CF and xarray convention), hence the +0.5.
-    cols = np.arange(width) + 0.5
-    rows = np.arange(height) + 0.5
-    x = transform.c + cols * transform.a
-    y = transform.f + rows * transform.e
+    x = transform.c + (np.arange(width) + 0.5) * transform.a
+    y = transform.f + (np.arange(height) + 0.5) * transform.e
     return x, y
 
 
@@ -129,9 +149,8 @@ def _layout(chunk: int, zarr_format: int, leading: int | None = None) -> dict:
 def _dims(zarr_format: int, names: list[str]) -> dict:
     """Dimension names, each format its way.
 
-    Format 3 stores them natively (``dimension_names``); format 2 has no such
-    field, so xarray's ``_ARRAY_DIMENSIONS`` attribute carries them instead.
-    Returns the keyword for ``create_array`` (``None`` for format 2).
+    Format 3 stores them natively (``dimension_names``); format 2 has no such field, so xarray's
+    ``_ARRAY_DIMENSIONS`` attribute carries them instead. Returns the keyword for ``create_array``.
     """
     return {"dimension_names": names if zarr_format == 3 else None}
 
@@ -266,7 +285,7 @@ def _create_done(group: zarr.Group, *, height: int, width: int, chunk: int, zarr
         **_dims(zarr_format, ["chunk_row", "chunk_col"]),
     )
     _set_v2_dims(done, zarr_format, ["chunk_row", "chunk_col"])
-    done.attrs["long_name"] = "1 once the chunk of labels/valid at this chunk row/column is written"
+    done.attrs["long_name"] = "1 once the chunk at this chunk row/column is written; 2: written invalid (unreadable)"
 
 
 def create_mosaic(
@@ -282,7 +301,7 @@ def create_mosaic(
     fingerprint: dict | None = None,
     scores: bool = False,
 ) -> MosaicInfo:
-    """Create an empty mosaic (overwriting ``path``) and return it open for writing.
+    """Create an empty mosaic (overwriting ``path``) and return it opened ``r+``, for writing.
 
     Args:
         path: the ``.zarr`` folder to (re)create.
@@ -293,12 +312,8 @@ def create_mosaic(
         transform: the scene's geotransform; it must be north-up.
         class_names: the model's classes, in class-index order.
         zarr_format: 2 (readable by GDAL >= 3.4) or 3 (sharded).
-        fingerprint: what the mosaic was made from (e.g. the checkpoint's hash), stored
-            as given in the group's ``geoseg`` attributes.
+        fingerprint: what the mosaic was made from (e.g. the checkpoint's hash), kept in the ``geoseg`` attributes.
         scores: also create the per-class ``scores`` array.
-
-    Returns:
-        The new mosaic, opened ``r+``.
 
     Raises:
         InputRasterError: the geotransform is rotated or sheared.
@@ -372,12 +387,33 @@ def write_block(
         mosaic.array("scores")[:, row_off : row_off + h, col_off : col_off + w] = scores
 
 
-def mark_done(mosaic: MosaicInfo, row_off: int, col_off: int) -> None:
-    """Record that the chunk at pixel (row_off, col_off) is completely written."""
-    mosaic.array("done")[row_off // mosaic.chunk, col_off // mosaic.chunk] = 1
+def mark_done(mosaic: MosaicInfo, row_off: int, col_off: int, state: int = DONE) -> None:
+    """Record that the chunk at pixel (row_off, col_off) is completely written (``state``: DONE or UNREAD)."""
+    mosaic.array("done")[row_off // mosaic.chunk, col_off // mosaic.chunk] = state
 
 
-def done_chunks(mosaic: MosaicInfo) -> set[tuple[int, int]]:
-    """(chunk row, chunk col) of every chunk marked done."""
-    rows, cols = np.nonzero(np.asarray(mosaic.array("done")[:]))
+def leave_invalid(mosaic: MosaicInfo, row_off: int, col_off: int, height: int, width: int) -> None:
+    """Write a chunk whose tile could not be read as a tile outside the data is written, and mark it UNREAD."""
+    zeros = np.zeros((height, width), np.uint8)
+    scores = np.zeros((len(mosaic.class_names), height, width), np.uint8) if mosaic.has_scores else None
+    write_block(mosaic, row_off, col_off, zeros, zeros, scores)
+    mark_done(mosaic, row_off, col_off, UNREAD)
+
+
+def done_chunks(mosaic: MosaicInfo, state: int | None = None) -> set[tuple[int, int]]:
+    """(chunk row, chunk col) of every chunk marked done (predicted, or left invalid because unread), or ``state``."""
+    done = np.asarray(mosaic.array("done")[:])
+    rows, cols = np.nonzero(done > 0 if state is None else done == state)
     return set(zip(rows.tolist(), cols.tolist(), strict=True))
+
+
+def record_unread_tiles(mosaic: MosaicInfo, tiles: list[UnreadTile]) -> None:
+    """List ``tiles`` (sorted by position) in the group's ``geoseg.unread_tiles``; written by the driver only."""
+    meta = dict(geoseg_attrs(mosaic.group))
+    meta["unread_tiles"] = [asdict(tile) for tile in sorted(tiles, key=lambda t: (t.row, t.col))]
+    mosaic.group.attrs["geoseg"] = meta
+
+
+def read_unread_tiles(mosaic: MosaicInfo) -> list[UnreadTile]:
+    """The tiles :func:`record_unread_tiles` listed (none for a mosaic that predates the list)."""
+    return [UnreadTile(**entry) for entry in geoseg_attrs(mosaic.group).get("unread_tiles", [])]

@@ -39,6 +39,7 @@ class SceneInfo:
     nodata: float | None
     bands: tuple[int, ...]  # 1-based bands the model reads, in order
     alpha: int | None  # 1-based alpha band, used only as a validity mask
+    sources: tuple[str, ...] = ()  # a survey's files (geoseg.io.survey); empty for a single raster
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

@@ -11,14 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from geoseg.config import Job
+from geoseg.config.label_values import label_kind
 from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError
 from geoseg.io.integrity import check_raster_blocks
 from geoseg.io.labels import label_options, load_labels
 from geoseg.io.raster import SceneInfo, inspect_scene
-from geoseg.models import ARCHITECTURES, build_model, is_instance_arch, output_stride
+from geoseg.job.weights import check_encoder_weights
 from geoseg.models.card import ModelCard
-from geoseg.models.checkpoint import build_model_from_card, read_card
+from geoseg.models.checkpoint import read_card
+from geoseg.models.known import ARCHITECTURE_NAMES, INSTANCE_ARCHITECTURE_NAMES, known_stride
+from geoseg.stages.scene import is_survey, names_many, predicted_scene, training_image
 from geoseg.tiling import check_tile_size
 
 __all__ = ["check_job_inputs"]
@@ -41,40 +44,42 @@ def _inspect_raster(problems: list[str], path, field: str, bands: list[int] | No
 
 
 def _check_model(job: Job, source: str, problems: list[str]) -> None:
-    if job.model.arch not in ARCHITECTURES:
+    arch = job.model.arch
+    if arch not in ARCHITECTURE_NAMES:
         problems.append(
-            f"{source}: model.arch: unknown architecture {job.model.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+            f"{source}: model.arch: unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURE_NAMES)}"
         )
         return
-    model = _collect(
-        problems,
-        build_model,
-        job.model.arch,
-        in_channels=3,
-        num_classes=len(job.classes),
-        encoder=job.model.encoder,
-        **job.model.options,
-    )
-    if model is None:
-        problems[-1] = f"{source}: {problems[-1]}"
-        return
-    stride = output_stride(model)
+    stride = known_stride(arch, job.model.encoder, job.model.options)
+    one_crop = bool(job.train and job.train.batch_size == 1 and arch not in INSTANCE_ARCHITECTURE_NAMES)
+    model = None
+    if stride is None or one_crop:  # the table cannot answer: build the model (imports torch, ~4 s)
+        from geoseg.models.registry import build_model, output_stride
+
+        model = _collect(
+            problems,
+            build_model,
+            arch,
+            in_channels=3,
+            num_classes=len(job.classes),
+            encoder=job.model.encoder,
+            **job.model.options,
+        )
+        if model is None:
+            problems[-1] = f"{source}: {problems[-1]}"
+            return
+        stride = output_stride(model)
     assert job.tiling.halo != "auto", "load_job measures halo: auto before the inputs are checked"
     for field, size, halo in (
         ("tiling.tile_size", job.tiling.tile_size, job.tiling.halo),
         ("train.tile_size", job.train.tile_size if job.train else None, 0),
     ):
-        message = check_tile_size(size, stride, job.model.arch, halo) if size else None
+        message = check_tile_size(size, stride, arch, halo) if size else None
         if message:
             problems.append(f"{source}: {field}: {message}")
-    if (
-        job.train
-        and job.train.batch_size == 1
-        and not is_instance_arch(job.model.arch)
-        and not _trains_on_single_crops(model, job.train.tile_size)
-    ):
+    if job.train and one_crop and not _trains_on_single_crops(model, job.train.tile_size):
         problems.append(
-            f"{source}: train.batch_size: {job.model.arch} normalises pooled features over the batch "
+            f"{source}: train.batch_size: {arch} normalises pooled features over the batch "
             "and cannot train on one crop at a time; use batch_size 2 or more"
         )
     if job.model.weights and not Path(job.model.weights).is_file():
@@ -83,11 +88,17 @@ def _check_model(job: Job, source: str, problems: list[str]) -> None:
 
 def _check_checkpoint_stride(job: Job, source: str, card: ModelCard, checkpoint: Path, problems: list[str]) -> None:
     """The checkpoint's model, not the job's `model:`, is what predicts: check the tiles against its stride."""
-    model = _collect(problems, build_model_from_card, card)
-    if model is None:
-        return
+    stride = known_stride(card.arch, card.encoder, card.options)
+    if stride is None:  # not in the table: build the model (imports torch)
+        from geoseg.models.checkpoint import build_model_from_card
+        from geoseg.models.registry import output_stride
+
+        model = _collect(problems, build_model_from_card, card)
+        if model is None:
+            return
+        stride = output_stride(model)
     assert job.tiling.halo != "auto", "load_job measures halo: auto before the inputs are checked"
-    message = check_tile_size(job.tiling.tile_size, output_stride(model), card.arch, job.tiling.halo)
+    message = check_tile_size(job.tiling.tile_size, stride, card.arch, job.tiling.halo)
     if message:
         problems.append(f"{source}: tiling.tile_size: {message} (for the {card.arch} model in {checkpoint})")
 
@@ -118,6 +129,7 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
     """Return one line per problem with the job's inputs for ``stages`` (empty when all is well)."""
     problems: list[str] = []
     _check_model(job, source, problems)
+    problems.extend(check_encoder_weights(job, stages, source))
     first = _check_training_inputs(job, problems) if "train" in stages and job.train else None
     if {"predict", "evaluate"} & set(stages) and job.predict:
         card, checkpoint = None, None
@@ -139,7 +151,14 @@ def _check_training_inputs(job: Job, problems: list[str]) -> SceneInfo | None:
     assert job.train is not None
     first: SceneInfo | None = None
     for i, pair in enumerate(job.train.scenes):
-        scene = _inspect_raster(problems, pair.image, f"train.scenes[{i}].image", job.bands)
+        if job.model.arch in INSTANCE_ARCHITECTURE_NAMES:  # one id per polygon or box; a raster has no objects
+            problems += [
+                f"{path}: train.scenes[{i}].{where}: a label raster holds classes, not objects; "
+                f"{job.model.arch} needs polygons or a box table (one object each)"
+                for where, path in pair.label_paths()
+                if label_kind(path) == "raster"
+            ]
+        scene = _training_image(job, i, problems)
         if scene is None:
             continue
         if first is None:
@@ -158,6 +177,19 @@ def _check_training_inputs(job: Job, problems: list[str]) -> SceneInfo | None:
     return first
 
 
+def _training_image(job: Job, index: int, problems: list[str]) -> SceneInfo | None:
+    """A training image: one raster checked whole, or many files (each checked whole) as one mosaic."""
+    assert job.train is not None
+    image = job.train.scenes[index].image
+    if not names_many(image):
+        assert not isinstance(image, list)
+        return _inspect_raster(problems, image, f"train.scenes[{index}].image", job.bands)
+    scene = _collect(problems, training_image, job, index, job.bands, check_only=True)
+    for k, path in enumerate(scene.sources if scene is not None else ()):
+        _collect(problems, check_raster_blocks, path, field=f"train.scenes[{index}].image[{k}]")
+    return scene
+
+
 def _checkpoint_card(job: Job, source: str, checkpoint: Path, problems: list[str]) -> ModelCard | None:
     """The card of the checkpoint a predict-only job uses, and whether the job's ``bands:`` agree with it."""
     card = _collect(problems, read_card, checkpoint)
@@ -173,6 +205,8 @@ def _checkpoint_card(job: Job, source: str, checkpoint: Path, problems: list[str
 def _predicted_scene(job: Job, card: ModelCard | None, problems: list[str]) -> SceneInfo | None:
     """The scene to predict, read with the bands prediction will read (the card's when the job names none)."""
     assert job.predict is not None
+    if is_survey(job.predict):
+        return _survey_scene(job, card, problems)
     scene = _inspect_raster(problems, job.predict.scene, "predict.scene", job.bands)
     if (
         scene is not None
@@ -182,6 +216,15 @@ def _predicted_scene(job: Job, card: ModelCard | None, problems: list[str]) -> S
     ):
         # Prediction reads the card's bands when the job names none (as run_predict does).
         scene = _collect(problems, inspect_scene, job.predict.scene, field="predict.scene", bands=card.bands)
+    return scene
+
+
+def _survey_scene(job: Job, card: ModelCard | None, problems: list[str]) -> SceneInfo | None:
+    """A survey of many files: every file checked (header and blocks), then the grid they share planned."""
+    bands = job.bands or (list(card.bands) if card is not None else None)
+    scene = _collect(problems, predicted_scene, job, bands, card=card, check_only=True)
+    for i, path in enumerate(scene.sources if scene is not None else ()):
+        _collect(problems, check_raster_blocks, path, field=f"predict.scene[{i}]")
     return scene
 
 

@@ -21,8 +21,11 @@ from geoseg.job.runrecord import (
     noop_message,
     stage_outputs,
 )
+from geoseg.runtime.session import ray_output_to  # imports no Ray itself: validating a job starts nothing
 
-__all__ = ["run_job", "validate_job"]
+__all__ = ["RAY_LOG", "run_job", "validate_job"]
+
+RAY_LOG = "ray.log"  # in the run's folder: Ray's own warnings and its workers' stderr (the terminal with verbose)
 
 
 def validate_job(path: str | Path, stages: list[str] | None = None) -> tuple[Job, list[str]]:
@@ -36,13 +39,21 @@ def validate_job(path: str | Path, stages: list[str] | None = None) -> tuple[Job
 
 
 def run_job(
-    path: str | Path, *, stages: list[str] | None = None, address: str | None = None, log=print, force: bool = False
+    path: str | Path,
+    *,
+    stages: list[str] | None = None,
+    address: str | None = None,
+    log=print,
+    force: bool = False,
+    verbose: bool = False,
 ) -> dict:
     """Run ``stages`` (default: the job's) in order; return each stage's summary, and the run under "run".
 
     Each run is recorded in ``output_dir/runs/<run id>/run.json``. When the most recent run already
     did this work (same job, code, stages and inputs, outputs still there) nothing runs and Ray is
     not started; ``force`` runs every stage again from scratch (see :mod:`geoseg.job.runrecord`).
+    Ray's own output (its warnings, its workers' stderr) goes to ``runs/<run id>/ray.log``, named at
+    the end when it holds anything or a stage failed; ``verbose`` leaves it on the terminal.
     """
     job, stages = validate_job(path, stages)
     code, inputs = code_version(), input_fingerprints(job, stages)
@@ -54,31 +65,43 @@ def run_job(
             return {"run": {"id": previous["run_id"], "file": str(run_file), "noop": True}}
         if why:
             log(f"geoseg: running again: {why}")
-    record = RunRecord.start(job, path, stages, force=force, address=address, code=code, inputs=inputs)
+    record = RunRecord.start(job, path, stages, force=force, address=address, code=code, inputs=inputs, log=log)
+    ray_log = None if verbose else record.folder / RAY_LOG
     started = time.perf_counter()
     log(f"geoseg: job {job.name!r}: stages {', '.join(stages)}; outputs in {job.output_dir}")
     log(f"geoseg: run {record.run_id}{' (--force: every stage again)' if force else ''}; record in {record.path}")
     summary = {}
     try:
-        for stage in stages:
-            with record.stage(stage):
-                summary[stage] = _run_stage(stage, job, address=address, log=log, force=force)
-                record.data["stages"][stage]["outputs"] = stage_outputs(stage, job, summary[stage])
-                if stage in ("train", "predict"):
-                    record.note_checkpoint(job)
-                if job.publish:
-                    _publish(job, job.publish, record.data["stages"][stage]["outputs"], f"{stage} outputs", log)
+        with ray_output_to(ray_log):
+            for stage in stages:
+                with record.stage(stage):
+                    summary[stage] = _run_stage(stage, job, address=address, log=log, force=force)
+                    record.data["stages"][stage]["outputs"] = stage_outputs(stage, job, summary[stage])
+                    if stage in ("train", "predict"):
+                        record.note_checkpoint(job)
+                    if job.publish:
+                        _publish(job, job.publish, record.data["stages"][stage]["outputs"], f"{stage} outputs", log)
         if record.data["checkpoint"]["weights_sha256"] is None:
             record.note_checkpoint(job)
     except BaseException as exc:
         record.fail(exc)  # a stage's failure is already recorded; this catches one between stages
+        _mention_ray_log(ray_log, log, failed=True)
         raise
     record.finish()
     if job.publish:  # last: a reader that finds this run "done" finds every output it lists
         _publish(job, job.publish, [record.path, JobPaths.of(job).runs / LATEST], "the run record", log)
     log(f"geoseg: job {job.name!r} finished in {time.perf_counter() - started:.0f} s; run {record.run_id}")
+    _mention_ray_log(ray_log, log, failed=False)
     summary["run"] = {"id": record.run_id, "file": str(record.path), "noop": False}
     return summary
+
+
+def _mention_ray_log(ray_log: Path | None, log, *, failed: bool) -> None:
+    """Name the run's Ray log when it holds something, or when a stage failed and Ray had started."""
+    if ray_log is None or not ray_log.exists():
+        return
+    if failed or ray_log.stat().st_size > 0:
+        log(f"geoseg: Ray's own messages (warnings, worker logs) are in {ray_log}; --verbose shows them here")
 
 
 def _run_stage(stage: str, job: Job, *, address: str | None, log, force: bool) -> dict:

@@ -18,7 +18,9 @@ name, then a rename) when the run starts, when each stage starts and ends, and w
   ``git_dirty``, and ``source_sha256``, a hash of the package's ``.py`` files, which tells code
   versions apart where git cannot (uncommitted edits, an installed wheel, a container image);
 - ``stages_requested``; ``stages``: per stage ``status`` (pending, running, done, failed),
-  ``started``, ``ended``, ``seconds``, ``error`` and ``outputs`` (the paths it wrote);
+  ``started``, ``ended``, ``seconds``, ``error`` and ``outputs`` (the paths it wrote); predict also
+  ``unread_tiles``, the tiles its mosaic leaves invalid because they could not be read
+  (``predict.on_read_error: skip``): ``file``, ``tile``, ``row``, ``col``, ``height``, ``width``, ``reason``;
 - ``checkpoint``: ``path`` and ``weights_sha256`` (the hash a mosaic's fingerprint holds);
 - ``inputs``: the files the requested stages read, each ``role``, ``path``, ``size`` and ``mtime``
   (None for an ``s3://`` object, which is not asked for).
@@ -56,7 +58,9 @@ import secrets
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -143,11 +147,20 @@ def input_fingerprints(job: Job, stages: list[str]) -> list[dict]:
     named = []
     if "train" in stages and job.train:
         for i, pair in enumerate(job.train.scenes):
-            named += [(f"train.scenes[{i}].image", pair.image), (f"train.scenes[{i}].labels", pair.labels)]
+            images = pair.image if isinstance(pair.image, list) else [pair.image]
+            named += [
+                (f"train.scenes[{i}].image" + (f"[{k}]" if len(images) > 1 else ""), path)
+                for k, path in enumerate(images)
+            ]
+            named += [(f"train.scenes[{i}].{where}", path) for where, path in pair.label_paths()]  # each source
         if job.model.weights:
             named.append(("model.weights", job.model.weights))
     if {"predict", "evaluate"} & set(stages) and job.predict:
-        named.append(("predict.scene", job.predict.scene))
+        scene = job.predict.scene
+        if isinstance(scene, list):  # a survey's files, as the job lists them (a glob or STAC file as written)
+            named += [(f"predict.scene[{i}]", path) for i, path in enumerate(scene)]
+        else:
+            named.append(("predict.scene", scene))
     if "evaluate" in stages and job.evaluate:
         named.append(("evaluate.labels", job.evaluate.labels))
     found = []
@@ -187,8 +200,8 @@ def stage_outputs(stage: str, job: Job, summary: dict) -> list[str]:
 class RunRecord:
     """One run's ``run.json``, rewritten (atomically) as the run goes."""
 
-    def __init__(self, folder: Path, data: dict):
-        self.folder, self.data = folder, data
+    def __init__(self, folder: Path, data: dict, log: Callable[[str], None] = print):
+        self.folder, self.data, self.log = folder, data, log
         self._clock = time.perf_counter()
 
     @property
@@ -210,6 +223,7 @@ class RunRecord:
         address: str | None = None,
         code: dict | None = None,
         inputs: list[dict] | None = None,
+        log: Callable[[str], None] = print,
     ) -> RunRecord:
         runs = JobPaths.of(job).runs
         runs.mkdir(parents=True, exist_ok=True)
@@ -248,7 +262,7 @@ class RunRecord:
             "checkpoint": {"path": str(_checkpoint_path(job)), "weights_sha256": None},
             "inputs": inputs if inputs is not None else input_fingerprints(job, stages),
         }
-        record = cls(runs / run_id, data)
+        record = cls(runs / run_id, data, log)
         record.write()
         return record
 
@@ -275,7 +289,22 @@ class RunRecord:
             self.fail(exc, stage=name)
             raise
         entry.update(status="done", ended=_now(), seconds=round(time.perf_counter() - clock, 3))
+        if name == "predict":
+            self._note_unread_tiles(entry)
         self.write()
+
+    def _note_unread_tiles(self, entry: dict) -> None:
+        """List the tiles predict's mosaic leaves invalid because they could not be read, and say where."""
+        from geoseg.io.mosaic import open_mosaic, read_unread_tiles
+
+        mosaic = next((Path(path) for path in entry["outputs"] if path.endswith(".zarr")), None)
+        if mosaic is None or not mosaic.exists():
+            return
+        entry["unread_tiles"] = [asdict(tile) for tile in read_unread_tiles(open_mosaic(mosaic))]
+        if entry["unread_tiles"]:
+            count = len(entry["unread_tiles"])
+            tiles = "1 tile could not be read and is" if count == 1 else f"{count} tiles could not be read and are"
+            self.log(f"predict: {tiles} left invalid; listed in {self.path}")
 
     def note_checkpoint(self, job: Job) -> None:
         self.data["checkpoint"] = checkpoint_info(job)

@@ -19,7 +19,7 @@ from geoseg.errors import CheckpointError
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
-__all__ = ["CARD_FORMAT", "ModelCard", "Normalization", "TrainingSummary", "card_from_json"]
+__all__ = ["CARD_FORMAT", "ModelCard", "Normalization", "PretrainedEncoder", "TrainingSummary", "card_from_json"]
 
 CARD_FORMAT: Final = "geoseg-model-card/1"
 
@@ -44,6 +44,17 @@ class TrainingSummary(_Frozen):
     val_f1: float | None = Field(default=None, description="Best validation F1 at mask IoU 0.5 (instance models).")
 
 
+class PretrainedEncoder(_Frozen):
+    """The pretrained weights the encoder started training from (``model.encoder_weights``).
+
+    Only a record: a checkpoint holds every weight, so predicting from it never reads this file again.
+    """
+
+    weights: str = Field(description="As the job named them: a library's weights (imagenet) or a local file.")
+    file: str = Field(description="The file read: in the Hugging Face or torch hub cache, or the local file.")
+    sha256: str = Field(description="sha256 of that file.")
+
+
 class ModelCard(_Frozen):
     """Everything needed to rebuild a checkpoint's model and feed it the right pixels."""
 
@@ -52,6 +63,9 @@ class ModelCard(_Frozen):
     arch: str = Field(description="Architecture name from `geoseg models`.")
     encoder: str = Field(description="Encoder (segmentation-models-pytorch) or backbone name.")
     options: dict[str, int | float | str | bool | list[int]] = Field(default_factory=dict)
+    encoder_weights: PretrainedEncoder | None = Field(
+        default=None, description="Pretrained encoder weights training started from (None: random init)."
+    )
     classes: tuple[str, ...] = Field(min_length=2, description="Class names; index 0 is the background.")
     bands: tuple[int, ...] = Field(min_length=1, description="1-based bands the model reads, in order.")
     dtype: str = Field(description="Data type of the training imagery (e.g. uint8, uint16).")

@@ -6,14 +6,15 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from geoseg.errors import CheckpointError
 from geoseg.models.card import ModelCard, card_from_json
-from geoseg.models.registry import build_model
+
+if TYPE_CHECKING:  # torch, safetensors.torch and the registry are imported where used: reading a card needs none
+    import torch
 
 __all__ = [
     "BEST_WEIGHTS",
@@ -24,6 +25,7 @@ __all__ = [
     "publish_checkpoint",
     "read_card",
     "save_checkpoint",
+    "save_weights",
     "weights_sha256",
 ]
 
@@ -32,13 +34,21 @@ CARD = "model_card.json"
 BEST_WEIGHTS = "best_model.safetensors"  # kept by the training loop beside the last epoch's weights
 
 
+def save_weights(path: str | Path, model: torch.nn.Module) -> Path:
+    """Write every weight of ``model`` to one safetensors file (what checkpoints and ``model.weights`` hold)."""
+    from safetensors.torch import save_file
+
+    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path))
+    return Path(path)
+
+
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, card: ModelCard) -> Path:
     """Write weights + model card into ``folder`` (created)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS))
+    save_weights(folder / WEIGHTS, model)
     (folder / CARD).write_text(card.to_json())
     return folder
 
@@ -65,7 +75,13 @@ def read_card(folder: str | Path) -> ModelCard:
 
 
 def build_model_from_card(card: ModelCard) -> torch.nn.Module:
-    """A randomly initialised model of the architecture a model card describes."""
+    """A randomly initialised model of the architecture a model card describes.
+
+    Random even when the card records pretrained ``encoder_weights``: a checkpoint's weights replace every one,
+    so prediction never needs the pretrained file.
+    """
+    from geoseg.models.registry import build_model
+
     return build_model(
         card.arch, in_channels=card.in_channels, num_classes=card.num_classes, encoder=card.encoder, **card.options
     )
@@ -73,6 +89,8 @@ def build_model_from_card(card: ModelCard) -> torch.nn.Module:
 
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
     """Rebuild the model the card describes and load its weights (safetensors only)."""
+    from safetensors.torch import load_file
+
     folder = Path(folder)
     card = read_card(folder)
     model = build_model_from_card(card)

@@ -1,9 +1,11 @@
 """One registry, one signature: ``build_model(arch, *, in_channels, num_classes, **options)``.
 
 Architectures come from segmentation-models-pytorch (smp) and torchvision,
-never re-typed here, and always start from random weights: nothing is
+never re-typed here, and are built with random weights: nothing is
 downloaded at run time (smp ``encoder_weights=None``; torchvision
-``weights=None, weights_backbone=None``). Every model returns a plain logits
+``weights=None, weights_backbone=None``). Pretrained encoder weights are
+loaded into such a model from the libraries' caches or a local file by
+:mod:`geoseg.models.pretrained`, so a checkpoint's model is rebuilt here alike. Every model returns a plain logits
 tensor (N, classes, H, W) the size of its input, for any tile side that is a
 multiple of :func:`output_stride`.
 
@@ -189,8 +191,8 @@ def _check_smp_options(arch: str, encoder: str, options: dict) -> dict:
     options = dict(options)
     if "encoder_weights" in options and options.pop("encoder_weights") is not None:
         raise ModelError(
-            "model.options.encoder_weights: nothing is downloaded at run time; remove it and name "
-            "a local .safetensors file in model.weights"
+            "model.options.encoder_weights: pretrained encoders are named in model.encoder_weights "
+            "(e.g. imagenet, read from the library's cache); move it there"
         )
     params = inspect.signature(getattr(smp, SMP_ARCHITECTURES[arch])).parameters
     for name in options:

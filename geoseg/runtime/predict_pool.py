@@ -2,7 +2,9 @@
 
 Only tile descriptors travel between processes: each actor opens the scene
 and the mosaic itself, reads its windows and writes its chunks, and returns
-the indexes of the tiles it finished.
+the indexes of the tiles it finished; a tile it could not read (with
+``on_read_error="skip"``) comes back as an ``UnreadTile`` instead, handed to
+the caller's ``on_unread``.
 
 Why plain Ray actors and not Ray Data ``map_batches``: the work here is
 already a list of descriptors, so Ray Data's streaming executor had nothing
@@ -26,12 +28,16 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from geoseg.errors import GeosegError, StageError
 from geoseg.tiling import Tile
+
+if TYPE_CHECKING:  # imported by the actors themselves (see the module doc)
+    from geoseg.infer.predict import OnReadError
+    from geoseg.io.mosaic import UnreadTile
 
 __all__ = ["blend_tiles", "detect_tiles", "predict_tiles"]
 
@@ -46,24 +52,46 @@ TASK_RETRIES = -1
 class _PredictActor:
     """One model + open scene + open mosaic per actor; batches of tiles in, tile indexes out."""
 
-    def __init__(self, checkpoint: str, scene: str, mosaic: str, device: str, threads: int, stitch: str):
+    def __init__(
+        self,
+        checkpoint: str,
+        scene: str,
+        mosaic: str,
+        device: str,
+        threads: int,
+        stitch: str,
+        on_read_error: OnReadError,
+    ):
         from geoseg.infer import TilePredictor
 
-        self.predictor = TilePredictor(checkpoint, scene, mosaic, device=device, threads=threads, stitch=stitch)
+        self.predictor = TilePredictor(
+            checkpoint, scene, mosaic, device=device, threads=threads, stitch=stitch, on_read_error=on_read_error
+        )
 
-    def run(self, tiles: list[Tile]) -> list[int]:
+    def run(self, tiles: list[Tile]) -> list[int | UnreadTile]:
         return self.predictor(tiles)
 
 
 class _DetectActor:
     """Mask R-CNN + open scene per actor; batches of tiles in, tile indexes out (detections go to files)."""
 
-    def __init__(self, checkpoint: str, scene: str, out_dir: str, device: str, threads: int, thresholds: dict):
+    def __init__(
+        self,
+        checkpoint: str,
+        scene: str,
+        out_dir: str,
+        device: str,
+        threads: int,
+        thresholds: dict,
+        on_read_error: OnReadError,
+    ):
         from geoseg.infer.detect import TileDetector
 
-        self.detector = TileDetector(checkpoint, scene, out_dir, device=device, threads=threads, **thresholds)
+        self.detector = TileDetector(
+            checkpoint, scene, out_dir, device=device, threads=threads, on_read_error=on_read_error, **thresholds
+        )
 
-    def run(self, tiles: list[Tile]) -> list[int]:
+    def run(self, tiles: list[Tile]) -> list[int | UnreadTile]:
         return self.detector(tiles)
 
 
@@ -103,7 +131,7 @@ class _Started:
                 setattr(error, _WHILE_STARTING, True)
             self.error = error
 
-    def run(self, tiles: list[Tile]) -> list[int]:
+    def run(self, tiles: list[Tile]) -> list[int | UnreadTile]:
         if self.error is not None:
             raise self.error
         return self.actor.run(tiles)
@@ -138,8 +166,12 @@ def _run_pool(
     gpus: int,
     progress: Callable[[int], None] | None,
     calls_per_actor: int = 1,
+    on_unread: Callable[[UnreadTile], None] | None = None,
 ) -> int:
     """Send batches of tiles to a pool of ``workers`` actors; return how many tiles were processed.
+
+    An actor returns each tile's index, or an ``UnreadTile`` for one it could not read
+    and left invalid (``on_read_error="skip"``), which goes to ``on_unread``.
 
     ``calls_per_actor`` > 1 runs that many batches in each actor at once, in
     threads (the actor must be thread-safe, as :class:`TilePredictor` is).
@@ -174,7 +206,11 @@ def _run_pool(
             [ready], _ = ray.wait(list(in_flight), num_returns=1)
             actor = in_flight.pop(ready)
             load[actor] -= 1
-            count = len(_result(ready))
+            result = _result(ready)
+            for item in result:
+                if not isinstance(item, int) and on_unread:
+                    on_unread(item)
+            count = len(result)
             done += count
             if progress:
                 progress(count)
@@ -185,8 +221,8 @@ def _run_pool(
     return done
 
 
-def _result(ref: ray.ObjectRef) -> list[int]:
-    """The batch's tile indexes, or the batch's failure.
+def _result(ref: ray.ObjectRef) -> list[int | UnreadTile]:
+    """The batch's tile indexes (and unread tiles), or the batch's failure.
 
     A geoseg error inside an actor is re-raised as itself; a failed read or write (``OSError``)
     and a lost actor become a one-line :class:`StageError` (the Ray error chained as its cause);
@@ -227,12 +263,15 @@ def predict_tiles(
     use_gpu: bool,
     stitch: str = "crop",
     progress: Callable[[int], None] | None = None,
+    on_read_error: OnReadError = "stop",
+    on_unread: Callable[[UnreadTile], None] | None = None,
 ) -> int:
     """Run tiles through a pool of model actors; return the number of tiles processed.
 
     In crop mode each tile writes its core; in blend mode (first pass) its window's probabilities.
     Each actor runs two batches at once: one in the model while the other is
-    read or written (the predictor serialises the forward pass).
+    read or written (the predictor serialises the forward pass). With ``on_read_error``
+    skip, a tile that cannot be read is left invalid and handed to ``on_unread``.
     """
     constructor = {
         "checkpoint": str(checkpoint),
@@ -241,6 +280,7 @@ def predict_tiles(
         "device": "cuda" if use_gpu else "cpu",
         "threads": cpus_per_worker,
         "stitch": stitch,
+        "on_read_error": on_read_error,
     }
     return _run_pool(
         tiles,
@@ -252,6 +292,7 @@ def predict_tiles(
         gpus=1 if use_gpu else 0,
         progress=progress,
         calls_per_actor=2,
+        on_unread=on_unread,
     )
 
 
@@ -283,8 +324,13 @@ def detect_tiles(
     use_gpu: bool,
     thresholds: dict,
     progress: Callable[[int], None] | None = None,
+    on_read_error: OnReadError = "stop",
+    on_unread: Callable[[UnreadTile], None] | None = None,
 ) -> int:
-    """Run tiles through a pool of Mask R-CNN actors; each tile's detections land in ``out_dir``."""
+    """Run tiles through a pool of Mask R-CNN actors; each tile's detections land in ``out_dir``.
+
+    With ``on_read_error`` skip, a tile that cannot be read gets no file and is handed to ``on_unread``.
+    """
     constructor = {
         "checkpoint": str(checkpoint),
         "scene": str(scene),
@@ -292,6 +338,7 @@ def detect_tiles(
         "device": "cuda" if use_gpu else "cpu",
         "threads": cpus_per_worker,
         "thresholds": thresholds,
+        "on_read_error": on_read_error,
     }
     return _run_pool(
         tiles,
@@ -303,4 +350,5 @@ def detect_tiles(
         gpus=1 if use_gpu else 0,
         progress=progress,
         calls_per_actor=2,
+        on_unread=on_unread,
     )

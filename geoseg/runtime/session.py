@@ -1,35 +1,100 @@
-"""Start or attach to Ray for the length of a stage.
+"""Start or attach to Ray for the length of a stage, with Ray's own output kept off the terminal.
 
 ``ray.init()`` with no address starts the embedded local cluster; an address
 (job file, ``--address`` or ``RAY_ADDRESS``) attaches to a real one.
+
+Ray writes to the terminal from many places: its Python loggers and warnings,
+its C++ core worker (straight to file descriptor 2), the lines its workers write
+to stderr (forwarded to the driver's ``sys.stderr`` by ``log_to_driver``), and
+the processes it starts, which inherit descriptor 2. Inside
+:func:`ray_output_to`, a session points descriptor 2 itself at a log file for
+its whole length, which catches all of them; lines workers write to *stdout*
+(the training loop's progress, as geoseg prints it) still reach the terminal.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-import ray
+__all__ = ["ray_output_to", "ray_session"]
 
-__all__ = ["ray_session"]
+# Where sessions send Ray's output: None is the terminal (``--verbose``, and callers that never ask).
+_ray_log: Path | None = None
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, dashboard: bool = False):
+def ray_output_to(log_file: Path | None) -> Iterator[None]:
+    """Send the output of every Ray session started inside to ``log_file`` (appended; None: the terminal)."""
+    global _ray_log
+    previous, _ray_log = _ray_log, log_file
+    try:
+        yield
+    finally:
+        _ray_log = previous
+
+
+@contextmanager
+def _stderr_to(log_file: Path | None) -> Iterator[None]:
+    """Point file descriptor 2 at ``log_file`` (None: leave it), and back on the way out.
+
+    At the descriptor, not ``sys.stderr``: C++ code and child processes write to it directly. Restored
+    before the caller reports a failure, so geoseg's own error lines still reach the terminal.
+    """
+    if log_file is None:
+        yield
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(target, 2)
+    os.close(target)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, dashboard: bool = False) -> Iterator[None]:
     """Start (or attach to) Ray for the duration of a stage; reuse it if already up.
 
     ``dashboard`` applies only to the embedded cluster: its dashboard
     processes take several percent of a 2-core laptop for the whole job
     (measured by ``geoseg bench predict``), so they start only when asked for.
     """
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
+    with _stderr_to(_ray_log):  # from the import on: importing Ray can warn too
+        import ray  # here, not at the top: the orchestrator imports this module before it knows Ray is needed
+
+        if ray.is_initialized():
+            yield
+            return
+        address = address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, **_init_options(address, dashboard))
+        try:
+            from ray.data import DataContext  # only its settings: heavy to import where no stage needs it
+
+            context = DataContext.get_current()
+            context.enable_progress_bars = False
+            context.print_on_execution_start = False
+            yield
+        finally:
+            ray.shutdown()
+
+
+def _init_options(address: str | None, dashboard: bool) -> dict[str, Any]:
     # Keep the console to geoseg's own progress lines: Ray Train's patched print
     # would echo every worker line twice, and its INFO logs bury the progress.
+    # Worker lines are still forwarded (log_to_driver): stdout ones (progress) to the terminal,
+    # stderr ones to sys.stderr, which is the log file inside ray_output_to.
     options: dict[str, Any] = {
         "logging_level": logging.WARNING,
         "log_to_driver": True,
@@ -37,13 +102,4 @@ def ray_session(address: str | None = None, *, dashboard: bool = False):
     }
     if not address:
         options["include_dashboard"] = dashboard
-    ray.init(address=address, **options)
-    from ray.data import DataContext  # only its settings: heavy to import where no stage needs it
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    return options

@@ -107,7 +107,7 @@ def _training_failure(error: Exception) -> BaseException:
     - anything but the known failures below is a bug: that exception is raised again (the
       worker's rank in a note), chained to Ray's error, whose message holds the worker's
       traceback (Ray keeps its first and last 500 characters; the worker's own log line,
-      forwarded to this console, has all of it);
+      forwarded to the run's ray.log, or to this console with --verbose, has all of it);
     - a geoseg error is the user's: raised as itself;
     - a lost worker or node, a worker group that could not start, a failed read or write
       (``OSError``): one line, :class:`StageError`, with Ray's error as its cause.

@@ -20,7 +20,7 @@ from geoseg.evaluate.quicklook import write_quicklook
 from geoseg.io.instances import INSTANCES, read_instance_table
 from geoseg.io.labels import label_options, load_labels, rasterize_labels
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
-from geoseg.io.raster import inspect_scene
+from geoseg.stages.scene import predicted_scene, training_image
 from geoseg.stages.sections import evaluate_spec, predict_spec, train_spec
 
 __all__ = ["mosaic_confusion", "run_evaluate"]
@@ -31,7 +31,7 @@ def _truth_raster(job: Job, paths: JobPaths) -> Path:
     labels = evaluate_spec(job).labels  # a Path, or a RemotePath for an s3:// URI
     if labels.suffix.lower() in (".tif", ".tiff"):
         return labels
-    scene = inspect_scene(predict_spec(job).scene, field="predict.scene", bands=job.bands)
+    scene = predicted_scene(job, job.bands)
     frame = load_labels(labels, scene=scene, classes=job.classes, source="evaluate.labels", **label_options(job.train))
     return rasterize_labels(frame, scene, paths.truth)
 
@@ -57,14 +57,15 @@ def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log: Callable[[str]
     pair = train.scenes[0]
     train_labels = paths.train_labels(0)
     if not train_labels.exists():
-        scene = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands)
+        scene = training_image(job, 0, job.bands)
         frame = load_labels(
             pair.labels, scene=scene, classes=job.classes, source="train.scenes[0].labels", **label_options(train, 0)
         )
         rasterize_labels(frame, scene, train_labels)
     log("evaluate: fitting the per-pixel colour baseline (logistic regression on band values)")
-    bands = inspect_scene(pair.image, field="train.scenes[0].image", bands=job.bands).bands
-    return colour_baseline(pair.image, train_labels, predict_spec(job).scene, truth, job.classes, bands=bands)
+    image = training_image(job, 0, job.bands)
+    survey = predicted_scene(job, job.bands).path
+    return colour_baseline(image.path, train_labels, survey, truth, job.classes, bands=image.bands)
 
 
 def _instance_metrics(job: Job, paths: JobPaths, mosaic: MosaicInfo, log: Callable[[str], None]) -> dict:
@@ -73,7 +74,7 @@ def _instance_metrics(job: Job, paths: JobPaths, mosaic: MosaicInfo, log: Callab
     if labels.suffix.lower() in (".tif", ".tiff"):
         log("evaluate: instance metrics need reference polygons (one per object), not a label raster; skipped")
         return {"skipped": "evaluate.labels is a raster"}
-    scene = inspect_scene(predict_spec(job).scene, field="predict.scene", bands=job.bands)
+    scene = predicted_scene(job, job.bands)
     frame = load_labels(labels, scene=scene, classes=job.classes, source="evaluate.labels", **label_options(job.train))
     table = read_instance_table(paths.instance_table)
     classes = sorted(set(table["class_id"].astype(int))) or list(range(1, len(job.classes)))
@@ -122,7 +123,7 @@ def run_evaluate(
     mosaic = open_mosaic(paths.mosaic)
     if INSTANCES in mosaic.group and paths.instance_table.exists():
         report["instances"] = _instance_metrics(job, paths, mosaic, log)
-    scene = inspect_scene(predict.scene, field="predict.scene", bands=job.bands)
+    scene = predicted_scene(job, job.bands)
     write_quicklook(scene.path, list(scene.bands), truth, mosaic, paths.quicklook)
     tmp = paths.metrics.with_name(paths.metrics.name + ".partial")
     tmp.write_text(json.dumps(report, indent=2) + "\n")

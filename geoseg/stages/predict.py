@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,9 @@ from geoseg.config import Job
 from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError, InputRasterError, JobConfigError, StageError
 from geoseg.infer.blend import BlendScratch, drop_scratch
-from geoseg.io.mosaic import create_mosaic, done_chunks, open_mosaic
+from geoseg.io.mosaic import UNREAD, UnreadTile, create_mosaic, done_chunks, open_mosaic, record_unread_tiles
 from geoseg.io.overviews import build_overviews, list_overviews
-from geoseg.io.raster import SceneInfo, inspect_scene
+from geoseg.io.raster import SceneInfo
 from geoseg.models import is_instance_arch, output_stride, resolve_encoder
 from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import build_model_from_card, read_card, weights_sha256
@@ -23,6 +24,7 @@ from geoseg.models.context import KNOWN_HALOS, has_global_context
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
 from geoseg.stages.progress import tile_progress
 from geoseg.stages.resolution import resolution_note
+from geoseg.stages.scene import predicted_scene
 from geoseg.stages.sections import predict_spec, resolved_halo
 from geoseg.tiling import Tile, check_tile_size, plan_tiles
 
@@ -75,7 +77,7 @@ def _checked_inputs(job: Job, log: Callable[[str], None]) -> tuple[Path, ModelCa
     halo = resolved_halo(job)  # before the checkpoint is read: a halo still 'auto' is reported first
     checkpoint = spec.checkpoint or JobPaths.of(job).checkpoint
     card = read_card(checkpoint)
-    scene = inspect_scene(spec.scene, field="predict.scene", bands=job.bands or list(card.bands))
+    scene = predicted_scene(job, job.bands or list(card.bands), card=card)
     if len(scene.bands) != len(card.bands) or scene.dtype != card.dtype:
         raise InputRasterError(
             f"{scene.path}: predict.scene: {len(scene.bands)} band(s) of {scene.dtype}, but the model in {checkpoint} "
@@ -101,6 +103,11 @@ def _check_tiling(job: Job, card: ModelCard, halo: int) -> None:
         raise JobConfigError(
             f"tiling.stitch: {card.arch} predicts instances, which are merged across tiles, "
             "not blended; remove `stitch: blend`"
+        )
+    if predict_spec(job).on_read_error == "skip" and job.tiling.stitch == "blend":
+        raise JobConfigError(
+            "predict.on_read_error: skip leaves a tile that cannot be read invalid, but `stitch: blend` would blend "
+            "its neighbours without it; use `stitch: crop` with skip, or `on_read_error: stop`"
         )
 
 
@@ -131,15 +138,19 @@ def _predict_semantic(
     """
     paths = JobPaths.of(job)
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
+    if not force:
+        _reopen_to_retry_unread(paths.mosaic, partial, fingerprint, log)
     todo = _chunks_to_do(partial, fingerprint, scene, job, card, tiles, force, log)
     progress = tile_progress(len(tiles), len(tiles) - len(todo), log)
 
     runtime = job.runtime
+    unread: list[UnreadTile] = []  # tiles left invalid because they could not be read (on_read_error: skip)
     with ray_session(address or runtime.address, dashboard=runtime.dashboard):
         if job.tiling.stitch == "crop":
-            written = _predict_cropped(todo, checkpoint, scene, partial, job, progress)
+            written = _predict_cropped(todo, checkpoint, scene, partial, job, progress, unread.append)
         else:
             written = _predict_blended(tiles, todo, checkpoint, scene, partial, job, progress, log)
+    record_unread_tiles(open_mosaic(partial, mode="r+"), unread)  # the run record lists them from here
     levels = _publish(partial, paths.mosaic, len(tiles))
     seconds = time.perf_counter() - started
     mpix = scene.width * scene.height / 1e6
@@ -153,6 +164,7 @@ def _predict_semantic(
         "seconds": round(seconds, 1),
         "mpix_per_s": round(mpix / seconds, 3),
         "mosaic": str(paths.mosaic),
+        "unread_tiles": [asdict(tile) for tile in unread],
     }
 
 
@@ -188,8 +200,9 @@ def _predict_cropped(
     partial: Path,
     job: Job,
     progress: Callable[[int], None],
+    on_unread: Callable[[UnreadTile], None],
 ) -> int:
-    """Crop mode: each tile writes its core straight into its chunk."""
+    """Crop mode: each tile writes its core straight into its chunk (or, unreadable and skipped, leaves it invalid)."""
     runtime = job.runtime
     return predict_tiles(
         todo,
@@ -201,7 +214,22 @@ def _predict_cropped(
         cpus_per_worker=runtime.cpus_per_worker,
         use_gpu=runtime.use_gpu,
         progress=progress,
+        on_read_error=predict_spec(job).on_read_error,
+        on_unread=on_unread,
     )
+
+
+def _reopen_to_retry_unread(mosaic_path: Path, partial: Path, fingerprint: dict, log: Callable[[str], None]) -> None:
+    """Rename a finished mosaic with chunks left unread back to ``partial``, so that only those are predicted again.
+
+    ``geoseg run`` predicts again only when an input (the scene, repaired say), the job or the code changed.
+    """
+    if partial.exists() or not _is_complete(mosaic_path, fingerprint, unread_ok=True):
+        return
+    unread = done_chunks(open_mosaic(mosaic_path), UNREAD)
+    if unread:
+        log(f"predict: {mosaic_path.name}: reading the {len(unread)} tiles that could not be read before")
+        os.replace(mosaic_path, partial)
 
 
 def _publish(partial: Path, mosaic: Path, chunks: int) -> list[int]:
@@ -274,6 +302,7 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
     spec = predict_spec(job)
     return {
         "scene": str(scene.path),
+        **({"sources": list(scene.sources)} if scene.sources else {}),  # a survey: its files, in order
         "size": [scene.height, scene.width],
         "transform": list(scene.transform)[:6],
         "bands": list(scene.bands),
@@ -286,7 +315,8 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
     }
 
 
-def _is_complete(mosaic_path, fingerprint: dict) -> bool:
+def _is_complete(mosaic_path, fingerprint: dict, *, unread_ok: bool = False) -> bool:
+    """Whether ``mosaic_path`` has every chunk of this fingerprint written (``unread_ok``: some left unread)."""
     if not mosaic_path.exists():
         return False
     try:
@@ -294,7 +324,8 @@ def _is_complete(mosaic_path, fingerprint: dict) -> bool:
     except GeosegError:
         return False
     rows, cols = mosaic.grid
-    return mosaic.fingerprint == fingerprint and len(done_chunks(mosaic)) == rows * cols
+    complete = mosaic.fingerprint == fingerprint and len(done_chunks(mosaic)) == rows * cols
+    return complete and (unread_ok or not done_chunks(mosaic, UNREAD))
 
 
 def _resume_or_create(partial, fingerprint: dict, scene, job: Job, classes, log) -> set[tuple[int, int]]:
@@ -303,7 +334,7 @@ def _resume_or_create(partial, fingerprint: dict, scene, job: Job, classes, log)
         try:
             mosaic = open_mosaic(partial, mode="r+")
             if mosaic.fingerprint == fingerprint:
-                return done_chunks(mosaic)
+                return done_chunks(mosaic) - done_chunks(mosaic, UNREAD)  # those left unread are tried again
         except GeosegError:
             pass
         log(f"predict: discarding {partial.name}: it was started with another scene, checkpoint or tiling")

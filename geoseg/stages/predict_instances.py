@@ -13,6 +13,11 @@
    data mask; ``instances.parquet`` lists every id. Both are written under
    temporary names and renamed when complete.
 
+With ``predict.on_read_error: skip`` a tile that cannot be read gets no file:
+its core is left invalid (``valid``, ``labels`` and ``instances`` 0, as outside
+the data; the chunk marked unread) and cut out of its neighbours' instances,
+and the next run (after the file is repaired) detects only those tiles again.
+
 The driver holds the detections (bit-packed on disk, a bounding-box crop
 each in memory): memory grows with the number of objects, not the scene's
 pixels.
@@ -24,7 +29,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +46,16 @@ from geoseg.errors import StageError
 from geoseg.infer.detect import tile_file
 from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
 from geoseg.io.instances import create_instance_array, table_from_columns, write_instance_table
-from geoseg.io.masks import InstanceMask, load_masks
-from geoseg.io.mosaic import MosaicInfo, create_mosaic, mark_done, write_block
+from geoseg.io.masks import InstanceMask, load_masks, tight
+from geoseg.io.mosaic import (
+    MosaicInfo,
+    UnreadTile,
+    create_mosaic,
+    leave_invalid,
+    mark_done,
+    record_unread_tiles,
+    write_block,
+)
 from geoseg.io.overviews import build_overviews
 from geoseg.io.raster import SceneInfo, read_valid
 from geoseg.models.card import ModelCard
@@ -76,13 +90,22 @@ def _detections_folder(paths: JobPaths, fingerprint: dict, log: Callable[[str], 
     return {int(p.stem.split("_")[1]) for p in folder.glob("tile_*.npz")}
 
 
-def write_instance_mosaic(instances: list[InstanceMask], mosaic: MosaicInfo, scene_path) -> None:
-    """Paint non-overlapping instances (id = position + 1) into ``labels``/``instances``, chunk by chunk."""
+def write_instance_mosaic(
+    instances: list[InstanceMask], mosaic: MosaicInfo, scene_path, unread: Collection[UnreadTile] = ()
+) -> None:
+    """Paint non-overlapping instances (id = position + 1) into ``labels``/``instances``, chunk by chunk.
+
+    The cores of ``unread`` tiles (one chunk each) are left invalid without reading the scene there.
+    """
     ids_array = create_instance_array(mosaic)
     bounds = np.array([i.bbox for i in instances], dtype=np.float64).reshape(-1, 4)
     tree = shapely.STRtree(shapely.box(bounds[:, 1], bounds[:, 0], bounds[:, 3] - 1e-6, bounds[:, 2] - 1e-6))
+    unread_cores = {(tile.row, tile.col) for tile in unread}
     with rasterio.open(scene_path) as src:
         for row, col, h, w in mosaic.chunk_windows():
+            if (row, col) in unread_cores:
+                leave_invalid(mosaic, row, col, h, w)
+                continue
             ids = np.zeros((h, w), np.uint32)
             labels = np.zeros((h, w), np.uint8)
             for k in tree.query(shapely.box(col, row, col + w - 1e-6, row + h - 1e-6)).tolist():
@@ -130,9 +153,9 @@ def run_predict_instances(
     paths = JobPaths.of(job)
     started = time.perf_counter()
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=resolved_halo(job))
-    todo = _detect(job, paths, tiles, checkpoint, scene, fingerprint, address=address, log=log, force=force)
-    detections, merged, instances = _merge_tiles(paths, tiles, scene, job.instances)
-    levels = _write_outputs(paths, instances, card, scene, job, fingerprint)
+    todo, unread = _detect(job, paths, tiles, checkpoint, scene, fingerprint, address=address, log=log, force=force)
+    detections, merged, instances = _merge_tiles(paths, tiles, scene, job.instances, unread)
+    levels = _write_outputs(paths, instances, card, scene, job, fingerprint, unread)
     seconds = time.perf_counter() - started
     cut = sum(d.cut for d in detections)
     log(
@@ -150,6 +173,7 @@ def run_predict_instances(
         "instances": len(instances),
         "mosaic": str(paths.mosaic),
         "table": str(paths.instance_table),
+        "unread_tiles": [asdict(tile) for tile in unread],
     }
 
 
@@ -164,8 +188,8 @@ def _detect(
     address: str | None,
     log: Callable[[str], None],
     force: bool,
-) -> list[Tile]:
-    """Run the tiles not yet detected under this fingerprint through the actor pool; return those tiles."""
+) -> tuple[list[Tile], list[UnreadTile]]:
+    """Run the tiles not yet detected under this fingerprint through the actor pool; those tiles, and the unread."""
     have = _detections_folder(paths, fingerprint, log, force)
     todo = [tile for tile in tiles if tile.index not in have]
     log(
@@ -181,6 +205,7 @@ def _detect(
         "mask_threshold": settings.mask_threshold,
         "min_area": settings.min_area_px,
     }
+    unread: list[UnreadTile] = []
     with ray_session(address or runtime.address, dashboard=runtime.dashboard):
         detect_tiles(
             todo,
@@ -193,29 +218,55 @@ def _detect(
             use_gpu=runtime.use_gpu,
             thresholds=thresholds,
             progress=progress,
+            on_read_error=predict_spec(job).on_read_error,
+            on_unread=unread.append,
         )
-    return todo
+    return todo, unread
 
 
 def _merge_tiles(
-    paths: JobPaths, tiles: list[Tile], scene: SceneInfo, settings: InstanceSpec
+    paths: JobPaths, tiles: list[Tile], scene: SceneInfo, settings: InstanceSpec, unread: list[UnreadTile]
 ) -> tuple[list[InstanceMask], list[InstanceMask], list[InstanceMask]]:
-    """Every tile's raw detections, those merged across tiles, and the final non-overlapping instances."""
-    missing = [tile.index for tile in tiles if not tile_file(paths.tile_detections, tile.index).exists()]
+    """Every tile's raw detections, those merged across tiles, and the final non-overlapping instances.
+
+    Tiles that could not be read have no detections, and no say in the merge (their windows are left out).
+    """
+    skipped = {tile.tile for tile in unread}
+    read = [tile for tile in tiles if tile.index not in skipped]
+    missing = [tile.index for tile in read if not tile_file(paths.tile_detections, tile.index).exists()]
     if missing:
         raise StageError(
             f"predict: {len(missing)} tiles have no detections file in {paths.tile_detections}; rerun to resume"
         )
-    detections = [d for tile in tiles for d in load_masks(tile_file(paths.tile_detections, tile.index))]
+    detections = [d for tile in read for d in load_masks(tile_file(paths.tile_detections, tile.index))]
     merged = merge_detections(
         detections,
         iou=settings.merge_iou,
         ios=settings.merge_ios,
-        windows=tile_windows(tiles, scene.height, scene.width),
+        windows=tile_windows(read, scene.height, scene.width),
         scene_shape=(scene.height, scene.width),
     )
-    instances = resolve_overlaps(merged, min_area=settings.min_area_px)
+    instances = resolve_overlaps(_cut_out(merged, unread), min_area=settings.min_area_px)
     return detections, merged, instances
+
+
+def _cut_out(instances: list[InstanceMask], unread: list[UnreadTile]) -> list[InstanceMask]:
+    """The instances less their pixels in the cores of unread tiles (seen in a neighbour's halo; left invalid)."""
+    if not unread:
+        return instances
+    kept = []
+    for instance in instances:
+        mask = instance.mask.copy()
+        r0, c0, r1, c1 = instance.bbox
+        for tile in unread:
+            top, left = max(r0, tile.row), max(c0, tile.col)
+            bottom, right = min(r1, tile.row + tile.height), min(c1, tile.col + tile.width)
+            if bottom > top and right > left:
+                mask[top - r0 : bottom - r0, left - c0 : right - c0] = False
+        remaining = tight(replace(instance, mask=mask))
+        if remaining is not None:
+            kept.append(remaining)
+    return kept
 
 
 def _write_outputs(
@@ -225,6 +276,7 @@ def _write_outputs(
     scene: SceneInfo,
     job: Job,
     fingerprint: dict,
+    unread: list[UnreadTile],
 ) -> list[int]:
     """Write the mosaic under a temporary name, rename it, then write the table beside it; the overview levels."""
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
@@ -241,7 +293,8 @@ def _write_outputs(
         fingerprint=fingerprint,
         zarr_format=predict_spec(job).zarr_format,
     )
-    write_instance_mosaic(instances, mosaic, scene.path)
+    write_instance_mosaic(instances, mosaic, scene.path, unread)
+    record_unread_tiles(mosaic, unread)  # the run record lists them from here
     table = _table(instances, mosaic)
     levels = build_overviews(partial)
     if paths.mosaic.exists():

@@ -21,7 +21,7 @@ from rasterio.warp import transform as warp_points
 from geoseg.models.card import ModelCard
 from geoseg.vectorize.metres import pixel_areas_m2
 
-__all__ = ["RESOLUTION_TOLERANCE", "ground_pixel_m", "resolution_note"]
+__all__ = ["RESOLUTION_TOLERANCE", "ground_pixel_m", "model_pixel_size", "resolution_note"]
 
 # Largest ratio between the scene's and the model's ground pixel size, either way, that passes
 # without a note. Up to 25 % objects stay within the sizes that photometric noise, resampling and
@@ -54,6 +54,19 @@ def _metres(value: float) -> str:
     return f"{value:.{decimals}f}"
 
 
+def model_pixel_size(
+    transform: Affine, crs: CRS, height: int, width: int, card: ModelCard
+) -> tuple[float, float] | None:
+    """The pixel size, in the scene CRS's units, whose ground size is the model's (None if the card has none)."""
+    x, y = transform @ (width / 2, height / 2)
+    model_m = _model_pixel_m(card, crs, x, y)
+    if model_m is None:
+        return None
+    ratio = model_m / ground_pixel_m(transform, crs, height / 2, width / 2)
+    a, b, _, d, e, _ = tuple(transform)[:6]
+    return math.hypot(a, d) * ratio, math.hypot(b, e) * ratio
+
+
 def resolution_note(name: str, transform: Affine, crs: CRS, height: int, width: int, card: ModelCard) -> str | None:
     """The one-line note when the scene's ground pixels differ from the model's by more than the tolerance.
 
@@ -77,6 +90,6 @@ def resolution_note(name: str, transform: Affine, crs: CRS, height: int, width: 
     return (
         f"predict: note: {name} has {_metres(scene_m)} m pixels but the model was trained on "
         f"{_metres(model_m)} m pixels ({factor:.1f}x {finer}); objects look {factor:.1f}x {looks} than in "
-        f"training, which costs accuracy; resample the scene to ~{_metres(model_m)} m first "
-        f"(e.g. gdalwarp -tr {tr_x:.3g} {tr_y:.3g} {name} {stem}_resampled.tif)"
+        f"training, which costs accuracy; set `predict.resample: model` to read it at ~{_metres(model_m)} m, "
+        f"or resample it first (e.g. gdalwarp -tr {tr_x:.3g} {tr_y:.3g} {name} {stem}_resampled.tif)"
     )

@@ -16,11 +16,12 @@ from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError
 from geoseg.io.labels import label_options, load_labels, rasterize_labels
 from geoseg.io.normalization import band_statistics
-from geoseg.io.raster import SceneInfo, inspect_scene
+from geoseg.io.raster import SceneInfo
 from geoseg.models import is_instance_arch, output_stride
 from geoseg.models.card import ModelCard, Normalization
-from geoseg.models.checkpoint import build_model_from_card, read_card
+from geoseg.models.checkpoint import build_model_from_card, read_card, save_weights
 from geoseg.runtime import fit_model, ray_session
+from geoseg.stages.scene import training_image
 from geoseg.stages.sections import resolved_halo, train_spec
 from geoseg.train.history import plot_history
 from geoseg.train.instances import instance_centres
@@ -30,6 +31,7 @@ from geoseg.train.sampler import LabelIndex, split_area
 __all__ = ["run_train", "training_plan"]
 
 _CLASS_WEIGHTED = {"weighted_ce", "border_ce"}
+INITIAL_WEIGHTS = "initial_weights.safetensors"  # in train/: the whole model with its pretrained encoder
 
 
 def run_train(
@@ -83,15 +85,15 @@ def run_train(
 def training_plan(job: Job, log: Callable[[str], None] = print) -> TrainingPlan:
     """Everything the training loop needs: label rasters, areas, band statistics in the model card, weights."""
     spec = train_spec(job)
-    scenes = [
-        inspect_scene(pair.image, field=f"train.scenes[{i}].image", bands=job.bands)
-        for i, pair in enumerate(spec.scenes)
-    ]
+    scenes = [training_image(job, i, job.bands) for i in range(len(spec.scenes))]  # many files: one mosaic
     instance_model = is_instance_arch(job.model.arch)
     prepare = _instance_scene if instance_model else _semantic_scene
     prepared = [prepare(job, i, scene, log) for i, scene in enumerate(scenes)]
     mean, std = band_statistics([s.path for s in scenes], scenes[0].bands)
     card = _model_card(job, scenes[0], mean, std)
+    initial_weights = str(job.model.weights) if job.model.weights else None
+    if job.model.encoder_weights is not None:
+        card, initial_weights = _pretrained_start(job, card, log)
     class_weights = None
     if _CLASS_WEIGHTED & set(spec.loss) and not instance_model:
         from geoseg.train.losses import median_frequency_weights
@@ -108,8 +110,37 @@ def training_plan(job: Job, log: Callable[[str], None] = print) -> TrainingPlan:
         scenes=tuple(scene for scene, _ in prepared),
         stride=output_stride(build_model_from_card(card)),
         class_weights=class_weights,
-        initial_weights=str(job.model.weights) if job.model.weights else None,
+        initial_weights=initial_weights,
     )
+
+
+def _pretrained_start(job: Job, card: ModelCard, log: Callable[[str], None]) -> tuple[ModelCard, str]:
+    """The model with its pretrained encoder, saved whole for every worker to start from; the card records them.
+
+    Its other layers are seeded as the training loop seeds a model without them, so the two start alike but
+    for the encoder. Read from the library's cache or the local file here, on the driver: workers need neither.
+    """
+    from geoseg.models.pretrained import build_pretrained_model  # imports torch
+
+    assert job.model.encoder_weights is not None
+    options: dict[str, Any] = dict(card.options)
+    model, record = build_pretrained_model(
+        card.arch,
+        in_channels=card.in_channels,
+        num_classes=card.num_classes,
+        encoder=card.encoder,
+        encoder_weights=job.model.encoder_weights.source,
+        seed=train_spec(job).seed,
+        **options,
+    )
+    start = JobPaths.of(job).train_dir / INITIAL_WEIGHTS
+    start.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(start, model)
+    log(
+        f"train: encoder {card.encoder} starts from {record.weights!r} weights "
+        f"({record.file}, sha256 {record.sha256[:12]})"
+    )
+    return card.model_copy(update={"encoder_weights": record}), str(start)
 
 
 def _labels_of(job: Job, index: int, scene: SceneInfo):

@@ -2,10 +2,14 @@
 
 Each label polygon is one instance: the train stage burns polygon ids into an
 instance raster (``rasterize_labels(..., instances=True)``) and records each
-id's class. A crop's targets are the ids present in it: a mask per id, its
-box, its class. Objects cut by the crop's edge keep their visible part (the
-model must learn those too: prediction tiles cut objects the same way), but
-slivers under ``MIN_PIXELS`` are dropped, as no box regression can learn them.
+id's class. A box table (:mod:`geoseg.io.box_tables`) gives one instance per
+box: its target is that box (clipped to the image) and a mask filling it, less
+the pixels of later boxes that overlap it (as for overlapping polygons).
+
+A crop's targets are the ids present in it: a mask per id, its box, its
+class. Objects cut by the crop's edge keep their visible part (the model must
+learn those too: prediction tiles cut objects the same way), but slivers under
+``MIN_PIXELS`` are dropped, as no box regression can learn them.
 
 Crops come from the training area only (the validation strip is never seen).
 A share ``empty_ratio`` of them is drawn where no instance is, so the model

@@ -72,7 +72,9 @@ class TrainingPlan:
         scenes: the training scenes with their areas.
         stride: the model's output stride (validation pads windows to a multiple of it).
         class_weights: per-class loss weights (``weighted_ce``/``border_ce``); None: all 1.
-        initial_weights: a local .safetensors to start from (``model.weights``).
+        initial_weights: a .safetensors of the whole model to start from: ``model.weights``, or the train
+            stage's ``train/initial_weights.safetensors`` (random layers + ``model.encoder_weights``, which the
+            card records). Workers load it; they never read a library's cache.
     """
 
     card: ModelCard

@@ -139,3 +139,29 @@ def test_the_shipped_job_names_the_same_files_from_the_cluster(tmp_path):
         "evaluate": {"labels": "/home/ray/geoseg/jobs/truth.gpkg"},
     }
     assert data["output_dir"] == "../out/x"  # the caller's mapping is left alone
+
+
+def test_predict_settings_that_cannot_go_together_are_refused(tmp_path):
+    skip_blend = {**MINIMAL, "tiling": {"stitch": "blend"}, "predict": {"scene": "s.tif", "on_read_error": "skip"}}
+    assert problems(tmp_path, skip_blend) == [
+        f"{tmp_path / 'job.yaml'}: (top level): predict.on_read_error: skip leaves unread tiles out, which blending "
+        "cannot do without; use tiling.stitch: crop, or on_read_error: stop"
+    ]
+    both = {**MINIMAL, "predict": {"scene": "s.tif", "resample": "model", "resolution": 0.5}}
+    assert problems(tmp_path, both) == [
+        f"{tmp_path / 'job.yaml'}: predict: resample: model reads at the model's pixel size; "
+        "remove resolution, or resample"
+    ]
+
+
+def test_a_survey_list_is_resolved_against_the_job_file(tmp_path):
+    from geoseg.config.load import rebase_job_paths
+
+    job = load_job(write(tmp_path, {**MINIMAL, "predict": {"scene": ["a.tif", "tiles/*.tif", "s3://b/c.tif"]}}))
+    assert [str(p) for p in job.predict.scene] == [
+        str(tmp_path / "a.tif"),
+        str(tmp_path / "tiles/*.tif"),
+        "s3://b/c.tif",
+    ]
+    rebased = rebase_job_paths({"predict": {"scene": ["a.tif", "/abs/b.tif"]}}, "/cluster/jobs")
+    assert rebased["predict"]["scene"] == ["/cluster/jobs/a.tif", "/abs/b.tif"]

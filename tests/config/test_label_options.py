@@ -56,3 +56,14 @@ def test_label_class_excludes_label_map_and_widths_must_be_positive(tmp_path):
         line.startswith(f"{path}: train.scenes.0: label_class gives every feature one class; remove label_field")
         for line in lines
     )
+
+
+def test_class_names_of_each_source_are_checked_naming_the_source():
+    from geoseg.config.label_values import unknown_label_classes
+
+    namings = [("train.scenes[0].labels[1]", {"yes": "buildings"}, None), ("train.scenes[1]", {}, "fields")]
+    assert unknown_label_classes(namings, [], ["background", "building"], []) == [
+        "train.scenes[0].labels[1].label_map: 'yes' maps to 'buildings', which is not in classes: "
+        "(background, building)",
+        "train.scenes[1].label_class: 'fields' is not in classes: (background, building)",
+    ]

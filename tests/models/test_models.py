@@ -153,7 +153,12 @@ def test_trains_a_few_steps(arch):
         ("unet", "resnet18", {"encoder_depth": "3"}, ["model.options.encoder_depth", "'3'"]),
         ("unet", "resnet18", {"activation": "sigmoid"}, ["model.options.activation", "raw logits"]),
         ("unet", "resnet18", {"aux_params": {"classes": 2}}, ["model.options.aux_params", "tuples"]),
-        ("unet", "resnet18", {"encoder_weights": "imagenet"}, ["model.options.encoder_weights", "model.weights"]),
+        (
+            "unet",
+            "resnet18",
+            {"encoder_weights": "imagenet"},
+            ["model.options.encoder_weights", "model.encoder_weights"],
+        ),
         ("unet", "resnet18", {"classes": 3}, ["model.options.classes", "set by geoseg"]),
         ("fcn_resnet50", "resnet34", {}, ["model.encoder", "fixed resnet50 backbone", "'resnet34'"]),
         (

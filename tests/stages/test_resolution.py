@@ -25,7 +25,9 @@ def note_for(path, pixel_size, crs):
 def test_neon_at_a_tenth_of_a_metre_with_a_half_metre_model():
     assert note_for(real_raster("neon_osbs_029.tif"), (0.5, 0.5), "EPSG:32617") == (
         "predict: note: neon_osbs_029.tif has 0.10 m pixels but the model was trained on 0.50 m pixels (5.0x finer); "
-        "objects look 5.0x larger than in training, which costs accuracy; resample the scene to ~0.50 m first "
+        "objects look 5.0x larger than in training, which costs accuracy; "
+        "set `predict.resample: model` to read it at ~0.50 m, "
+        "or resample it first "
         "(e.g. gdalwarp -tr 0.5 0.5 neon_osbs_029.tif neon_osbs_029_resampled.tif)"
     )
     assert note_for(real_raster("neon_osbs_029.tif"), (0.1, 0.1), "EPSG:32617") is None
@@ -118,7 +120,9 @@ def test_the_predict_stage_logs_the_note(tmp_path):
     notes = [line for line in logged if "pixels" in line]
     assert notes == [
         f"predict: note: {scene} has 0.50 m pixels but the model was trained on 0.10 m pixels (5.0x coarser); "
-        "objects look 5.0x smaller than in training, which costs accuracy; resample the scene to ~0.10 m first "
+        "objects look 5.0x smaller than in training, which costs accuracy; "
+        "set `predict.resample: model` to read it at ~0.10 m, "
+        "or resample it first "
         f"(e.g. gdalwarp -tr 0.1 0.1 {scene} scene_resampled.tif)"
     ]
 
