@@ -33,6 +33,10 @@ def ray_output_to(log_file: Path | None) -> Iterator[None]:
     """Send the output of every Ray session started inside to ``log_file`` (appended; None: the terminal)."""
     global _ray_log
     previous, _ray_log = _ray_log, log_file
+    if log_file is not None:
+        # Worker lines reach the terminal as geoseg wrote them, without Ray's colour-coded "(pid=...)"
+        # prefix (read when Ray is first imported, so before any stage; --verbose keeps it).
+        os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
     try:
         yield
     finally:
