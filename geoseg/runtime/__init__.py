@@ -4,6 +4,7 @@
 - :mod:`geoseg.runtime.train_job`: training through Ray Train (``fit_model``).
 - :mod:`geoseg.runtime.predict_pool`: prediction through a pool of Ray actors
   (``predict_tiles``, ``blend_tiles``, ``detect_tiles``).
+- :mod:`geoseg.runtime.tasks`: independent pieces of a stage as Ray tasks (``run_tasks``).
 - :mod:`geoseg.runtime.jobs`: batch jobs on a cluster through Ray's Jobs API
   (``submit_job_file``, ``job_status``, ``job_logs``, ``follow_job_logs``).
 
@@ -23,11 +24,13 @@ __all__ = [
     "job_status",
     "predict_tiles",
     "ray_session",
+    "run_tasks",
     "submit_job_file",
 ]
 
 _HOMES = {
     "ray_session": "session",
+    "run_tasks": "tasks",
     "fit_model": "train_job",
     "predict_tiles": "predict_pool",
     "blend_tiles": "predict_pool",

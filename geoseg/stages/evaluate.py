@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.windows import Window
 
 from geoseg.config import Job
 from geoseg.config.paths import JobPaths
+from geoseg.evaluate.confusion import band_confusion, chunk_row_bands
 from geoseg.evaluate.instances import instance_report, mosaic_instances, truth_instances
-from geoseg.evaluate.metrics import confusion_matrix, scores_from_confusion
+from geoseg.evaluate.metrics import scores_from_confusion
 from geoseg.evaluate.quicklook import write_quicklook
 from geoseg.io.instances import INSTANCES, read_instance_table
 from geoseg.io.labels import label_options, load_labels, rasterize_labels
@@ -36,18 +35,24 @@ def _truth_raster(job: Job, paths: JobPaths) -> Path:
     return rasterize_labels(frame, scene, paths.truth)
 
 
-def mosaic_confusion(mosaic_path: Path, truth_path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Confusion matrix of a mosaic against a label raster, chunk by chunk."""
+def mosaic_confusion(
+    mosaic_path: Path, truth_path: Path, *, workers: int = 1, cpus: int = 1, address: str | None = None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Confusion matrix of a mosaic against a label raster, chunk by chunk.
+
+    With ``workers`` > 1 the chunk rows are split into bands counted by parallel Ray tasks
+    (``cpus`` each) and summed: the same integers as one process counting them in order.
+    """
     mosaic = open_mosaic(mosaic_path)
-    n = len(mosaic.class_names)
-    matrix = np.zeros((n, n), np.int64)
-    with rasterio.open(truth_path) as truth:
-        for row, col, h, w in mosaic.chunk_windows():
-            reference = truth.read(1, window=Window(col, row, w, h))
-            predicted = np.asarray(mosaic.labels[row : row + h, col : col + w])
-            valid = np.asarray(mosaic.valid[row : row + h, col : col + w])
-            matrix += confusion_matrix(reference, predicted, n, valid=valid)
-    return matrix, mosaic.class_names
+    bands = chunk_row_bands(mosaic.height, mosaic.chunk, 2 * workers if workers > 1 else 1)
+    arguments = [(str(mosaic_path), str(truth_path), first, stop) for first, stop in bands]
+    if len(arguments) == 1:
+        return band_confusion(*arguments[0]), mosaic.class_names
+    from geoseg.runtime import ray_session, run_tasks
+
+    with ray_session(address):
+        counts = run_tasks(band_confusion, arguments, cpus=cpus)
+    return np.sum(counts, axis=0), mosaic.class_names
 
 
 def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log: Callable[[str], None]) -> dict | None:
@@ -103,17 +108,21 @@ def run_evaluate(
 ) -> dict[str, Any]:
     """Score the mosaic against ``evaluate.labels``; write ``metrics.json`` and the quicklook.
 
-    Runs in this process and always recomputes; ``address`` and ``force`` are taken for the
-    runners' one signature (:mod:`geoseg.config.stages`).
+    Always recomputes; the confusion counts run as ``runtime.workers`` Ray tasks' worth of bands on
+    ``address`` when there is more than one worker. ``force`` is taken for the runners' one signature
+    (:mod:`geoseg.config.stages`).
     """
     paths = JobPaths.of(job)
     predict, evaluate = predict_spec(job), evaluate_spec(job)
     started = time.perf_counter()
     truth = _truth_raster(job, paths)
-    matrix, class_names = mosaic_confusion(paths.mosaic, truth)
+    runtime = job.runtime
+    matrix, class_names = mosaic_confusion(
+        paths.mosaic, truth, workers=runtime.workers, cpus=runtime.cpus_per_worker, address=address
+    )
     report: dict[str, Any] = {
         "job": job.name,
-        "scene": str(predict.scene),
+        "scene": [str(p) for p in predict.scene] if isinstance(predict.scene, list) else str(predict.scene),
         "model": scores_from_confusion(matrix, class_names),
     }
     if paths.training_history.exists():  # loss and validation mIoU per epoch, from the train stage

@@ -1,0 +1,42 @@
+"""A mosaic's confusion matrix against a label raster, one band of chunk rows at a time.
+
+Each band is independent (it opens both rasters itself and reads only its own
+chunks), so bands can run as parallel tasks; integer counts summed in any order
+give the same matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from geoseg.evaluate.metrics import confusion_matrix
+from geoseg.io.mosaic import open_mosaic
+
+__all__ = ["band_confusion", "chunk_row_bands"]
+
+
+def chunk_row_bands(height: int, chunk: int, bands: int) -> list[tuple[int, int]]:
+    """``(first_row, stop_row)`` pixel ranges covering ``height`` in about ``bands`` runs of whole chunk rows."""
+    rows = -(-height // chunk)
+    per_band = -(-rows // max(1, min(bands, rows)))
+    return [(r * chunk, min((r + per_band) * chunk, height)) for r in range(0, rows, per_band)]
+
+
+def band_confusion(mosaic_path: str | Path, truth_path: str | Path, first_row: int, stop_row: int) -> np.ndarray:
+    """The confusion counts (truth rows, prediction columns) of the chunks in pixel rows ``first_row:stop_row``."""
+    mosaic = open_mosaic(Path(mosaic_path))
+    n = len(mosaic.class_names)
+    matrix = np.zeros((n, n), np.int64)
+    with rasterio.open(truth_path) as truth:
+        for row, col, h, w in mosaic.chunk_windows():
+            if not first_row <= row < stop_row:
+                continue
+            reference = truth.read(1, window=Window(col, row, w, h))
+            predicted = np.asarray(mosaic.labels[row : row + h, col : col + w])
+            valid = np.asarray(mosaic.valid[row : row + h, col : col + w])
+            matrix += confusion_matrix(reference, predicted, n, valid=valid)
+    return matrix

@@ -1,0 +1,51 @@
+"""The confusion counts: the same integers in one process, in bands, and as parallel Ray tasks."""
+
+import numpy as np
+import pytest
+
+from geoseg.evaluate.confusion import band_confusion, chunk_row_bands
+from tests.factories import scene_mosaic, write_geotiff
+
+SIZE, CHUNK = 200, 64
+
+
+@pytest.fixture
+def scored(tmp_path):
+    """A mosaic of random labels with invalid pixels, and a truth raster of random labels on its grid."""
+    rng = np.random.default_rng(3)
+    scene = write_geotiff(tmp_path / "scene.tif", np.ones((3, SIZE, SIZE), np.uint8))
+    mosaic = scene_mosaic(tmp_path / "mosaic.zarr", scene, CHUNK)
+    labels = rng.integers(0, 3, (SIZE, SIZE), dtype=np.uint8)
+    valid = (rng.random((SIZE, SIZE)) > 0.1).astype(np.uint8)
+    mosaic.labels[:] = labels * valid
+    mosaic.valid[:] = valid
+    truth = rng.integers(0, 3, (SIZE, SIZE), dtype=np.uint8)
+    truth_path = write_geotiff(tmp_path / "truth.tif", truth)
+    expected = np.zeros((3, 3), np.int64)
+    np.add.at(expected, (truth[valid > 0], labels[valid > 0]), 1)  # independent: every valid pixel once
+    return tmp_path / "mosaic.zarr", truth_path, expected
+
+
+def test_bands_cover_every_chunk_row_once():
+    assert chunk_row_bands(200, 64, 1) == [(0, 200)]
+    assert chunk_row_bands(200, 64, 2) == [(0, 128), (128, 200)]
+    assert chunk_row_bands(200, 64, 8) == [(0, 64), (64, 128), (128, 192), (192, 200)]
+
+
+def test_bands_sum_to_the_whole(scored):
+    mosaic, truth, expected = scored
+    whole = band_confusion(mosaic, truth, 0, SIZE)
+    np.testing.assert_array_equal(whole, expected)
+    parts = [band_confusion(mosaic, truth, a, b) for a, b in chunk_row_bands(SIZE, CHUNK, 3)]
+    np.testing.assert_array_equal(np.sum(parts, axis=0), expected)
+
+
+def test_two_workers_count_what_one_counts(scored, ray_local):
+    from geoseg.stages.evaluate import mosaic_confusion
+
+    mosaic, truth, expected = scored
+    one, names = mosaic_confusion(mosaic, truth)
+    two, _ = mosaic_confusion(mosaic, truth, workers=2)
+    np.testing.assert_array_equal(one, expected)
+    np.testing.assert_array_equal(two, expected)
+    assert names == ("background", "water", "building")
