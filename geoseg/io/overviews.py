@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -52,11 +53,22 @@ from affine import Affine
 from geoseg.errors import InputRasterError, JobConfigError
 from geoseg.io.mosaic import DATA_ARRAYS, MosaicInfo, geoseg_attrs, member_array, open_mosaic
 from geoseg.io.multiscales import OVERVIEWS_GROUP, level_shape, multiscales, write_coords
+from geoseg.io.overview_tree import Builder, build_subtree, count_dtype, level_nodes, split_level
 
-__all__ = ["OVERVIEWS_GROUP", "build_overviews", "list_overviews", "overview_factors", "read_overview"]
+__all__ = [
+    "OVERVIEWS_GROUP",
+    "RunParallel",
+    "build_overviews",
+    "build_subtree",
+    "list_overviews",
+    "overview_factors",
+    "read_overview",
+]
 
 _PARTIAL = "_overviews_partial"  # built here, renamed to OVERVIEWS_GROUP when complete
 _DEFAULT_MAX_MEMORY = 512 * 2**20
+# Runs function(*args) for every args in parallel; the results in order (the stage hands in Ray tasks).
+RunParallel = Callable[[Callable[..., Any], list[tuple]], list[Any]]
 
 
 def overview_factors(height: int, width: int, min_side: int = 256) -> list[int]:
@@ -74,137 +86,14 @@ def overview_factors(height: int, width: int, min_side: int = 256) -> list[int]:
     return factors
 
 
-def _count_dtype(level: int) -> np.dtype:
-    # A per-class count at level k is at most 4**k: the narrowest type keeps the
-    # accumulators small (uint8 up to factor 8, uint16 up to factor 128).
-    top = 4**level
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.uint64)
-
-
-def _block_add(dest: np.ndarray, child: np.ndarray, row0: int, col0: int) -> None:
-    """Add the 2×2 block sums of ``child`` (…, h, w) into ``dest`` (…, H, W).
-
-    ``row0``/``col0`` are the child's origin in the parent's grid at *child*
-    resolution. When it is odd (odd chunk sides), a parent pixel straddles two
-    children: pad one zero row/column in front so the blocks line up with the
-    parent's, and let the neighbour child add its half.
-    """
-    pr, pc = row0 % 2, col0 % 2
-    h, w = child.shape[-2:]
-    hh, ww = -(-(h + pr) // 2), -(-(w + pc) // 2)
-    if pr or pc or h % 2 or w % 2:
-        padded = np.zeros((*child.shape[:-2], 2 * hh, 2 * ww), dtype=child.dtype)
-        padded[..., pr : pr + h, pc : pc + w] = child
-    else:
-        padded = child
-    # Four strided adds: several times faster than reshape(…, 2, …, 2).sum(axes).
-    sums = padded[..., 0::2, 0::2].astype(dest.dtype)
-    sums += padded[..., 1::2, 0::2]
-    sums += padded[..., 0::2, 1::2]
-    sums += padded[..., 1::2, 1::2]
-    r, c = row0 // 2, col0 // 2
-    dest[..., r : r + hh, c : c + ww] += sums[..., : dest.shape[-2] - r, : dest.shape[-1] - c]
-
-
-def _place(dest: np.ndarray, child: np.ndarray, row0: int, col0: int) -> None:
-    h, w = child.shape[-2:]
-    dest[..., row0 : row0 + h, col0 : col0 + w] = child
-
-
-def _weighted_mode(labels: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2×2 mode of ``labels`` (2H, 2W), each vote weighted by ``weight``; ties → lowest label."""
-    h2, w2 = labels.shape
-    cand = labels.reshape(h2 // 2, 2, w2 // 2, 2).transpose(1, 3, 0, 2).reshape(4, h2 // 2, w2 // 2)
-    wts = weight.reshape(h2 // 2, 2, w2 // 2, 2).transpose(1, 3, 0, 2).reshape(4, h2 // 2, w2 // 2).astype(np.int64)
-    score = np.zeros(cand.shape, dtype=np.int64)
-    for i in range(4):
-        for j in range(4):
-            score[i] += np.where(cand[i] == cand[j], wts[j], 0)
-    # Candidates with no valid pixel get no score; composite key = score, then the lower label.
-    key = np.where(wts > 0, score * 256 + (255 - cand.astype(np.int64)), -1)
-    best = np.take_along_axis(cand, key.argmax(axis=0)[None], axis=0)[0]
-    total = wts.sum(axis=0)
-    return np.where(total > 0, best, 0).astype(np.uint8), total
-
-
-class _Builder:
-    """Depth-first walk of the chunk quadtree, writing each level's chunks as they complete."""
-
-    def __init__(self, mosaic: MosaicInfo, levels: dict[int, tuple[zarr.Array, zarr.Array]], exact: bool):
-        self.mosaic = mosaic
-        self.levels = levels  # level k → (labels, valid) arrays
-        self.exact = exact
-        self.classes = max(len(mosaic.class_names), 1)
-        self.chunk = mosaic.chunk
-
-    def node(self, level: int, row: int, col: int):
-        """Counts (exact) or (labels, weight) (cascade) of chunk (row, col) of ``level``."""
-        c = self.chunk
-        height, width = level_shape(self.mosaic.height, self.mosaic.width, level)
-        h, w = min(c, height - row * c), min(c, width - col * c)
-        if level == 0:
-            return self._base(row * c, col * c, h, w)
-        if self.exact:
-            acc = np.zeros((self.classes, h, w), dtype=_count_dtype(level))
-        else:
-            # Children are placed at their own resolution, then reduced 2×2 at once,
-            # so odd chunk sides need no special case.
-            lab = np.zeros((2 * h, 2 * w), dtype=np.uint8)
-            wts = np.zeros((2 * h, 2 * w), dtype=_count_dtype(level))
-        child_h, child_w = level_shape(self.mosaic.height, self.mosaic.width, level - 1)
-        for i in (0, 1):
-            for j in (0, 1):
-                crow, ccol = 2 * row + i, 2 * col + j
-                if crow * c >= child_h or ccol * c >= child_w:
-                    continue
-                child = self.node(level - 1, crow, ccol)
-                if self.exact:
-                    _block_add(acc, child, i * c, j * c)
-                else:
-                    _place(lab, child[0], i * c, j * c)
-                    _place(wts, child[1], i * c, j * c)
-        result: np.ndarray | tuple[np.ndarray, np.ndarray]
-        if self.exact:
-            valid = acc.any(axis=0)
-            # argmax returns the first maximum: ties go to the lowest class index.
-            labels = np.where(valid, acc.argmax(axis=0), 0).astype(np.uint8)
-            result = acc
-        else:
-            labels, weight = _weighted_mode(lab, wts)
-            valid = weight > 0
-            result = (labels, weight.astype(_count_dtype(level)))
-        out_labels, out_valid = self.levels[level]
-        out_labels[row * c : row * c + h, col * c : col * c + w] = labels
-        out_valid[row * c : row * c + h, col * c : col * c + w] = valid.astype(np.uint8)
-        return result
-
-    def _base(self, row_off: int, col_off: int, h: int, w: int):
-        labels = np.asarray(self.mosaic.labels[row_off : row_off + h, col_off : col_off + w])
-        valid = np.asarray(self.mosaic.valid[row_off : row_off + h, col_off : col_off + w]) != 0
-        if valid.any():
-            top = int(labels[valid].max())
-            if top >= self.classes:
-                raise InputRasterError(
-                    f"{self.mosaic.path}: labels hold class {top} at chunk ({row_off}, {col_off}) but the mosaic "
-                    f"names only {self.classes} classes {list(self.mosaic.class_names)!r}; run `geoseg predict` again"
-                )
-        if self.exact:
-            counts = np.zeros((self.classes, h, w), dtype=np.uint8)
-            for k in range(self.classes):
-                counts[k] = (labels == k) & valid
-            return counts
-        return np.where(valid, labels, 0).astype(np.uint8), valid.astype(np.uint8)
-
-
 def build_overviews(
     mosaic_path: str | Path,
     *,
     min_side: int = 256,
     method: Literal["auto", "exact", "cascade"] = "auto",
     max_memory: int = _DEFAULT_MAX_MEMORY,
+    run_parallel: RunParallel | None = None,
+    workers: int = 1,
 ) -> list[int]:
     """Add overview levels 2, 4, 8, … to a finished mosaic; return their factors.
 
@@ -219,6 +108,10 @@ def build_overviews(
             ``cascade`` (validity-weighted 2×2 mode of the previous level), or
             ``auto``: exact unless its accumulators would exceed ``max_memory`` bytes.
         max_memory: budget for ``auto``.
+        run_parallel: runs ``function(*args)`` for a list of ``args`` in parallel, the results in
+            order (:data:`RunParallel`; the predict stage hands in Ray tasks).
+        workers: above 1, the subtrees of one level (:func:`geoseg.io.overview_tree.build_subtree`,
+            at least two per worker) are built through ``run_parallel``, the levels above them here.
 
     Returns:
         The factors built, e.g. ``[2, 4]``; empty when the mosaic is already small.
@@ -235,7 +128,7 @@ def build_overviews(
     if not factors:
         return []
     levels = _create_levels(mosaic, root / _PARTIAL, factors, exact)
-    _fill_levels(mosaic, levels, exact)
+    _fill_levels(mosaic, levels, exact, run_parallel if workers > 1 else None, workers, root / _PARTIAL)
     os.replace(root / _PARTIAL, root / OVERVIEWS_GROUP)
     mosaic.group.attrs["multiscales"] = multiscales(mosaic, factors, _method_name(exact))
     return factors
@@ -255,7 +148,7 @@ def _use_exact(mosaic: MosaicInfo, levels: int, method: str, max_memory: int) ->
         raise JobConfigError(f"overviews: method {method!r} is not one of 'auto', 'exact', 'cascade'; use 'auto'")
     classes = max(len(mosaic.class_names), 1)
     # One (classes, chunk, chunk) accumulator per level, the base's included.
-    exact_bytes = sum(classes * mosaic.chunk**2 * _count_dtype(k).itemsize for k in range(levels + 1))
+    exact_bytes = sum(classes * mosaic.chunk**2 * count_dtype(k).itemsize for k in range(levels + 1))
     return method == "exact" or (method == "auto" and exact_bytes <= max_memory)
 
 
@@ -324,14 +217,30 @@ def _level_arrays(
     return pair[0], pair[1]
 
 
-def _fill_levels(mosaic: MosaicInfo, levels: dict[int, tuple[zarr.Array, zarr.Array]], exact: bool) -> None:
-    """Compute and write every chunk of every level: one depth-first walk down from each top-level chunk."""
-    builder = _Builder(mosaic, levels, exact)
+def _fill_levels(
+    mosaic: MosaicInfo,
+    levels: dict[int, tuple[zarr.Array, zarr.Array]],
+    exact: bool,
+    run_parallel: RunParallel | None = None,
+    workers: int = 1,
+    partial: Path | None = None,
+) -> None:
+    """Compute and write every chunk of every level: one depth-first walk down from each top-level chunk.
+
+    In parallel, every chunk of the highest level with at least two per worker is the root of one
+    task's subtree (its chunks and all below, written by that task: no two tasks share a chunk); the
+    walk from the top then takes those roots' results instead of descending. Counts add the same
+    way in any order, so the bytes are those of the serial walk.
+    """
+    builder = Builder(mosaic, levels, exact)
     top = len(levels)
-    top_h, top_w = level_shape(mosaic.height, mosaic.width, top)
-    for row in range(-(-top_h // mosaic.chunk)):
-        for col in range(-(-top_w // mosaic.chunk)):
-            builder.node(top, row, col)
+    split = split_level(mosaic, top, 2 * workers) if run_parallel is not None else None
+    if run_parallel is not None and split is not None and partial is not None:
+        nodes = level_nodes(mosaic, split)
+        arguments = [(str(mosaic.path), str(partial), exact, split, row, col) for row, col in nodes]
+        builder.done = dict(zip(((split, r, c) for r, c in nodes), run_parallel(build_subtree, arguments), strict=True))
+    for row, col in level_nodes(mosaic, top):
+        builder.node(top, row, col)
 
 
 def list_overviews(mosaic_path: str | Path) -> list[int]:

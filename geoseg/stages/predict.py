@@ -23,6 +23,7 @@ from geoseg.models.checkpoint import build_model_from_card, read_card, weights_s
 from geoseg.models.context import KNOWN_HALOS, has_global_context
 from geoseg.runtime import blend_tiles, predict_tiles, ray_session
 from geoseg.stages.progress import tile_progress
+from geoseg.stages.pyramid import mosaic_overviews
 from geoseg.stages.resolution import resolution_note
 from geoseg.stages.scene import predicted_scene
 from geoseg.stages.sections import predict_spec, resolved_halo
@@ -151,7 +152,7 @@ def _predict_semantic(
         else:
             written = _predict_blended(tiles, todo, checkpoint, scene, partial, job, progress, log)
     record_unread_tiles(open_mosaic(partial, mode="r+"), unread)  # the run record lists them from here
-    levels = _publish(partial, paths.mosaic, len(tiles))
+    levels = _publish(partial, paths.mosaic, len(tiles), job, address)
     seconds = time.perf_counter() - started
     mpix = scene.width * scene.height / 1e6
     log(
@@ -232,13 +233,13 @@ def _reopen_to_retry_unread(mosaic_path: Path, partial: Path, fingerprint: dict,
         os.replace(mosaic_path, partial)
 
 
-def _publish(partial: Path, mosaic: Path, chunks: int) -> list[int]:
+def _publish(partial: Path, mosaic: Path, chunks: int, job: Job, address: str | None) -> list[int]:
     """Check every chunk of ``partial`` is written, add its overviews and rename it to ``mosaic``; the levels."""
     missing = chunks - len(done_chunks(open_mosaic(partial)))
     if missing:
         raise StageError(f"predict: {missing} chunks of {partial} were not written; rerun to resume")
     drop_scratch(open_mosaic(partial, mode="r+").group)
-    levels = build_overviews(partial)  # before the rename: only a mosaic with its overviews looks complete
+    levels = mosaic_overviews(partial, job, address)  # before the rename: only a complete mosaic has overviews
     if mosaic.exists():
         shutil.rmtree(mosaic)
     os.replace(partial, mosaic)  # only a complete mosaic carries the final name

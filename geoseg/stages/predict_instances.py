@@ -56,11 +56,11 @@ from geoseg.io.mosaic import (
     record_unread_tiles,
     write_block,
 )
-from geoseg.io.overviews import build_overviews
 from geoseg.io.raster import SceneInfo, read_valid
 from geoseg.models.card import ModelCard
 from geoseg.runtime import detect_tiles, ray_session
 from geoseg.stages.progress import tile_progress
+from geoseg.stages.pyramid import mosaic_overviews
 from geoseg.stages.sections import predict_spec, resolved_halo
 from geoseg.tiling import Tile, plan_tiles
 from geoseg.vectorize.metres import pixel_areas_m2
@@ -296,7 +296,7 @@ def _write_outputs(
     write_instance_mosaic(instances, mosaic, scene.path, unread)
     record_unread_tiles(mosaic, unread)  # the run record lists them from here
     table = _table(instances, mosaic)
-    levels = build_overviews(partial)
+    levels = mosaic_overviews(partial, job, None)
     if paths.mosaic.exists():
         shutil.rmtree(paths.mosaic)
     os.replace(partial, paths.mosaic)
