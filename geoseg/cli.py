@@ -139,6 +139,12 @@ def _cmd_bench_merge(args) -> int:
     return 0
 
 
+def _cmd_bench_pipeline(args) -> int:
+    from geoseg.bench.pipeline import run_pipeline_command
+
+    return run_pipeline_command(args)
+
+
 def _cluster_address(args) -> str | None:
     return args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
 
@@ -256,7 +262,7 @@ def _add_data_commands(sub) -> None:
 
 
 def _add_bench_commands(sub) -> None:
-    """``bench predict``, ``bench train`` and ``bench merge``."""
+    """``bench predict``, ``bench train``, ``bench merge`` and ``bench pipeline``."""
     p = sub.add_parser("bench", help="benchmarks that print one JSON line")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("predict", help="synthesise an N x N GeoTIFF and predict it; throughput and peak memory")
@@ -285,6 +291,12 @@ def _add_bench_commands(sub) -> None:
     )
     p.add_argument("job", help="an instance job whose predict stage has run (e.g. jobs/building_instances.yaml)")
     p.set_defaults(func=_cmd_bench_merge)
+    p = bench.add_parser("pipeline", help="vectorize, evaluate and overviews of a synthetic survey mosaic, timed")
+    p.add_argument("--size", type=int, default=4096, help="scene side in pixels (default: 4096)")
+    p.add_argument("--workers", type=int, default=1, help="Ray tasks for evaluate's bands (default: 1, no Ray)")
+    p.add_argument("--chunk", type=int, default=448, help="mosaic chunk side in pixels (default: 448)")
+    p.add_argument("--out", help="keep the mosaic, reference and outputs here (default: a temporary folder)")
+    p.set_defaults(func=_cmd_bench_pipeline)
 
 
 def _add_cluster_commands(sub) -> None:

@@ -2,13 +2,18 @@
 
 The vectorize stage runs it. The mosaic is read one chunk at a time
 (invariant 2: memory is O(chunk), plus the regions still open across the
-current seam and the finished features), polygonized per chunk, stitched
-across seams, and written once at the end.
+current seam), polygonized per chunk and stitched across seams. Without
+instance ids or simplification, each band of chunk rows' finished regions is
+written as soon as the seam below closes them (see :mod:`geoseg.vectorize.stream`);
+with either, every region is needed first (ids go by first pixel over the whole
+scene; simplification is one coverage with one tolerance), so the features are
+held and written in one batch at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import pandas as pd
 from geoseg.errors import JobConfigError
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.vectorize.components import RegionNumbering, number_regions, with_ids, write_instances
-from geoseg.vectorize.export import regions_to_frame, write_vectors
+from geoseg.vectorize.export import empty_frame, finish_vectors, open_vectors, regions_to_frame, write_vectors
 from geoseg.vectorize.polygonize import polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
 
@@ -78,10 +83,21 @@ def _merge_chunks(
     merger: SeamMerger | None = None,
     total: int | None = None,
 ) -> list[tuple[int, object]]:
+    """Every region of the mosaic, in the order the seams finish them."""
+    return [region for band in _band_regions(mosaic, class_ids, progress, merger, total) for region in band]
+
+
+def _band_regions(
+    mosaic: MosaicInfo,
+    class_ids: list[int],
+    progress: Callable[[int, int], None] | None,
+    merger: SeamMerger | None = None,
+    total: int | None = None,
+) -> Iterator[list[tuple[int, object]]]:
+    """Per chunk row, the regions it finishes (none of their pixels touch the next row)."""
     if merger is None:
         merger = SeamMerger(mosaic.height, mosaic.width)
     row_offsets = range(0, mosaic.height, mosaic.chunk)
-    regions: list[tuple[int, object]] = []
     for done, row_off in enumerate(row_offsets, start=1):
         height = min(mosaic.chunk, mosaic.height - row_off)
         for col_off in range(0, mosaic.width, mosaic.chunk):
@@ -91,10 +107,10 @@ def _merge_chunks(
             labels = np.asarray(mosaic.labels[rows, cols])
             valid = np.asarray(mosaic.valid[rows, cols])
             merger.add(polygonize_chunk(labels, valid, row_off, col_off, class_ids))
-        regions.extend(merger.end_row())
+        # Handed on before the next row is read: only regions still open across the seam stay here.
+        yield merger.end_row()
         if progress is not None:
             progress(done, total or len(row_offsets))
-    return regions
 
 
 def vectorize_mosaic(
@@ -145,14 +161,11 @@ def vectorize_mosaic(
     mosaic = open_mosaic(mosaic_path, mode="r" if instances_table is None else "r+")
     class_ids = select_classes(mosaic.class_names, classes)
     if instances_table is None:
-        frame = _class_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
-    else:
-        frame, numbering, merger = _numbered_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
+        return _write_class_features(mosaic, class_ids, simplify_m, min_area_m2, progress, Path(out_dir), fmt)
+    frame, numbering, merger = _numbered_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
     vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
-    per_class = _per_class(frame, mosaic.class_names, class_ids)
+    per_class = _per_class(Counter(frame["class"]), mosaic.class_names, class_ids)
     outputs = VectorOutputs(vectors=vectors, geojson=geojson, features=len(frame), per_class=per_class)
-    if instances_table is None:
-        return outputs
     del frame  # pass 2 needs only the numbering, not the features
     table = _write_instance_ids(mosaic, class_ids, merger, numbering, Path(instances_table), progress)
     return replace(outputs, instances=len(table), instance_table=Path(instances_table))
@@ -169,28 +182,44 @@ def _check_non_negative(**values: float) -> None:
         raise JobConfigError(problems)
 
 
-def _class_frame(
+def _write_class_features(
     mosaic: MosaicInfo,
     class_ids: list[int],
     simplify_m: float,
     min_area_m2: float,
     progress: Callable[[int, int], None] | None,
-) -> gpd.GeoDataFrame:
-    """Pass 1 without ids: the features of every region, in the order the seams finish them."""
-    # Passed straight in, never bound to a name, so the pixel-space regions are freed once the frame is built.
-    return regions_to_frame(
-        _merge_chunks(mosaic, class_ids, progress),
-        transform=mosaic.transform,
-        crs=mosaic.crs,
-        class_names=mosaic.class_names,
-        simplify_m=simplify_m,
-        min_area_m2=min_area_m2,
-    )
+    out_dir: Path,
+    fmt: str,
+) -> VectorOutputs:
+    """Pass 1 without ids: write the features of every region, in the order the seams finish them.
+
+    Streamed band by band; with ``simplify_m`` all regions form one batch, since the coverage
+    (shared borders moved once) and its single tolerance span the whole scene.
+    """
+    if simplify_m > 0:
+        batches: Iterable[list[tuple[int, object]]] = [_merge_chunks(mosaic, class_ids, progress)]
+    else:
+        batches = _band_regions(mosaic, class_ids, progress)
+    counts: Counter[str] = Counter()
+    with open_vectors(out_dir, empty_frame(mosaic.crs), fmt=fmt) as writer:
+        for regions in batches:
+            frame = regions_to_frame(
+                regions,
+                transform=mosaic.transform,
+                crs=mosaic.crs,
+                class_names=mosaic.class_names,
+                simplify_m=simplify_m,
+                min_area_m2=min_area_m2,
+            )
+            writer.write(frame)
+            counts.update(frame["class"])
+    vectors, geojson = finish_vectors(writer, fmt)
+    per_class = _per_class(counts, mosaic.class_names, class_ids)
+    return VectorOutputs(vectors=vectors, geojson=geojson, features=writer.features, per_class=per_class)
 
 
-def _per_class(frame: gpd.GeoDataFrame, class_names: Sequence[str], class_ids: list[int]) -> dict[str, int]:
+def _per_class(counts: Counter[str], class_names: Sequence[str], class_ids: list[int]) -> dict[str, int]:
     """Features per vectorized class name, 0 for a class with none."""
-    counts = frame["class"].value_counts()
     return {class_names[i]: int(counts.get(class_names[i], 0)) for i in class_ids}
 
 

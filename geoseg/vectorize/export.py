@@ -9,8 +9,6 @@ EPSG:4326 (RFC 7946).
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,9 +20,9 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
-from geoseg.errors import StageError
 from geoseg.vectorize.metres import areas_m2, metres_per_unit, simplify_tolerance
 from geoseg.vectorize.pixelgeom import node_polygons
+from geoseg.vectorize.stream import VectorWriter
 
 __all__ = [
     "FORMATS",
@@ -32,7 +30,9 @@ __all__ = [
     "areas_m2",
     "empty_frame",
     "features_frame",
+    "finish_vectors",
     "metres_per_unit",
+    "open_vectors",
     "regions_to_frame",
     "write_vectors",
 ]
@@ -185,51 +185,6 @@ def regions_to_frame(
     )
 
 
-def _geometry_type(frame: gpd.GeoDataFrame) -> str:
-    # One declared type per layer (the GeoPackage spec wants it): Polygon unless
-    # some region really is several disjoint parts.
-    return "MultiPolygon" if (frame.geom_type == "MultiPolygon").any() else "Polygon"
-
-
-def _partial_name(final: Path) -> Path:
-    # Hidden and marked partial: nothing that opens out_dir mistakes it for output.
-    return final.with_name(f".{final.stem}.partial{final.suffix}")
-
-
-def _remove_partial(partial: Path) -> None:
-    for path in (partial, Path(f"{partial}-journal"), Path(f"{partial}-wal"), Path(f"{partial}-shm")):
-        path.unlink(missing_ok=True)
-
-
-def _write_partial(frame: gpd.GeoDataFrame, final: Path, driver: str, *, layer: str = LAYER, **options) -> Path:
-    """Write ``frame`` with GDAL under the partial name of ``final``; return that name."""
-    partial = _partial_name(final)
-    _remove_partial(partial)  # left by an earlier crash; GDAL would add to it
-    geometry_type = _geometry_type(frame)
-    with warnings.catch_warnings():
-        # pyogrio warns that an empty frame's geometry type is guessed; we set it.
-        warnings.filterwarnings("ignore", message=".*geometry type.*", category=UserWarning)
-        pyogrio.write_dataframe(
-            frame,
-            partial,
-            layer=layer,
-            driver=driver,
-            geometry_type=geometry_type,
-            promote_to_multi=geometry_type == "MultiPolygon",
-            **options,
-        )
-    return partial
-
-
-def _write_parquet_partial(frame: gpd.GeoDataFrame, final: Path) -> Path:
-    """Write ``frame`` as GeoParquet (geometry as WKB, CRS as PROJJSON) under a partial name."""
-    partial = _partial_name(final)
-    _remove_partial(partial)
-    # No index column: row labels left by filtering mean nothing to a reader.
-    frame.reset_index(drop=True).to_parquet(partial, index=False)
-    return partial
-
-
 def _to_wgs84(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     # geopandas reprojects in longitude/latitude order (always_xy), as RFC 7946
     # wants; a reprojected edge can in rare cases touch another, so re-check.
@@ -240,8 +195,38 @@ def _to_wgs84(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return wgs84
 
 
+def open_vectors(out_dir: Path, empty: gpd.GeoDataFrame, *, fmt: str = "gpkg", name: str = LAYER) -> VectorWriter:
+    """A :class:`~geoseg.vectorize.stream.VectorWriter` for ``<name>.gpkg|.parquet`` and ``<name>.geojson``.
+
+    Use it as a context manager and hand it each batch of finished features; ``empty`` (zero rows,
+    the output columns and CRS) is what is written when no batch has a row.
+
+    Raises:
+        ValueError: an unknown ``fmt``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"vector format must be one of {sorted(FORMATS)!r} (got {fmt!r})")
+    out_dir = Path(out_dir)
+    return VectorWriter(
+        out_dir / f"{name}{FORMATS[fmt]}",
+        out_dir / f"{name}.geojson",
+        layer=name,
+        empty=empty,
+        to_wgs84=_to_wgs84,
+        errors=_WRITE_ERRORS,
+    )
+
+
+def finish_vectors(writer: VectorWriter, fmt: str, name: str = LAYER) -> tuple[Path, Path]:
+    """After a completed ``writer``: remove a ``<name>`` file in the *other* format left by an earlier run."""
+    for other, suffix in FORMATS.items():
+        if other != fmt:
+            (writer.vectors.parent / f"{name}{suffix}").unlink(missing_ok=True)
+    return writer.vectors, writer.geojson
+
+
 def write_vectors(frame: gpd.GeoDataFrame, out_dir: Path, *, fmt: str = "gpkg", name: str = LAYER) -> tuple[Path, Path]:
-    """Write the features in the mosaic CRS and in EPSG:4326.
+    """Write the features in the mosaic CRS and in EPSG:4326, in one batch (see :func:`open_vectors`).
 
     ``<name>.gpkg`` (GeoPackage 1.2, layer ``name``) or ``<name>.parquet``
     (GeoParquet, CRS kept as PROJJSON) in the frame's CRS, and always
@@ -265,33 +250,6 @@ def write_vectors(frame: gpd.GeoDataFrame, out_dir: Path, *, fmt: str = "gpkg", 
         ValueError: an unknown ``fmt``.
         StageError: a file could not be written (an ``OSError`` or GDAL's I/O error, as its cause).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"vector format must be one of {sorted(FORMATS)!r} (got {fmt!r})")
-    out_dir = Path(out_dir)
-    vectors, geojson = out_dir / f"{name}{FORMATS[fmt]}", out_dir / f"{name}.geojson"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if fmt == "gpkg":
-            # GeoPackage 1.2: GDAL >= 3.7 writes 1.4 by default, which Debian's GDAL
-            # 3.6 (and so older QGIS) opens only with a "partially supported" warning.
-            _write_partial(frame, vectors, "GPKG", layer=name, dataset_options={"VERSION": "1.2"})
-        else:
-            _write_parquet_partial(frame, vectors)
-        # RFC7946=YES: WGS84 lon/lat, right-hand winding, 7 decimals (~1 cm).
-        _write_partial(_to_wgs84(frame), geojson, "GeoJSON", layer=name, layer_options={"RFC7946": "YES"})
-    except BaseException as exc:
-        if out_dir.is_dir():
-            for final in (vectors, geojson):
-                _remove_partial(_partial_name(final))
-        if isinstance(exc, _WRITE_ERRORS):  # a known failure: one line; anything else is a bug, raised as itself
-            raise StageError(f"{out_dir}: writing the vector outputs failed: {exc}") from exc
-        raise
-    try:
-        for final in (vectors, geojson):
-            os.replace(_partial_name(final), final)
-    except OSError as exc:
-        raise StageError(f"{out_dir}: writing the vector outputs failed: {exc}") from exc
-    for other, suffix in FORMATS.items():
-        if other != fmt:
-            (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
-    return vectors, geojson
+    with open_vectors(out_dir, frame.iloc[:0], fmt=fmt, name=name) as writer:
+        writer.write(frame)
+    return finish_vectors(writer, fmt, name)

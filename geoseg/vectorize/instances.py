@@ -20,7 +20,8 @@ in :mod:`geoseg.vectorize.polygonize`, so pieces from two chunks meet exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,14 @@ from rasterio.features import shapes
 from geoseg.errors import InputRasterError, JobConfigError
 from geoseg.io.instances import INSTANCES, read_instance_table
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
-from geoseg.vectorize.export import FORMATS, features_frame, make_polygonal, pixel_to_map, write_vectors
+from geoseg.vectorize.export import (
+    FORMATS,
+    features_frame,
+    finish_vectors,
+    make_polygonal,
+    open_vectors,
+    pixel_to_map,
+)
 from geoseg.vectorize.metres import areas_m2, simplify_tolerance
 from geoseg.vectorize.pixelgeom import union_pieces
 
@@ -127,8 +135,12 @@ def _join(parts: list):
 
 def _instance_polygons(
     mosaic: MosaicInfo, table: pd.DataFrame, progress: Callable[[int, int], None] | None
-) -> dict[int, object]:
-    """Pixel-space polygon of every instance that has pixels: ``{id: polygon}``."""
+) -> Iterator[dict[int, object]]:
+    """Per chunk row, the pixel-space polygons of the instances finished in it: ``{id: polygon}``.
+
+    A small instance is finished in the chunk row of its box's top edge, a large one in the
+    chunk row of its box's bottom edge (see :func:`_finished_row`).
+    """
     array = mosaic.array(INSTANCES)
     chunk = mosaic.chunk
     grid_rows, grid_cols = mosaic.grid
@@ -145,8 +157,8 @@ def _instance_polygons(
 
     big = np.flatnonzero(large)
     big_pieces: dict[int, list] = {}
-    polygons: dict[int, object] = {}
     for grid_row in range(grid_rows):
+        polygons: dict[int, object] = {}
         row_off = grid_row * chunk
         row_end = min(row_off + chunk, mosaic.height)
         for grid_col in range(grid_cols):
@@ -178,9 +190,15 @@ def _instance_polygons(
             pieces = big_pieces.pop(int(ids[i]), None)
             if pieces:
                 polygons[int(ids[i])] = union_pieces(pieces)
+        yield polygons
         if progress is not None:
             progress(grid_row + 1, grid_rows)
-    return polygons
+
+
+def _finished_row(boxes: np.ndarray, chunk: int) -> np.ndarray:
+    """The chunk row after which :func:`_instance_polygons` has traced each instance (or found it empty)."""
+    large = ((boxes[:, 2] - boxes[:, 0]) > chunk) | ((boxes[:, 3] - boxes[:, 1]) > chunk)
+    return np.where(large, (boxes[:, 2] - 1) // chunk, boxes[:, 0] // chunk)
 
 
 def instances_to_frame(
@@ -274,14 +292,33 @@ def vectorize_instances(
     table_path = Path(table_path)
     table = read_instance_table(table_path)
     _check_table(table, mosaic, table_path)
-    frame, traced = _traced_frame(mosaic, table, simplify_m, min_area_m2, progress)
-    vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
+    by_id = table.set_index(pd.Index(table["id"].to_numpy(np.int64)))
+    counts: Counter[str] = Counter()
+    traced = 0
+    empty = instances_to_frame(
+        np.zeros(0, np.int64), np.zeros(0, object), by_id, transform=mosaic.transform, crs=mosaic.crs
+    )
+    with open_vectors(Path(out_dir), empty, fmt=fmt) as writer:
+        for ids, pixel_geoms in _id_ordered_batches(mosaic, table, progress):
+            frame = instances_to_frame(
+                ids,
+                pixel_geoms,
+                by_id,
+                transform=mosaic.transform,
+                crs=mosaic.crs,
+                simplify_m=simplify_m,
+                min_area_m2=min_area_m2,
+            )
+            writer.write(frame)
+            counts.update(frame["class"])
+            traced += len(ids)
+    vectors, geojson = finish_vectors(writer, fmt)
     return InstanceVectorOutputs(
         vectors=vectors,
         geojson=geojson,
         format=fmt,
-        features=len(frame),
-        per_class=_per_class(frame, mosaic.class_names, table),
+        features=writer.features,
+        per_class=_per_class(counts, mosaic.class_names, table),
         missing=len(table) - traced,
     )
 
@@ -324,31 +361,32 @@ def _open_instance_mosaic(mosaic_path: Path) -> MosaicInfo:
     return mosaic
 
 
-def _traced_frame(
-    mosaic: MosaicInfo,
-    table: pd.DataFrame,
-    simplify_m: float,
-    min_area_m2: float,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[gpd.GeoDataFrame, int]:
-    """The output features, by id, and how many instances had pixels to trace."""
-    # Held only here, so the pixel-space polygons are freed once the frame is built.
-    polygons = _instance_polygons(mosaic, table, progress)
-    ids = np.array(sorted(polygons), dtype=np.int64)
-    frame = instances_to_frame(
-        ids,
-        np.array([polygons[i] for i in ids], dtype=object),
-        table.set_index(pd.Index(table["id"].to_numpy(np.int64))),
-        transform=mosaic.transform,
-        crs=mosaic.crs,
-        simplify_m=simplify_m,
-        min_area_m2=min_area_m2,
-    )
-    return frame, len(ids)
+def _id_ordered_batches(
+    mosaic: MosaicInfo, table: pd.DataFrame, progress: Callable[[int, int], None] | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per chunk row, the ids and pixel-space polygons that can be written now, in id order.
+
+    Features go out by id, but an instance is traced in the chunk row of its box's top edge (or,
+    if large, its bottom edge), so a polygon waits until every smaller id is traced too. Only
+    those waiting polygons stay in memory: with the predict stage's ids (by first pixel), the
+    ones below a large instance still open.
+    """
+    ids = table["id"].to_numpy(np.int64)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    # Row after which every id up to this one is traced: the running maximum in id order.
+    ready_after = np.maximum.accumulate(_finished_row(table[_BOX].to_numpy(np.int64)[order], mosaic.chunk))
+    waiting: dict[int, object] = {}
+    released = 0
+    for grid_row, finished in enumerate(_instance_polygons(mosaic, table, progress)):
+        waiting.update(finished)
+        end = int(np.searchsorted(ready_after, grid_row, side="right"))
+        ready = [int(i) for i in ids[released:end] if int(i) in waiting]
+        released = end
+        yield np.array(ready, dtype=np.int64), np.array([waiting.pop(i) for i in ready], dtype=object)
 
 
-def _per_class(frame: gpd.GeoDataFrame, class_names: Sequence[str], table: pd.DataFrame) -> dict[str, int]:
+def _per_class(counts: Counter[str], class_names: Sequence[str], table: pd.DataFrame) -> dict[str, int]:
     """Features per class: every mosaic class but index 0, then any other class the table names; 0 for none."""
-    counts = frame["class"].value_counts()
     names = list(class_names[1:]) + sorted(set(table["class"].astype(str)) - set(class_names[1:]))
     return {name: int(counts.get(name, 0)) for name in names}
