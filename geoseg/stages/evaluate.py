@@ -19,18 +19,18 @@ from geoseg.evaluate.quicklook import write_quicklook
 from geoseg.io.instances import INSTANCES, read_instance_table
 from geoseg.io.labels import label_options, load_labels, rasterize_labels
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
+from geoseg.io.raster import SceneInfo
 from geoseg.stages.scene import predicted_scene, training_image
 from geoseg.stages.sections import evaluate_spec, predict_spec, train_spec
 
 __all__ = ["mosaic_confusion", "run_evaluate"]
 
 
-def _truth_raster(job: Job, paths: JobPaths) -> Path:
+def _truth_raster(job: Job, paths: JobPaths, scene: SceneInfo) -> Path:
     """The reference as a label raster on the scene grid (polygons are rasterized first)."""
     labels = evaluate_spec(job).labels  # a Path, or a RemotePath for an s3:// URI
     if labels.suffix.lower() in (".tif", ".tiff"):
         return labels
-    scene = predicted_scene(job, job.bands)
     frame = load_labels(labels, scene=scene, classes=job.classes, source="evaluate.labels", **label_options(job.train))
     return rasterize_labels(frame, scene, paths.truth)
 
@@ -55,31 +55,32 @@ def mosaic_confusion(
     return np.sum(counts, axis=0), mosaic.class_names
 
 
-def _colour_baseline(job: Job, paths: JobPaths, truth: Path, log: Callable[[str], None]) -> dict | None:
+def _colour_baseline(
+    job: Job, paths: JobPaths, scene: SceneInfo, truth: Path, log: Callable[[str], None]
+) -> dict | None:
     from geoseg.evaluate.colour_baseline import colour_baseline
 
     train = train_spec(job)
     pair = train.scenes[0]
     train_labels = paths.train_labels(0)
-    if not train_labels.exists():
-        scene = training_image(job, 0, job.bands)
-        frame = load_labels(
-            pair.labels, scene=scene, classes=job.classes, source="train.scenes[0].labels", **label_options(train, 0)
-        )
-        rasterize_labels(frame, scene, train_labels)
-    log("evaluate: fitting the per-pixel colour baseline (logistic regression on band values)")
     image = training_image(job, 0, job.bands)
-    survey = predicted_scene(job, job.bands).path
-    return colour_baseline(image.path, train_labels, survey, truth, job.classes, bands=image.bands)
+    if not train_labels.exists():
+        frame = load_labels(
+            pair.labels, scene=image, classes=job.classes, source="train.scenes[0].labels", **label_options(train, 0)
+        )
+        rasterize_labels(frame, image, train_labels)
+    log("evaluate: fitting the per-pixel colour baseline (logistic regression on band values)")
+    return colour_baseline(image.path, train_labels, scene.path, truth, job.classes, bands=image.bands)
 
 
-def _instance_metrics(job: Job, paths: JobPaths, mosaic: MosaicInfo, log: Callable[[str], None]) -> dict:
+def _instance_metrics(
+    job: Job, paths: JobPaths, scene: SceneInfo, mosaic: MosaicInfo, log: Callable[[str], None]
+) -> dict:
     """Instances against the reference polygons (one per polygon): F1 at IoU 0.5, splits, duplicates, mask AP."""
     labels = evaluate_spec(job).labels  # a Path, or a RemotePath for an s3:// URI
     if labels.suffix.lower() in (".tif", ".tiff"):
         log("evaluate: instance metrics need reference polygons (one per object), not a label raster; skipped")
         return {"skipped": "evaluate.labels is a raster"}
-    scene = predicted_scene(job, job.bands)
     frame = load_labels(labels, scene=scene, classes=job.classes, source="evaluate.labels", **label_options(job.train))
     table = read_instance_table(paths.instance_table)
     classes = sorted(set(table["class_id"].astype(int))) or list(range(1, len(job.classes)))
@@ -115,7 +116,8 @@ def run_evaluate(
     paths = JobPaths.of(job)
     predict, evaluate = predict_spec(job), evaluate_spec(job)
     started = time.perf_counter()
-    truth = _truth_raster(job, paths)
+    scene = predicted_scene(job, job.bands)  # once: for a survey this inspects every file
+    truth = _truth_raster(job, paths, scene)
     runtime = job.runtime
     matrix, class_names = mosaic_confusion(
         paths.mosaic, truth, workers=runtime.workers, cpus=runtime.cpus_per_worker, address=address
@@ -128,11 +130,10 @@ def run_evaluate(
     if paths.training_history.exists():  # loss and validation mIoU per epoch, from the train stage
         report["training"] = json.loads(paths.training_history.read_text())
     if evaluate.colour_baseline and job.train:
-        report["colour_baseline"] = _colour_baseline(job, paths, truth, log)
+        report["colour_baseline"] = _colour_baseline(job, paths, scene, truth, log)
     mosaic = open_mosaic(paths.mosaic)
     if INSTANCES in mosaic.group and paths.instance_table.exists():
-        report["instances"] = _instance_metrics(job, paths, mosaic, log)
-    scene = predicted_scene(job, job.bands)
+        report["instances"] = _instance_metrics(job, paths, scene, mosaic, log)
     write_quicklook(scene.path, list(scene.bands), truth, mosaic, paths.quicklook)
     tmp = paths.metrics.with_name(paths.metrics.name + ".partial")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
