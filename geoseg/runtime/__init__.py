@@ -4,7 +4,7 @@
 - :mod:`geoseg.runtime.train_job`: training through Ray Train (``fit_model``).
 - :mod:`geoseg.runtime.predict_pool`: prediction through a pool of Ray actors
   (``predict_tiles``, ``blend_tiles``, ``detect_tiles``).
-- :mod:`geoseg.runtime.tasks`: independent pieces of a stage as Ray tasks (``run_tasks``).
+- :mod:`geoseg.runtime.tasks`: independent pieces of a stage as Ray tasks (``run_tasks``, ``iter_tasks``).
 - :mod:`geoseg.runtime.jobs`: batch jobs on a cluster through Ray's Jobs API
   (``submit_job_file``, ``job_status``, ``job_logs``, ``follow_job_logs``).
 
@@ -20,6 +20,7 @@ __all__ = [
     "detect_tiles",
     "fit_model",
     "follow_job_logs",
+    "iter_tasks",
     "job_logs",
     "job_status",
     "predict_tiles",
@@ -31,6 +32,7 @@ __all__ = [
 _HOMES = {
     "ray_session": "session",
     "run_tasks": "tasks",
+    "iter_tasks": "tasks",
     "fit_model": "train_job",
     "predict_tiles": "predict_pool",
     "blend_tiles": "predict_pool",

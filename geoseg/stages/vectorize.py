@@ -13,6 +13,7 @@ from geoseg.config import Job
 from geoseg.config.paths import JobPaths
 from geoseg.io.mosaic import open_mosaic
 from geoseg.vectorize import vectorize_instances, vectorize_mosaic
+from geoseg.vectorize.classes import RunTasks, VectorOutputs, in_process
 
 __all__ = ["run_vectorize"]
 
@@ -20,7 +21,8 @@ __all__ = ["run_vectorize"]
 def run_vectorize(job: Job, *, address: str | None = None, log=print, force: bool = False) -> dict:
     """Turn the mosaic's classes (or instances) into polygons under ``vectors/``.
 
-    Runs in this process and always rewrites its outputs; ``address`` and ``force`` are taken for
+    Bands of chunk rows run as Ray tasks on ``address`` when ``runtime.workers`` > 1, else here;
+    always rewrites its outputs (a killed run's finished bands are reused). ``force`` is taken for
     the runners' one signature (:mod:`geoseg.config.stages`).
     """
     paths = JobPaths.of(job)
@@ -36,16 +38,28 @@ def run_vectorize(job: Job, *, address: str | None = None, log=print, force: boo
 
     if "instances" in open_mosaic(paths.mosaic).fingerprint:  # a Mask R-CNN mosaic: one polygon per instance
         return _vectorize_instances(job, paths, progress, log, started)
-    outputs = vectorize_mosaic(
-        paths.mosaic,
-        paths.vectors,
-        classes=spec.classes,
-        simplify_m=spec.simplify_m,
-        min_area_m2=spec.min_area_m2,
-        progress=progress,
-        instances_table=paths.instance_table if spec.instances else None,
-        fmt=spec.format,
-    )
+    runtime = job.runtime
+
+    def run(run_tasks: RunTasks = in_process) -> VectorOutputs:
+        return vectorize_mosaic(
+            paths.mosaic,
+            paths.vectors,
+            classes=spec.classes,
+            simplify_m=spec.simplify_m,
+            min_area_m2=spec.min_area_m2,
+            progress=progress,
+            instances_table=paths.instance_table if spec.instances else None,
+            fmt=spec.format,
+            run_tasks=run_tasks,
+        )
+
+    if runtime.workers > 1:
+        from geoseg.runtime import iter_tasks, ray_session
+
+        with ray_session(address or runtime.address, dashboard=runtime.dashboard):
+            outputs = run(lambda function, arguments: iter_tasks(function, arguments, cpus=runtime.cpus_per_worker))
+    else:
+        outputs = run()
     counts = ", ".join(f"{count} {name}" for name, count in outputs.per_class.items())
     log(
         f"vectorize: {outputs.features} polygons ({counts}) in {time.perf_counter() - started:.0f} s; "

@@ -3,19 +3,23 @@
 The vectorize stage runs it. The mosaic is read one chunk at a time
 (invariant 2: memory is O(chunk), plus the regions still open across the
 current seam), polygonized per chunk and stitched across seams. Without
-instance ids or simplification, each band of chunk rows' finished regions is
-written as soon as the seam below closes them (see :mod:`geoseg.vectorize.stream`);
-with either, every region is needed first (ids go by first pixel over the whole
-scene; simplification is one coverage with one tolerance), so the features are
-held and written in one batch at the end.
+instance ids or simplification, bands of chunk rows are polygonized as
+independent tasks (in parallel on Ray, see :mod:`geoseg.vectorize.bands`) and
+each band's features are written as soon as the band and the seam above it are
+done (see :mod:`geoseg.vectorize.stream`); with either, every region is needed
+first (ids go by first pixel over the whole scene; simplification is one
+coverage with one tolerance), so the features are held and written in one
+batch at the end.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import geopandas as gpd
 import numpy as np
@@ -23,12 +27,22 @@ import pandas as pd
 
 from geoseg.errors import JobConfigError
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
+from geoseg.vectorize.bands import BandSummary, band_as_chunk, band_requests, read_features, vectorize_band
 from geoseg.vectorize.components import RegionNumbering, number_regions, with_ids, write_instances
 from geoseg.vectorize.export import empty_frame, finish_vectors, open_vectors, regions_to_frame, write_vectors
 from geoseg.vectorize.polygonize import polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
 
-__all__ = ["VectorOutputs", "select_classes", "vectorize_mosaic"]
+__all__ = ["RunTasks", "VectorOutputs", "in_process", "select_classes", "vectorize_mosaic"]
+
+# Runs ``function(*args)`` for each ``args``; yields the results in the arguments' order, each as soon
+# as it and those before it are done (Ray tasks in a runtime, or one after another here).
+RunTasks = Callable[[Callable[..., object], Sequence[tuple]], Iterable[object]]
+
+
+def in_process(function: Callable[..., object], arguments: Sequence[tuple]) -> Iterator[object]:
+    """The :data:`RunTasks` of one process: each call in turn, lazily (one band's results held at a time)."""
+    return (function(*args) for args in arguments)
 
 
 @dataclass(frozen=True)
@@ -123,6 +137,7 @@ def vectorize_mosaic(
     progress: Callable[[int, int], None] | None = None,
     instances_table: Path | None = None,
     fmt: str = "gpkg",
+    run_tasks: RunTasks = in_process,
 ) -> VectorOutputs:
     """Polygonize a mosaic: one feature per 4-connected region of each class.
 
@@ -148,6 +163,8 @@ def vectorize_mosaic(
             (of each pass: ``total`` is twice the chunk rows with instances).
         instances_table: where to write ``instances.parquet``; None: no instances.
         fmt: ``gpkg`` (GeoPackage) or ``parquet`` (GeoParquet) for the mosaic-CRS file.
+        run_tasks: runs the bands of chunk rows (:mod:`geoseg.vectorize.bands`) of a vectorize
+            without ids or simplification, e.g. as Ray tasks; default: here, one after another.
 
     Returns:
         The paths written and the feature counts.
@@ -160,6 +177,8 @@ def vectorize_mosaic(
     _check_non_negative(simplify_m=simplify_m, min_area_m2=min_area_m2)
     mosaic = open_mosaic(mosaic_path, mode="r" if instances_table is None else "r+")
     class_ids = select_classes(mosaic.class_names, classes)
+    if instances_table is None and simplify_m == 0:
+        return _write_banded_features(mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks)
     if instances_table is None:
         return _write_class_features(mosaic, class_ids, simplify_m, min_area_m2, progress, Path(out_dir), fmt)
     frame, numbering, merger = _numbered_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
@@ -191,31 +210,70 @@ def _write_class_features(
     out_dir: Path,
     fmt: str,
 ) -> VectorOutputs:
-    """Pass 1 without ids: write the features of every region, in the order the seams finish them.
+    """Without ids but simplified: every region in one batch.
 
-    Streamed band by band; with ``simplify_m`` all regions form one batch, since the coverage
-    (shared borders moved once) and its single tolerance span the whole scene.
+    The coverage (shared borders moved once) and its single tolerance span the whole scene.
     """
-    if simplify_m > 0:
-        batches: Iterable[list[tuple[int, object]]] = [_merge_chunks(mosaic, class_ids, progress)]
-    else:
-        batches = _band_regions(mosaic, class_ids, progress)
-    counts: Counter[str] = Counter()
+    regions = _merge_chunks(mosaic, class_ids, progress)
+    frame = regions_to_frame(
+        regions,
+        transform=mosaic.transform,
+        crs=mosaic.crs,
+        class_names=mosaic.class_names,
+        simplify_m=simplify_m,
+        min_area_m2=min_area_m2,
+    )
+    del regions
+    counts: Counter[str] = Counter(frame["class"])
     with open_vectors(out_dir, empty_frame(mosaic.crs), fmt=fmt) as writer:
-        for regions in batches:
-            frame = regions_to_frame(
-                regions,
-                transform=mosaic.transform,
-                crs=mosaic.crs,
-                class_names=mosaic.class_names,
-                simplify_m=simplify_m,
-                min_area_m2=min_area_m2,
-            )
-            writer.write(frame)
-            counts.update(frame["class"])
+        writer.write(frame)
     vectors, geojson = finish_vectors(writer, fmt)
     per_class = _per_class(counts, mosaic.class_names, class_ids)
     return VectorOutputs(vectors=vectors, geojson=geojson, features=writer.features, per_class=per_class)
+
+
+def _write_banded_features(
+    mosaic: MosaicInfo,
+    class_ids: list[int],
+    min_area_m2: float,
+    progress: Callable[[int, int], None] | None,
+    out_dir: Path,
+    fmt: str,
+    run_tasks: RunTasks,
+) -> VectorOutputs:
+    """Every band as a task (:func:`~geoseg.vectorize.bands.vectorize_band`), written in band order.
+
+    Per band: its finished features (GeoJSON rendered by the task), then the regions that close
+    once its top seam is joined to the bands above. Parts left by a killed run of the same mosaic
+    and settings are reused; they are removed once the outputs are complete.
+    """
+    parts_dir = out_dir / ".vectorize-parts"
+    requests = band_requests(mosaic, parts_dir, class_ids, min_area_m2)
+    across = SeamMerger(mosaic.height, mosaic.width)  # one "chunk" per band: joins the open regions
+    counts: Counter[str] = Counter()
+    empty = empty_frame(mosaic.crs)
+    with open_vectors(out_dir, empty, fmt=fmt) as writer:
+        summaries = cast(Iterable[BandSummary], run_tasks(vectorize_band, [(r,) for r in requests]))
+        for request, summary in zip(requests, summaries, strict=True):
+            frame, geojson = read_features(request, empty)
+            writer.write_rendered(frame, geojson, summary.declared, summary.geojson_rows)
+            counts.update(summary.per_class)
+            across.add(band_as_chunk(request, summary, mosaic.width))
+            joined = regions_to_frame(
+                across.end_row(),
+                transform=mosaic.transform,
+                crs=mosaic.crs,
+                class_names=mosaic.class_names,
+                min_area_m2=min_area_m2,
+            )
+            writer.write(joined)
+            counts.update(joined["class"])
+            if progress is not None:
+                progress(-(-request.stop_row // mosaic.chunk), mosaic.grid[0])
+    vectors, geojson_path = finish_vectors(writer, fmt)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    per_class = _per_class(counts, mosaic.class_names, class_ids)
+    return VectorOutputs(vectors=vectors, geojson=geojson_path, features=writer.features, per_class=per_class)
 
 
 def _per_class(counts: Counter[str], class_names: Sequence[str], class_ids: list[int]) -> dict[str, int]:

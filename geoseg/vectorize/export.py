@@ -34,6 +34,7 @@ __all__ = [
     "metres_per_unit",
     "open_vectors",
     "regions_to_frame",
+    "to_wgs84",
     "write_vectors",
 ]
 
@@ -185,7 +186,7 @@ def regions_to_frame(
     )
 
 
-def _to_wgs84(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+def to_wgs84(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     # geopandas reprojects in longitude/latitude order (always_xy), as RFC 7946
     # wants; a reprojected edge can in rare cases touch another, so re-check.
     wgs84 = frame.to_crs("EPSG:4326")
@@ -212,7 +213,7 @@ def open_vectors(out_dir: Path, empty: gpd.GeoDataFrame, *, fmt: str = "gpkg", n
         out_dir / f"{name}.geojson",
         layer=name,
         empty=empty,
-        to_wgs84=_to_wgs84,
+        to_wgs84=to_wgs84,
         errors=_WRITE_ERRORS,
     )
 

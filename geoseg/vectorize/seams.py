@@ -68,6 +68,8 @@ class SeamMerger:
             regions = merger.end_row()   # [(class_id, polygon), ...] now complete
 
     After the last row ``end_row`` returns every region still open.
+    With ``first_row``, the rows from there to ``height`` are merged as a mosaic of their own
+    (a band: :mod:`geoseg.vectorize.bands`); the pieces' coordinates stay the whole mosaic's.
     Polygons stay in whatever coordinates the pieces used (global pixels).
 
     Regions are numbered 0, 1, ... in the order ``end_row`` returns them, over
@@ -75,8 +77,9 @@ class SeamMerger:
     :meth:`chunk_regions` gives that number for every component of every chunk.
     """
 
-    def __init__(self, height: int, width: int, *, track_pieces: bool = False) -> None:
+    def __init__(self, height: int, width: int, *, track_pieces: bool = False, first_row: int = 0) -> None:
         self.height = int(height)
+        self.first_row = int(first_row)  # > 0: merge only the band of rows first_row:height
         self.width = int(width)
         self._uf = _UnionFind()
         self._next_id = 1
@@ -95,7 +98,7 @@ class SeamMerger:
         # Right column of the previous chunk in this row (None at the start of a row).
         self._left_ids: np.ndarray | None = None
         self._left_cls: np.ndarray | None = None
-        self._row_off = 0
+        self._row_off = self.first_row
         self._row_height = 0
         self._next_col = 0
 
@@ -122,7 +125,7 @@ class SeamMerger:
             return np.where(edge > 0, edge.astype(np.int64) + base, 0)
 
         cols = slice(pieces.col_off, pieces.col_off + pieces.width)
-        if pieces.row_off > 0:
+        if pieces.row_off > self.first_row:
             self._join(self._above_ids[cols], self._above_cls[cols], ids(pieces.top), pieces.classes[pieces.top])
         if pieces.col_off > 0:
             # _check_order: col_off > 0 only after a chunk of this row was added.

@@ -28,7 +28,7 @@ from geopandas.io.arrow import _geopandas_to_arrow
 
 from geoseg.errors import StageError
 
-__all__ = ["VectorWriter"]
+__all__ = ["VectorWriter", "geometry_type", "render_geojson"]
 
 _GEOJSON_TAIL = "\n]\n}\n"
 _PROMOTE_ROWS = 50_000  # rows per slice when an existing GeoPackage layer is promoted to MultiPolygon
@@ -63,6 +63,20 @@ def _gdal_write(frame: gpd.GeoDataFrame, target, driver: str, layer: str, declar
             promote_to_multi=declared == "MultiPolygon",
             **options,
         )
+
+
+def render_geojson(batch: gpd.GeoDataFrame, layer: str, declared: str) -> tuple[str, str]:
+    """GDAL's GeoJSON of ``batch`` (EPSG:4326), split into the FeatureCollection's header and its features.
+
+    The features come one a line, comma-separated, with no trailing newline: a piece that
+    :class:`VectorWriter` can splice in (so a band's features can be rendered where they are made).
+    """
+    buffer = io.BytesIO()
+    # RFC7946=YES: WGS84 lon/lat, right-hand winding, 7 decimals (~1 cm).
+    _gdal_write(batch, buffer, "GeoJSON", layer, declared, layer_options={"RFC7946": "YES"})
+    text = buffer.getvalue().decode("utf-8")
+    cut = text.index('"features": [\n') + len('"features": [\n')
+    return text[:cut], text[cut : len(text) - len(_GEOJSON_TAIL)]
 
 
 class _GpkgStream:
@@ -113,12 +127,7 @@ class _GeoJsonStream:
         self.header: str | None = None
 
     def _render(self, batch: gpd.GeoDataFrame, declared: str) -> tuple[str, str]:
-        buffer = io.BytesIO()
-        # RFC7946=YES: WGS84 lon/lat, right-hand winding, 7 decimals (~1 cm).
-        _gdal_write(batch, buffer, "GeoJSON", self.layer, declared, layer_options={"RFC7946": "YES"})
-        text = buffer.getvalue().decode("utf-8")
-        cut = text.index('"features": [\n') + len('"features": [\n')
-        return text[:cut], text[cut : len(text) - len(_GEOJSON_TAIL)]
+        return render_geojson(batch, self.layer, declared)
 
     def write(self, batch: gpd.GeoDataFrame) -> None:
         if self.rows and self.declared == "Polygon" and geometry_type(batch) == "MultiPolygon":
@@ -126,10 +135,27 @@ class _GeoJsonStream:
         if not self.rows:
             self.declared = geometry_type(batch)
         header, features = self._render(batch, self.declared)
+        self._append(header, features, len(batch))
+
+    def write_rendered(self, features: str, declared: str, rows: int, empty: gpd.GeoDataFrame) -> None:
+        """Append ``rows`` features already rendered by :func:`render_geojson` as ``declared``.
+
+        ``empty`` (EPSG:4326, no rows) gives the header if this is the first batch.
+        """
+        if self.rows and self.declared == "Polygon" and declared == "MultiPolygon":
+            self._promote()
+        if not self.rows:
+            self.declared = declared
+        if self.declared == "MultiPolygon" and declared == "Polygon":
+            features = "".join(_multi_line(line) for line in features.splitlines(keepends=True))
+        header = self.header if self.header is not None else self._render(empty, self.declared)[0]
+        self._append(header, features, rows)
+
+    def _append(self, header: str, features: str, rows: int) -> None:
         self.file.write(header if self.header is None else ",\n")
         self.header = header
         self.file.write(features)
-        self.rows += len(batch)
+        self.rows += rows
 
     def _promote(self) -> None:
         """Rewrite the features so far as MultiPolygon, line by line (GDAL writes one feature a line)."""
@@ -264,6 +290,19 @@ class VectorWriter:
         wgs84 = self.to_wgs84(batch)
         if len(wgs84):
             self.json.write(wgs84)
+        self.features += len(batch)
+
+    def write_rendered(self, batch: gpd.GeoDataFrame, geojson: str, declared: str, geojson_rows: int) -> None:
+        """Append ``batch`` (mosaic CRS) and its GeoJSON features already rendered elsewhere.
+
+        ``geojson`` is :func:`render_geojson`'s second part for ``to_wgs84(batch)``, ``geojson_rows`` long.
+        """
+        if not len(batch):
+            return
+        assert self.main is not None and self.json is not None, "use VectorWriter as a context manager"
+        self.main.write(batch)
+        if geojson_rows:
+            self.json.write_rendered(geojson, declared, geojson_rows, self.to_wgs84(self.empty))
         self.features += len(batch)
 
     def __exit__(self, kind, exc, trace) -> None:

@@ -18,7 +18,7 @@ from geoseg.errors import StageError
 from geoseg.io.instances import create_instance_array, table_from_columns, write_instance_table
 from geoseg.io.mosaic import create_mosaic, open_mosaic, write_block
 from geoseg.vectorize.classes import _merge_chunks, select_classes, vectorize_mosaic
-from geoseg.vectorize.export import _to_wgs84, features_frame, open_vectors, regions_to_frame
+from geoseg.vectorize.export import features_frame, open_vectors, regions_to_frame, to_wgs84
 from geoseg.vectorize.instances import _instance_polygons, instances_to_frame, vectorize_instances
 
 H, W, CHUNK = 200, 150, 32  # 7 bands of chunk rows
@@ -61,7 +61,7 @@ def old_write(frame: gpd.GeoDataFrame, folder, fmt: str):
         )
     else:
         frame.reset_index(drop=True).to_parquet(folder / "p.parquet", index=False)
-    wgs84 = _to_wgs84(frame)
+    wgs84 = to_wgs84(frame)
     declared = "MultiPolygon" if (wgs84.geom_type == "MultiPolygon").any() else "Polygon"
     pyogrio.write_dataframe(
         wgs84,
@@ -100,6 +100,27 @@ def assert_same_files(new, old) -> None:
             assert pq.read_schema(new_path) == pq.read_schema(old_path)
 
 
+def canonical(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The rows sorted by class and normalized geometry: the order bands write in is not the serial one."""
+    key = shapely.to_wkb(shapely.normalize(frame.geometry.values), hex=True)
+    return frame.assign(_key=key).sort_values(["class", "_key"]).drop(columns="_key").reset_index(drop=True)
+
+
+def assert_same_features(new, old) -> None:
+    """The same features in any order: attributes, dtypes, CRS, declared type; geometries equal as point sets."""
+    for new_path, old_path in zip(new, old, strict=True):
+        got, want = canonical(read(new_path)), canonical(read(old_path))
+        assert len(want) > 0
+        pd.testing.assert_frame_equal(got.drop(columns="geometry"), want.drop(columns="geometry"), rtol=1e-12)
+        assert got.crs == want.crs
+        assert shapely.equals(got.geometry.values, want.geometry.values).all()
+        if new_path.suffix == ".gpkg":
+            assert (
+                pyogrio.read_info(new_path, layer="polygons")["geometry_type"]
+                == pyogrio.read_info(old_path, layer="polygons")["geometry_type"]
+            )
+
+
 @pytest.mark.parametrize("fmt", ["gpkg", "parquet"])
 def test_streamed_class_vectors_equal_one_write(tmp_path, fmt):
     path = class_mosaic(tmp_path)
@@ -109,9 +130,10 @@ def test_streamed_class_vectors_equal_one_write(tmp_path, fmt):
     frame = regions_to_frame(regions, transform=UTM, crs=mosaic.crs, class_names=CLASSES, min_area_m2=10.0)
     assert out.features == len(frame) > 100
     assert out.per_class == {name: int((frame["class"] == name).sum()) for name in CLASSES[1:]}
-    assert_same_files((out.vectors, out.geojson), old_write(frame, tmp_path / "old", fmt))
+    assert_same_features((out.vectors, out.geojson), old_write(frame, tmp_path / "old", fmt))
     if fmt == "parquet":  # written band by band, not at the end
         assert pq.ParquetFile(out.vectors).metadata.num_row_groups > 3
+        assert pq.read_schema(out.vectors) == pq.read_schema(tmp_path / "old" / "p.parquet")
 
 
 def instance_mosaic(tmp_path):
@@ -202,4 +224,5 @@ def test_failed_stream_leaves_no_file(tmp_path, monkeypatch, fmt):
     with pytest.raises(StageError, match="disk full"):
         vectorize_mosaic(path, tmp_path / "v", fmt=fmt)
     assert len(calls) == 4  # failed mid-stream, after earlier batches were written
-    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == []
+    # Only the finished bands' parts stay (hidden), for the next run to reuse.
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == [".vectorize-parts"]

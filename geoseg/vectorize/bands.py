@@ -1,0 +1,250 @@
+"""Class polygons one band of chunk rows at a time: bands are independent tasks, their seams joined after.
+
+A band is a run of whole chunk rows across the mosaic, planned from the mosaic's shape alone
+(:func:`plan_bands`), so the same mosaic always splits the same way, whatever the worker count.
+:func:`vectorize_band` polygonizes the band's chunks and merges their seams
+(:class:`~geoseg.vectorize.seams.SeamMerger` started at the band's first row), then parts its
+regions in two:
+
+- *finished*: touching neither the band's first row (unless it is the mosaic's) nor its last
+  (unless it is the mosaic's): nothing outside the band can join them. They become output
+  features in the task, with their GeoJSON already rendered (the costly part of writing);
+- *open*: the rest, kept as pixel polygons, with the region of every pixel on the band's top and
+  bottom rows. The driver joins them across bands with a second
+  :class:`~geoseg.vectorize.seams.SeamMerger` in which each band is one "chunk" (:func:`band_as_chunk`).
+
+Each band's result is written to files in ``parts_dir``; its ``.json`` summary is written last
+(temporary name, then renamed), so a killed stage resumes at the first band without one. A
+summary whose key (mosaic fingerprint and done-state, band rows, classes, area filter) differs
+is not reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+
+from geoseg.io.mosaic import MosaicInfo, open_mosaic
+from geoseg.vectorize.export import LAYER, regions_to_frame, to_wgs84
+from geoseg.vectorize.polygonize import ChunkPieces, polygonize_chunk
+from geoseg.vectorize.seams import SeamMerger
+from geoseg.vectorize.stream import geometry_type, render_geojson
+
+__all__ = ["BandRequest", "BandSummary", "band_as_chunk", "band_requests", "plan_bands", "vectorize_band"]
+
+BAND_PIXELS = 16_000_000  # about this many pixels per band: a band's features stay small in memory
+MIN_BANDS = 8  # a mosaic of enough chunk rows splits into at least this many bands, for parallel work
+PARTS_VERSION = 1  # bump when a part file's content changes meaning
+
+
+def plan_bands(height: int, width: int, chunk: int) -> list[tuple[int, int]]:
+    """``(first_row, stop_row)`` of each band: at least 2 chunk rows, ~``BAND_PIXELS``, ≥ ``MIN_BANDS`` bands."""
+    rows = -(-height // chunk)
+    per_band = max(2, min(-(-BAND_PIXELS // (chunk * width)), -(-rows // MIN_BANDS)))
+    return [(r * chunk, min((r + per_band) * chunk, height)) for r in range(0, rows, per_band)]
+
+
+@dataclass(frozen=True)
+class BandRequest:
+    """One band to vectorize: which rows, of which mosaic, with which settings, and where its parts go."""
+
+    mosaic: str
+    parts_dir: str
+    index: int
+    first_row: int
+    stop_row: int
+    class_ids: tuple[int, ...]
+    min_area_m2: float
+    key: str  # what the parts are made from; a summary with another key is redone
+
+    @property
+    def stem(self) -> Path:
+        return Path(self.parts_dir) / f"band_{self.index:05d}"
+
+
+@dataclass(frozen=True)
+class BandSummary:
+    """What a band's task wrote: its finished features (per class) and its open regions."""
+
+    index: int
+    key: str
+    regions: int  # every region of the band, finished or open
+    features: int
+    per_class: dict[str, int]
+    geojson_rows: int
+    declared: str  # GeoJSON geometry type the features were rendered as
+    open: int
+
+
+def _parts_key(mosaic: MosaicInfo, class_ids: tuple[int, ...], min_area_m2: float) -> str:
+    done = np.asarray(mosaic.array("done")[:])
+    made_from = {
+        "version": PARTS_VERSION,
+        "fingerprint": mosaic.fingerprint,
+        "done": hashlib.sha256(done.tobytes()).hexdigest(),
+        "shape": [mosaic.height, mosaic.width, mosaic.chunk],
+        "classes": list(class_ids),
+        "min_area_m2": min_area_m2,
+    }
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()
+
+
+def band_requests(mosaic: MosaicInfo, parts_dir: Path, class_ids: list[int], min_area_m2: float) -> list[BandRequest]:
+    """One request per band of ``mosaic`` (see :func:`plan_bands`)."""
+    key = _parts_key(mosaic, tuple(class_ids), min_area_m2)
+    return [
+        BandRequest(str(mosaic.path), str(parts_dir), i, first, stop, tuple(class_ids), min_area_m2, key)
+        for i, (first, stop) in enumerate(plan_bands(mosaic.height, mosaic.width, mosaic.chunk))
+    ]
+
+
+def read_summary(request: BandRequest) -> BandSummary | None:
+    """The band's summary if its parts are complete and made from the same key, else None."""
+    path = request.stem.with_suffix(".json")
+    try:
+        summary = BandSummary(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return summary if summary.key == request.key and summary.index == request.index else None
+
+
+def vectorize_band(request: BandRequest) -> BandSummary:
+    """Polygonize one band, write its finished features and open regions (see the module docstring)."""
+    done = read_summary(request)
+    if done is not None:
+        return done
+    mosaic = open_mosaic(request.mosaic)
+    regions, top, bottom = _merge_band(mosaic, request)
+    classes = np.array([0] + [c for c, _ in regions], dtype=np.int64)
+    open_ids = np.zeros(len(regions), dtype=bool)
+    if request.first_row > 0:
+        open_ids[top[top >= 0]] = True
+    if request.stop_row < mosaic.height:
+        open_ids[bottom[bottom >= 0]] = True
+    frame = regions_to_frame(
+        [region for region, is_open in zip(regions, open_ids, strict=True) if not is_open],
+        transform=mosaic.transform,
+        crs=mosaic.crs,
+        class_names=mosaic.class_names,
+        min_area_m2=request.min_area_m2,
+    )
+    wgs84 = to_wgs84(frame)
+    declared = geometry_type(wgs84)
+    geojson = render_geojson(wgs84, LAYER, declared)[1] if len(wgs84) else ""
+    stem = request.stem
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(_tmp(stem, ".features.parquet"), index=False)
+    _tmp(stem, ".geojson.txt").write_text(geojson, encoding="utf-8")
+    _write_open(_tmp(stem, ".open.parquet"), regions, np.flatnonzero(open_ids))
+    with open(_tmp(stem, ".edges.npz"), "wb") as edges:
+        np.savez(edges, top=top, top_class=classes[top + 1], bottom=bottom, bottom_class=classes[bottom + 1])
+    per_class = {str(name): int(count) for name, count in frame["class"].value_counts(sort=False).items()}
+    summary = BandSummary(
+        index=request.index,
+        key=request.key,
+        regions=len(regions),
+        features=len(frame),
+        per_class=per_class,
+        geojson_rows=len(wgs84),
+        declared=declared,
+        open=int(open_ids.sum()),
+    )
+    for suffix in (".features.parquet", ".geojson.txt", ".open.parquet", ".edges.npz"):
+        os.replace(_tmp(stem, suffix), stem.with_name(stem.name + suffix))
+    _tmp(stem, ".json").write_text(json.dumps(asdict(summary)))
+    os.replace(_tmp(stem, ".json"), stem.with_suffix(".json"))
+    return summary
+
+
+def _tmp(stem: Path, suffix: str) -> Path:
+    return stem.with_name(f"{stem.name}{suffix}.partial")
+
+
+def _merge_band(mosaic: MosaicInfo, request: BandRequest) -> tuple[list[tuple[int, object]], np.ndarray, np.ndarray]:
+    """The band's regions (merger order) and the region of each pixel on its top and bottom rows (-1: none)."""
+    merger = SeamMerger(request.stop_row, mosaic.width, track_pieces=True, first_row=request.first_row)
+    regions: list[tuple[int, object]] = []
+    edges: dict[str, list[tuple[int, int, np.ndarray]]] = {"top": [], "bottom": []}
+    index = 0
+    last_row = range(request.first_row, request.stop_row, mosaic.chunk)[-1]
+    for row_off in range(request.first_row, request.stop_row, mosaic.chunk):
+        height = min(mosaic.chunk, request.stop_row - row_off)
+        for col_off in range(0, mosaic.width, mosaic.chunk):
+            width = min(mosaic.chunk, mosaic.width - col_off)
+            rows, cols = slice(row_off, row_off + height), slice(col_off, col_off + width)
+            labels, valid = np.asarray(mosaic.labels[rows, cols]), np.asarray(mosaic.valid[rows, cols])
+            pieces = polygonize_chunk(labels, valid, row_off, col_off, request.class_ids)
+            merger.add(pieces)
+            if row_off == request.first_row:
+                edges["top"].append((index, pieces.count, pieces.top))
+            if row_off == last_row:
+                edges["bottom"].append((index, pieces.count, pieces.bottom))
+            index += 1
+        regions.extend(merger.end_row())
+
+    def edge(which: str) -> np.ndarray:
+        # chunk_regions maps component 0 (no region) to -1, so the edge keeps "none" as -1.
+        return np.concatenate([merger.chunk_regions(i, count)[local] for i, count, local in edges[which]])
+
+    return regions, edge("top"), edge("bottom")
+
+
+def _write_open(path: Path, regions: list[tuple[int, object]], open_ids: np.ndarray) -> None:
+    geoms = np.empty(len(open_ids), dtype=object)
+    geoms[:] = [regions[i][1] for i in open_ids]
+    table = pa.table(
+        {
+            "region": pa.array(open_ids, pa.int32()),
+            "class_id": pa.array([regions[i][0] for i in open_ids], pa.int32()),
+            "wkb": pa.array(shapely.to_wkb(geoms) if len(geoms) else [], pa.binary()),
+        }
+    )
+    pq.write_table(table, path)
+
+
+def read_features(request: BandRequest, empty: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, str]:
+    """The band's finished features and their rendered GeoJSON; columns typed and CRS set as in ``empty``.
+
+    (A Parquet round trip may hand strings back as Arrow strings: the outputs keep one schema.)
+    """
+    stem = request.stem
+    frame = gpd.read_parquet(stem.with_name(stem.name + ".features.parquet"))
+    columns = [name for name in empty.columns if name != empty.geometry.name]
+    frame = frame.astype({name: empty[name].dtype for name in columns}).set_crs(empty.crs, allow_override=True)
+    return frame, stem.with_name(stem.name + ".geojson.txt").read_text(encoding="utf-8")
+
+
+def band_as_chunk(request: BandRequest, summary: BandSummary, width: int) -> ChunkPieces:
+    """The band's open regions as one chunk of the band-level merge (finished regions are left out).
+
+    Components are the open regions renumbered 1..K in region order; the band's top and bottom
+    rows name them (0 elsewhere); a band spans the mosaic's width, so it has no left or right seam.
+    """
+    stem = request.stem
+    table = pq.read_table(stem.with_name(stem.name + ".open.parquet")).to_pydict()
+    with np.load(stem.with_name(stem.name + ".edges.npz"), allow_pickle=False) as edges:
+        top, bottom = edges["top"], edges["bottom"]
+    local = np.zeros(summary.regions + 1, dtype=np.int32)  # band region + 1 -> component (0: finished)
+    local[np.asarray(table["region"], dtype=np.int64) + 1] = np.arange(1, len(table["region"]) + 1)
+    polygons = [None, *shapely.from_wkb(np.asarray(table["wkb"], dtype=object))] if table["wkb"] else [None]
+    return ChunkPieces(
+        row_off=request.first_row,
+        col_off=0,
+        height=request.stop_row - request.first_row,
+        width=width,
+        classes=np.array([0, *table["class_id"]], dtype=np.int64),
+        top=local[top + 1],
+        bottom=local[bottom + 1],
+        left=np.zeros(0, dtype=np.int32),
+        right=np.zeros(0, dtype=np.int32),
+        polygons=polygons,
+    )

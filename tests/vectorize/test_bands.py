@@ -1,0 +1,122 @@
+"""Vectorizing by bands of chunk rows: any split gives the serial features; any task order the same bytes; resume."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import shapely
+
+from geoseg.io.mosaic import open_mosaic, write_block
+from geoseg.vectorize import bands
+from geoseg.vectorize.bands import plan_bands, read_summary, vectorize_band
+from geoseg.vectorize.classes import _merge_chunks, in_process, select_classes, vectorize_mosaic
+from geoseg.vectorize.export import regions_to_frame
+from tests.vectorize.test_stream import CHUNK, CLASSES, UTM, canonical, class_mosaic, read
+
+
+def test_plan_bands_covers_the_rows_in_whole_chunk_rows():
+    assert plan_bands(200, 150, 32) == [(0, 64), (64, 128), (128, 192), (192, 200)]  # 7 rows: at least 2 per band
+    survey = plan_bands(16384, 16384, 448)  # 37 chunk rows, 3 per band (~22 MPix)
+    assert survey[0] == (0, 1344) and survey[-1][1] == 16384 and len(survey) == 13
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(survey))
+    assert plan_bands(100, 4096, 448) == [(0, 100)]  # one chunk row: one band
+
+
+def _serial_frame(path, min_area_m2=0.0):
+    mosaic = open_mosaic(path)
+    regions = _merge_chunks(mosaic, select_classes(CLASSES, None), None)
+    return regions_to_frame(regions, transform=UTM, crs=mosaic.crs, class_names=CLASSES, min_area_m2=min_area_m2)
+
+
+def _assert_same(got, want):
+    got, want = canonical(got), canonical(want)
+    assert list(got["class"]) == list(want["class"])
+    assert np.allclose(got["area_m2"], want["area_m2"], rtol=1e-12, atol=0)
+    assert shapely.equals(got.geometry.values, want.geometry.values).all()
+
+
+@pytest.mark.parametrize("rows_per_band", [1, 3, 7])
+def test_any_band_split_gives_the_serial_features(tmp_path, monkeypatch, rows_per_band):
+    path = class_mosaic(tmp_path)
+    split = [(r, min(r + rows_per_band * CHUNK, 200)) for r in range(0, 200, rows_per_band * CHUNK)]
+    monkeypatch.setattr(bands, "plan_bands", lambda height, width, chunk: split)
+    out = vectorize_mosaic(path, tmp_path / "v", fmt="parquet", min_area_m2=10.0)
+    got = read(out.vectors)
+    assert shapely.is_valid(got.geometry.values).all()
+    _assert_same(got, _serial_frame(path, min_area_m2=10.0))
+    # The river down columns 70:75 crosses every band and is one feature, holes and all.
+    river = got[(got["class"] == "water") & (got.geometry.bounds["maxy"] - got.geometry.bounds["miny"] >= 99.9)]
+    assert len(river) == 1
+    assert not (tmp_path / "v" / ".vectorize-parts").exists()
+
+
+def test_tasks_finishing_in_any_order_write_the_same_bytes(tmp_path):
+    path = class_mosaic(tmp_path)
+
+    def backwards(function, arguments):  # as parallel workers might finish them; yielded in order
+        return iter([function(*args) for args in reversed(arguments)][::-1])
+
+    one = vectorize_mosaic(path, tmp_path / "one", fmt="parquet")
+    other = vectorize_mosaic(path, tmp_path / "other", fmt="parquet", run_tasks=backwards)
+    assert one.vectors.read_bytes() == other.vectors.read_bytes()
+    assert one.geojson.read_bytes() == other.geojson.read_bytes()
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_at_the_first_unfinished_band(tmp_path):
+    path = class_mosaic(tmp_path)
+    clean = vectorize_mosaic(path, tmp_path / "clean", fmt="parquet")
+    out = tmp_path / "v"
+
+    def killed_after_two(function, arguments):
+        for args in arguments[:2]:
+            yield function(*args)
+        raise Killed
+
+    with pytest.raises(Killed):
+        vectorize_mosaic(path, out, fmt="parquet", run_tasks=killed_after_two)
+    assert not (out / "polygons.parquet").exists()
+    redone = []
+
+    def counting(function, arguments):
+        for (request,) in arguments:
+            if read_summary(request) is None:
+                redone.append(request.index)
+            yield function(request)
+
+    again = vectorize_mosaic(path, out, fmt="parquet", run_tasks=counting)
+    assert redone == [2, 3]
+    assert again.vectors.read_bytes() == clean.vectors.read_bytes()
+    assert again.geojson.read_bytes() == clean.geojson.read_bytes()
+
+
+def test_parts_of_another_mosaic_state_are_not_reused(tmp_path):
+    path = class_mosaic(tmp_path)
+    mosaic = open_mosaic(path, mode="r+")
+    requests = bands.band_requests(mosaic, tmp_path / "parts", select_classes(CLASSES, None), 0.0)
+    vectorize_band(requests[0])
+    assert read_summary(requests[0]) is not None
+    write_block(mosaic, 0, 0, np.full((CHUNK, CHUNK), 2, np.uint8), np.ones((CHUNK, CHUNK), np.uint8))
+    from geoseg.io.mosaic import mark_done
+
+    mark_done(mosaic, 0, 0)  # the done-state is part of what the parts were made from
+    changed = bands.band_requests(mosaic, tmp_path / "parts", select_classes(CLASSES, None), 0.0)
+    assert read_summary(changed[0]) is None
+    other_area = bands.band_requests(mosaic, tmp_path / "parts", select_classes(CLASSES, None), 5.0)
+    assert read_summary(other_area[0]) is None
+
+
+def test_ray_tasks_write_what_one_process_writes(tmp_path, ray_local):
+    from geoseg.runtime import iter_tasks
+
+    path = class_mosaic(tmp_path)
+    one = vectorize_mosaic(path, tmp_path / "one", fmt="parquet", run_tasks=in_process)
+    ray = vectorize_mosaic(path, tmp_path / "ray", fmt="parquet", run_tasks=lambda f, a: iter_tasks(f, a, cpus=1))
+    assert ray.features == one.features > 100
+    assert ray.vectors.read_bytes() == one.vectors.read_bytes()
+    assert ray.geojson.read_bytes() == one.geojson.read_bytes()
