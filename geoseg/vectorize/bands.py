@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 import shapely
 
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
-from geoseg.vectorize.export import LAYER, regions_to_frame, to_wgs84
+from geoseg.vectorize.components import first_pixels
+from geoseg.vectorize.export import LAYER, areas_m2, pixel_to_map, regions_to_frame, to_wgs84
 from geoseg.vectorize.polygonize import ChunkPieces, polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
 from geoseg.vectorize.stream import geometry_type, render_geojson
@@ -65,6 +66,7 @@ class BandRequest:
     class_ids: tuple[int, ...]
     min_area_m2: float
     key: str  # what the parts are made from; a summary with another key is redone
+    instances: bool = False  # keep what the instance numbering needs instead of output features
 
     @property
     def stem(self) -> Path:
@@ -85,7 +87,7 @@ class BandSummary:
     open: int
 
 
-def _parts_key(mosaic: MosaicInfo, class_ids: tuple[int, ...], min_area_m2: float) -> str:
+def _parts_key(mosaic: MosaicInfo, class_ids: tuple[int, ...], min_area_m2: float, instances: bool) -> str:
     done = np.asarray(mosaic.array("done")[:])
     made_from = {
         "version": PARTS_VERSION,
@@ -94,15 +96,18 @@ def _parts_key(mosaic: MosaicInfo, class_ids: tuple[int, ...], min_area_m2: floa
         "shape": [mosaic.height, mosaic.width, mosaic.chunk],
         "classes": list(class_ids),
         "min_area_m2": min_area_m2,
+        "instances": instances,
     }
     return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()
 
 
-def band_requests(mosaic: MosaicInfo, parts_dir: Path, class_ids: list[int], min_area_m2: float) -> list[BandRequest]:
+def band_requests(
+    mosaic: MosaicInfo, parts_dir: Path, class_ids: list[int], min_area_m2: float, *, instances: bool = False
+) -> list[BandRequest]:
     """One request per band of ``mosaic`` (see :func:`plan_bands`)."""
-    key = _parts_key(mosaic, tuple(class_ids), min_area_m2)
+    key = _parts_key(mosaic, tuple(class_ids), min_area_m2, instances)
     return [
-        BandRequest(str(mosaic.path), str(parts_dir), i, first, stop, tuple(class_ids), min_area_m2, key)
+        BandRequest(str(mosaic.path), str(parts_dir), i, first, stop, tuple(class_ids), min_area_m2, key, instances)
         for i, (first, stop) in enumerate(plan_bands(mosaic.height, mosaic.width, mosaic.chunk))
     ]
 
@@ -118,18 +123,55 @@ def read_summary(request: BandRequest) -> BandSummary | None:
 
 
 def vectorize_band(request: BandRequest) -> BandSummary:
-    """Polygonize one band, write its finished features and open regions (see the module docstring)."""
+    """Polygonize one band, write its finished features and open regions (see the module docstring).
+
+    With ``request.instances`` the finished regions are kept as pixel polygons with each region's
+    first pixel, area and class, and the region of every chunk component, for the numbering
+    (:mod:`geoseg.vectorize.band_ids`) and its second pass.
+    """
     done = read_summary(request)
     if done is not None:
         return done
     mosaic = open_mosaic(request.mosaic)
-    regions, top, bottom = _merge_band(mosaic, request)
+    merged = _merge_band(mosaic, request)
+    regions, top, bottom = merged.regions, merged.top, merged.bottom
     classes = np.array([0] + [c for c, _ in regions], dtype=np.int64)
     open_ids = np.zeros(len(regions), dtype=bool)
     if request.first_row > 0:
         open_ids[top[top >= 0]] = True
     if request.stop_row < mosaic.height:
         open_ids[bottom[bottom >= 0]] = True
+    stem = request.stem
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    if request.instances:
+        written = _write_region_parts(stem, mosaic, merged, open_ids)
+    else:
+        written = _write_feature_parts(stem, mosaic, request, regions, open_ids)
+    _write_open(_tmp(stem, ".open.parquet"), regions, np.flatnonzero(open_ids))
+    with open(_tmp(stem, ".edges.npz"), "wb") as edges:
+        np.savez(edges, top=top, top_class=classes[top + 1], bottom=bottom, bottom_class=classes[bottom + 1])
+    summary = BandSummary(
+        index=request.index, key=request.key, regions=len(regions), open=int(open_ids.sum()), **written
+    )
+    for suffix in (*PART_SUFFIXES[request.instances], ".open.parquet", ".edges.npz"):
+        os.replace(_tmp(stem, suffix), part(stem, suffix))
+    _tmp(stem, ".json").write_text(json.dumps(asdict(summary)))
+    os.replace(_tmp(stem, ".json"), stem.with_suffix(".json"))
+    return summary
+
+
+PART_SUFFIXES = {False: (".features.parquet", ".geojson.txt"), True: (".regions.npz", ".finished.parquet")}
+
+
+def part(stem: Path, suffix: str) -> Path:
+    """The band's part file with this suffix."""
+    return stem.with_name(stem.name + suffix)
+
+
+def _write_feature_parts(
+    stem: Path, mosaic: MosaicInfo, request: BandRequest, regions: list[tuple[int, object]], open_ids: np.ndarray
+) -> dict:
+    """The finished regions as output features, and their GeoJSON rendered."""
     frame = regions_to_frame(
         [region for region, is_open in zip(regions, open_ids, strict=True) if not is_open],
         transform=mosaic.transform,
@@ -140,41 +182,59 @@ def vectorize_band(request: BandRequest) -> BandSummary:
     wgs84 = to_wgs84(frame)
     declared = geometry_type(wgs84)
     geojson = render_geojson(wgs84, LAYER, declared)[1] if len(wgs84) else ""
-    stem = request.stem
-    stem.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(_tmp(stem, ".features.parquet"), index=False)
     _tmp(stem, ".geojson.txt").write_text(geojson, encoding="utf-8")
-    _write_open(_tmp(stem, ".open.parquet"), regions, np.flatnonzero(open_ids))
-    with open(_tmp(stem, ".edges.npz"), "wb") as edges:
-        np.savez(edges, top=top, top_class=classes[top + 1], bottom=bottom, bottom_class=classes[bottom + 1])
     per_class = {str(name): int(count) for name, count in frame["class"].value_counts(sort=False).items()}
-    summary = BandSummary(
-        index=request.index,
-        key=request.key,
-        regions=len(regions),
-        features=len(frame),
-        per_class=per_class,
-        geojson_rows=len(wgs84),
-        declared=declared,
-        open=int(open_ids.sum()),
-    )
-    for suffix in (".features.parquet", ".geojson.txt", ".open.parquet", ".edges.npz"):
-        os.replace(_tmp(stem, suffix), stem.with_name(stem.name + suffix))
-    _tmp(stem, ".json").write_text(json.dumps(asdict(summary)))
-    os.replace(_tmp(stem, ".json"), stem.with_suffix(".json"))
-    return summary
+    return {"features": len(frame), "per_class": per_class, "geojson_rows": len(wgs84), "declared": declared}
+
+
+def _write_region_parts(stem: Path, mosaic: MosaicInfo, merged: BandMerge, open_ids: np.ndarray) -> dict:
+    """What the numbering needs: each region's class, first pixel, exact area and openness.
+
+    Also the finished regions' pixel polygons and the region of every chunk component.
+    """
+    geoms = np.empty(len(merged.regions), dtype=object)
+    geoms[:] = [g for _, g in merged.regions]
+    first_row, first_col = first_pixels(geoms)
+    areas = areas_m2(pixel_to_map(geoms, mosaic.transform), mosaic.crs) if len(geoms) else np.zeros(0)
+    with open(_tmp(stem, ".regions.npz"), "wb") as out:
+        np.savez(
+            out,
+            class_id=np.array([c for c, _ in merged.regions], dtype=np.int32),
+            first_row=first_row,
+            first_col=first_col,
+            area_m2=np.asarray(areas, dtype=np.float64),
+            open=open_ids,
+            pieces=np.concatenate(merged.pieces) if merged.pieces else np.zeros(0, np.int32),
+            counts=np.array([len(p) for p in merged.pieces], dtype=np.int64),
+        )
+    _write_open(_tmp(stem, ".finished.parquet"), merged.regions, np.flatnonzero(~open_ids))
+    return {"features": 0, "per_class": {}, "geojson_rows": 0, "declared": "Polygon"}
 
 
 def _tmp(stem: Path, suffix: str) -> Path:
     return stem.with_name(f"{stem.name}{suffix}.partial")
 
 
-def _merge_band(mosaic: MosaicInfo, request: BandRequest) -> tuple[list[tuple[int, object]], np.ndarray, np.ndarray]:
-    """The band's regions (merger order) and the region of each pixel on its top and bottom rows (-1: none)."""
+@dataclass(frozen=True)
+class BandMerge:
+    """A band's merge: its regions in merger order, and where they are.
+
+    ``top``/``bottom``: the region of each pixel on the band's top and bottom rows (-1: none);
+    ``pieces``: per chunk (row-major), the region of each of its components (instances only).
+    """
+
+    regions: list[tuple[int, object]]
+    top: np.ndarray
+    bottom: np.ndarray
+    pieces: list[np.ndarray]
+
+
+def _merge_band(mosaic: MosaicInfo, request: BandRequest) -> BandMerge:
     merger = SeamMerger(request.stop_row, mosaic.width, track_pieces=True, first_row=request.first_row)
     regions: list[tuple[int, object]] = []
     edges: dict[str, list[tuple[int, int, np.ndarray]]] = {"top": [], "bottom": []}
-    index = 0
+    counts: list[int] = []
     last_row = range(request.first_row, request.stop_row, mosaic.chunk)[-1]
     for row_off in range(request.first_row, request.stop_row, mosaic.chunk):
         height = min(mosaic.chunk, request.stop_row - row_off)
@@ -185,17 +245,18 @@ def _merge_band(mosaic: MosaicInfo, request: BandRequest) -> tuple[list[tuple[in
             pieces = polygonize_chunk(labels, valid, row_off, col_off, request.class_ids)
             merger.add(pieces)
             if row_off == request.first_row:
-                edges["top"].append((index, pieces.count, pieces.top))
+                edges["top"].append((len(counts), pieces.count, pieces.top))
             if row_off == last_row:
-                edges["bottom"].append((index, pieces.count, pieces.bottom))
-            index += 1
+                edges["bottom"].append((len(counts), pieces.count, pieces.bottom))
+            counts.append(pieces.count)
         regions.extend(merger.end_row())
 
     def edge(which: str) -> np.ndarray:
         # chunk_regions maps component 0 (no region) to -1, so the edge keeps "none" as -1.
         return np.concatenate([merger.chunk_regions(i, count)[local] for i, count, local in edges[which]])
 
-    return regions, edge("top"), edge("bottom")
+    components = [merger.chunk_regions(i, count)[1:] for i, count in enumerate(counts)] if request.instances else []
+    return BandMerge(regions, edge("top"), edge("bottom"), components)
 
 
 def _write_open(path: Path, regions: list[tuple[int, object]], open_ids: np.ndarray) -> None:
@@ -217,10 +278,10 @@ def read_features(request: BandRequest, empty: gpd.GeoDataFrame) -> tuple[gpd.Ge
     (A Parquet round trip may hand strings back as Arrow strings: the outputs keep one schema.)
     """
     stem = request.stem
-    frame = gpd.read_parquet(stem.with_name(stem.name + ".features.parquet"))
+    frame = gpd.read_parquet(part(stem, ".features.parquet"))
     columns = [name for name in empty.columns if name != empty.geometry.name]
     frame = frame.astype({name: empty[name].dtype for name in columns}).set_crs(empty.crs, allow_override=True)
-    return frame, stem.with_name(stem.name + ".geojson.txt").read_text(encoding="utf-8")
+    return frame, part(stem, ".geojson.txt").read_text(encoding="utf-8")
 
 
 def band_as_chunk(request: BandRequest, summary: BandSummary, width: int) -> ChunkPieces:
@@ -230,8 +291,8 @@ def band_as_chunk(request: BandRequest, summary: BandSummary, width: int) -> Chu
     rows name them (0 elsewhere); a band spans the mosaic's width, so it has no left or right seam.
     """
     stem = request.stem
-    table = pq.read_table(stem.with_name(stem.name + ".open.parquet")).to_pydict()
-    with np.load(stem.with_name(stem.name + ".edges.npz"), allow_pickle=False) as edges:
+    table = pq.read_table(part(stem, ".open.parquet")).to_pydict()
+    with np.load(part(stem, ".edges.npz"), allow_pickle=False) as edges:
         top, bottom = edges["top"], edges["bottom"]
     local = np.zeros(summary.regions + 1, dtype=np.int32)  # band region + 1 -> component (0: finished)
     local[np.asarray(table["region"], dtype=np.int64) + 1] = np.arange(1, len(table["region"]) + 1)

@@ -27,6 +27,13 @@ import pandas as pd
 
 from geoseg.errors import JobConfigError
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
+from geoseg.vectorize.band_ids import (
+    IdsSummary,
+    number_bands,
+    prepare_instance_array,
+    write_band_ids,
+    write_numbered_outputs,
+)
 from geoseg.vectorize.bands import BandSummary, band_as_chunk, band_requests, read_features, vectorize_band
 from geoseg.vectorize.components import RegionNumbering, number_regions, with_ids, write_instances
 from geoseg.vectorize.export import empty_frame, finish_vectors, open_vectors, regions_to_frame, write_vectors
@@ -179,6 +186,10 @@ def vectorize_mosaic(
     class_ids = select_classes(mosaic.class_names, classes)
     if instances_table is None and simplify_m == 0:
         return _write_banded_features(mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks)
+    if instances_table is not None and simplify_m == 0:
+        return _write_banded_ids(
+            mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks, Path(instances_table)
+        )
     if instances_table is None:
         return _write_class_features(mosaic, class_ids, simplify_m, min_area_m2, progress, Path(out_dir), fmt)
     frame, numbering, merger = _numbered_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
@@ -274,6 +285,40 @@ def _write_banded_features(
     shutil.rmtree(parts_dir, ignore_errors=True)
     per_class = _per_class(counts, mosaic.class_names, class_ids)
     return VectorOutputs(vectors=vectors, geojson=geojson_path, features=writer.features, per_class=per_class)
+
+
+def _write_banded_ids(
+    mosaic: MosaicInfo,
+    class_ids: list[int],
+    min_area_m2: float,
+    progress: Callable[[int, int], None] | None,
+    out_dir: Path,
+    fmt: str,
+    run_tasks: RunTasks,
+    table_path: Path,
+) -> VectorOutputs:
+    """Instance ids by bands (:mod:`geoseg.vectorize.band_ids`): both passes as tasks, outputs in id order."""
+    parts_dir = out_dir / ".vectorize-parts"
+    requests = band_requests(mosaic, parts_dir, class_ids, min_area_m2, instances=True)
+    arguments = [(request,) for request in requests]
+    regions = cast(Iterable[BandSummary], run_tasks(vectorize_band, arguments))
+    classes, areas = number_bands(mosaic, requests, regions, min_area_m2, progress)
+    prepare_instance_array(mosaic, table_path)
+    numbered = cast(Iterable[IdsSummary], run_tasks(write_band_ids, arguments))
+    empty = empty_frame(mosaic.crs)
+    empty.insert(0, "id", pd.Series([], dtype=np.uint32))
+    with open_vectors(out_dir, empty, fmt=fmt) as writer:
+        counts, table = write_numbered_outputs(mosaic, requests, numbered, writer, classes, areas, table_path, progress)
+    vectors, geojson = finish_vectors(writer, fmt)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return VectorOutputs(
+        vectors=vectors,
+        geojson=geojson,
+        features=writer.features,
+        per_class=_per_class(counts, mosaic.class_names, class_ids),
+        instances=len(table),
+        instance_table=table_path,
+    )
 
 
 def _per_class(counts: Counter[str], class_names: Sequence[str], class_ids: list[int]) -> dict[str, int]:

@@ -43,7 +43,15 @@ from geoseg.vectorize.export import pixel_to_map
 from geoseg.vectorize.metres import areas_m2
 from geoseg.vectorize.polygonize import label_components
 
-__all__ = ["RegionNumbering", "first_pixels", "number_regions", "with_ids", "write_instances"]
+__all__ = [
+    "InstanceStats",
+    "RegionNumbering",
+    "class_score",
+    "first_pixels",
+    "number_regions",
+    "with_ids",
+    "write_instances",
+]
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,7 @@ def _match_rows(frame: gpd.GeoDataFrame, regions, transform: Affine) -> np.ndarr
     return ids
 
 
-class _Stats:
+class InstanceStats:
     """Per-id bounding box, pixel count and score sum, gathered chunk by chunk."""
 
     def __init__(self, count: int) -> None:
@@ -172,7 +180,7 @@ class _Stats:
             np.add.at(self.score_sum, ids, sums)
 
 
-def _class_score(mosaic: MosaicInfo, rows: slice, cols: slice, labels: np.ndarray) -> np.ndarray:
+def class_score(mosaic: MosaicInfo, rows: slice, cols: slice, labels: np.ndarray) -> np.ndarray:
     """Each pixel's stored score for its own class (raw values: uint8 p*255 or float)."""
     block = np.asarray(mosaic.array("scores")[:, rows, cols])  # one chunk: every class of one core
     return np.take_along_axis(block, labels[None].astype(np.intp), axis=0)[0]
@@ -212,7 +220,7 @@ def write_instances(
     instances = create_instance_array(mosaic)
     class_arr = np.asarray(list(class_ids))
     region_ids = np.r_[np.uint32(0), numbering.ids].astype(np.uint32)  # region -1 (no component) -> 0
-    stats = _Stats(numbering.count)
+    stats = InstanceStats(numbering.count)
     scores = None
     if mosaic.has_scores:
         scores = mosaic.array("scores")
@@ -233,7 +241,7 @@ def write_instances(
         lut = region_ids[regions + 1]
         instances[rows, cols] = lut[components]
         stats.add(
-            components, lut, row_off, col_off, _class_score(mosaic, rows, cols, labels) if scores is not None else None
+            components, lut, row_off, col_off, class_score(mosaic, rows, cols, labels) if scores is not None else None
         )
         if progress is not None and col_off + width >= mosaic.width:
             progress(row_off // mosaic.chunk + 1, chunk_rows)

@@ -28,7 +28,7 @@ from geopandas.io.arrow import _geopandas_to_arrow
 
 from geoseg.errors import StageError
 
-__all__ = ["VectorWriter", "geometry_type", "render_geojson"]
+__all__ = ["VectorWriter", "geometry_type", "promote_lines", "render_geojson"]
 
 _GEOJSON_TAIL = "\n]\n}\n"
 _PROMOTE_ROWS = 50_000  # rows per slice when an existing GeoPackage layer is promoted to MultiPolygon
@@ -191,6 +191,11 @@ def _multi_line(line: str) -> str:
     body = end.removesuffix(",").removesuffix(" } }")
     body = body.replace(polygon, '"geometry": { "type": "MultiPolygon", "coordinates": [ [', 1)
     return f"{body} ] }} }}{comma}\n"
+
+
+def promote_lines(lines: list[str]) -> list[str]:
+    """GeoJSON feature lines (as :func:`render_geojson` splits them) with each Polygon made a MultiPolygon."""
+    return [_multi_line(line).rstrip("\n") for line in lines]
 
 
 class _ParquetStream:

@@ -120,3 +120,69 @@ def test_ray_tasks_write_what_one_process_writes(tmp_path, ray_local):
     assert ray.features == one.features > 100
     assert ray.vectors.read_bytes() == one.vectors.read_bytes()
     assert ray.geojson.read_bytes() == one.geojson.read_bytes()
+
+
+def _serial_instances(path, tmp_path, min_area_m2):
+    """The one-process numbering this replaced (still the path with simplification): frame, raster, table."""
+    from geoseg.vectorize.classes import _numbered_frame, _write_instance_ids
+
+    mosaic = open_mosaic(path, mode="r+")
+    class_ids = select_classes(CLASSES, None)
+    frame, numbering, merger = _numbered_frame(mosaic, class_ids, 0.0, min_area_m2, None)
+    table = _write_instance_ids(mosaic, class_ids, merger, numbering, tmp_path / "serial.parquet", None)
+    return frame, np.asarray(mosaic.array("instances")[:]), table
+
+
+@pytest.mark.parametrize("rows_per_band", [1, 3, 7])
+def test_instance_ids_by_bands_are_the_serial_ids(tmp_path, monkeypatch, rows_per_band):
+    import pandas as pd
+
+    path = class_mosaic(tmp_path)
+    frame, raster, table = _serial_instances(path, tmp_path, min_area_m2=10.0)
+    split = [(r, min(r + rows_per_band * CHUNK, 200)) for r in range(0, 200, rows_per_band * CHUNK)]
+    monkeypatch.setattr(bands, "plan_bands", lambda height, width, chunk: split)
+    out = vectorize_mosaic(
+        path, tmp_path / "v", fmt="parquet", min_area_m2=10.0, instances_table=tmp_path / "t.parquet"
+    )
+    assert out.instances == out.features == len(table) == len(frame) > 100
+    assert np.array_equal(np.asarray(open_mosaic(path).array("instances")[:]), raster)
+    got_table = pd.read_parquet(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(got_table.drop(columns="area_m2"), table.drop(columns="area_m2"))
+    assert np.allclose(got_table["area_m2"], table["area_m2"], rtol=1e-12, atol=0)
+    got = read(out.vectors)
+    assert list(got["id"]) == list(range(1, len(got) + 1))  # in id order
+    assert list(got["class"]) == list(frame["class"])
+    assert shapely.equals(got.geometry.values, frame.geometry.values).all()
+    geojson = read(out.geojson)
+    assert list(geojson["id"]) == list(got["id"])
+
+
+def test_instance_ids_resume_and_match_ray_tasks(tmp_path, ray_local):
+    from geoseg.runtime import iter_tasks
+
+    path = class_mosaic(tmp_path)
+    clean = vectorize_mosaic(path, tmp_path / "clean", fmt="parquet", instances_table=tmp_path / "clean.parquet")
+    clean_raster = np.asarray(open_mosaic(path).array("instances")[:])
+
+    def killed_after_two(function, arguments):
+        for args in arguments[:2]:
+            yield function(*args)
+        raise Killed
+
+    out = tmp_path / "v"
+    with pytest.raises(Killed):
+        vectorize_mosaic(path, out, fmt="parquet", instances_table=tmp_path / "t.parquet", run_tasks=killed_after_two)
+    assert not (tmp_path / "t.parquet").exists()
+    redone = []
+
+    def ray_counting(function, arguments):
+        if function is vectorize_band:
+            redone.extend(request.index for (request,) in arguments if read_summary(request) is None)
+        return iter_tasks(function, arguments, cpus=1)
+
+    again = vectorize_mosaic(path, out, fmt="parquet", instances_table=tmp_path / "t.parquet", run_tasks=ray_counting)
+    assert redone == [2, 3]
+    assert again.vectors.read_bytes() == clean.vectors.read_bytes()
+    assert again.geojson.read_bytes() == clean.geojson.read_bytes()
+    assert (tmp_path / "t.parquet").read_bytes() == (tmp_path / "clean.parquet").read_bytes()
+    assert np.array_equal(np.asarray(open_mosaic(path).array("instances")[:]), clean_raster)

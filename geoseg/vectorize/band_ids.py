@@ -1,0 +1,345 @@
+"""Instance ids of a semantic mosaic by bands: the numbering of :mod:`geoseg.vectorize.components`, in tasks.
+
+The same ids as the one-process numbering (1..N by first pixel in row-major order, regions
+dropped by ``min_area_m2`` left out), with every pass over pixels done per band:
+
+1. *Regions* (band tasks, :func:`~geoseg.vectorize.bands.vectorize_band` with ``instances``):
+   each band's regions with their class, first pixel and exact area; its finished regions'
+   polygons; the region of every chunk component; the open regions and their edges.
+2. *Numbering* (here, light): the open regions are joined across bands by a band-level
+   :class:`~geoseg.vectorize.seams.SeamMerger`; the regions that closed that way ("joined") are
+   written to the part of the band that holds their first pixel. A region's first pixel lies in
+   exactly one band and bands are in row order, so numbering band by band (each band's kept
+   regions, finished or joined, sorted by first pixel) gives the whole-mosaic order. Each band
+   gets a table: band region → id.
+3. *Ids* (band tasks, :func:`write_band_ids`): the band's chunks of ``mosaic.zarr/instances``
+   (components labelled again, as in pass 1, and mapped to ids), per-region box, pixel count and
+   score sums, and its finished features with their ids and GeoJSON.
+4. *Outputs* (here): per band, its finished features and its joined regions merged in id order
+   and appended to the vector files; the instance table from the summed statistics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+
+from geoseg.errors import StageError
+from geoseg.io.instances import INSTANCES, create_instance_array, table_from_columns, write_instance_table
+from geoseg.io.mosaic import MosaicInfo, open_mosaic
+from geoseg.vectorize.bands import BandRequest, BandSummary, band_as_chunk, part
+from geoseg.vectorize.components import InstanceStats, class_score, first_pixels, with_ids
+from geoseg.vectorize.export import LAYER, areas_m2, pixel_to_map, regions_to_frame, to_wgs84
+from geoseg.vectorize.polygonize import label_components
+from geoseg.vectorize.seams import SeamMerger
+from geoseg.vectorize.stream import VectorWriter, geometry_type, promote_lines, render_geojson
+
+__all__ = ["IdsSummary", "number_bands", "prepare_instance_array", "write_band_ids", "write_numbered_outputs"]
+
+
+@dataclass
+class Joined:
+    """The regions closed by joining bands: first pixel, class, exact area; then their ids."""
+
+    first_row: list[np.ndarray]
+    first_col: list[np.ndarray]
+    class_id: list[np.ndarray]
+    area_m2: list[np.ndarray]
+    ids: np.ndarray | None = None
+
+
+def _join_bands(
+    mosaic: MosaicInfo, requests: list[BandRequest], summaries: Iterable[BandSummary], progress
+) -> tuple[SeamMerger, Joined, list[BandSummary]]:
+    """Pass 1's band results as they come: join open regions; write each joined region to its first pixel's band."""
+    across = SeamMerger(mosaic.height, mosaic.width, track_pieces=True)
+    joined = Joined([], [], [], [])
+    starts = np.array([r.first_row for r in requests])
+    writers: dict[int, pq.ParquetWriter] = {}
+    done: list[BandSummary] = []
+    seq = 0
+    for request in requests:  # made afresh each run, from the (possibly reused) band parts
+        part(request.stem, ".joined.parquet").unlink(missing_ok=True)
+    try:
+        for request, summary in zip(requests, summaries, strict=True):
+            across.add(band_as_chunk(request, summary, mosaic.width))
+            closed = across.end_row()
+            geoms = np.empty(len(closed), dtype=object)
+            geoms[:] = [g for _, g in closed]
+            rows, cols = first_pixels(geoms)
+            areas = areas_m2(pixel_to_map(geoms, mosaic.transform), mosaic.crs) if len(geoms) else np.zeros(0)
+            classes = np.array([c for c, _ in closed], dtype=np.int32)
+            joined.first_row.append(rows)
+            joined.first_col.append(cols)
+            joined.class_id.append(classes)
+            joined.area_m2.append(np.asarray(areas, np.float64))
+            home = np.searchsorted(starts, rows, side="right") - 1
+            for band in np.unique(home):
+                at = np.flatnonzero(home == band)
+                table = pa.table(
+                    {
+                        "seq": pa.array(seq + at, pa.int64()),
+                        "class_id": pa.array(classes[at], pa.int32()),
+                        "wkb": pa.array(shapely.to_wkb(geoms[at]), pa.binary()),
+                    }
+                )
+                if band not in writers:
+                    writers[band] = pq.ParquetWriter(part(requests[band].stem, ".joined.parquet"), table.schema)
+                writers[band].write_table(table)
+            seq += len(closed)
+            done.append(summary)
+            if progress is not None:
+                progress(-(-request.stop_row // mosaic.chunk), 2 * mosaic.grid[0])
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return across, joined, done
+
+
+def number_bands(
+    mosaic: MosaicInfo,
+    requests: list[BandRequest],
+    summaries: Iterable[BandSummary],
+    min_area_m2: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2: number every band's regions; save each band's region → id table; the ids' classes and areas.
+
+    Both returned arrays have N + 1 entries (entry 0 unused).
+    """
+    across, joined, done = _join_bands(mosaic, requests, summaries, progress)
+    first_row, first_col = np.concatenate(joined.first_row), np.concatenate(joined.first_col)
+    joined_class, joined_area = np.concatenate(joined.class_id), np.concatenate(joined.area_m2)
+    joined_ids = np.zeros(len(first_row), dtype=np.uint32)
+    joined_kept = joined_area >= min_area_m2 if min_area_m2 > 0 else np.ones(len(first_row), bool)
+    starts = np.array([r.first_row for r in requests])
+    joined_home = np.searchsorted(starts, first_row, side="right") - 1
+    classes, areas = [np.zeros(1, np.int64)], [np.zeros(1)]
+    count = 0
+    for index, (request, summary) in enumerate(zip(requests, done, strict=True)):
+        with np.load(part(request.stem, ".regions.npz"), allow_pickle=False) as regions:
+            kept = ~regions["open"] & (regions["area_m2"] >= min_area_m2 if min_area_m2 > 0 else True)
+            mine = np.flatnonzero(kept)
+            theirs = np.flatnonzero((joined_home == index) & joined_kept)
+            rows = np.concatenate([regions["first_row"][mine], first_row[theirs]])
+            cols = np.concatenate([regions["first_col"][mine], first_col[theirs]])
+            order = np.lexsort((cols, rows))
+            new_ids = np.arange(count + 1, count + len(order) + 1, dtype=np.uint32)
+            band_ids = np.zeros(summary.regions, dtype=np.uint32)
+            band_ids[mine[order[order < len(mine)]]] = new_ids[order < len(mine)]
+            joined_ids[theirs[order[order >= len(mine)] - len(mine)]] = new_ids[order >= len(mine)]
+            classes.append(np.concatenate([regions["class_id"][mine], joined_class[theirs]])[order])
+            areas.append(np.concatenate([regions["area_m2"][mine], joined_area[theirs]])[order])
+            opened = np.flatnonzero(regions["open"])
+        # An open region belongs to a joined region whose first pixel lies in this band or above: numbered by now.
+        band_ids[opened] = joined_ids[across.chunk_regions(index, len(opened))[1:]]
+        np.save(part(request.stem, ".ids.npy"), band_ids)
+        count += len(order)
+    if requests:
+        np.save(Path(requests[0].parts_dir) / "joined-ids.npy", joined_ids)
+    return np.concatenate(classes), np.concatenate(areas)
+
+
+@dataclass(frozen=True)
+class IdsSummary:
+    """What :func:`write_band_ids` wrote for a band."""
+
+    index: int
+    features: int
+    geojson_rows: int
+    declared: str
+
+
+def write_band_ids(request: BandRequest) -> IdsSummary:
+    """Step 3 for one band: its chunks of the instance array, its statistics, its finished features with ids.
+
+    Always redone (the instance array is made afresh before this step); it is the cheap pass.
+    """
+    stem = request.stem
+    mosaic = open_mosaic(request.mosaic, mode="r+")
+    ids = np.load(part(stem, ".ids.npy"), allow_pickle=False)
+    with np.load(part(stem, ".regions.npz"), allow_pickle=False) as regions:
+        pieces, counts = regions["pieces"], regions["counts"]
+    stats = _write_chunks(mosaic, request, ids, pieces, counts)
+    with open(part(stem, ".stats.npz.partial"), "wb") as out:
+        np.savez(out, **{name: getattr(stats, name)[1:] for name in _STATS})
+    frame = _finished_features(mosaic, request, ids)
+    wgs84 = to_wgs84(frame)
+    declared = geometry_type(wgs84)
+    frame.to_parquet(part(stem, ".numbered.parquet.partial"), index=False)
+    text = render_geojson(wgs84, LAYER, declared)[1] if len(wgs84) else ""
+    part(stem, ".numbered.txt.partial").write_text(text, encoding="utf-8")
+    for suffix in (".stats.npz", ".numbered.parquet", ".numbered.txt"):
+        os.replace(part(stem, suffix + ".partial"), part(stem, suffix))
+    return IdsSummary(request.index, len(frame), len(wgs84), declared)
+
+
+_STATS = ("row_min", "col_min", "row_max", "col_max", "area", "score_sum")
+
+
+def _write_chunks(
+    mosaic: MosaicInfo, request: BandRequest, ids: np.ndarray, pieces: np.ndarray, counts: np.ndarray
+) -> InstanceStats:
+    """Label each chunk of the band again, write its ids, gather statistics per band region."""
+    instances = mosaic.array(INSTANCES)
+    stats = InstanceStats(len(ids))
+    class_ids = np.asarray(request.class_ids)
+    offsets = np.r_[0, np.cumsum(counts)]
+    index = 0
+    for row_off in range(request.first_row, request.stop_row, mosaic.chunk):
+        height = min(mosaic.chunk, request.stop_row - row_off)
+        for col_off in range(0, mosaic.width, mosaic.chunk):
+            width = min(mosaic.chunk, mosaic.width - col_off)
+            rows, cols = slice(row_off, row_off + height), slice(col_off, col_off + width)
+            labels = np.asarray(mosaic.labels[rows, cols])
+            components, classes = label_components(labels, np.asarray(mosaic.valid[rows, cols]), class_ids)
+            if len(classes) - 1 != counts[index]:
+                raise StageError(
+                    f"{mosaic.path}: chunk at row {row_off}, col {col_off} changed since it was "
+                    f"polygonized; run `geoseg vectorize` again"
+                )
+            region_of = np.r_[-1, pieces[offsets[index] : offsets[index + 1]]].astype(np.int64)
+            instances[rows, cols] = np.r_[np.uint32(0), ids[region_of[1:]]][components]
+            score = class_score(mosaic, rows, cols, labels) if mosaic.has_scores else None
+            stats.add(components, region_of + 1, row_off, col_off, score)
+            index += 1
+    return stats
+
+
+def _finished_features(mosaic: MosaicInfo, request: BandRequest, ids: np.ndarray) -> gpd.GeoDataFrame:
+    """The band's finished regions that have an id, as output features in id order with an ``id`` column."""
+    table = pq.read_table(part(request.stem, ".finished.parquet")).to_pydict()
+    region = np.asarray(table["region"], dtype=np.int64)
+    region_ids = ids[region]
+    order = np.argsort(region_ids, kind="stable")[np.sort(region_ids) > 0]
+    geoms = shapely.from_wkb(np.asarray(table["wkb"], dtype=object)[order]) if len(order) else []
+    regions = list(zip(np.asarray(table["class_id"])[order].tolist(), geoms, strict=True))
+    return _numbered_frame(mosaic, regions, region_ids[order])
+
+
+def _numbered_frame(mosaic: MosaicInfo, regions: list[tuple[int, object]], ids: np.ndarray) -> gpd.GeoDataFrame:
+    """Features of ``regions`` (in id order) with their ``ids`` as the first column."""
+    frame = regions_to_frame(regions, transform=mosaic.transform, crs=mosaic.crs, class_names=mosaic.class_names)
+    frame = with_ids(frame, regions, mosaic.transform)  # 1..n by position (0 if a row matched none)
+    position = frame["id"].to_numpy(np.int64)
+    frame["id"] = np.where(position > 0, np.r_[0, ids][position], 0).astype(np.uint32)
+    return frame
+
+
+def write_numbered_outputs(
+    mosaic: MosaicInfo,
+    requests: list[BandRequest],
+    summaries: Iterable[IdsSummary],
+    writer: VectorWriter,
+    classes: np.ndarray,
+    areas: np.ndarray,
+    table_path: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Counter[str], pd.DataFrame]:
+    """Step 4: the features band by band in id order (to ``writer``), then the instance table."""
+    n = len(classes) - 1
+    totals = InstanceStats(n)
+    counts: Counter[str] = Counter()
+    rows = mosaic.grid[0]
+    for request, summary in zip(requests, summaries, strict=True):
+        stem = request.stem
+        ids = np.load(part(stem, ".ids.npy"), allow_pickle=False)
+        with np.load(part(stem, ".stats.npz"), allow_pickle=False) as stats:
+            _fold(totals, ids, stats)
+        batch, text, declared, geojson_rows = _band_batch(mosaic, request, summary, writer.empty)
+        writer.write_rendered(batch, text, declared, geojson_rows)
+        counts.update(batch["class"])
+        if progress is not None:
+            progress(rows + -(-request.stop_row // mosaic.chunk), 2 * rows)
+    return counts, _instance_table(mosaic, totals, classes, areas, table_path)
+
+
+def _fold(totals: InstanceStats, ids: np.ndarray, stats) -> None:
+    """Add a band's per-region statistics to the per-id totals (id 0, the dropped regions, is ignored)."""
+    np.minimum.at(totals.row_min, ids, stats["row_min"])
+    np.minimum.at(totals.col_min, ids, stats["col_min"])
+    np.maximum.at(totals.row_max, ids, stats["row_max"])
+    np.maximum.at(totals.col_max, ids, stats["col_max"])
+    np.add.at(totals.area, ids, stats["area"])
+    np.add.at(totals.score_sum, ids, stats["score_sum"])
+
+
+def _band_batch(
+    mosaic: MosaicInfo, request: BandRequest, summary: IdsSummary, empty: gpd.GeoDataFrame
+) -> tuple[gpd.GeoDataFrame, str, str, int]:
+    """The band's finished features and the joined regions whose first pixel it holds, in id order.
+
+    With their GeoJSON features, its declared type and its row count.
+    """
+    stem = request.stem
+    numbered = gpd.read_parquet(part(stem, ".numbered.parquet"))
+    numbered = numbered.astype({"class": object}).set_crs(empty.crs, allow_override=True)
+    lines = part(stem, ".numbered.txt").read_text(encoding="utf-8").split(",\n") if summary.geojson_rows else []
+    joined_path = part(stem, ".joined.parquet")
+    joined = None
+    if joined_path.exists():
+        joined_ids = np.load(Path(request.parts_dir) / "joined-ids.npy", allow_pickle=False)
+        joined = _joined_features(mosaic, joined_path, joined_ids)
+    if joined is None or not len(joined):
+        return numbered, ",\n".join(lines), summary.declared, summary.geojson_rows
+    wgs84 = to_wgs84(joined)
+    if summary.geojson_rows != len(numbered) or len(wgs84) != len(joined):
+        # A geometry lost in reprojection: lines and rows no longer pair up; render the batch here.
+        batch = pd.concat([numbered, joined], ignore_index=True).sort_values("id", kind="stable")
+        batch = gpd.GeoDataFrame(batch, geometry="geometry", crs=empty.crs)
+        all84 = to_wgs84(batch)
+        declared = geometry_type(all84)
+        return batch, render_geojson(all84, LAYER, declared)[1], declared, len(all84)
+    declared = "MultiPolygon" if "MultiPolygon" in (summary.declared, geometry_type(wgs84)) else "Polygon"
+    joined_lines = render_geojson(wgs84, LAYER, geometry_type(wgs84))[1].split(",\n")
+    if declared == "MultiPolygon":
+        lines, joined_lines = promote_lines(lines), promote_lines(joined_lines)
+    batch = pd.concat([numbered, joined], ignore_index=True)
+    order = np.argsort(batch["id"].to_numpy(), kind="stable")
+    text = ",\n".join(np.asarray(lines + joined_lines, dtype=object)[order])
+    return gpd.GeoDataFrame(batch.iloc[order], geometry="geometry", crs=empty.crs), text, declared, len(order)
+
+
+def _joined_features(mosaic: MosaicInfo, path: Path, joined_ids: np.ndarray) -> gpd.GeoDataFrame:
+    table = pq.read_table(path).to_pydict()
+    ids = joined_ids[np.asarray(table["seq"], dtype=np.int64)]
+    order = np.argsort(ids, kind="stable")[np.sort(ids) > 0]
+    geoms = shapely.from_wkb(np.asarray(table["wkb"], dtype=object)[order]) if len(order) else []
+    regions = list(zip(np.asarray(table["class_id"])[order].tolist(), geoms, strict=True))
+    return _numbered_frame(mosaic, regions, ids[order])
+
+
+def _instance_table(
+    mosaic: MosaicInfo, totals: InstanceStats, classes: np.ndarray, areas: np.ndarray, table_path: Path
+) -> pd.DataFrame:
+    n = len(classes) - 1
+    s = slice(1, n + 1)
+    if mosaic.has_scores:
+        scores = mosaic.array("scores")
+        integer = np.issubdtype(scores.dtype, np.integer)
+        scale = float(cast(float, scores.attrs.get("scale_factor", 1 / 255 if integer else 1.0)))
+        score = totals.score_sum[s] * scale / np.maximum(totals.area[s], 1)
+    else:
+        score = np.full(n, np.nan)
+    bboxes = np.column_stack([totals.row_min[s], totals.col_min[s], totals.row_max[s], totals.col_max[s]])
+    table = table_from_columns(np.arange(1, n + 1), classes[s], mosaic.class_names, score, bboxes, totals.area[s], 0.0)
+    table["area_m2"] = areas[s]
+    write_instance_table(table, table_path)
+    return table
+
+
+def prepare_instance_array(mosaic: MosaicInfo, table_path: Path) -> None:
+    """Before step 3: no table until the raster is whole, and an empty instance array to fill."""
+    Path(table_path).unlink(missing_ok=True)
+    create_instance_array(mosaic)
