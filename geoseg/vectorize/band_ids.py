@@ -43,7 +43,7 @@ from geoseg.vectorize.components import InstanceStats, class_score, first_pixels
 from geoseg.vectorize.export import LAYER, areas_m2, pixel_to_map, regions_to_frame, to_wgs84
 from geoseg.vectorize.polygonize import label_components
 from geoseg.vectorize.seams import SeamMerger
-from geoseg.vectorize.stream import VectorWriter, geometry_type, promote_lines, render_geojson
+from geoseg.vectorize.stream import VectorWriter, feature_lines, geometry_type, render_geojson
 
 __all__ = ["IdsSummary", "number_bands", "prepare_instance_array", "write_band_ids", "write_numbered_outputs"]
 
@@ -285,30 +285,28 @@ def _band_batch(
     stem = request.stem
     numbered = gpd.read_parquet(part(stem, ".numbered.parquet"))
     numbered = numbered.astype({"class": object}).set_crs(empty.crs, allow_override=True)
-    lines = part(stem, ".numbered.txt").read_text(encoding="utf-8").split(",\n") if summary.geojson_rows else []
+    text = part(stem, ".numbered.txt").read_text(encoding="utf-8")
     joined_path = part(stem, ".joined.parquet")
     joined = None
     if joined_path.exists():
         joined_ids = np.load(Path(request.parts_dir) / "joined-ids.npy", allow_pickle=False)
         joined = _joined_features(mosaic, joined_path, joined_ids)
     if joined is None or not len(joined):
-        return numbered, ",\n".join(lines), summary.declared, summary.geojson_rows
+        return numbered, text, summary.declared, summary.geojson_rows
+    batch = pd.concat([numbered, joined], ignore_index=True)
+    order = np.argsort(batch["id"].to_numpy(), kind="stable")
+    batch = gpd.GeoDataFrame(batch.iloc[order], geometry="geometry", crs=empty.crs)
     wgs84 = to_wgs84(joined)
     if summary.geojson_rows != len(numbered) or len(wgs84) != len(joined):
         # A geometry lost in reprojection: lines and rows no longer pair up; render the batch here.
-        batch = pd.concat([numbered, joined], ignore_index=True).sort_values("id", kind="stable")
-        batch = gpd.GeoDataFrame(batch, geometry="geometry", crs=empty.crs)
         all84 = to_wgs84(batch)
         declared = geometry_type(all84)
         return batch, render_geojson(all84, LAYER, declared)[1], declared, len(all84)
-    declared = "MultiPolygon" if "MultiPolygon" in (summary.declared, geometry_type(wgs84)) else "Polygon"
-    joined_lines = render_geojson(wgs84, LAYER, geometry_type(wgs84))[1].split(",\n")
-    if declared == "MultiPolygon":
-        lines, joined_lines = promote_lines(lines), promote_lines(joined_lines)
-    batch = pd.concat([numbered, joined], ignore_index=True)
-    order = np.argsort(batch["id"].to_numpy(), kind="stable")
-    text = ",\n".join(np.asarray(lines + joined_lines, dtype=object)[order])
-    return gpd.GeoDataFrame(batch.iloc[order], geometry="geometry", crs=empty.crs), text, declared, len(order)
+    kind = geometry_type(wgs84)
+    lines, declared = feature_lines(
+        [(text, summary.declared, summary.geojson_rows), (render_geojson(wgs84, LAYER, kind)[1], kind, len(wgs84))]
+    )
+    return batch, ",\n".join(np.asarray(lines, dtype=object)[order]), declared, len(order)
 
 
 def _joined_features(mosaic: MosaicInfo, path: Path, joined_ids: np.ndarray) -> gpd.GeoDataFrame:

@@ -36,9 +36,18 @@ from geoseg.vectorize.band_ids import (
 )
 from geoseg.vectorize.bands import BandSummary, band_as_chunk, band_requests, read_features, vectorize_band
 from geoseg.vectorize.components import RegionNumbering, number_regions, with_ids, write_instances
-from geoseg.vectorize.export import empty_frame, finish_vectors, open_vectors, regions_to_frame, write_vectors
+from geoseg.vectorize.export import (
+    LAYER,
+    empty_frame,
+    finish_vectors,
+    open_vectors,
+    regions_to_frame,
+    to_wgs84,
+    write_vectors,
+)
 from geoseg.vectorize.polygonize import polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
+from geoseg.vectorize.stream import feature_lines, geometry_type, render_geojson
 
 __all__ = ["RunTasks", "VectorOutputs", "in_process", "select_classes", "vectorize_mosaic"]
 
@@ -267,8 +276,6 @@ def _write_banded_features(
         summaries = cast(Iterable[BandSummary], run_tasks(vectorize_band, [(r,) for r in requests]))
         for request, summary in zip(requests, summaries, strict=True):
             frame, geojson = read_features(request, empty)
-            writer.write_rendered(frame, geojson, summary.declared, summary.geojson_rows)
-            counts.update(summary.per_class)
             across.add(band_as_chunk(request, summary, mosaic.width))
             joined = regions_to_frame(
                 across.end_row(),
@@ -277,8 +284,18 @@ def _write_banded_features(
                 class_names=mosaic.class_names,
                 min_area_m2=min_area_m2,
             )
-            writer.write(joined)
-            counts.update(joined["class"])
+            # One append per band: its own features, then the regions its top seam closed.
+            joined84 = to_wgs84(joined)
+            kind = geometry_type(joined84)
+            lines, declared = feature_lines(
+                [
+                    (geojson, summary.declared, summary.geojson_rows),
+                    (render_geojson(joined84, LAYER, kind)[1] if len(joined84) else "", kind, len(joined84)),
+                ]
+            )
+            batch = pd.concat([frame, joined], ignore_index=True) if len(joined) else frame
+            writer.write_rendered(batch, ",\n".join(lines), declared, len(lines))
+            counts.update(batch["class"])
             if progress is not None:
                 progress(-(-request.stop_row // mosaic.chunk), mosaic.grid[0])
     vectors, geojson_path = finish_vectors(writer, fmt)

@@ -28,7 +28,7 @@ from geopandas.io.arrow import _geopandas_to_arrow
 
 from geoseg.errors import StageError
 
-__all__ = ["VectorWriter", "geometry_type", "promote_lines", "render_geojson"]
+__all__ = ["VectorWriter", "feature_lines", "geometry_type", "render_geojson"]
 
 _GEOJSON_TAIL = "\n]\n}\n"
 _PROMOTE_ROWS = 50_000  # rows per slice when an existing GeoPackage layer is promoted to MultiPolygon
@@ -196,6 +196,21 @@ def _multi_line(line: str) -> str:
 def promote_lines(lines: list[str]) -> list[str]:
     """GeoJSON feature lines (as :func:`render_geojson` splits them) with each Polygon made a MultiPolygon."""
     return [_multi_line(line).rstrip("\n") for line in lines]
+
+
+def feature_lines(pieces: list[tuple[str, str, int]]) -> tuple[list[str], str]:
+    """The feature lines of rendered pieces ``(features, declared, rows)``, all of one declared type.
+
+    Lines of Polygon pieces are promoted when another piece is MultiPolygon (a layer has one type).
+    """
+    declared = "MultiPolygon" if any(kind == "MultiPolygon" and rows for _, kind, rows in pieces) else "Polygon"
+    lines: list[str] = []
+    for text, kind, rows in pieces:
+        if not rows:
+            continue
+        own = text.split(",\n")
+        lines += promote_lines(own) if declared != kind else own
+    return lines, declared
 
 
 class _ParquetStream:
