@@ -34,10 +34,11 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geoseg.bench.measure import MemorySampler
-from geoseg.errors import JobConfigError
-from geoseg.io.mosaic import create_mosaic, mark_done, write_block
+from geoseg.errors import GeosegError, JobConfigError
+from geoseg.io.mosaic import MosaicInfo, create_mosaic, done_chunks, mark_done, open_mosaic, write_block
 from geoseg.io.overviews import build_overviews
 from geoseg.io.raster import iter_blocks
+from geoseg.runtime.session import ray_output_to
 from geoseg.stages.evaluate import mosaic_confusion
 from geoseg.synthetic.blocks import PIXEL_SIZE, SCENE_CRS
 from geoseg.synthetic.layout import DEMO_CLASSES
@@ -106,6 +107,28 @@ def write_pipeline_scene(out: Path, *, size: int, chunk: int, seed: int = 0) -> 
         write_block(mosaic, row, col, labels, np.ones_like(labels))
         mark_done(mosaic, row, col)
     return SceneFiles(mosaic=mosaic.path, reference=_write_reference(out / "reference.tif", size, seed))
+
+
+def existing_scene(out: Path, *, size: int, chunk: int, seed: int = 0) -> SceneFiles | None:
+    """The scene an earlier run wrote in ``out`` with the same size, chunk and seed, if complete."""
+    mosaic_path, reference = out / "mosaic.zarr", out / "reference.tif"
+    if not (mosaic_path.is_dir() and reference.is_file()):
+        return None
+    try:
+        mosaic = open_mosaic(mosaic_path)
+    except GeosegError:
+        return None
+    same = (mosaic.height, mosaic.width, mosaic.chunk, mosaic.fingerprint) == (
+        size,
+        size,
+        chunk,
+        {"bench": "pipeline", "seed": seed},
+    )
+    return SceneFiles(mosaic=mosaic_path, reference=reference) if same and not _missing_chunks(mosaic) else None
+
+
+def _missing_chunks(mosaic: MosaicInfo) -> bool:
+    return len(done_chunks(mosaic)) < mosaic.grid[0] * mosaic.grid[1]
 
 
 def _write_reference(path: Path, size: int, seed: int) -> Path:
@@ -194,7 +217,10 @@ def _run_steps(scene: SceneFiles, out: Path, workers: int) -> tuple[dict[str, St
         steps["vectorize_instances"] = _timed(
             lambda: (
                 vectorize_mosaic(
-                    scene.mosaic, out / "vectors_instances", instances_table=out / "instances.parquet"
+                    scene.mosaic,
+                    out / "vectors_instances",
+                    instances_table=out / "instances.parquet",
+                    run_tasks=run_tasks,
                 ).features
             )
         )
@@ -208,11 +234,16 @@ def bench_pipeline(settings: PipelineSettings, *, log: Callable[[str], None] = p
     settings.check()
     pixels = settings.size**2
     with _work_folder(settings.out) as out:
-        log(f"bench pipeline: writing a {settings.size}² mosaic and reference under {out}")
         started = time.perf_counter()
-        scene = write_pipeline_scene(out, size=settings.size, chunk=settings.chunk, seed=settings.seed)
+        scene = existing_scene(out, size=settings.size, chunk=settings.chunk, seed=settings.seed)
+        if scene is None:
+            log(f"bench pipeline: writing a {settings.size}² mosaic and reference under {out}")
+            scene = write_pipeline_scene(out, size=settings.size, chunk=settings.chunk, seed=settings.seed)
+        else:
+            log(f"bench pipeline: reusing the {settings.size}² mosaic and reference under {out}")
         write_s = time.perf_counter() - started
-        steps, agreement = _run_steps(scene, out, settings.workers)
+        with ray_output_to(out / "ray.log"):
+            steps, agreement = _run_steps(scene, out, settings.workers)
     peak_by_process: dict[str, int] = {}
     for step in steps.values():
         for name, value in step.memory.peak_by_name.items():

@@ -108,5 +108,21 @@ def test_two_workers_count_evaluate_bands_as_ray_tasks(ray_local):
     two = bench_pipeline(PipelineSettings(size=512, chunk=128, workers=2), log=lambda _: None)
     assert two["workers"] == 2
     assert "ray::band_confusion" in two["evaluate"]["peak_by_process_mb"]
+    assert "ray::vectorize_band" in two["vectorize"]["peak_by_process_mb"]
     assert two["pixel_agreement"] == one["pixel_agreement"]
     assert two["vectorize"]["features"] == one["vectorize"]["features"]
+
+
+def test_a_scene_written_before_is_reused_only_when_it_matches(tmp_path):
+    from geoseg.bench.pipeline import existing_scene
+
+    scene = write_pipeline_scene(tmp_path, size=256, chunk=64, seed=2)
+    assert existing_scene(tmp_path, size=256, chunk=64, seed=2) == scene
+    assert existing_scene(tmp_path, size=256, chunk=64, seed=3) is None  # another map
+    assert existing_scene(tmp_path, size=256, chunk=128, seed=2) is None
+    lines: list[str] = []
+    result = bench_pipeline(PipelineSettings(size=256, chunk=64, seed=2, out=tmp_path), log=lines.append)
+    assert lines == [f"bench pipeline: reusing the 256² mosaic and reference under {tmp_path}"]
+    assert result["vectorize"]["features"] > 0
+    scene.reference.unlink()  # incomplete: written again
+    assert existing_scene(tmp_path, size=256, chunk=64, seed=2) is None
