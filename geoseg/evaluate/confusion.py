@@ -18,6 +18,8 @@ from geoseg.io.mosaic import open_mosaic
 
 __all__ = ["band_confusion", "chunk_row_bands"]
 
+REFERENCE_CACHE_MB = 64  # two rows of 512² uint8 blocks of a reference up to ~65,000 px wide
+
 
 def chunk_row_bands(height: int, chunk: int, bands: int) -> list[tuple[int, int]]:
     """``(first_row, stop_row)`` pixel ranges covering ``height`` in about ``bands`` runs of whole chunk rows."""
@@ -31,7 +33,9 @@ def band_confusion(mosaic_path: str | Path, truth_path: str | Path, first_row: i
     mosaic = open_mosaic(Path(mosaic_path))
     n = len(mosaic.class_names)
     matrix = np.zeros((n, n), np.int64)
-    with rasterio.open(truth_path) as truth:
+    # A small block cache: chunks are read in row order, so GDAL needs about two rows of the reference's
+    # blocks at a time; its default (5% of RAM) would otherwise fill with the whole reference.
+    with rasterio.Env(GDAL_CACHEMAX=REFERENCE_CACHE_MB), rasterio.open(truth_path) as truth:
         for row, col, h, w in mosaic.chunk_windows():
             if not first_row <= row < stop_row:
                 continue

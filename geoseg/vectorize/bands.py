@@ -42,15 +42,19 @@ from geoseg.vectorize.stream import geometry_type, render_geojson
 
 __all__ = ["BandRequest", "BandSummary", "band_as_chunk", "band_requests", "plan_bands", "vectorize_band"]
 
-BAND_PIXELS = 16_000_000  # about this many pixels per band: a band's features stay small in memory
+BAND_PIXELS = 16_000_000  # at most this many pixels per band (unless one chunk row is more)
 MIN_BANDS = 8  # a mosaic of enough chunk rows splits into at least this many bands, for parallel work
 PARTS_VERSION = 1  # bump when a part file's content changes meaning
 
 
 def plan_bands(height: int, width: int, chunk: int) -> list[tuple[int, int]]:
-    """``(first_row, stop_row)`` of each band: at least 2 chunk rows, ~``BAND_PIXELS``, ≥ ``MIN_BANDS`` bands."""
+    """``(first_row, stop_row)`` of each band, in whole chunk rows.
+
+    At most ``BAND_PIXELS`` (but at least one chunk row) and at least ``MIN_BANDS`` bands where the
+    mosaic has the rows: a band's memory stays about the same whatever the mosaic's size.
+    """
     rows = -(-height // chunk)
-    per_band = max(2, min(-(-BAND_PIXELS // (chunk * width)), -(-rows // MIN_BANDS)))
+    per_band = max(1, min(BAND_PIXELS // (chunk * width), -(-rows // MIN_BANDS)))
     return [(r * chunk, min((r + per_band) * chunk, height)) for r in range(0, rows, per_band)]
 
 

@@ -17,9 +17,11 @@ from tests.vectorize.test_stream import CHUNK, CLASSES, UTM, canonical, class_mo
 
 
 def test_plan_bands_covers_the_rows_in_whole_chunk_rows():
-    assert plan_bands(200, 150, 32) == [(0, 64), (64, 128), (128, 192), (192, 200)]  # 7 rows: at least 2 per band
-    survey = plan_bands(16384, 16384, 448)  # 37 chunk rows, 3 per band (~22 MPix)
-    assert survey[0] == (0, 1344) and survey[-1][1] == 16384 and len(survey) == 13
+    assert plan_bands(200, 150, 32) == [(r, min(r + 32, 200)) for r in range(0, 200, 32)]  # 7 rows, 1 per band
+    assert plan_bands(4096, 4096, 448) == [(r, min(r + 896, 4096)) for r in range(0, 4096, 896)]  # 10 rows: 5 bands
+    survey = plan_bands(16384, 16384, 448)  # 37 chunk rows of 7.3 MPix: 2 per band
+    assert survey[0] == (0, 896) and survey[-1][1] == 16384 and len(survey) == 19
+    assert len(plan_bands(40000, 40000, 448)) == 90  # one chunk row (17.9 MPix) per band
     assert all(a[1] == b[0] for a, b in itertools.pairwise(survey))
     assert plan_bands(100, 4096, 448) == [(0, 100)]  # one chunk row: one band
 
@@ -90,7 +92,7 @@ def test_a_killed_run_resumes_at_the_first_unfinished_band(tmp_path):
             yield function(request)
 
     again = vectorize_mosaic(path, out, fmt="parquet", run_tasks=counting)
-    assert redone == [2, 3]
+    assert redone == [2, 3, 4, 5, 6]
     assert again.vectors.read_bytes() == clean.vectors.read_bytes()
     assert again.geojson.read_bytes() == clean.geojson.read_bytes()
 
@@ -181,7 +183,7 @@ def test_instance_ids_resume_and_match_ray_tasks(tmp_path, ray_local):
         return iter_tasks(function, arguments, cpus=1)
 
     again = vectorize_mosaic(path, out, fmt="parquet", instances_table=tmp_path / "t.parquet", run_tasks=ray_counting)
-    assert redone == [2, 3]
+    assert redone == [2, 3, 4, 5, 6]
     assert again.vectors.read_bytes() == clean.vectors.read_bytes()
     assert again.geojson.read_bytes() == clean.geojson.read_bytes()
     assert (tmp_path / "t.parquet").read_bytes() == (tmp_path / "clean.parquet").read_bytes()
