@@ -110,8 +110,19 @@ def band_requests(
 ) -> list[BandRequest]:
     """One request per band of ``mosaic`` (see :func:`plan_bands`)."""
     key = _parts_key(mosaic, tuple(class_ids), min_area_m2, instances)
+    # Each band's key names its rows too: parts of another band plan (another geoseg) are not this band's.
     return [
-        BandRequest(str(mosaic.path), str(parts_dir), i, first, stop, tuple(class_ids), min_area_m2, key, instances)
+        BandRequest(
+            str(mosaic.path),
+            str(parts_dir),
+            i,
+            first,
+            stop,
+            tuple(class_ids),
+            min_area_m2,
+            f"{key}:{first}:{stop}",
+            instances,
+        )
         for i, (first, stop) in enumerate(plan_bands(mosaic.height, mosaic.width, mosaic.chunk))
     ]
 

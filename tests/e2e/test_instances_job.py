@@ -107,6 +107,19 @@ def test_instance_job_end_to_end(tmp_path, capsys):
     assert {"f1", "precision", "recall", "ap", "ap50", "splits", "merged"} <= set(report)
     # Raw detections stay for `geoseg bench merge`; a rerun reuses them and the finished mosaic.
     assert len(list((out / "detections").glob("tile_*.npz"))) == 16  # cores of 64 px
+    # Merged row of tiles by row of tiles, the mosaic holds what merging the whole scene at once gives.
+    from geoseg.infer.merge import merge_detections, resolve_overlaps, tile_windows
+    from geoseg.io.masks import load_masks
+    from geoseg.tiling import plan_tiles
+
+    tiles = plan_tiles(256, 256, tile_size=128, halo=32)
+    raw = [d for tile in tiles for d in load_masks(out / "detections" / f"tile_{tile.index:06d}.npz")]
+    merged = merge_detections(raw, windows=tile_windows(tiles, 256, 256), scene_shape=(256, 256))
+    whole = resolve_overlaps(merged, min_area=16)
+    expected = np.zeros((256, 256), np.uint32)
+    for number, instance in enumerate(whole, start=1):
+        expected[instance.row : instance.bbox[2], instance.col : instance.bbox[3]][instance.mask] = number
+    assert len(whole) == len(table) > 0 and np.array_equal(ids, expected)
     assert main(["predict", path]) == 0
     assert "nothing to do" in capsys.readouterr().out
 

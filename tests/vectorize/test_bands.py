@@ -113,6 +113,25 @@ def test_parts_of_another_mosaic_state_are_not_reused(tmp_path):
     assert read_summary(other_area[0]) is None
 
 
+def test_parts_of_another_band_plan_are_not_reused(tmp_path, monkeypatch):
+    """A killed run under one band plan, resumed under another: band i is other rows now."""
+    path = class_mosaic(tmp_path)
+    clean = vectorize_mosaic(path, tmp_path / "clean", fmt="parquet")
+
+    def killed_after_two(function, arguments):
+        for args in arguments[:2]:
+            yield function(*args)
+        raise Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(bands, "plan_bands", lambda height, width, chunk: [(0, 96), (96, 192), (192, 200)])
+        with pytest.raises(Killed):
+            vectorize_mosaic(path, tmp_path / "v", fmt="parquet", run_tasks=killed_after_two)
+    again = vectorize_mosaic(path, tmp_path / "v", fmt="parquet")
+    assert again.features == clean.features
+    assert again.vectors.read_bytes() == clean.vectors.read_bytes()
+
+
 def test_ray_tasks_write_what_one_process_writes(tmp_path, ray_local):
     from geoseg.runtime import iter_tasks
 
