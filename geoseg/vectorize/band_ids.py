@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -45,7 +45,14 @@ from geoseg.vectorize.polygonize import label_components
 from geoseg.vectorize.seams import SeamMerger
 from geoseg.vectorize.stream import VectorWriter, feature_lines, geometry_type, render_geojson
 
-__all__ = ["IdsSummary", "number_bands", "prepare_instance_array", "write_band_ids", "write_numbered_outputs"]
+__all__ = [
+    "IdsSummary",
+    "Numbered",
+    "number_bands",
+    "prepare_instance_array",
+    "write_band_ids",
+    "write_numbered_outputs",
+]
 
 
 @dataclass
@@ -56,7 +63,7 @@ class Joined:
     first_col: list[np.ndarray]
     class_id: list[np.ndarray]
     area_m2: list[np.ndarray]
-    ids: np.ndarray | None = None
+    sources: dict[int, list[int]] = field(default_factory=dict)  # home band -> bands whose file holds some
 
 
 def _join_bands(
@@ -66,45 +73,54 @@ def _join_bands(
     across = SeamMerger(mosaic.height, mosaic.width, track_pieces=True)
     joined = Joined([], [], [], [])
     starts = np.array([r.first_row for r in requests])
-    writers: dict[int, pq.ParquetWriter] = {}
     done: list[BandSummary] = []
     seq = 0
     for request in requests:  # made afresh each run, from the (possibly reused) band parts
         part(request.stem, ".joined.parquet").unlink(missing_ok=True)
-    try:
-        for request, summary in zip(requests, summaries, strict=True):
-            across.add(band_as_chunk(request, summary, mosaic.width))
-            closed = across.end_row()
-            geoms = np.empty(len(closed), dtype=object)
-            geoms[:] = [g for _, g in closed]
-            rows, cols = first_pixels(geoms)
-            areas = areas_m2(pixel_to_map(geoms, mosaic.transform), mosaic.crs) if len(geoms) else np.zeros(0)
-            classes = np.array([c for c, _ in closed], dtype=np.int32)
-            joined.first_row.append(rows)
-            joined.first_col.append(cols)
-            joined.class_id.append(classes)
-            joined.area_m2.append(np.asarray(areas, np.float64))
-            home = np.searchsorted(starts, rows, side="right") - 1
-            for band in np.unique(home):
-                at = np.flatnonzero(home == band)
-                table = pa.table(
-                    {
-                        "seq": pa.array(seq + at, pa.int64()),
-                        "class_id": pa.array(classes[at], pa.int32()),
-                        "wkb": pa.array(shapely.to_wkb(geoms[at]), pa.binary()),
-                    }
-                )
-                if band not in writers:
-                    writers[band] = pq.ParquetWriter(part(requests[band].stem, ".joined.parquet"), table.schema)
-                writers[band].write_table(table)
-            seq += len(closed)
-            done.append(summary)
-            if progress is not None:
-                progress(-(-request.stop_row // mosaic.chunk), 2 * mosaic.grid[0])
-    finally:
-        for writer in writers.values():
-            writer.close()
+    for request, summary in zip(requests, summaries, strict=True):
+        across.add(band_as_chunk(request, summary, mosaic.width))
+        closed = across.end_row()
+        geoms = np.empty(len(closed), dtype=object)
+        geoms[:] = [g for _, g in closed]
+        rows, cols = first_pixels(geoms)
+        areas = areas_m2(pixel_to_map(geoms, mosaic.transform), mosaic.crs) if len(geoms) else np.zeros(0)
+        classes = np.array([c for c, _ in closed], dtype=np.int32)
+        joined.first_row.append(rows)
+        joined.first_col.append(cols)
+        joined.class_id.append(classes)
+        joined.area_m2.append(np.asarray(areas, np.float64))
+        home = np.searchsorted(starts, rows, side="right") - 1
+        if len(closed):
+            # One file per band where regions closed, written at once; read back by their home band.
+            table = pa.table(
+                {
+                    "seq": pa.array(seq + np.arange(len(closed)), pa.int64()),
+                    "home": pa.array(home, pa.int32()),
+                    "class_id": pa.array(classes, pa.int32()),
+                    "wkb": pa.array(shapely.to_wkb(geoms), pa.binary()),
+                }
+            )
+            pq.write_table(table, part(request.stem, ".joined.parquet"))
+            for band in np.unique(home).tolist():
+                joined.sources.setdefault(band, []).append(request.index)
+        seq += len(closed)
+        done.append(summary)
+        if progress is not None:
+            progress(-(-request.stop_row // mosaic.chunk), 2 * mosaic.grid[0])
     return across, joined, done
+
+
+@dataclass(frozen=True)
+class Numbered:
+    """The numbering of every region.
+
+    ``classes``, ``areas``: each id's class and exact area (N + 1 entries, entry 0 unused);
+    ``sources``: home band -> the bands whose ``.joined.parquet`` holds some of its joined regions.
+    """
+
+    classes: np.ndarray
+    areas: np.ndarray
+    sources: dict[int, list[int]]
 
 
 def number_bands(
@@ -113,11 +129,8 @@ def number_bands(
     summaries: Iterable[BandSummary],
     min_area_m2: float,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Step 2: number every band's regions; save each band's region → id table; the ids' classes and areas.
-
-    Both returned arrays have N + 1 entries (entry 0 unused).
-    """
+) -> Numbered:
+    """Step 2: number every band's regions; save each band's region → id table (see :class:`Numbered`)."""
     across, joined, done = _join_bands(mosaic, requests, summaries, progress)
     first_row, first_col = np.concatenate(joined.first_row), np.concatenate(joined.first_col)
     joined_class, joined_area = np.concatenate(joined.class_id), np.concatenate(joined.area_m2)
@@ -148,7 +161,7 @@ def number_bands(
         count += len(order)
     if requests:
         np.save(Path(requests[0].parts_dir) / "joined-ids.npy", joined_ids)
-    return np.concatenate(classes), np.concatenate(areas)
+    return Numbered(np.concatenate(classes), np.concatenate(areas), joined.sources)
 
 
 @dataclass(frozen=True)
@@ -242,13 +255,12 @@ def write_numbered_outputs(
     requests: list[BandRequest],
     summaries: Iterable[IdsSummary],
     writer: VectorWriter,
-    classes: np.ndarray,
-    areas: np.ndarray,
+    numbered: Numbered,
     table_path: Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Counter[str], pd.DataFrame]:
     """Step 4: the features band by band in id order (to ``writer``), then the instance table."""
-    n = len(classes) - 1
+    n = len(numbered.classes) - 1
     totals = InstanceStats(n)
     counts: Counter[str] = Counter()
     rows = mosaic.grid[0]
@@ -257,12 +269,13 @@ def write_numbered_outputs(
         ids = np.load(part(stem, ".ids.npy"), allow_pickle=False)
         with np.load(part(stem, ".stats.npz"), allow_pickle=False) as stats:
             _fold(totals, ids, stats)
-        batch, text, declared, geojson_rows = _band_batch(mosaic, request, summary, writer.empty)
+        sources = [requests[band].stem for band in numbered.sources.get(request.index, [])]
+        batch, text, declared, geojson_rows = _band_batch(mosaic, request, summary, writer.empty, sources)
         writer.write_rendered(batch, text, declared, geojson_rows)
         counts.update(batch["class"])
         if progress is not None:
             progress(rows + -(-request.stop_row // mosaic.chunk), 2 * rows)
-    return counts, _instance_table(mosaic, totals, classes, areas, table_path)
+    return counts, _instance_table(mosaic, totals, numbered.classes, numbered.areas, table_path)
 
 
 def _fold(totals: InstanceStats, ids: np.ndarray, stats) -> None:
@@ -276,7 +289,7 @@ def _fold(totals: InstanceStats, ids: np.ndarray, stats) -> None:
 
 
 def _band_batch(
-    mosaic: MosaicInfo, request: BandRequest, summary: IdsSummary, empty: gpd.GeoDataFrame
+    mosaic: MosaicInfo, request: BandRequest, summary: IdsSummary, empty: gpd.GeoDataFrame, sources: list[Path]
 ) -> tuple[gpd.GeoDataFrame, str, str, int]:
     """The band's finished features and the joined regions whose first pixel it holds, in id order.
 
@@ -286,11 +299,10 @@ def _band_batch(
     numbered = gpd.read_parquet(part(stem, ".numbered.parquet"))
     numbered = numbered.astype({"class": object}).set_crs(empty.crs, allow_override=True)
     text = part(stem, ".numbered.txt").read_text(encoding="utf-8")
-    joined_path = part(stem, ".joined.parquet")
     joined = None
-    if joined_path.exists():
+    if sources:
         joined_ids = np.load(Path(request.parts_dir) / "joined-ids.npy", allow_pickle=False)
-        joined = _joined_features(mosaic, joined_path, joined_ids)
+        joined = _joined_features(mosaic, sources, request.index, joined_ids)
     if joined is None or not len(joined):
         return numbered, text, summary.declared, summary.geojson_rows
     batch = pd.concat([numbered, joined], ignore_index=True)
@@ -309,8 +321,10 @@ def _band_batch(
     return batch, ",\n".join(np.asarray(lines, dtype=object)[order]), declared, len(order)
 
 
-def _joined_features(mosaic: MosaicInfo, path: Path, joined_ids: np.ndarray) -> gpd.GeoDataFrame:
-    table = pq.read_table(path).to_pydict()
+def _joined_features(mosaic: MosaicInfo, sources: list[Path], home: int, joined_ids: np.ndarray) -> gpd.GeoDataFrame:
+    """The joined regions whose first pixel lies in band ``home``, as numbered features in id order."""
+    parts = [pq.read_table(part(stem, ".joined.parquet"), filters=[("home", "=", home)]) for stem in sources]
+    table = pa.concat_tables(parts).to_pydict()
     ids = joined_ids[np.asarray(table["seq"], dtype=np.int64)]
     order = np.argsort(ids, kind="stable")[np.sort(ids) > 0]
     geoms = shapely.from_wkb(np.asarray(table["wkb"], dtype=object)[order]) if len(order) else []

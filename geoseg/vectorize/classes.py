@@ -319,13 +319,13 @@ def _write_banded_ids(
     requests = band_requests(mosaic, parts_dir, class_ids, min_area_m2, instances=True)
     arguments = [(request,) for request in requests]
     regions = cast(Iterable[BandSummary], run_tasks(vectorize_band, arguments))
-    classes, areas = number_bands(mosaic, requests, regions, min_area_m2, progress)
+    numbering = number_bands(mosaic, requests, regions, min_area_m2, progress)
     prepare_instance_array(mosaic, table_path)
     numbered = cast(Iterable[IdsSummary], run_tasks(write_band_ids, arguments))
     empty = empty_frame(mosaic.crs)
     empty.insert(0, "id", pd.Series([], dtype=np.uint32))
     with open_vectors(out_dir, empty, fmt=fmt) as writer:
-        counts, table = write_numbered_outputs(mosaic, requests, numbered, writer, classes, areas, table_path, progress)
+        counts, table = write_numbered_outputs(mosaic, requests, numbered, writer, numbering, table_path, progress)
     vectors, geojson = finish_vectors(writer, fmt)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return VectorOutputs(
