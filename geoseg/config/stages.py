@@ -43,14 +43,12 @@ STAGES: tuple[StageInfo, ...] = (
         ("predict",),
         "turn the mosaic into polygons",
         "geoseg.stages.vectorize:run_vectorize",
-        uses_ray_address=False,
     ),
     StageInfo(
         "evaluate",
         ("evaluate", "predict"),
         "score the mosaic against labels",
         "geoseg.stages.evaluate:run_evaluate",
-        uses_ray_address=False,
     ),
 )
 STAGE_NAMES: tuple[StageName, ...] = tuple(stage.name for stage in STAGES)

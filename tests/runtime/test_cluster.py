@@ -143,6 +143,14 @@ def test_a_job_across_both_nodes_gives_the_single_node_mosaic(work, local_cluste
     actors = work.new_actors(before)
     assert len(actors) == 2
     assert {a["node_id"] for a in actors} == {local_cluster.ids["head"], local_cluster.ids["second"]}
+    # Vectorize and evaluate as Ray tasks on the cluster: the polygons one process writes.
+    from geoseg.vectorize import vectorize_mosaic
+
+    for stage in ("vectorize", "evaluate"):
+        finish(geoseg(stage, job, "--address", local_cluster.address, env=local_cluster.env()))
+    here = vectorize_mosaic(out / "mosaic.zarr", work.folder / "a-here")
+    assert (out / "vectors" / "polygons.geojson").read_bytes() == here.geojson.read_bytes()
+    assert (out / "metrics.json").exists()
 
 
 @pytest.mark.cluster
