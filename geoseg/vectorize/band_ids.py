@@ -57,7 +57,7 @@ __all__ = [
 
 @dataclass
 class Joined:
-    """The regions closed by joining bands: first pixel, class, exact area; then their ids."""
+    """The regions closed by joining bands: first pixel, class, exact area; and where they were written."""
 
     first_row: list[np.ndarray]
     first_col: list[np.ndarray]
