@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import zarr
 
 from geoseg.errors import InputRasterError
@@ -39,6 +41,7 @@ from geoseg.io.mosaic import MosaicInfo, _layout, geoseg_attrs
 __all__ = [
     "INSTANCES",
     "TABLE_COLUMNS",
+    "InstanceTableWriter",
     "create_instance_array",
     "empty_instance_table",
     "read_instance_table",
@@ -88,15 +91,51 @@ def empty_instance_table() -> pd.DataFrame:
 
 def write_instance_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the table as Parquet under a temporary name, then rename it into place."""
-    path = Path(path)
-    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"instance table lacks columns {missing!r}")
-    table = table[list(TABLE_COLUMNS)].astype(TABLE_COLUMNS)
-    tmp = path.with_name(f".{path.name}.partial")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    with InstanceTableWriter(path) as writer:
+        writer.write(table)
+    return Path(path)
+
+
+class InstanceTableWriter:
+    """``instances.parquet`` appended a row group per batch (rows in id order), renamed into place when whole.
+
+    The table of a survey with millions of instances is written as its ids become final,
+    never held whole. Leaving the ``with`` block on an exception removes the partial file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        self.schema = pa.schema(
+            [
+                (name, pa.string() if dtype == "object" else pa.from_numpy_dtype(dtype))
+                for name, dtype in TABLE_COLUMNS.items()
+            ]
+        )
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> InstanceTableWriter:
+        self.partial.unlink(missing_ok=True)
+        self._writer = pq.ParquetWriter(self.partial, self.schema)
+        return self
+
+    def write(self, table: pd.DataFrame) -> None:
+        missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"instance table lacks columns {missing!r}")
+        assert self._writer is not None, "use InstanceTableWriter in a with block"
+        rows = table[list(TABLE_COLUMNS)].astype(TABLE_COLUMNS)
+        self._writer.write_table(pa.Table.from_pandas(rows, schema=self.schema, preserve_index=False))
+        self.rows += len(rows)
+
+    def __exit__(self, kind, exc, trace) -> None:
+        assert self._writer is not None
+        self._writer.close()
+        if exc is None:
+            os.replace(self.partial, self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
 
 
 def read_instance_table(path: str | Path) -> pd.DataFrame:

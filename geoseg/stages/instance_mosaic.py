@@ -25,7 +25,7 @@ from geoseg.errors import StageError
 from geoseg.infer.detect import tile_file
 from geoseg.infer.merge import first_pixel, tile_windows
 from geoseg.infer.merge_rows import RowMerger
-from geoseg.io.instances import create_instance_array, table_from_columns
+from geoseg.io.instances import InstanceTableWriter, create_instance_array, table_from_columns
 from geoseg.io.masks import InstanceMask, load_masks, tight
 from geoseg.io.mosaic import MosaicInfo, UnreadTile, leave_invalid, mark_done, write_block
 from geoseg.io.raster import SceneInfo, read_valid
@@ -46,9 +46,15 @@ class MergeCounts:
 
 
 def write_instance_rows(
-    paths: JobPaths, tiles: list[Tile], scene: SceneInfo, settings: InstanceSpec, unread: list[UnreadTile], mosaic
-) -> tuple[MergeCounts, pd.DataFrame]:
-    """Merge every row of tiles' detections and write ``mosaic``'s chunks; the counts and the instance table.
+    paths: JobPaths,
+    tiles: list[Tile],
+    scene: SceneInfo,
+    settings: InstanceSpec,
+    unread: list[UnreadTile],
+    mosaic: MosaicInfo,
+    table: InstanceTableWriter,
+) -> MergeCounts:
+    """Merge every row of tiles' detections and write ``mosaic``'s chunks and ``table``'s rows; the counts.
 
     Tiles that could not be read have no detections and no say in the merge (their windows are left out).
 
@@ -77,7 +83,7 @@ def write_instance_rows(
     tile_rows = sorted({tile.row for tile in tiles})
     halo = tiles[0].halo if tiles else 0
     with rasterio.open(scene.path) as src:
-        painter = _RowPainter(mosaic, src, unread)
+        painter = _RowPainter(mosaic, src, unread, table)
         for k, row in enumerate(tile_rows):
             detections = [
                 d for tile in by_row.get(row, []) for d in load_masks(tile_file(paths.tile_detections, tile.index))
@@ -90,22 +96,22 @@ def write_instance_rows(
             open_top = merger.open_top
             painter.write_until(min(v for v in (next_top, open_top, mosaic.height) if v is not None))
         counts.merged = merger.merged
-        table = painter.table()
-    counts.instances = len(table)
-    return counts, table
+    if painter.pending:
+        raise StageError(f"predict: {len(painter.pending)} instances were never written (a bug)")
+    counts.instances = painter.count
+    return counts
 
 
 class _RowPainter:
     """Numbers final instances by first pixel and writes chunk rows as soon as they are complete."""
 
-    def __init__(self, mosaic: MosaicInfo, src, unread: list[UnreadTile]) -> None:
-        self.mosaic, self.src = mosaic, src
+    def __init__(self, mosaic: MosaicInfo, src, unread: list[UnreadTile], table: InstanceTableWriter) -> None:
+        self.mosaic, self.src, self.table = mosaic, src, table
         self.ids = create_instance_array(mosaic)
         self.unread_cores = {(tile.row, tile.col) for tile in unread}
         self.pending: list[InstanceMask] = []  # final, not numbered yet
         self.numbered: list[tuple[InstanceMask, int]] = []  # may still cover a chunk row not yet written
         self.next_row = 0
-        self.tables: list[pd.DataFrame] = []
         self.count = 0
 
     def write_until(self, limit: int) -> None:
@@ -131,7 +137,7 @@ class _RowPainter:
         self.pending = [instance for k, instance in enumerate(self.pending) if k not in taken]
         if not batch:
             return
-        self.tables.append(instance_table(batch, self.mosaic, first_id=self.count + 1))
+        self.table.write(instance_table(batch, self.mosaic, first_id=self.count + 1))
         self.numbered += [(instance, self.count + 1 + k) for k, instance in enumerate(batch)]
         self.count += len(batch)
 
@@ -155,13 +161,6 @@ class _RowPainter:
         write_block(mosaic, row, col, labels, valid.astype(np.uint8))
         self.ids[row : row + h, col : col + w] = ids
         mark_done(mosaic, row, col)
-
-    def table(self) -> pd.DataFrame:
-        if self.pending:
-            raise StageError(f"predict: {len(self.pending)} instances were never written (a bug)")
-        if not self.tables:
-            return instance_table([], self.mosaic)
-        return pd.concat(self.tables, ignore_index=True)
 
 
 def instance_table(instances: list[InstanceMask], mosaic: MosaicInfo, first_id: int = 1) -> pd.DataFrame:

@@ -38,7 +38,7 @@ from typing import Any
 
 from geoseg.config import Job
 from geoseg.config.paths import JobPaths
-from geoseg.io.instances import write_instance_table
+from geoseg.io.instances import InstanceTableWriter
 from geoseg.io.mosaic import (
     UnreadTile,
     create_mosaic,
@@ -186,12 +186,13 @@ def _write_outputs(
         fingerprint=fingerprint,
         zarr_format=predict_spec(job).zarr_format,
     )
-    counts, table = write_instance_rows(paths, tiles, scene, job.instances, unread, mosaic)
-    record_unread_tiles(mosaic, unread)  # the run record lists them from here
-    levels = mosaic_overviews(partial, job, None)
-    if paths.mosaic.exists():
-        shutil.rmtree(paths.mosaic)
-    os.replace(partial, paths.mosaic)
-    # After the mosaic: a rerun finds a complete mosaic only with its table beside it.
-    write_instance_table(table, paths.instance_table)
+    # The table's rows are written as the instances are numbered, and it is renamed into place after
+    # the mosaic: a rerun finds a complete mosaic only with its table beside it.
+    with InstanceTableWriter(paths.instance_table) as table:
+        counts = write_instance_rows(paths, tiles, scene, job.instances, unread, mosaic, table)
+        record_unread_tiles(mosaic, unread)  # the run record lists them from here
+        levels = mosaic_overviews(partial, job, None)
+        if paths.mosaic.exists():
+            shutil.rmtree(paths.mosaic)
+        os.replace(partial, paths.mosaic)
     return counts, levels

@@ -16,7 +16,9 @@ dropped by ``min_area_m2`` left out), with every pass over pixels done per band:
    (components labelled again, as in pass 1, and mapped to ids), per-region box, pixel count and
    score sums, and its finished features with their ids and GeoJSON.
 4. *Outputs* (here): per band, its finished features and its joined regions merged in id order
-   and appended to the vector files; the instance table from the summed statistics.
+   and appended to the vector files; the statistics summed per id, and the table rows of a band's
+   ids written once every band they reach has been summed. The driver holds the statistics of the
+   ids not written yet, never the scene's.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from geoseg.errors import StageError
-from geoseg.io.instances import INSTANCES, create_instance_array, table_from_columns, write_instance_table
+from geoseg.io.instances import INSTANCES, InstanceTableWriter, create_instance_array, table_from_columns
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.vectorize.bands import BandRequest, BandSummary, band_as_chunk, part
 from geoseg.vectorize.components import InstanceStats, class_score, first_pixels, with_ids
@@ -114,13 +116,22 @@ def _join_bands(
 class Numbered:
     """The numbering of every region.
 
-    ``classes``, ``areas``: each id's class and exact area (N + 1 entries, entry 0 unused);
-    ``sources``: home band -> the bands whose ``.joined.parquet`` holds some of its joined regions.
+    ``first_ids[b]``: the first id given to band ``b``'s regions (its ids run up to ``first_ids[b + 1] - 1``;
+    the last entry is N + 1); each band's ids' class and exact area are in its ``.numbering.npz``.
+    ``sources``: home band -> the bands whose ``.joined.parquet`` holds some of its joined regions
+    (so the last of them is the last band any of its regions reaches).
     """
 
-    classes: np.ndarray
-    areas: np.ndarray
+    first_ids: list[int]
     sources: dict[int, list[int]]
+
+    @property
+    def count(self) -> int:
+        return self.first_ids[-1] - 1
+
+    def reach(self, band: int) -> int:
+        """The last band whose pixels hold some region numbered in ``band``."""
+        return max([band, *self.sources.get(band, [])])
 
 
 def number_bands(
@@ -138,9 +149,9 @@ def number_bands(
     joined_kept = joined_area >= min_area_m2 if min_area_m2 > 0 else np.ones(len(first_row), bool)
     starts = np.array([r.first_row for r in requests])
     joined_home = np.searchsorted(starts, first_row, side="right") - 1
-    classes, areas = [np.zeros(1, np.int64)], [np.zeros(1)]
-    count = 0
+    first_ids = [1]
     for index, (request, summary) in enumerate(zip(requests, done, strict=True)):
+        count = first_ids[-1] - 1
         with np.load(part(request.stem, ".regions.npz"), allow_pickle=False) as regions:
             kept = ~regions["open"] & (regions["area_m2"] >= min_area_m2 if min_area_m2 > 0 else True)
             mine = np.flatnonzero(kept)
@@ -152,16 +163,17 @@ def number_bands(
             band_ids = np.zeros(summary.regions, dtype=np.uint32)
             band_ids[mine[order[order < len(mine)]]] = new_ids[order < len(mine)]
             joined_ids[theirs[order[order >= len(mine)] - len(mine)]] = new_ids[order >= len(mine)]
-            classes.append(np.concatenate([regions["class_id"][mine], joined_class[theirs]])[order])
-            areas.append(np.concatenate([regions["area_m2"][mine], joined_area[theirs]])[order])
+            classes = np.concatenate([regions["class_id"][mine], joined_class[theirs]])[order]
+            areas = np.concatenate([regions["area_m2"][mine], joined_area[theirs]])[order]
             opened = np.flatnonzero(regions["open"])
+        np.savez(part(request.stem, ".numbering.npz"), class_id=classes, area_m2=areas)
         # An open region belongs to a joined region whose first pixel lies in this band or above: numbered by now.
         band_ids[opened] = joined_ids[across.chunk_regions(index, len(opened))[1:]]
         np.save(part(request.stem, ".ids.npy"), band_ids)
-        count += len(order)
+        first_ids.append(count + len(order) + 1)
     if requests:
         np.save(Path(requests[0].parts_dir) / "joined-ids.npy", joined_ids)
-    return Numbered(np.concatenate(classes), np.concatenate(areas), joined.sources)
+    return Numbered(first_ids, joined.sources)
 
 
 @dataclass(frozen=True)
@@ -258,34 +270,71 @@ def write_numbered_outputs(
     numbered: Numbered,
     table_path: Path,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[Counter[str], pd.DataFrame]:
-    """Step 4: the features band by band in id order (to ``writer``), then the instance table."""
-    n = len(numbered.classes) - 1
-    totals = InstanceStats(n)
+) -> Counter[str]:
+    """Step 4: the features band by band in id order (to ``writer``), the instance table as its ids are final."""
+    totals = _OpenTotals()
     counts: Counter[str] = Counter()
     rows = mosaic.grid[0]
-    for request, summary in zip(requests, summaries, strict=True):
-        stem = request.stem
-        ids = np.load(part(stem, ".ids.npy"), allow_pickle=False)
-        with np.load(part(stem, ".stats.npz"), allow_pickle=False) as stats:
-            _fold(totals, ids, stats)
-        sources = [requests[band].stem for band in numbered.sources.get(request.index, [])]
-        batch, text, declared, geojson_rows = _band_batch(mosaic, request, summary, writer.empty, sources)
-        writer.write_rendered(batch, text, declared, geojson_rows)
-        counts.update(batch["class"])
-        if progress is not None:
-            progress(rows + -(-request.stop_row // mosaic.chunk), 2 * rows)
-    return counts, _instance_table(mosaic, totals, numbered.classes, numbered.areas, table_path)
+    written = 0  # bands whose ids are in the table
+    with InstanceTableWriter(table_path) as table:
+        for index, (request, summary) in enumerate(zip(requests, summaries, strict=True)):
+            stem = request.stem
+            totals.extend(numbered.first_ids[index + 1] - 1)
+            ids = np.load(part(stem, ".ids.npy"), allow_pickle=False)
+            with np.load(part(stem, ".stats.npz"), allow_pickle=False) as stats:
+                totals.fold(ids, stats)
+            sources = [requests[band].stem for band in numbered.sources.get(request.index, [])]
+            batch, text, declared, geojson_rows = _band_batch(mosaic, request, summary, writer.empty, sources)
+            writer.write_rendered(batch, text, declared, geojson_rows)
+            counts.update(batch["class"])
+            while written <= index and numbered.reach(written) <= index:
+                first, stop = numbered.first_ids[written], numbered.first_ids[written + 1]
+                table.write(_table_rows(mosaic, totals.take(stop - first), first, requests[written].stem))
+                written += 1
+            if progress is not None:
+                progress(rows + -(-request.stop_row // mosaic.chunk), 2 * rows)
+    return counts
 
 
-def _fold(totals: InstanceStats, ids: np.ndarray, stats) -> None:
-    """Add a band's per-region statistics to the per-id totals (id 0, the dropped regions, is ignored)."""
-    np.minimum.at(totals.row_min, ids, stats["row_min"])
-    np.minimum.at(totals.col_min, ids, stats["col_min"])
-    np.maximum.at(totals.row_max, ids, stats["row_max"])
-    np.maximum.at(totals.col_max, ids, stats["col_max"])
-    np.add.at(totals.area, ids, stats["area"])
-    np.add.at(totals.score_sum, ids, stats["score_sum"])
+class _OpenTotals:
+    """Per-id statistics summed over the bands so far, for the ids not in the table yet.
+
+    Entry ``k`` (``k`` ≥ 1) of each :class:`InstanceStats` array is id ``base + k - 1``; entry 0
+    takes the dropped regions (id 0) and is ignored.
+    """
+
+    def __init__(self) -> None:
+        self.base = 1
+        self.stats = InstanceStats(0)
+
+    def extend(self, last_id: int) -> None:
+        """Room for ids up to ``last_id``."""
+        grown = InstanceStats(last_id - self.base + 1 - (len(self.stats.area) - 1))
+        for name in _STATS:
+            setattr(self.stats, name, np.concatenate([getattr(self.stats, name), getattr(grown, name)[1:]]))
+
+    def fold(self, ids: np.ndarray, stats) -> None:
+        """Add a band's per-region statistics (``ids``: each region's id, 0 if dropped)."""
+        ids = ids.astype(np.int64)
+        if len(ids) and (ids[ids > 0] < self.base).any():
+            raise StageError("vectorize: a band reaches ids already written to the instance table (a bug)")
+        slots = np.where(ids > 0, ids - self.base + 1, 0)
+        np.minimum.at(self.stats.row_min, slots, stats["row_min"])
+        np.minimum.at(self.stats.col_min, slots, stats["col_min"])
+        np.maximum.at(self.stats.row_max, slots, stats["row_max"])
+        np.maximum.at(self.stats.col_max, slots, stats["col_max"])
+        np.add.at(self.stats.area, slots, stats["area"])
+        np.add.at(self.stats.score_sum, slots, stats["score_sum"])
+
+    def take(self, count: int) -> InstanceStats:
+        """The statistics of the next ``count`` ids (from ``base``), released from here."""
+        taken = InstanceStats(count)
+        for name in _STATS:
+            values = getattr(self.stats, name)
+            getattr(taken, name)[1:] = values[1 : count + 1]
+            setattr(self.stats, name, np.concatenate([values[:1], values[count + 1 :]]))
+        self.base += count
+        return taken
 
 
 def _band_batch(
@@ -332,10 +381,11 @@ def _joined_features(mosaic: MosaicInfo, sources: list[Path], home: int, joined_
     return _numbered_frame(mosaic, regions, ids[order])
 
 
-def _instance_table(
-    mosaic: MosaicInfo, totals: InstanceStats, classes: np.ndarray, areas: np.ndarray, table_path: Path
-) -> pd.DataFrame:
-    n = len(classes) - 1
+def _table_rows(mosaic: MosaicInfo, totals: InstanceStats, first_id: int, stem: Path) -> pd.DataFrame:
+    """The instance table's rows for ids ``first_id``.. (one band's ids, with their statistics ``totals``)."""
+    with np.load(part(stem, ".numbering.npz"), allow_pickle=False) as numbering:
+        classes, areas = numbering["class_id"], numbering["area_m2"]
+    n = len(classes)
     s = slice(1, n + 1)
     if mosaic.has_scores:
         scores = mosaic.array("scores")
@@ -345,9 +395,9 @@ def _instance_table(
     else:
         score = np.full(n, np.nan)
     bboxes = np.column_stack([totals.row_min[s], totals.col_min[s], totals.row_max[s], totals.col_max[s]])
-    table = table_from_columns(np.arange(1, n + 1), classes[s], mosaic.class_names, score, bboxes, totals.area[s], 0.0)
-    table["area_m2"] = areas[s]
-    write_instance_table(table, table_path)
+    ids = np.arange(first_id, first_id + n)
+    table = table_from_columns(ids, classes, mosaic.class_names, score, bboxes, totals.area[s], 0.0)
+    table["area_m2"] = areas
     return table
 
 

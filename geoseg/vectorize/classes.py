@@ -325,7 +325,7 @@ def _write_banded_ids(
     empty = empty_frame(mosaic.crs)
     empty.insert(0, "id", pd.Series([], dtype=np.uint32))
     with open_vectors(out_dir, empty, fmt=fmt) as writer:
-        counts, table = write_numbered_outputs(mosaic, requests, numbered, writer, numbering, table_path, progress)
+        counts = write_numbered_outputs(mosaic, requests, numbered, writer, numbering, table_path, progress)
     vectors, geojson = finish_vectors(writer, fmt)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return VectorOutputs(
@@ -333,7 +333,7 @@ def _write_banded_ids(
         geojson=geojson,
         features=writer.features,
         per_class=_per_class(counts, mosaic.class_names, class_ids),
-        instances=len(table),
+        instances=numbering.count,
         instance_table=table_path,
     )
 
