@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from geoseg.config import Job
 from geoseg.config.paths import JobPaths
-from geoseg.evaluate.confusion import band_confusion, chunk_row_bands
+from geoseg.evaluate.confusion import band_confusion, chunk_row_bands, counts_key, save_counts, saved_counts
 from geoseg.evaluate.instances import instance_report, mosaic_instances, truth_instances
 from geoseg.evaluate.metrics import scores_from_confusion
 from geoseg.evaluate.quicklook import write_quicklook
@@ -35,24 +37,47 @@ def _truth_raster(job: Job, paths: JobPaths, scene: SceneInfo) -> Path:
     return rasterize_labels(frame, scene, paths.truth)
 
 
-def mosaic_confusion(
-    mosaic_path: Path, truth_path: Path, *, workers: int = 1, cpus: int = 1, address: str | None = None
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Confusion matrix of a mosaic against a label raster, chunk by chunk.
+MIN_BANDS = 8  # bands counted (and kept for a resume) even by one worker
 
-    With ``workers`` > 1 the chunk rows are split into bands counted by parallel Ray tasks
-    (``cpus`` each) and summed: the same integers as one process counting them in order.
+
+def mosaic_confusion(
+    mosaic_path: Path,
+    truth_path: Path,
+    *,
+    workers: int = 1,
+    cpus: int = 1,
+    address: str | None = None,
+    parts_dir: Path | None = None,
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Confusion matrix of a mosaic against a label raster, band of chunk rows by band.
+
+    With ``workers`` > 1 the bands are counted by parallel Ray tasks (``cpus`` each) and summed:
+    the same integers as one process counting them in order. With ``parts_dir``, each band's
+    counts are kept there as they come and reused by a rerun of the same mosaic and reference
+    (a killed evaluation resumes); the folder is removed once the matrix is whole.
     """
     mosaic = open_mosaic(mosaic_path)
-    bands = chunk_row_bands(mosaic.height, mosaic.chunk, 2 * workers if workers > 1 else 1)
-    arguments = [(str(mosaic_path), str(truth_path), first, stop) for first, stop in bands]
-    if len(arguments) == 1:
-        return band_confusion(*arguments[0]), mosaic.class_names
-    from geoseg.runtime import ray_session, run_tasks
-
-    with ray_session(address):
-        counts = run_tasks(band_confusion, arguments, cpus=cpus)
-    return np.sum(counts, axis=0), mosaic.class_names
+    bands = chunk_row_bands(mosaic.height, mosaic.chunk, max(MIN_BANDS, 2 * workers))
+    key = counts_key(mosaic, truth_path) if parts_dir is not None else ""
+    counts: dict[tuple[int, int], np.ndarray | None] = {
+        band: saved_counts(parts_dir, key, *band) if parts_dir is not None else None for band in bands
+    }
+    todo = [band for band in bands if counts[band] is None]
+    arguments = [(str(mosaic_path), str(truth_path), first, stop) for first, stop in todo]
+    parallel = workers > 1 and len(todo) > 1
+    if parallel:
+        from geoseg.runtime import iter_tasks, ray_session
+    with ray_session(address) if parallel else nullcontext():
+        results: Iterable[np.ndarray] = (
+            iter_tasks(band_confusion, arguments, cpus=cpus) if parallel else (band_confusion(*a) for a in arguments)
+        )
+        for band, band_counts in zip(todo, results, strict=True):
+            if parts_dir is not None:
+                save_counts(parts_dir, key, *band, band_counts)
+            counts[band] = band_counts
+    if parts_dir is not None:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return np.sum([c for c in counts.values() if c is not None], axis=0), mosaic.class_names
 
 
 def _colour_baseline(
@@ -109,8 +134,8 @@ def run_evaluate(
 ) -> dict[str, Any]:
     """Score the mosaic against ``evaluate.labels``; write ``metrics.json`` and the quicklook.
 
-    Always recomputes; the confusion counts run as ``runtime.workers`` Ray tasks' worth of bands on
-    ``address`` when there is more than one worker. ``force`` is taken for the runners' one signature
+    Recomputes all but the bands a killed run had counted; the confusion counts run as Ray tasks
+    on ``address`` when there is more than one worker. ``force`` is taken for the runners' one signature
     (:mod:`geoseg.config.stages`).
     """
     paths = JobPaths.of(job)
@@ -120,7 +145,12 @@ def run_evaluate(
     truth = _truth_raster(job, paths, scene)
     runtime = job.runtime
     matrix, class_names = mosaic_confusion(
-        paths.mosaic, truth, workers=runtime.workers, cpus=runtime.cpus_per_worker, address=address
+        paths.mosaic,
+        truth,
+        workers=runtime.workers,
+        cpus=runtime.cpus_per_worker,
+        address=address,
+        parts_dir=paths.metrics.parent / ".evaluate-parts",
     )
     report: dict[str, Any] = {
         "job": job.name,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import rasterio
 
 from geoseg.evaluate.confusion import band_confusion, chunk_row_bands
 from tests.factories import scene_mosaic, write_geotiff
@@ -49,3 +50,46 @@ def test_two_workers_count_what_one_counts(scored, ray_local):
     np.testing.assert_array_equal(one, expected)
     np.testing.assert_array_equal(two, expected)
     assert names == ("background", "water", "building")
+
+
+def test_a_killed_evaluation_resumes_at_the_bands_it_had_not_counted(scored, tmp_path, monkeypatch):
+    import geoseg.stages.evaluate as stage
+
+    mosaic, truth, expected = scored
+    parts = tmp_path / ".evaluate-parts"
+    counted = []
+
+    def killed_after_two(*arguments):
+        if len(counted) == 2:
+            raise KeyboardInterrupt
+        counted.append(arguments[2:])
+        return band_confusion(*arguments)
+
+    monkeypatch.setattr(stage, "band_confusion", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        stage.mosaic_confusion(mosaic, truth, parts_dir=parts)
+    assert len(list(parts.glob("*.npz"))) == 2
+    first_two = list(counted)
+
+    counted.clear()
+    monkeypatch.setattr(stage, "band_confusion", lambda *a: counted.append(a[2:]) or band_confusion(*a))
+    matrix, _ = stage.mosaic_confusion(mosaic, truth, parts_dir=parts)
+    np.testing.assert_array_equal(matrix, expected)
+    assert not set(counted) & set(first_two) and len(counted) == len(chunk_row_bands(SIZE, CHUNK, 8)) - 2
+    assert not parts.exists()  # removed once the matrix is whole
+
+
+def test_counts_kept_for_another_reference_are_not_reused(scored, tmp_path):
+    from geoseg.evaluate.confusion import counts_key, save_counts
+    from geoseg.io.mosaic import open_mosaic
+    from geoseg.stages.evaluate import mosaic_confusion
+
+    mosaic, truth, expected = scored
+    parts = tmp_path / ".evaluate-parts"
+    first, stop = chunk_row_bands(SIZE, CHUNK, 8)[0]
+    save_counts(parts, counts_key(open_mosaic(mosaic), truth), first, stop, np.full((3, 3), 10**6))
+    with rasterio.open(truth) as src:
+        labels = src.read(1)
+    write_geotiff(truth, labels)  # the same labels, written again: another file
+    matrix, _ = mosaic_confusion(mosaic, truth, parts_dir=parts)
+    np.testing.assert_array_equal(matrix, expected)
