@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geoseg-installed
 
-.PHONY: install demo test lint format test-cluster test-all clean
+.PHONY: install demo test lint format test-cluster test-long test-all clean
 
 install: $(STAMP)
 
@@ -36,7 +36,11 @@ format: install
 test-cluster: install
 	$(BIN)/python -m pytest -m cluster
 
-test-all: install
+# The end-to-end runs of a minute or more (S3 job, training resume, bench train, 16-bit RGBN job).
+test-long: install
+	$(BIN)/python -m pytest -m long
+
+test-all: install  # everything but the GPU tests (slow ones included: hours on 2 cores)
 	$(BIN)/python -m pytest -m 'not gpu'
 
 clean:

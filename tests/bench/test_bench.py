@@ -95,6 +95,7 @@ def test_bench_predict_tiny_run(tmp_path, ray_local):
     assert [p.name for p in tmp_path.iterdir()] == [scene_path(tmp_path, size).name]
 
 
+@pytest.mark.long
 def test_bench_train_tiny_run(tmp_path, ray_local):
     """`geoseg bench train`: the same loop plain and through Ray Train with 1 and 2 workers, one JSON line."""
     from geoseg.bench.train import bench_train

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 import torch
 import yaml
@@ -57,6 +58,7 @@ def numpy_statistics(path: Path, bands: list[int], step: int = 1) -> tuple[np.nd
     return values.mean(axis=1), values.std(axis=1)
 
 
+@pytest.mark.long
 def test_rgbn_uint16_trains_and_predicts_end_to_end(rgbn, tmp_path, ray_local):
     from geoseg.job import run_job
 

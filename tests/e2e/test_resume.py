@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 import zarr
 
@@ -87,6 +88,7 @@ def test_killed_predict_resumes_skipping_done_chunks_and_ends_identical(tmp_path
     assert "already finished in run" in again.communicate(timeout=300)[0]
 
 
+@pytest.mark.long
 def test_a_training_run_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
     scene, labels = tiny_scene(tmp_path)
     job_path = tiny_job(tmp_path, scene, labels, stages=["train"])

@@ -71,6 +71,7 @@ def test_endpoint_url_becomes_gdal_settings():
     assert (uri.name, uri.suffix, uri.stem, str(uri)) == ("scene.tif", ".tif", "scene", "s3://surveys/2026/scene.tif")
 
 
+@pytest.mark.long
 def test_a_job_reads_its_scenes_and_labels_from_s3(s3, tmp_path):
     uris = {"scenes": [{"image": "s3://surveys/tiny/scene.tif", "labels": "s3://surveys/tiny/labels.gpkg"}]}
     path = tiny_job(tmp_path, s3["scene"], s3["labels"])
