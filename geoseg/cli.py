@@ -106,6 +106,23 @@ def _cmd_bench_predict(args) -> int:
     return 0
 
 
+def _cmd_bench_decode(args) -> int:
+    import json
+
+    from geoseg.bench.decode import bench_decode
+
+    result = bench_decode(
+        size=args.size,
+        tile_size=args.tile_size,
+        halo=args.halo,
+        threads=args.threads,
+        workdir=Path(args.workdir) if args.workdir else None,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def _cmd_bench_train(args) -> int:
     import json
 
@@ -262,7 +279,7 @@ def _add_data_commands(sub) -> None:
 
 
 def _add_bench_commands(sub) -> None:
-    """``bench predict``, ``bench train``, ``bench merge`` and ``bench pipeline``."""
+    """``bench predict``, ``bench decode``, ``bench train``, ``bench merge`` and ``bench pipeline``."""
     p = sub.add_parser("bench", help="benchmarks that print one JSON line")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("predict", help="synthesise an N x N GeoTIFF and predict it; throughput and peak memory")
@@ -275,6 +292,13 @@ def _add_bench_commands(sub) -> None:
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16, channels_last)")
     _add_bench_model_arguments(p)
     p.set_defaults(func=_cmd_bench_predict)
+    p = bench.add_parser("decode", help="read every tile window of the scene and nothing else: the feed's ceiling")
+    p.add_argument("--size", type=int, default=4096, help="scene side in pixels (default: 4096)")
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--halo", type=int, default=32)
+    p.add_argument("--threads", type=int, nargs="+", help="reader thread counts to time (default: 1 and every core)")
+    p.add_argument("--workdir", help="where the synthetic scene is (kept) or written (default: a temporary folder)")
+    p.set_defaults(func=_cmd_bench_decode)
     p = bench.add_parser("train", help="training samples/s: Ray Train with 1 and 2 workers against a plain loop")
     p.add_argument("--size", type=int, default=2048, help="synthetic training scene side in pixels (default: 2048)")
     p.add_argument("--tile-size", type=int, default=256)

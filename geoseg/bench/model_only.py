@@ -41,11 +41,9 @@ def model_only_seconds(
             picks = np.linspace(0, len(batches) - 1, max_batches).round().astype(int)
             batches = [batches[i] for i in sorted(set(picks.tolist()))]
         inputs = []
+        mean, std = predictor.card.normalization.mean, predictor.card.normalization.std
         for batch in batches:
-            arrays = [
-                normalize(read_tile(predictor.scene, tile, predictor.bands)[0], predictor.mean, predictor.std)
-                for tile in batch
-            ]
+            arrays = [normalize(read_tile(predictor.scene, tile, predictor.bands)[0], mean, std) for tile in batch]
             inputs.append(np.stack(arrays))
         predict_logits(predictor.model, inputs[0], predictor.device)  # warm-up: allocator, oneDNN/cuDNN plans
         contention, own = Contention(), cpu_seconds(psutil.Process())

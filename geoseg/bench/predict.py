@@ -49,7 +49,7 @@ from geoseg.bench.measure import MemorySampler, memory_fields, top_processes, wa
 from geoseg.bench.model_only import model_only_seconds, random_checkpoint
 from geoseg.synthetic.blocks import CLASSES, PIXEL_SIZE, scene_path, usable_scene, write_synthetic_scene
 
-__all__ = ["bench_predict"]
+__all__ = ["bench_predict", "ensure_scene"]
 
 
 def _done_times(mosaic: Path) -> list[float]:
@@ -117,7 +117,7 @@ class _Measured:
     load_after: float
 
 
-def _ensure_scene(scene: Path, size: int, log) -> bool:
+def ensure_scene(scene: Path, size: int, log) -> bool:
     """Reuse a valid cached scene or write one; return whether this run wrote it."""
     if scene.exists() and usable_scene(scene, size):
         log(f"bench: reusing {scene}")
@@ -347,7 +347,7 @@ def _run_in_workdir(workdir: Path | None, settings: _Settings, *, keep: bool, lo
     scene = scene_path(workdir, settings.size)
     created = False
     try:
-        created = _ensure_scene(scene, settings.size, log)
+        created = ensure_scene(scene, settings.size, log)
         checkpoint = random_checkpoint(run_dir / "checkpoint", settings.arch, settings.encoder, settings.options)
         job = _bench_job(run_dir, scene, checkpoint, settings)
         measured = _measure(job, scene, checkpoint, settings, log)

@@ -5,8 +5,11 @@ process): it keeps the model, the open scene and the open mosaic, so a batch
 of tile *descriptors* goes in and only tile indexes come out; pixels never
 travel between processes.
 
+The pixel math (normalization, forward, core crop, argmax, score quantization) runs on the
+model's device (:mod:`geoseg.infer.device`): the host reads raw pixels and writes uint8.
+
 It may be called from several threads at once (the Ray actor runs two calls
-concurrently): the forward pass is serialised by a lock, so while one batch
+concurrently): the device's work is serialised by a lock, so while one batch
 is in the model the next one is read and normalised and the previous one is
 cropped and written. On a CPU that hides the single-threaded I/O behind the
 multi-threaded model; on a GPU it keeps the device fed. Each thread reads
@@ -33,14 +36,14 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
 from geoseg.infer.blend import BlendScratch, blend_tiles
+from geoseg.infer.device import CoreOutputs, DevicePixels
 from geoseg.io.integrity import gdal_reason
 from geoseg.io.mosaic import UnreadTile, leave_invalid, mark_done, open_mosaic, write_block
-from geoseg.io.normalization import normalize
 from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
 from geoseg.models.checkpoint import load_checkpoint
 from geoseg.tiling import Tile
 
-__all__ = ["TileBlender", "TilePredictor", "predict_logits", "quantized_scores", "read_or_skip"]
+__all__ = ["TileBlender", "TilePredictor", "predict_logits", "read_or_skip"]
 
 OnReadError = Literal["stop", "skip"]
 
@@ -57,11 +60,6 @@ def predict_logits(model: torch.nn.Module, batch: np.ndarray, device: torch.devi
 
 
 GDAL_CACHE_MB = 64  # per worker; GDAL reads values below 100000 as megabytes
-
-
-def quantized_scores(logits: torch.Tensor) -> np.ndarray:
-    """Softmax probabilities as uint8 (p × 255, rounded): 1/510 worst-case error, 4× smaller than float32."""
-    return torch.round(torch.softmax(logits, dim=1) * 255).to(torch.uint8).numpy()
 
 
 def read_or_skip(
@@ -103,7 +101,7 @@ class TilePredictor:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.bands = tuple(self.card.bands)
-        self.mean, self.std = self.card.normalization.mean, self.card.normalization.std
+        self.pixels = DevicePixels(self.model, self.card.normalization.mean, self.card.normalization.std, self.device)
         # GDAL's block cache defaults to 5% of RAM and fills with whatever was read,
         # so a worker's memory would grow with the scene; each tile is read about
         # once, so a small cache (enough for neighbouring halos) loses nothing.
@@ -122,18 +120,22 @@ class TilePredictor:
 
     def __call__(self, tiles: list[Tile]) -> list[int | UnreadTile]:
         """Predict ``tiles``; each one's index, or (``on_read_error`` skip) why it was left invalid."""
-        read, inputs, valids, unread = self._read(tiles)
+        read, raw, valids, unread = self._read(tiles)
         if read:
-            with self._forward_lock:  # one batch in the model at a time; I/O of other calls overlaps it
-                logits = predict_logits(self.model, inputs, self.device)
-            del inputs
-            self._write(read, logits, valids)
+            with self._forward_lock:  # one batch on the device at a time; I/O of other calls overlaps it
+                if self.scratch is not None:  # blend mode, first pass: keep whole windows for the blend pass
+                    for tile, probs in zip(read, self.pixels.probabilities(raw), strict=True):
+                        self.scratch.write(tile, probs)
+                    return [tile.index for tile in read] + unread
+                outputs = self.pixels.cores(raw, read, scores=self.mosaic.has_scores)
+            del raw
+            self._write(read, outputs, valids)
         return [tile.index for tile in read] + unread
 
     def _read(self, tiles: list[Tile]) -> tuple[list[Tile], np.ndarray, list[np.ndarray], list[int | UnreadTile]]:
-        """The tiles read, their normalized inputs and core validity; the chunks of those that failed left invalid."""
-        inputs = np.empty((len(tiles), len(self.bands), tiles[0].size, tiles[0].size), np.float32)
+        """The tiles read, their raw pixels and core validity; the chunks of those that failed left invalid."""
         read: list[Tile] = []
+        pixels: list[np.ndarray] = []
         valids = []
         unread: list[int | UnreadTile] = []
         for tile in tiles:
@@ -142,27 +144,20 @@ class TilePredictor:
                 leave_invalid(self.mosaic, tile.row, tile.col, tile.height, tile.width)
                 unread.append(got)
                 continue
-            pixels, valid = got
-            inputs[len(read)] = normalize(pixels, self.mean, self.std)
             read.append(tile)
-            valids.append(valid)
-        return read, inputs[: len(read)], valids, unread
+            pixels.append(got[0])
+            valids.append(got[1])
+        raw = np.stack(pixels) if pixels else np.empty((0, len(self.bands), 0, 0), np.uint8)
+        return read, raw, valids, unread
 
-    def _write(self, tiles: list[Tile], logits: torch.Tensor, valids: list[np.ndarray]) -> None:
-        """Write the tiles' cores (blend mode, first pass: their whole windows' probabilities)."""
-        if self.scratch is not None:  # blend mode, first pass: keep whole windows for the blend pass
-            for tile, probs in zip(tiles, torch.softmax(logits, dim=1).numpy(), strict=True):
-                self.scratch.write(tile, probs)
-            return
-        batch_logits = logits.numpy()
-        for tile, tile_logits, valid in zip(tiles, batch_logits, valids, strict=True):
-            # Only the core is kept, so only the core is reduced.
-            core = tile_logits[:, tile.halo : tile.halo + tile.height, tile.halo : tile.halo + tile.width]
-            label = core.argmax(axis=0).astype(np.uint8)
+    def _write(self, tiles: list[Tile], outputs: CoreOutputs, valids: list[np.ndarray]) -> None:
+        """Write each tile's core: labels and scores 0 where the scene has no data."""
+        for k, (tile, valid) in enumerate(zip(tiles, valids, strict=True)):
+            label = outputs.labels[k]
             label[~valid] = 0
             score = None
-            if self.mosaic.has_scores:
-                score = quantized_scores(torch.from_numpy(core[None]))[0]
+            if outputs.scores is not None:
+                score = outputs.scores[k]
                 score[:, ~valid] = 0
             write_block(self.mosaic, tile.row, tile.col, label, valid.astype(np.uint8), score)
             mark_done(self.mosaic, tile.row, tile.col)  # only after the pixels are on disk

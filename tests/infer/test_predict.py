@@ -95,16 +95,12 @@ def test_scores_are_quantized_probabilities_consistent_with_labels(tmp_path, mak
 
 def test_rgba_uint16_predicts_with_alpha_as_a_mask(tmp_path, monkeypatch):
     """Extends the run over the real RGBA.uint16.tif above: 3 colour bands in, alpha only in `valid`."""
-    import geoseg.infer.predict as predict_module
+    from geoseg.infer.device import DevicePixels
 
     path = real_raster("RGBA.uint16.tif")
     seen = []
-    real_forward = predict_module.predict_logits
-    monkeypatch.setattr(
-        predict_module,
-        "predict_logits",
-        lambda model, batch, device: seen.append(batch.shape[1]) or real_forward(model, batch, device),
-    )
+    real_forward = DevicePixels.logits
+    monkeypatch.setattr(DevicePixels, "logits", lambda self, raw: seen.append(raw.shape[1]) or real_forward(self, raw))
     scene, mosaic = predict_scene(tmp_path, path)
     assert (scene.dtype, scene.bands, scene.alpha) == ("uint16", (1, 2, 3), 4)
     card = json.loads((tmp_path / "ckpt" / "model_card.json").read_text())

@@ -1,0 +1,77 @@
+"""The pixel math of prediction, on the model's device: raw pixels in, uint8 labels and scores out.
+
+The host only reads: a batch of raw tiles (uint8 imagery is a quarter of float32's bytes) goes
+to the device (from pinned memory, without blocking, on a GPU); normalization, the forward pass
+(bf16 and channels_last on a GPU), the core crop, the argmax and the score quantization run
+there, and only each core's uint8 labels and scores come back. On a CPU the same code runs on
+CPU tensors, with the operations the host path had in the same order and precision (float32
+subtraction and division, first-maximum argmax, softmax of the core), so the mosaic's bytes are
+those of the host path (tests/infer/test_device.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from geoseg.tiling import Tile
+
+__all__ = ["CoreOutputs", "DevicePixels"]
+
+# Pixel types torch has no tensors for: widened on the host, exactly (every value fits).
+_WIDER = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
+
+
+@dataclass(frozen=True)
+class CoreOutputs:
+    """Per tile of a batch: its core's labels (h, w) and, if asked for, its scores (classes, h, w), uint8."""
+
+    labels: list[np.ndarray]
+    scores: list[np.ndarray] | None
+
+
+class DevicePixels:
+    """Normalization statistics and a model on one device; batches of raw tiles in, core outputs out."""
+
+    def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.model, self.device = model, device
+        self.mean = torch.tensor(np.asarray(mean, np.float32), device=device)[:, None, None]
+        self.std = torch.tensor(np.asarray(std, np.float32), device=device)[:, None, None]
+
+    def _inputs(self, raw: np.ndarray) -> torch.Tensor:
+        """(N, bands, H, W) raw pixels → normalized float32 on the device."""
+        host = torch.from_numpy(np.ascontiguousarray(raw.astype(_WIDER.get(raw.dtype, raw.dtype), copy=False)))
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        pixels = host.to(self.device, non_blocking=True)
+        return (pixels.to(torch.float32) - self.mean) / self.std
+
+    def logits(self, raw: np.ndarray) -> torch.Tensor:
+        """The model's float32 logits of a raw batch, left on the device."""
+        with torch.inference_mode():
+            inputs = self._inputs(raw)
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return self.model(inputs.to(memory_format=torch.channels_last)).float()
+            return self.model(inputs)
+
+    def cores(self, raw: np.ndarray, tiles: Sequence[Tile], *, scores: bool) -> CoreOutputs:
+        """Each tile's core: argmax labels and (``scores``) softmax probabilities × 255, rounded, as uint8."""
+        logits = self.logits(raw)
+        labels, quantized = [], []
+        with torch.inference_mode():
+            for tile, tile_logits in zip(tiles, logits, strict=True):
+                core = tile_logits[:, tile.halo : tile.halo + tile.height, tile.halo : tile.halo + tile.width]
+                labels.append(core.argmax(dim=0).to(torch.uint8).cpu().numpy())
+                if scores:
+                    probabilities = torch.softmax(core[None], dim=1)[0]
+                    quantized.append(torch.round(probabilities * 255).to(torch.uint8).cpu().numpy())
+        return CoreOutputs(labels, quantized if scores else None)
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """Softmax of the whole windows (N, classes, H, W), float32 on the host (blend mode's first pass)."""
+        with torch.inference_mode():
+            return torch.softmax(self.logits(raw), dim=1).cpu().numpy()

@@ -1,0 +1,59 @@
+"""The device-side pixel math gives the bytes of the host path it replaced (on CPU tensors here)."""
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.infer.device import DevicePixels
+from geoseg.io.normalization import normalize
+from geoseg.models import build_model
+from geoseg.tiling import plan_tiles
+from tests.factories import TINY_UNET
+
+CPU = torch.device("cpu")
+
+
+def host_path(model, raw, tiles, mean, std):
+    """What prediction did before: numpy normalization, float32 logits back, numpy argmax, torch softmax of the core."""
+    inputs = np.stack([normalize(tile_pixels, mean, std) for tile_pixels in raw])
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(inputs)).numpy()
+    labels, scores = [], []
+    for tile, tile_logits in zip(tiles, logits, strict=True):
+        core = tile_logits[:, tile.halo : tile.halo + tile.height, tile.halo : tile.halo + tile.width]
+        labels.append(core.argmax(axis=0).astype(np.uint8))
+        scores.append(torch.round(torch.softmax(torch.from_numpy(core[None]), dim=1) * 255).to(torch.uint8).numpy()[0])
+    return labels, scores
+
+
+@pytest.mark.parametrize(
+    ("dtype", "high", "mean", "std"),
+    [
+        (np.uint8, 256, [90.0, 110.5, 70.25], [30.0, 41.5, 25.0]),
+        (np.uint16, 65536, [9000.0, 500.0, 12.5], [900.0, 77.0, 3.0]),
+    ],
+)
+def test_labels_and_scores_are_the_host_paths_bytes(dtype, high, mean, std):
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=3, num_classes=4, encoder="resnet18", **TINY_UNET).eval()
+    tiles = plan_tiles(200, 200, tile_size=64, halo=8)[:5]  # edge tiles have smaller cores
+    raw = np.random.default_rng(1).integers(0, high, (len(tiles), 3, 64, 64)).astype(dtype)
+    want_labels, want_scores = host_path(model, raw, tiles, mean, std)
+    got = DevicePixels(model, mean, std, CPU).cores(raw, tiles, scores=True)
+    assert got.scores is not None
+    for k, tile in enumerate(tiles):
+        assert got.labels[k].dtype == np.uint8 and got.labels[k].shape == (tile.height, tile.width)
+        np.testing.assert_array_equal(got.labels[k], want_labels[k])
+        np.testing.assert_array_equal(got.scores[k], want_scores[k])
+    assert len(np.unique(np.concatenate([lab.ravel() for lab in got.labels]))) > 1  # not a constant answer
+
+
+def test_whole_window_probabilities_for_blending_are_the_softmax_of_the_logits():
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=3, num_classes=3, encoder="resnet18", **TINY_UNET).eval()
+    raw = np.random.default_rng(2).integers(0, 256, (2, 3, 64, 64)).astype(np.uint8)
+    mean, std = [100.0] * 3, [50.0] * 3
+    inputs = np.stack([normalize(t, mean, std) for t in raw])
+    with torch.inference_mode():
+        want = torch.softmax(model(torch.from_numpy(inputs)), dim=1).numpy()
+    np.testing.assert_array_equal(DevicePixels(model, mean, std, CPU).probabilities(raw), want)
