@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from geoseg._version import __version__
+from geoseg.bench.commands import add_bench_commands
 from geoseg.config.stages import STAGE_NAMES, STAGES
 from geoseg.errors import GeosegError
 
@@ -82,86 +83,6 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _cmd_bench_predict(args) -> int:
-    import json
-
-    from geoseg.bench.predict import bench_predict
-
-    options = json.loads(args.options) if args.options else None
-    result = bench_predict(
-        size=args.size,
-        tile_size=args.tile_size,
-        halo=args.halo,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        cpus_per_worker=args.cpus_per_worker,
-        use_gpu=args.gpu,
-        arch=args.arch,
-        encoder=args.encoder,
-        options=options,
-        workdir=Path(args.workdir) if args.workdir else None,
-        log=lambda message: print(message, file=sys.stderr, flush=True),
-    )
-    print(json.dumps(result), flush=True)  # the one line on stdout; progress went to stderr
-    return 0
-
-
-def _cmd_bench_decode(args) -> int:
-    import json
-
-    from geoseg.bench.decode import bench_decode
-
-    result = bench_decode(
-        size=args.size,
-        tile_size=args.tile_size,
-        halo=args.halo,
-        threads=args.threads,
-        workdir=Path(args.workdir) if args.workdir else None,
-        log=lambda message: print(message, file=sys.stderr, flush=True),
-    )
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-def _cmd_bench_train(args) -> int:
-    import json
-
-    from geoseg.bench.train import bench_train
-
-    options = json.loads(args.options) if args.options else None
-    result = bench_train(
-        size=args.size,
-        tile_size=args.tile_size,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        steps=args.steps,
-        cpus=args.cpus,
-        arch=args.arch,
-        encoder=args.encoder,
-        options=options,
-        workdir=Path(args.workdir) if args.workdir else None,
-        log=lambda message: print(message, file=sys.stderr, flush=True),
-    )
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-def _cmd_bench_merge(args) -> int:
-    import json
-
-    from geoseg.bench.merge import bench_merge
-
-    result = bench_merge(args.job, log=lambda message: print(message, file=sys.stderr, flush=True))
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-def _cmd_bench_pipeline(args) -> int:
-    from geoseg.bench.pipeline import run_pipeline_command
-
-    return run_pipeline_command(args)
-
-
 def _cluster_address(args) -> str | None:
     return args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
 
@@ -219,14 +140,6 @@ def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_bench_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The model and work folder, the same for every benchmark."""
-    p.add_argument("--arch", default="unet")
-    p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--options", help="JSON model options, e.g. '{\"decoder_channels\": [128, 64, 32, 16, 8]}'")
-    p.add_argument("--workdir", help="where the synthetic scene and outputs go (default: a temporary folder)")
-
-
 def _add_job_commands(sub) -> None:
     """``validate``, ``run`` and one command per stage (from :data:`geoseg.config.stages.STAGES`)."""
     p = sub.add_parser("validate", help="check a job file and its inputs; list every problem")
@@ -278,51 +191,6 @@ def _add_data_commands(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-def _add_bench_commands(sub) -> None:
-    """``bench predict``, ``bench decode``, ``bench train``, ``bench merge`` and ``bench pipeline``."""
-    p = sub.add_parser("bench", help="benchmarks that print one JSON line")
-    bench = p.add_subparsers(dest="bench", required=True)
-    p = bench.add_parser("predict", help="synthesise an N x N GeoTIFF and predict it; throughput and peak memory")
-    p.add_argument("--size", type=int, default=4096, help="scene side in pixels (default: 4096)")
-    p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--halo", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--cpus-per-worker", type=int, default=2)
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16, channels_last)")
-    _add_bench_model_arguments(p)
-    p.set_defaults(func=_cmd_bench_predict)
-    p = bench.add_parser("decode", help="read every tile window of the scene and nothing else: the feed's ceiling")
-    p.add_argument("--size", type=int, default=4096, help="scene side in pixels (default: 4096)")
-    p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--halo", type=int, default=32)
-    p.add_argument("--threads", type=int, nargs="+", help="reader thread counts to time (default: 1 and every core)")
-    p.add_argument("--workdir", help="where the synthetic scene is (kept) or written (default: a temporary folder)")
-    p.set_defaults(func=_cmd_bench_decode)
-    p = bench.add_parser("train", help="training samples/s: Ray Train with 1 and 2 workers against a plain loop")
-    p.add_argument("--size", type=int, default=2048, help="synthetic training scene side in pixels (default: 2048)")
-    p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is left out of the rates")
-    p.add_argument("--steps", type=int, default=10, help="steps per epoch")
-    p.add_argument("--cpus", type=int, help="cores in all (default: all of this machine's)")
-    _add_bench_model_arguments(p)
-    p.set_defaults(func=_cmd_bench_train)
-    p = bench.add_parser(
-        "merge",
-        help="an instance job's raw tile detections merged by geoseg and SAHI-style; "
-        "splits, duplicates, merged neighbours, F1, mask AP",
-    )
-    p.add_argument("job", help="an instance job whose predict stage has run (e.g. jobs/building_instances.yaml)")
-    p.set_defaults(func=_cmd_bench_merge)
-    p = bench.add_parser("pipeline", help="vectorize, evaluate and overviews of a synthetic survey mosaic, timed")
-    p.add_argument("--size", type=int, default=4096, help="scene side in pixels (default: 4096)")
-    p.add_argument("--workers", type=int, default=1, help="Ray tasks for evaluate's bands (default: 1, no Ray)")
-    p.add_argument("--chunk", type=int, default=448, help="mosaic chunk side in pixels (default: 448)")
-    p.add_argument("--out", help="keep the mosaic, reference and outputs here (default: a temporary folder)")
-    p.set_defaults(func=_cmd_bench_pipeline)
-
-
 def _add_cluster_commands(sub) -> None:
     """``submit``, ``status`` and ``logs``: jobs on a Ray cluster through its Jobs API."""
     p = sub.add_parser(
@@ -364,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_job_commands(sub)
     _add_data_commands(sub)
-    _add_bench_commands(sub)
+    add_bench_commands(sub)
     _add_cluster_commands(sub)
     p = sub.add_parser("models", help="list the model architectures")
     p.add_argument("--encoder", default="resnet18", help="encoder to size them with (default: resnet18)")

@@ -94,7 +94,7 @@ def bench_decode(
             runs.append(
                 {
                     "threads": count,
-                    "seconds": round(seconds, 3),
+                    "seconds": float(f"{seconds:.4g}"),
                     "mpix_s": round(mpix_s, 3),
                     "mpix_s_per_core": round(mpix_s / min(count, cores), 3),
                     "other_cpu_share": round(memory.other_cpu_share, 3),
