@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from geoseg.errors import StageError
+from geoseg.io.heap import release_free_memory
 from geoseg.io.instances import INSTANCES, InstanceTableWriter, create_instance_array, table_from_columns
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.vectorize.bands import BandRequest, BandSummary, band_as_chunk, part
@@ -107,6 +108,7 @@ def _join_bands(
                 joined.sources.setdefault(band, []).append(request.index)
         seq += len(closed)
         done.append(summary)
+        release_free_memory()
         if progress is not None:
             progress(-(-request.stop_row // mosaic.chunk), 2 * mosaic.grid[0])
     return across, joined, done
@@ -287,6 +289,7 @@ def write_numbered_outputs(
             batch, text, declared, geojson_rows = _band_batch(mosaic, request, summary, writer.empty, sources)
             writer.write_rendered(batch, text, declared, geojson_rows)
             counts.update(batch["class"])
+            release_free_memory()  # the band's transients (see geoseg.io.heap)
             while written <= index and numbered.reach(written) <= index:
                 first, stop = numbered.first_ids[written], numbered.first_ids[written + 1]
                 table.write(_table_rows(mosaic, totals.take(stop - first), first, requests[written].stem))

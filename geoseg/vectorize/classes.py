@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from geoseg.errors import JobConfigError
+from geoseg.io.heap import release_free_memory
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.vectorize.band_ids import (
     IdsSummary,
@@ -296,6 +297,7 @@ def _write_banded_features(
             batch = pd.concat([frame, joined], ignore_index=True) if len(joined) else frame
             writer.write_rendered(batch, ",\n".join(lines), declared, len(lines))
             counts.update(batch["class"])
+            release_free_memory()  # the band's transients: else the driver keeps the high-water mark
             if progress is not None:
                 progress(-(-request.stop_row // mosaic.chunk), mosaic.grid[0])
     vectors, geojson_path = finish_vectors(writer, fmt)
