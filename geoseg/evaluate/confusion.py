@@ -51,16 +51,20 @@ def band_confusion(mosaic_path: str | Path, truth_path: str | Path, first_row: i
     return matrix
 
 
-def counts_key(mosaic: MosaicInfo, truth_path: str | Path) -> str:
-    """What a band's counts are made from: the mosaic (fingerprint, finished chunks, classes) and the reference file."""
-    truth = Path(truth_path).resolve()
-    stat = truth.stat()
+def counts_key(mosaic: MosaicInfo, reference: str | Path) -> str:
+    """What a band's counts are made from: the mosaic (fingerprint, finished chunks, classes) and the reference.
+
+    ``reference`` is the file the reference comes from (path, size, mtime): the label GeoTIFF, or
+    for polygons the labels file (their raster on the scene grid is made again by every run).
+    """
+    source = Path(reference).resolve()
+    stat = source.stat()
     made_from = {
         "fingerprint": mosaic.fingerprint,
         "done": hashlib.sha256(np.asarray(mosaic.array("done")[:]).tobytes()).hexdigest(),
         "shape": [mosaic.height, mosaic.width, mosaic.chunk],
         "classes": list(mosaic.class_names),
-        "truth": [str(truth), stat.st_size, stat.st_mtime_ns],
+        "reference": [str(source), stat.st_size, stat.st_mtime_ns],
     }
     return hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -28,6 +28,11 @@ from geoseg.stages.sections import evaluate_spec, predict_spec, train_spec
 __all__ = ["mosaic_confusion", "run_evaluate"]
 
 
+def _local_file(labels) -> Path | None:
+    """The labels file, where it is one on this machine (an s3:// reference keys on its raster instead)."""
+    return labels if isinstance(labels, Path) and labels.is_file() else None
+
+
 def _truth_raster(job: Job, paths: JobPaths, scene: SceneInfo) -> Path:
     """The reference as a label raster on the scene grid (polygons are rasterized first)."""
     labels = evaluate_spec(job).labels  # a Path, or a RemotePath for an s3:// URI
@@ -48,17 +53,19 @@ def mosaic_confusion(
     cpus: int = 1,
     address: str | None = None,
     parts_dir: Path | None = None,
+    reference: Path | None = None,
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """Confusion matrix of a mosaic against a label raster, band of chunk rows by band.
 
     With ``workers`` > 1 the bands are counted by parallel Ray tasks (``cpus`` each) and summed:
     the same integers as one process counting them in order. With ``parts_dir``, each band's
     counts are kept there as they come and reused by a rerun of the same mosaic and reference
-    (a killed evaluation resumes); the folder is removed once the matrix is whole.
+    (a killed evaluation resumes); the folder is removed once the matrix is whole. ``reference``:
+    the file the truth raster was made from, if not itself (see :func:`counts_key`).
     """
     mosaic = open_mosaic(mosaic_path)
     bands = chunk_row_bands(mosaic.height, mosaic.chunk, max(MIN_BANDS, 2 * workers))
-    key = counts_key(mosaic, truth_path) if parts_dir is not None else ""
+    key = counts_key(mosaic, reference or truth_path) if parts_dir is not None else ""
     counts: dict[tuple[int, int], np.ndarray | None] = {
         band: saved_counts(parts_dir, key, *band) if parts_dir is not None else None for band in bands
     }
@@ -151,6 +158,7 @@ def run_evaluate(
         cpus=runtime.cpus_per_worker,
         address=address,
         parts_dir=paths.metrics.parent / ".evaluate-parts",
+        reference=_local_file(evaluate_spec(job).labels),
     )
     report: dict[str, Any] = {
         "job": job.name,

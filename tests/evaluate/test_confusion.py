@@ -93,3 +93,25 @@ def test_counts_kept_for_another_reference_are_not_reused(scored, tmp_path):
     write_geotiff(truth, labels)  # the same labels, written again: another file
     matrix, _ = mosaic_confusion(mosaic, truth, parts_dir=parts)
     np.testing.assert_array_equal(matrix, expected)
+
+
+def test_counts_are_keyed_on_the_file_the_reference_was_made_from(scored, tmp_path):
+    """Polygon labels are rasterized again by every run: a resume keys on the labels file, not that raster."""
+    from geoseg.evaluate.confusion import counts_key, save_counts
+    from geoseg.io.mosaic import open_mosaic
+    from geoseg.stages.evaluate import mosaic_confusion
+
+    mosaic, truth, expected = scored
+    labels = tmp_path / "labels.gpkg"
+    labels.write_bytes(b"the polygons the truth raster was made from")
+    parts = tmp_path / ".evaluate-parts"
+    bands = chunk_row_bands(SIZE, CHUNK, 8)
+    for first, stop in bands[1:]:  # a killed run counted every band but the first
+        save_counts(parts, counts_key(open_mosaic(mosaic), labels), first, stop, np.zeros((3, 3), np.int64))
+    with rasterio.open(truth) as src:
+        raster = src.read(1)
+    write_geotiff(truth, raster)  # rasterized again by the rerun
+    matrix, _ = mosaic_confusion(mosaic, truth, parts_dir=parts, reference=labels)
+    first_band = band_confusion(mosaic, truth, *bands[0])
+    np.testing.assert_array_equal(matrix, first_band)  # the kept (zero) counts were reused
+    assert not np.array_equal(first_band, expected)
