@@ -19,10 +19,19 @@ import torch
 
 from geoseg.tiling import Tile
 
-__all__ = ["CoreOutputs", "DevicePixels"]
+__all__ = ["CoreOutputs", "DevicePixels", "forward"]
 
 # Pixel types torch has no tensors for: widened on the host, exactly (every value fits).
 _WIDER = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
+
+
+def forward(model: torch.nn.Module, inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float32 logits of normalized ``inputs`` already on ``device`` (bf16 and channels_last on CUDA)."""
+    with torch.inference_mode():
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return model(inputs.to(memory_format=torch.channels_last)).float()
+        return model(inputs)
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,7 @@ class DevicePixels:
     def logits(self, raw: np.ndarray) -> torch.Tensor:
         """The model's float32 logits of a raw batch, left on the device."""
         with torch.inference_mode():
-            inputs = self._inputs(raw)
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    return self.model(inputs.to(memory_format=torch.channels_last)).float()
-            return self.model(inputs)
+            return forward(self.model, self._inputs(raw), self.device)
 
     def cores(self, raw: np.ndarray, tiles: Sequence[Tile], *, scores: bool) -> CoreOutputs:
         """Each tile's core: argmax labels and (``scores``) softmax probabilities × 255, rounded, as uint8."""

@@ -10,9 +10,9 @@ model's device (:mod:`geoseg.infer.device`): the host reads raw pixels and write
 
 It may be called from several threads at once (the Ray actor runs two calls
 concurrently): the device's work is serialised by a lock, so while one batch
-is in the model the next one is read and normalised and the previous one is
-cropped and written. On a CPU that hides the single-threaded I/O behind the
-multi-threaded model; on a GPU it keeps the device fed. Each thread reads
+is on the device the next one is read and the previous one is written. On a
+CPU that hides the single-threaded I/O behind the multi-threaded model; on a
+GPU it keeps the device fed. Each thread reads
 through its own GDAL dataset handle (GDAL handles are not thread-safe);
 chunks are still written once each, and a tile's result does not depend on
 which batch or thread it went through, so the bytes do not change.
@@ -36,7 +36,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
 from geoseg.infer.blend import BlendScratch, blend_tiles
-from geoseg.infer.device import CoreOutputs, DevicePixels
+from geoseg.infer.device import CoreOutputs, DevicePixels, forward
 from geoseg.io.integrity import gdal_reason
 from geoseg.io.mosaic import UnreadTile, leave_invalid, mark_done, open_mosaic, write_block
 from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
@@ -50,13 +50,7 @@ OnReadError = Literal["stop", "skip"]
 
 def predict_logits(model: torch.nn.Module, batch: np.ndarray, device: torch.device) -> torch.Tensor:
     """Forward a (N, bands, H, W) float32 batch; returns float32 logits on the CPU."""
-    with torch.inference_mode():
-        inputs = torch.from_numpy(batch).to(device)
-        if device.type == "cuda":
-            inputs = inputs.to(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return model(inputs).float().cpu()
-        return model(inputs).cpu()
+    return forward(model, torch.from_numpy(batch).to(device), device).cpu()
 
 
 GDAL_CACHE_MB = 64  # per worker; GDAL reads values below 100000 as megabytes
