@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from geoseg.infer.device import DevicePixels
+from geoseg.infer.device import DevicePixels, first_argmax
 from geoseg.io.normalization import normalize
 from geoseg.models import build_model
 from geoseg.tiling import plan_tiles
@@ -57,3 +57,17 @@ def test_whole_window_probabilities_for_blending_are_the_softmax_of_the_logits()
     with torch.inference_mode():
         want = torch.softmax(model(torch.from_numpy(inputs)), dim=1).numpy()
     np.testing.assert_array_equal(DevicePixels(model, mean, std, CPU).probabilities(raw), want)
+
+
+def test_first_argmax_is_torchs_argmax_with_ties_and_nans():
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 3, (7, 40, 50), generator=generator).float()  # many ties between classes
+    scores[torch.rand(scores.shape, generator=generator) < 0.05] = float("nan")
+    scores[:, 0, 0] = float("nan")  # every class NaN: the first
+    scores[:, 0, 1] = 1.0  # every class tied: the first
+    got = first_argmax(scores[:, 1:, :-1])  # a strided view, as a tile's core is
+    want = scores[:, 1:, :-1].argmax(dim=0).to(torch.uint8)
+    assert got.dtype == torch.uint8
+    assert torch.equal(got, want)
+    assert torch.equal(first_argmax(scores)[0, :2], torch.tensor([0, 0], dtype=torch.uint8))
+    assert len(torch.unique(got)) == 7
