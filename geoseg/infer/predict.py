@@ -38,7 +38,7 @@ from geoseg.errors import InputRasterError
 from geoseg.infer.blend import BlendScratch, blend_tiles
 from geoseg.infer.device import CoreOutputs, DevicePixels, forward
 from geoseg.io.integrity import gdal_reason
-from geoseg.io.mosaic import UnreadTile, leave_invalid, mark_done, open_mosaic, write_block
+from geoseg.io.mosaic import MosaicInfo, UnreadTile, leave_invalid, mark_done, open_mosaic, write_block
 from geoseg.io.raster import ThreadLocalRaster, read_tile, read_valid
 from geoseg.models.checkpoint import load_checkpoint
 from geoseg.tiling import Tile
@@ -103,9 +103,30 @@ class TilePredictor:
         self._gdal_env.__enter__()
         self._scenes = ThreadLocalRaster(scene)
         self._forward_lock = threading.Lock()
-        self.mosaic = open_mosaic(mosaic, mode="r+")
-        self.scratch = BlendScratch(self.mosaic) if stitch == "blend" else None
+        # The mosaic is opened at the first batch, not here: a stage starts its predictors before the
+        # mosaic is made, so that the model loads while the driver prepares it.
+        self._mosaic_path, self._blend = mosaic, stitch == "blend"
+        self._mosaic: MosaicInfo | None = None
+        self._scratch: BlendScratch | None = None
+        self._open_lock = threading.Lock()
         self.on_read_error: OnReadError = on_read_error
+
+    def _opened(self) -> tuple[MosaicInfo, BlendScratch | None]:
+        """The mosaic and (blend mode) its scratch windows, opened by whichever thread needs them first."""
+        with self._open_lock:
+            if self._mosaic is None:
+                self._mosaic = open_mosaic(self._mosaic_path, mode="r+")
+                self._scratch = BlendScratch(self._mosaic) if self._blend else None
+            return self._mosaic, self._scratch
+
+    @property
+    def mosaic(self) -> MosaicInfo:
+        return self._opened()[0]
+
+    @property
+    def scratch(self) -> BlendScratch | None:
+        """Blend mode's scratch windows; None when cropping."""
+        return self._opened()[1]
 
     @property
     def scene(self) -> rasterio.DatasetReader:

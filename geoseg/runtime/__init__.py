@@ -3,7 +3,7 @@
 - :mod:`geoseg.runtime.session`: start or attach to Ray (``ray_session``).
 - :mod:`geoseg.runtime.train_job`: training through Ray Train (``fit_model``).
 - :mod:`geoseg.runtime.predict_pool`: prediction through a pool of Ray actors
-  (``predict_tiles``, ``blend_tiles``, ``detect_tiles``).
+  (``start_predictors``, ``predict_tiles``, ``blend_tiles``, ``detect_tiles``).
 - :mod:`geoseg.runtime.tasks`: independent pieces of a stage as Ray tasks (``run_tasks``, ``iter_tasks``).
 - :mod:`geoseg.runtime.jobs`: batch jobs on a cluster through Ray's Jobs API
   (``submit_job_file``, ``job_status``, ``job_logs``, ``follow_job_logs``).
@@ -16,6 +16,7 @@ importing Ray Train on the way.
 from importlib import import_module
 
 __all__ = [
+    "ActorPool",
     "blend_tiles",
     "detect_tiles",
     "fit_model",
@@ -26,6 +27,7 @@ __all__ = [
     "predict_tiles",
     "ray_session",
     "run_tasks",
+    "start_predictors",
     "submit_job_file",
 ]
 
@@ -35,6 +37,8 @@ _HOMES = {
     "iter_tasks": "tasks",
     "fit_model": "train_job",
     "predict_tiles": "predict_pool",
+    "start_predictors": "predict_pool",
+    "ActorPool": "predict_pool",
     "blend_tiles": "predict_pool",
     "detect_tiles": "predict_pool",
     "submit_job_file": "jobs",

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # imported by the actors themselves (see the module doc)
     from geoseg.infer.predict import OnReadError
     from geoseg.io.mosaic import UnreadTile
 
-__all__ = ["blend_tiles", "detect_tiles", "predict_tiles"]
+__all__ = ["ActorPool", "blend_tiles", "detect_tiles", "predict_tiles", "start_predictors"]
 
 ACTOR_RESTARTS = 3  # a dead actor process is restarted this many times; then the stage fails
 # An actor's batches are retried for as long as the actor itself may come back (bounded by
@@ -155,52 +155,65 @@ def _started(actor_class: type) -> Any:  # Any: a class made at run time, which 
     )
 
 
-def _run_pool(
-    tiles: list[Tile],
-    actor_class,
-    constructor: dict,
-    *,
-    batch_size: int,
-    workers: int,
-    cpus: int,
-    gpus: int,
-    progress: Callable[[int], None] | None,
-    calls_per_actor: int = 1,
-    on_unread: Callable[[UnreadTile], None] | None = None,
-) -> int:
-    """Send batches of tiles to a pool of ``workers`` actors; return how many tiles were processed.
+class ActorPool:
+    """A fixed set of actors of one class, started at once, then fed batches of tiles.
 
-    An actor returns each tile's index, or an ``UnreadTile`` for one it could not read
-    and left invalid (``on_read_error="skip"``), which goes to ``on_unread``.
+    The actors start (a process each, imports, model load: seconds) as soon as the pool is made,
+    and the caller's thread is free meanwhile: a stage makes the pool first and prepares its
+    outputs while the actors load (see :func:`start_predictors`). Use it as a context manager:
+    leaving it kills the actors, freeing their CPUs and GPUs at once.
 
-    ``calls_per_actor`` > 1 runs that many batches in each actor at once, in
-    threads (the actor must be thread-safe, as :class:`TilePredictor` is).
-    One more batch waits in each actor's queue, so an actor never idles
-    while the driver hands out the next one.
+    ``calls_per_actor`` > 1 runs that many batches in each actor at once, in threads (the actor
+    must be thread-safe, as :class:`TilePredictor` is). One more batch waits in each actor's
+    queue, so an actor never idles while the driver hands out the next one.
     """
-    if not tiles:
-        return 0
-    batches = deque(tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size))
-    remote_class = ray.remote(_started(actor_class)).options(
-        num_cpus=cpus,
-        num_gpus=gpus,
-        max_concurrency=calls_per_actor,
-        max_restarts=ACTOR_RESTARTS,
-        max_task_retries=TASK_RETRIES,
-    )
-    actors = [remote_class.remote(**constructor) for _ in range(min(workers, len(batches)))]
-    per_actor = calls_per_actor + 1
-    in_flight: dict[ray.ObjectRef, int] = {}  # result → the actor working on it
-    load = [0] * len(actors)
 
-    def fill(actor: int) -> None:
-        while batches and load[actor] < per_actor:
-            in_flight[actors[actor].run.remote(batches.popleft())] = actor
-            load[actor] += 1
+    def __init__(self, actor_class, constructor: dict, *, workers: int, cpus: int, gpus: int, calls_per_actor: int = 1):
+        remote_class = ray.remote(_started(actor_class)).options(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            max_concurrency=calls_per_actor,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=TASK_RETRIES,
+        )
+        self.per_actor = calls_per_actor + 1
+        self.actors = [remote_class.remote(**constructor) for _ in range(max(1, workers))]
 
-    done = 0
-    try:
-        for actor in range(len(actors)):
+    def __enter__(self) -> ActorPool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for handle in self.actors:  # free the CPUs/GPUs now, not when the handles are collected
+            ray.kill(handle)
+        self.actors = []
+
+    def run(
+        self,
+        tiles: list[Tile],
+        *,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+        on_unread: Callable[[UnreadTile], None] | None = None,
+    ) -> int:
+        """Send ``tiles`` in batches to the actors; return how many tiles were processed.
+
+        An actor returns each tile's index, or an ``UnreadTile`` for one it could not read
+        and left invalid (``on_read_error="skip"``), which goes to ``on_unread``.
+        """
+        batches = deque(tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size))
+        in_flight: dict[ray.ObjectRef, int] = {}  # result → the actor working on it
+        load = [0] * len(self.actors)
+
+        def fill(actor: int) -> None:
+            while batches and load[actor] < self.per_actor:
+                in_flight[self.actors[actor].run.remote(batches.popleft())] = actor
+                load[actor] += 1
+
+        done = 0
+        for actor in range(len(self.actors)):
             fill(actor)
         while in_flight:
             [ready], _ = ray.wait(list(in_flight), num_returns=1)
@@ -215,10 +228,29 @@ def _run_pool(
             if progress:
                 progress(count)
             fill(actor)
-    finally:
-        for handle in actors:  # free the CPUs/GPUs now, not when the handles are collected
-            ray.kill(handle)
-    return done
+        return done
+
+
+def _run_pool(
+    tiles: list[Tile],
+    actor_class,
+    constructor: dict,
+    *,
+    batch_size: int,
+    workers: int,
+    cpus: int,
+    gpus: int,
+    progress: Callable[[int], None] | None,
+    calls_per_actor: int = 1,
+    on_unread: Callable[[UnreadTile], None] | None = None,
+) -> int:
+    """Start a pool of at most one actor per batch, run ``tiles`` through it, stop it; the tiles processed."""
+    if not tiles:
+        return 0
+    workers = min(workers, -(-len(tiles) // batch_size))
+    pool = ActorPool(actor_class, constructor, workers=workers, cpus=cpus, gpus=gpus, calls_per_actor=calls_per_actor)
+    with pool:
+        return pool.run(tiles, batch_size=batch_size, progress=progress, on_unread=on_unread)
 
 
 def _result(ref: ray.ObjectRef) -> list[int | UnreadTile]:
@@ -251,6 +283,38 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
 
 
+def start_predictors(
+    *,
+    checkpoint: Path,
+    scene: Path,
+    mosaic: Path,
+    workers: int,
+    cpus_per_worker: int,
+    use_gpu: bool,
+    stitch: str = "crop",
+    on_read_error: OnReadError = "stop",
+) -> ActorPool:
+    """Start the model actors of a prediction; feed them with :meth:`ActorPool.run`.
+
+    Made before the mosaic is ready: an actor opens ``mosaic`` at its first batch, so the
+    seconds an actor takes to start (its process, torch's import, the model) overlap the
+    driver's own preparation. Each actor runs two batches at once: one in the model while
+    the other is read or written (the predictor serialises the forward pass). In crop mode
+    each tile writes its core; in blend mode (first pass) its window's probabilities.
+    """
+    constructor = {
+        "checkpoint": str(checkpoint),
+        "scene": str(scene),
+        "mosaic": str(mosaic),
+        "device": "cuda" if use_gpu else "cpu",
+        "threads": cpus_per_worker,
+        "stitch": stitch,
+        "on_read_error": on_read_error,
+    }
+    gpus = 1 if use_gpu else 0
+    return ActorPool(_PredictActor, constructor, workers=workers, cpus=cpus_per_worker, gpus=gpus, calls_per_actor=2)
+
+
 def predict_tiles(
     tiles: list[Tile],
     *,
@@ -266,34 +330,23 @@ def predict_tiles(
     on_read_error: OnReadError = "stop",
     on_unread: Callable[[UnreadTile], None] | None = None,
 ) -> int:
-    """Run tiles through a pool of model actors; return the number of tiles processed.
+    """Run tiles through a pool of model actors started for them; return the number of tiles processed.
 
-    In crop mode each tile writes its core; in blend mode (first pass) its window's probabilities.
-    Each actor runs two batches at once: one in the model while the other is
-    read or written (the predictor serialises the forward pass). With ``on_read_error``
-    skip, a tile that cannot be read is left invalid and handed to ``on_unread``.
+    With ``on_read_error`` skip, a tile that cannot be read is left invalid and handed to ``on_unread``.
     """
-    constructor = {
-        "checkpoint": str(checkpoint),
-        "scene": str(scene),
-        "mosaic": str(mosaic),
-        "device": "cuda" if use_gpu else "cpu",
-        "threads": cpus_per_worker,
-        "stitch": stitch,
-        "on_read_error": on_read_error,
-    }
-    return _run_pool(
-        tiles,
-        _PredictActor,
-        constructor,
-        batch_size=batch_size,
-        workers=workers,
-        cpus=cpus_per_worker,
-        gpus=1 if use_gpu else 0,
-        progress=progress,
-        calls_per_actor=2,
-        on_unread=on_unread,
-    )
+    if not tiles:
+        return 0
+    with start_predictors(
+        checkpoint=checkpoint,
+        scene=scene,
+        mosaic=mosaic,
+        workers=min(workers, -(-len(tiles) // batch_size)),
+        cpus_per_worker=cpus_per_worker,
+        use_gpu=use_gpu,
+        stitch=stitch,
+        on_read_error=on_read_error,
+    ) as pool:
+        return pool.run(tiles, batch_size=batch_size, progress=progress, on_unread=on_unread)
 
 
 def blend_tiles(

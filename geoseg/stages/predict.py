@@ -21,7 +21,7 @@ from geoseg.models import is_instance_arch, output_stride, resolve_encoder
 from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import build_model_from_card, read_card, weights_sha256
 from geoseg.models.context import KNOWN_HALOS, has_global_context
-from geoseg.runtime import blend_tiles, predict_tiles, ray_session
+from geoseg.runtime import ActorPool, blend_tiles, ray_session, start_predictors
 from geoseg.stages.progress import tile_progress
 from geoseg.stages.pyramid import mosaic_overviews
 from geoseg.stages.resolution import resolution_note
@@ -139,18 +139,23 @@ def _predict_semantic(
     """
     paths = JobPaths.of(job)
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
-    if not force:
-        _reopen_to_retry_unread(paths.mosaic, partial, fingerprint, log)
-    todo = _chunks_to_do(partial, fingerprint, scene, job, card, tiles, force, log)
-    progress = tile_progress(len(tiles), len(tiles) - len(todo), log)
-
     runtime = job.runtime
     unread: list[UnreadTile] = []  # tiles left invalid because they could not be read (on_read_error: skip)
-    with ray_session(address or runtime.address, dashboard=runtime.dashboard):
+    # The model actors start first: their process, torch's import and the model's load take
+    # seconds, which the mosaic's preparation below no longer adds to.
+    with (
+        ray_session(address or runtime.address, dashboard=runtime.dashboard),
+        _start_predictors(job, checkpoint, scene, partial, len(tiles)) as pool,
+    ):
+        if not force:
+            _reopen_to_retry_unread(paths.mosaic, partial, fingerprint, log)
+        todo = _chunks_to_do(partial, fingerprint, scene, job, card, tiles, force, log)
+        progress = tile_progress(len(tiles), len(tiles) - len(todo), log)
+        batch_size = predict_spec(job).batch_size
         if job.tiling.stitch == "crop":
-            written = _predict_cropped(todo, checkpoint, scene, partial, job, progress, unread.append)
+            written = pool.run(todo, batch_size=batch_size, progress=progress, on_unread=unread.append)
         else:
-            written = _predict_blended(tiles, todo, checkpoint, scene, partial, job, progress, log)
+            written = _predict_blended(pool, tiles, todo, scene, partial, job, progress, log)
     record_unread_tiles(open_mosaic(partial, mode="r+"), unread)  # the run record lists them from here
     levels = _publish(partial, paths.mosaic, len(tiles), job, address)
     seconds = time.perf_counter() - started
@@ -194,29 +199,18 @@ def _chunks_to_do(
     return todo
 
 
-def _predict_cropped(
-    todo: list[Tile],
-    checkpoint: Path,
-    scene: SceneInfo,
-    partial: Path,
-    job: Job,
-    progress: Callable[[int], None],
-    on_unread: Callable[[UnreadTile], None],
-) -> int:
-    """Crop mode: each tile writes its core straight into its chunk (or, unreadable and skipped, leaves it invalid)."""
-    runtime = job.runtime
-    return predict_tiles(
-        todo,
+def _start_predictors(job: Job, checkpoint: Path, scene: SceneInfo, partial: Path, tiles: int) -> ActorPool:
+    """The job's model actors, at most one per batch of the plan; they open ``partial`` at their first batch."""
+    runtime, spec = job.runtime, predict_spec(job)
+    return start_predictors(
         checkpoint=checkpoint,
         scene=scene.path,
         mosaic=partial,
-        batch_size=predict_spec(job).batch_size,
-        workers=runtime.workers,
+        workers=min(runtime.workers, -(-tiles // spec.batch_size)),
         cpus_per_worker=runtime.cpus_per_worker,
         use_gpu=runtime.use_gpu,
-        progress=progress,
-        on_read_error=predict_spec(job).on_read_error,
-        on_unread=on_unread,
+        stitch=job.tiling.stitch,
+        on_read_error=spec.on_read_error,
     )
 
 
@@ -267,28 +261,18 @@ def _note_seams(card: ModelCard, job: Job, log: Callable[[str], None]) -> None:
         )
 
 
-def _predict_blended(tiles, todo, checkpoint, scene, partial, job: Job, progress, log) -> int:
-    """Blend mode: every window's probabilities first, then each chunk blended and written once."""
+def _predict_blended(pool: ActorPool, tiles, todo, scene, partial, job: Job, progress, log) -> int:
+    """Blend mode: every window's probabilities first (by ``pool``), then each chunk blended and written once."""
     mosaic = open_mosaic(partial, mode="r+")
     BlendScratch.create(mosaic, len(tiles), len(mosaic.class_names), job.tiling.tile_size)
     have = BlendScratch(mosaic).finished()
     windows = [tile for tile in tiles if tile.index not in have]
     if have:
         log(f"predict: resuming: {len(have)} of {len(tiles)} tile windows already predicted")
-    runtime = job.runtime
-    predict_tiles(
-        windows,
-        checkpoint=checkpoint,
-        scene=scene.path,
-        mosaic=partial,
-        batch_size=predict_spec(job).batch_size,
-        workers=runtime.workers,
-        cpus_per_worker=runtime.cpus_per_worker,
-        use_gpu=runtime.use_gpu,
-        stitch="blend",
-        progress=lambda count: None,
-    )
+    pool.run(windows, batch_size=predict_spec(job).batch_size)
+    pool.close()  # its CPUs go to the blend pass
     log(f"predict: {len(windows)} windows predicted; blending {len(todo)} chunks")
+    runtime = job.runtime
     return blend_tiles(
         todo,
         scene=scene.path,
