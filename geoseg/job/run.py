@@ -21,7 +21,7 @@ from geoseg.job.runrecord import (
     noop_message,
     stage_outputs,
 )
-from geoseg.runtime.session import ray_output_to  # imports no Ray itself: validating a job starts nothing
+from geoseg.runtime.session import ray_kept, ray_output_to  # import no Ray themselves: validating starts nothing
 
 __all__ = ["RAY_LOG", "run_job", "validate_job"]
 
@@ -72,7 +72,7 @@ def run_job(
     log(f"geoseg: run {record.run_id}{' (--force: every stage again)' if force else ''}; record in {record.path}")
     summary = {}
     try:
-        with ray_output_to(ray_log):
+        with ray_output_to(ray_log), ray_kept():  # Ray, if a stage starts it, is started once for the job
             for stage in stages:
                 with record.stage(stage):
                     summary[stage] = _run_stage(stage, job, address=address, log=log, force=force)

@@ -18,11 +18,11 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ray_output_to", "ray_session"]
+__all__ = ["ray_kept", "ray_output_to", "ray_session"]
 
 # Where sessions send Ray's output: None is the terminal (``--verbose``, and callers that never ask).
 _ray_log: Path | None = None
@@ -67,6 +67,37 @@ def _stderr_to(log_file: Path | None) -> Iterator[None]:
         os.close(saved)
 
 
+class _KeptRay:
+    """A job's Ray, kept from the first stage that starts it to the job's end (see :func:`ray_kept`)."""
+
+    def __init__(self) -> None:
+        self.started = ExitStack()  # Ray's shutdown, then descriptor 2 given back
+        self.running = False  # whether this job started the Ray that runs
+        self.dashboard = False
+
+
+_kept: _KeptRay | None = None  # set inside ray_kept
+
+
+@contextmanager
+def ray_kept() -> Iterator[None]:
+    """Keep the Ray a stage starts inside running for the next stages, and stop it on the way out.
+
+    Starting the embedded Ray costs ~7 s on a laptop (its GCS, raylet, dashboard and log processes):
+    a job paid it for every stage that used Ray (prediction, its overviews, vectorizing, evaluating);
+    inside this it pays it once. A job that needs no Ray still starts none. Descriptor 2 stays on
+    the run's log from Ray's start to its shutdown, so that Ray's lines between stages go there too.
+    """
+    global _kept
+    previous, _kept = _kept, _KeptRay()
+    kept = _kept
+    try:
+        yield
+    finally:
+        _kept = previous
+        kept.started.close()
+
+
 @contextmanager
 def ray_session(address: str | None = None, *, dashboard: bool = False) -> Iterator[None]:
     """Start (or attach to) Ray for the duration of a stage; reuse it if already up.
@@ -74,24 +105,50 @@ def ray_session(address: str | None = None, *, dashboard: bool = False) -> Itera
     ``dashboard`` applies only to the embedded cluster: its dashboard
     processes take several percent of a 2-core laptop for the whole job
     (measured by ``geoseg bench predict``), so they start only when asked for.
+    Inside :func:`ray_kept` a Ray this starts stays up after the stage (one that lacks the
+    dashboard a stage asks for is started again with it).
     """
+    if _kept is not None:
+        _keep_started(_kept, address, dashboard)
+        yield
+        return
     with _stderr_to(_ray_log):  # from the import on: importing Ray can warn too
         import ray  # here, not at the top: the orchestrator imports this module before it knows Ray is needed
 
         if ray.is_initialized():
             yield
             return
-        address = address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, **_init_options(address, dashboard))
+        _start(ray, address, dashboard)
         try:
-            from ray.data import DataContext  # only its settings: heavy to import where no stage needs it
-
-            context = DataContext.get_current()
-            context.enable_progress_bars = False
-            context.print_on_execution_start = False
             yield
         finally:
             ray.shutdown()
+
+
+def _keep_started(kept: _KeptRay, address: str | None, dashboard: bool) -> None:
+    """Start Ray for the rest of the job unless it runs already (with the dashboard, if asked for)."""
+    if kept.running and (kept.dashboard or not dashboard):
+        return
+    kept.started.close()  # a kept Ray without the dashboard this stage needs, if any
+    kept.running = False
+    kept.started.enter_context(_stderr_to(_ray_log))  # from the import on: importing Ray can warn too
+    import ray
+
+    if ray.is_initialized():  # the caller's own Ray: used, and left to the caller to stop
+        return
+    _start(ray, address, dashboard)
+    kept.started.callback(ray.shutdown)
+    kept.running, kept.dashboard = True, dashboard
+
+
+def _start(ray, address: str | None, dashboard: bool) -> None:
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, **_init_options(address, dashboard))
+    from ray.data import DataContext  # only its settings: heavy to import where no stage needs it
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
 
 
 def _init_options(address: str | None, dashboard: bool) -> dict[str, Any]:
