@@ -18,6 +18,21 @@ def _cmd_bench_predict(args) -> int:
 
     from geoseg.bench.predict import bench_predict
 
+    log = lambda message: print(message, file=sys.stderr, flush=True)
+    workdir = Path(args.workdir) if args.workdir else None
+    if args.model == "null":
+        from geoseg.bench.feed import bench_feed
+
+        result = bench_feed(
+            size=args.size,
+            tile_size=args.tile_size,
+            halo=args.halo,
+            batch_size=args.batch_size,
+            workdir=workdir,
+            log=log,
+        )
+        print(json.dumps(result), flush=True)
+        return 0
     options = json.loads(args.options) if args.options else None
     result = bench_predict(
         size=args.size,
@@ -30,8 +45,8 @@ def _cmd_bench_predict(args) -> int:
         arch=args.arch,
         encoder=args.encoder,
         options=options,
-        workdir=Path(args.workdir) if args.workdir else None,
-        log=lambda message: print(message, file=sys.stderr, flush=True),
+        workdir=workdir,
+        log=log,
     )
     print(json.dumps(result), flush=True)  # the one line on stdout; progress went to stderr
     return 0
@@ -113,6 +128,13 @@ def add_bench_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cpus-per-worker", type=int, default=2)
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (bf16, channels_last)")
+    p.add_argument(
+        "--model",
+        choices=["random", "null"],
+        default="random",
+        help="random: a randomly initialised --arch (default); null: a model that does no work, timed with 1 and "
+        "every core against reading alone (the feed's ceiling; --workers/--cpus-per-worker/--gpu/--arch unused)",
+    )
     _add_bench_model_arguments(p)
     p.set_defaults(func=_cmd_bench_predict)
     p = bench.add_parser("decode", help="read every tile window of the scene and nothing else: the feed's ceiling")

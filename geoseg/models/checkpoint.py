@@ -80,8 +80,11 @@ def build_model_from_card(card: ModelCard) -> torch.nn.Module:
     Random even when the card records pretrained ``encoder_weights``: a checkpoint's weights replace every one,
     so prediction never needs the pretrained file.
     """
+    from geoseg.models.null import NULL_ARCH, NullModel
     from geoseg.models.registry import build_model
 
+    if card.arch == NULL_ARCH:  # a benchmark's model that does no work, never a job's (see geoseg.models.null)
+        return NullModel(card.num_classes)
     return build_model(
         card.arch, in_channels=card.in_channels, num_classes=card.num_classes, encoder=card.encoder, **card.options
     )
