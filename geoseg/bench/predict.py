@@ -4,9 +4,12 @@ The benchmark synthesises an N×N RGB GeoTIFF (written block by block, so a
 20000² scene costs no more memory than a 512² one), saves a randomly
 initialised checkpoint, runs :func:`geoseg.stages.predict.run_predict` on it
 and compares the rate with the same model forwarding the same batches in a
-plain loop. While the stage runs a thread samples the memory of this process
-and of every process it started (the embedded Ray's GCS, raylet, workers and
-model actors), so the peak is what the whole job cost, not just the driver.
+plain loop, timed before and after the stage (``model_only_before_mpix_s``,
+``model_only_after_mpix_s``; the mean is the yardstick: a shared machine's speed
+drifts by several percent over minutes, and their gap shows by how much).
+While the stage runs a thread samples the memory of this process and of every
+process it started (the embedded Ray's GCS, raylet, workers and model actors),
+so the peak is what the whole job cost, not just the driver.
 
 Rates are per *scene* pixel (N² / seconds) for both numbers, so
 ``efficiency = end_to_end_mpix_s / model_only_mpix_s`` is the share of the
@@ -47,6 +50,7 @@ import psutil
 
 from geoseg.bench.measure import MemorySampler, memory_fields, top_processes, wait_until_quiet
 from geoseg.bench.model_only import model_only_seconds, random_checkpoint
+from geoseg.io.heap import release_free_memory
 from geoseg.synthetic.blocks import CLASSES, PIXEL_SIZE, scene_path, usable_scene, write_synthetic_scene
 
 __all__ = ["bench_predict", "ensure_scene"]
@@ -110,7 +114,9 @@ class _Measured:
     done: list[float]  # mtimes of the per-chunk ``done`` markers, sorted
     memory: MemorySampler
     quiet_wait_s: float
-    model_only_per_tile_s: float
+    model_only_per_tile_s: float  # the mean of the timings before and after the stage
+    model_only_per_tile_before_s: float
+    model_only_per_tile_after_s: float
     model_only_tiles_timed: int
     model_only_other_cpu: float
     load_before: float
@@ -152,11 +158,18 @@ def _bench_job(run_dir: Path, scene: Path, checkpoint: Path, settings: _Settings
 
 
 def _measure(job, scene: Path, checkpoint: Path, settings: _Settings, log) -> _Measured:
-    """Run the predict stage under the memory sampler, then time the model alone on the same tiles."""
+    """Time the model alone on the same tiles, run the predict stage under the memory sampler, time the model again.
+
+    The machine's speed drifts by several percent over minutes (a virtual machine shares its host), so the
+    model alone is timed on both sides of the stage and the mean is the yardstick.
+    """
     from geoseg.stages.predict import run_predict
     from geoseg.tiling import plan_tiles
 
     tiles = plan_tiles(settings.size, settings.size, tile_size=settings.tile_size, halo=settings.halo)
+    mosaic = Path(job.output_dir) / "mosaic.zarr"
+    before = _model_only(checkpoint, scene, mosaic, tiles, settings)
+    release_free_memory()  # the loop's freed tensors, not to be counted in the driver's peak below
     load_before = os.getloadavg()[0]
 
     # Ray itself is started before the clock: a cluster has it running already, and
@@ -166,22 +179,11 @@ def _measure(job, scene: Path, checkpoint: Path, settings: _Settings, log) -> _M
         started = time.perf_counter()
         run_predict(job, address=settings.address, log=log)
         end_to_end = time.perf_counter() - started
-    mosaic = Path(job.output_dir) / "mosaic.zarr"
     done = _done_times(mosaic)
 
     # Ray's processes take seconds to exit; the model-only loop must not share the CPU with them.
     quiet_wait = wait_until_quiet(psutil.Process())
-    device = "cuda" if settings.use_gpu else "cpu"
-    per_tile, timed, model_only_other_cpu = model_only_seconds(
-        checkpoint,
-        scene,
-        mosaic,
-        tiles,
-        batch_size=settings.batch_size,
-        device=device,
-        threads=settings.cpus_per_worker,
-        max_batches=settings.model_only_batches,
-    )
+    after = _model_only(checkpoint, scene, mosaic, tiles, settings)
     return _Measured(
         tiles=len(tiles),
         end_to_end_s=end_to_end,
@@ -190,11 +192,26 @@ def _measure(job, scene: Path, checkpoint: Path, settings: _Settings, log) -> _M
         done=done,
         memory=memory,
         quiet_wait_s=quiet_wait,
-        model_only_per_tile_s=per_tile,
-        model_only_tiles_timed=timed,
-        model_only_other_cpu=model_only_other_cpu,
+        model_only_per_tile_s=(before[0] + after[0]) / 2,
+        model_only_per_tile_before_s=before[0],
+        model_only_per_tile_after_s=after[0],
+        model_only_tiles_timed=after[1],
+        model_only_other_cpu=max(before[2], after[2]),
         load_before=load_before,
         load_after=os.getloadavg()[0],
+    )
+
+
+def _model_only(checkpoint: Path, scene: Path, mosaic: Path, tiles, settings: _Settings) -> tuple[float, int, float]:
+    return model_only_seconds(
+        checkpoint,
+        scene,
+        mosaic,
+        tiles,
+        batch_size=settings.batch_size,
+        device="cuda" if settings.use_gpu else "cpu",
+        threads=settings.cpus_per_worker,
+        max_batches=settings.model_only_batches,
     )
 
 
@@ -252,6 +269,9 @@ def _report(m: _Measured, settings: _Settings) -> dict:
         "end_to_end_mpix_s": _sig(e2e_rate),
         "model_only_mpix_s": _sig(model_rate),
         "model_only_tiles_timed": m.model_only_tiles_timed,
+        # Each side of the stage: apart by more than a few percent, the machine's speed moved meanwhile.
+        "model_only_before_mpix_s": _sig(mpix / (m.model_only_per_tile_before_s * m.tiles)),
+        "model_only_after_mpix_s": _sig(mpix / (m.model_only_per_tile_after_s * m.tiles)),
         "efficiency": _sig(e2e_rate / model_rate),
         "first_batch_done_s": None if first_batch_s is None else round(first_batch_s, 2),
         "after_last_tile_s": None if tail_s is None else round(tail_s, 2),

@@ -83,6 +83,9 @@ def test_bench_predict_tiny_run(tmp_path, ray_local):
     for key in ("end_to_end_s", "end_to_end_mpix_s", "model_only_mpix_s", "km2_per_h"):
         assert result[key] > 0, key
     assert 0 < result["efficiency"] < 1.5
+    # The yardstick is timed on both sides of the stage; its rate lies between the two.
+    sides = sorted((result["model_only_before_mpix_s"], result["model_only_after_mpix_s"]))
+    assert sides[0] * 0.999 <= result["model_only_mpix_s"] <= sides[1] * 1.001
     assert result["efficiency"] == pytest.approx(result["end_to_end_mpix_s"] / result["model_only_mpix_s"], rel=0.01)
     assert result["end_to_end_mpix_s"] == pytest.approx(size * size / 1e6 / result["end_to_end_s"], rel=0.01)
     assert result["km2_per_h"] == pytest.approx(result["end_to_end_mpix_s"] * 0.25 * 3600, rel=0.01)  # 0.25 m² pixels
