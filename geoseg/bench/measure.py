@@ -28,13 +28,15 @@ class MemorySampler:
     therefore PSS (proportional set size: each shared page split among its
     sharers). PSS costs a page-table walk (~10 ms for a process holding torch,
     so a full tree costs ~0.1 s; listing the tree itself scans /proc), so it is read every ``pss_every`` seconds
-    and whenever the RSS sum reaches a new high (at most once a second), not
-    at every tick: sampling must not steal a 2-core machine from the run it
-    measures. ``busy_s`` says what sampling cost.
+    and whenever the RSS sum reaches a new high (at most once a second; with ``rise``,
+    only a high that share above the last PSS sample's), not at every tick: sampling
+    must not steal a 2-core machine from the run it measures. ``busy_s`` says what
+    sampling cost.
     """
 
-    def __init__(self, interval: float = 1.0, pss_every: float = 5.0):
+    def __init__(self, interval: float = 1.0, pss_every: float = 5.0, rise: float = 0.0):
         self.interval, self.pss_every = interval, pss_every
+        self.rise = rise  # a new RSS high triggers PSS only this share above the last PSS sample's
         self.root = psutil.Process()
         self.metric = "pss" if _pss(self.root.pid) is not None else "rss"
         self.peak_total = 0  # in ``metric``
@@ -80,7 +82,8 @@ class MemorySampler:
         self.peak_rss_sum = max(self.peak_rss_sum, rss_sum)
         self.peak_processes = max(self.peak_processes, len(rows))
         now = time.monotonic()
-        due = now - self._last_pss >= self.pss_every or (rss_sum > self._rss_high and now - self._last_pss >= 1.0)
+        risen = rss_sum > self._rss_high * (1 + self.rise)
+        due = now - self._last_pss >= self.pss_every or (risen and now - self._last_pss >= 1.0)
         if self.metric == "rss" or full or due:
             values = []
             for proc, rss in rows:

@@ -34,6 +34,19 @@ def test_memory_sampler_counts_descendants(tmp_path):
     assert memory.peak_total - memory.peak_driver > 150 * 2**20
 
 
+@pytest.mark.parametrize(("rise", "pss_samples"), [(0.0, 2), (0.5, 1)])
+def test_a_small_new_high_reads_pss_again_only_without_a_rise_margin(rise, pss_samples):
+    import numpy as np
+
+    sampler = MemorySampler(interval=60, pss_every=1000, rise=rise)
+    sampler.sample(full=True)
+    grown = np.ones(40 * 2**20 // 8)  # RSS up by 40 MB: a new high, but far under +50% of the process tree
+    time.sleep(1.1)  # a new high is read at most once a second
+    sampler.sample()
+    assert sampler.pss_samples == pss_samples
+    assert sampler.samples == 2 and grown.sum() > 0
+
+
 def test_bench_predict_tiny_run(tmp_path, ray_local):
     size, tile, halo = 256, 128, 32
     lines = []
