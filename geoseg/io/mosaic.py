@@ -27,7 +27,7 @@ core, so each chunk is written exactly once by one task.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -51,8 +51,6 @@ __all__ = [
     "mark_done",
     "member_array",
     "open_mosaic",
-    "read_unread_tiles",
-    "record_unread_tiles",
     "write_block",
 ]
 
@@ -415,15 +413,3 @@ def done_chunks(mosaic: MosaicInfo, state: int | None = None) -> set[tuple[int, 
     done = np.asarray(mosaic.array("done")[:])
     rows, cols = np.nonzero(done > 0 if state is None else done == state)
     return set(zip(rows.tolist(), cols.tolist(), strict=True))
-
-
-def record_unread_tiles(mosaic: MosaicInfo, tiles: list[UnreadTile]) -> None:
-    """List ``tiles`` (sorted by position) in the group's ``geoseg.unread_tiles``; written by the driver only."""
-    meta = dict(geoseg_attrs(mosaic.group))
-    meta["unread_tiles"] = [asdict(tile) for tile in sorted(tiles, key=lambda t: (t.row, t.col))]
-    mosaic.group.attrs["geoseg"] = meta
-
-
-def read_unread_tiles(mosaic: MosaicInfo) -> list[UnreadTile]:
-    """The tiles :func:`record_unread_tiles` listed (none for a mosaic that predates the list)."""
-    return [UnreadTile(**entry) for entry in geoseg_attrs(mosaic.group).get("unread_tiles", [])]

@@ -295,7 +295,8 @@ class RunRecord:
 
     def _note_unread_tiles(self, entry: dict) -> None:
         """List the tiles predict's mosaic leaves invalid because they could not be read, and say where."""
-        from geoseg.io.mosaic import open_mosaic, read_unread_tiles
+        from geoseg.io.mosaic import open_mosaic
+        from geoseg.io.unread import read_unread_tiles
 
         mosaic = next((Path(path) for path in entry["outputs"] if path.endswith(".zarr")), None)
         if mosaic is None or not mosaic.exists():

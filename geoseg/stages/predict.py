@@ -14,9 +14,10 @@ from geoseg.config import Job
 from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError, InputRasterError, JobConfigError, StageError
 from geoseg.infer.blend import BlendScratch, drop_scratch
-from geoseg.io.mosaic import UNREAD, UnreadTile, create_mosaic, done_chunks, open_mosaic, record_unread_tiles
+from geoseg.io.mosaic import UNREAD, UnreadTile, create_mosaic, done_chunks, open_mosaic
 from geoseg.io.overviews import build_overviews, list_overviews
 from geoseg.io.raster import SceneInfo
+from geoseg.io.unread import record_unread_tiles
 from geoseg.models import is_instance_arch, output_stride, resolve_encoder
 from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import build_model_from_card, read_card, weights_sha256

@@ -39,12 +39,9 @@ from typing import Any
 from geoseg.config import Job
 from geoseg.config.paths import JobPaths
 from geoseg.io.instances import InstanceTableWriter
-from geoseg.io.mosaic import (
-    UnreadTile,
-    create_mosaic,
-    record_unread_tiles,
-)
+from geoseg.io.mosaic import UnreadTile, create_mosaic
 from geoseg.io.raster import SceneInfo
+from geoseg.io.unread import record_unread_tiles
 from geoseg.models.card import ModelCard
 from geoseg.runtime import detect_tiles, ray_session
 from geoseg.stages.instance_mosaic import MergeCounts, write_instance_rows
