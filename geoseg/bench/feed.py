@@ -95,6 +95,7 @@ def bench_feed(
         checkpoint = null_checkpoint(run / "checkpoint")
         mosaic = run / "mosaic.zarr"
         read_every_tile(scene, tiles, (1, 2, 3), 1)  # the file into the page cache
+        mpix = size * size / 1e6
         runs = []
         with ray_session(None):
             for count in sorted({1, cores}):
@@ -103,7 +104,6 @@ def bench_feed(
                     _fresh_mosaic(mosaic, scene, size, tile_size - 2 * halo)
                     seconds = _pipeline_seconds(tiles, checkpoint, scene, mosaic, count, batch_size)
                 decode = statistics.median(read_every_tile(scene, tiles, (1, 2, 3), count) for _ in range(REPEATS))
-                mpix = size * size / 1e6
                 runs.append(
                     {
                         "cores": count,

@@ -17,6 +17,7 @@ from importlib import import_module
 
 __all__ = [
     "ActorPool",
+    "actors_for",
     "blend_tiles",
     "detect_tiles",
     "fit_model",
@@ -39,6 +40,7 @@ _HOMES = {
     "predict_tiles": "predict_pool",
     "start_predictors": "predict_pool",
     "ActorPool": "predict_pool",
+    "actors_for": "predict_pool",
     "blend_tiles": "predict_pool",
     "detect_tiles": "predict_pool",
     "submit_job_file": "jobs",

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # imported by the actors themselves (see the module doc)
     from geoseg.infer.predict import OnReadError
     from geoseg.io.mosaic import UnreadTile
 
-__all__ = ["ActorPool", "blend_tiles", "detect_tiles", "predict_tiles", "start_predictors"]
+__all__ = ["ActorPool", "actors_for", "blend_tiles", "detect_tiles", "predict_tiles", "start_predictors"]
 
 ACTOR_RESTARTS = 3  # a dead actor process is restarted this many times; then the stage fails
 # An actor's batches are retried for as long as the actor itself may come back (bounded by
@@ -155,6 +155,11 @@ def _started(actor_class: type) -> Any:  # Any: a class made at run time, which 
     )
 
 
+def actors_for(workers: int, tiles: int, batch_size: int) -> int:
+    """``workers``, but at most one actor per batch of ``tiles``: another would only start and stop."""
+    return min(workers, -(-tiles // batch_size))
+
+
 class ActorPool:
     """A fixed set of actors of one class, started at once, then fed batches of tiles.
 
@@ -247,7 +252,7 @@ def _run_pool(
     """Start a pool of at most one actor per batch, run ``tiles`` through it, stop it; the tiles processed."""
     if not tiles:
         return 0
-    workers = min(workers, -(-len(tiles) // batch_size))
+    workers = actors_for(workers, len(tiles), batch_size)
     pool = ActorPool(actor_class, constructor, workers=workers, cpus=cpus, gpus=gpus, calls_per_actor=calls_per_actor)
     with pool:
         return pool.run(tiles, batch_size=batch_size, progress=progress, on_unread=on_unread)
@@ -340,7 +345,7 @@ def predict_tiles(
         checkpoint=checkpoint,
         scene=scene,
         mosaic=mosaic,
-        workers=min(workers, -(-len(tiles) // batch_size)),
+        workers=actors_for(workers, len(tiles), batch_size),
         cpus_per_worker=cpus_per_worker,
         use_gpu=use_gpu,
         stitch=stitch,

@@ -22,7 +22,7 @@ from geoseg.models import is_instance_arch, output_stride, resolve_encoder
 from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import build_model_from_card, read_card, weights_sha256
 from geoseg.models.context import KNOWN_HALOS, has_global_context
-from geoseg.runtime import ActorPool, blend_tiles, ray_session, start_predictors
+from geoseg.runtime import ActorPool, actors_for, blend_tiles, ray_session, start_predictors
 from geoseg.stages.progress import tile_progress
 from geoseg.stages.pyramid import mosaic_overviews
 from geoseg.stages.resolution import resolution_note
@@ -207,7 +207,7 @@ def _start_predictors(job: Job, checkpoint: Path, scene: SceneInfo, partial: Pat
         checkpoint=checkpoint,
         scene=scene.path,
         mosaic=partial,
-        workers=min(runtime.workers, -(-tiles // spec.batch_size)),
+        workers=actors_for(runtime.workers, tiles, spec.batch_size),
         cpus_per_worker=runtime.cpus_per_worker,
         use_gpu=runtime.use_gpu,
         stitch=job.tiling.stitch,

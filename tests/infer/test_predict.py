@@ -55,6 +55,29 @@ def test_real_geotiffs_predict_with_georeferencing_and_masks(tmp_path, name):
         assert (~valid).mean() > 0.5  # alpha masks most of the scene
 
 
+def test_a_predictor_made_before_its_mosaic_opens_it_at_the_first_batch(tmp_path, make_geotiff):
+    """A stage starts its predictors first and makes the mosaic while they load."""
+    data = np.random.default_rng(1).integers(1, 255, (3, 160, 160), dtype=np.uint8)
+    path = make_geotiff("early.tif", data)
+    scene = inspect_scene(path)
+    mosaic_path = tmp_path / "mosaic.zarr"
+    predictor = TilePredictor(tiny_unet_checkpoint(tmp_path / "ckpt", scene), path, mosaic_path, threads=1)
+    assert not mosaic_path.exists()
+    create_mosaic(
+        mosaic_path,
+        height=160,
+        width=160,
+        chunk=64,
+        crs=scene.crs,
+        transform=scene.transform,
+        class_names=["background", "water", "building"],
+    )
+    tiles = plan_tiles(160, 160, tile_size=96, halo=16)
+    assert sorted(predictor(tiles)) == [tile.index for tile in tiles]
+    predictor.close()
+    assert open_mosaic(mosaic_path).valid[:].all()
+
+
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_edge_tiles_and_all_chunks_are_written(tmp_path, make_geotiff, zarr_format):
     data = np.random.default_rng(0).integers(1, 255, (3, 200, 170), dtype=np.uint8)
