@@ -79,10 +79,10 @@ def bench_merge(job_path: str | Path, *, log: Callable[[str], None] = print) -> 
         "job": job.name,
         "raw_detections": len(detections),
         "reference": len(truth),
-        "tile_size": job.tiling.tile_size,
+        "tile_size": job.tiling.size,
         "overlap_px": 2 * halo,
     }
-    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=halo)
+    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.size, halo=halo)
     merge: dict[str, Any] = {
         "iou": settings.merge_iou,
         "ios": settings.merge_ios,

@@ -35,8 +35,10 @@ __all__ = [
 
 
 class Tiling(Strict):
-    tile_size: int = Field(
-        default=512, gt=0, description="Pixels a side the model sees per prediction tile (core + 2*halo)."
+    tile_size: int | Literal["auto"] = Field(
+        default=512,
+        description="Pixels a side the model sees per prediction tile (core + 2*halo), or `auto`: the tile and "
+        "halo chosen from the seams the train stage measured (`tiling: auto` for short).",
     )
     halo: int | Literal["auto"] = Field(
         default=32,
@@ -49,6 +51,31 @@ class Tiling(Strict):
         description="crop: keep each tile's core (exact when the halo covers the model's context); "
         "blend: Hann-weighted average of the overlapping windows (for wide-context models).",
     )
+    max_seam_error: float = Field(
+        default=0.01,
+        ge=0,
+        le=100,
+        description="With tile_size auto: the most labels, in percent, that may differ from whole-image "
+        "prediction (as measured on the validation strip after training).",
+    )
+    max_tile_memory_gb: float = Field(
+        default=4.0,
+        gt=0,
+        description="With tile_size auto: memory a batch of tiles may take in the model (GiB), by the model "
+        "card's measured activation bytes per pixel; bounds the tile size.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_shorthand(cls, value: object) -> object:
+        return {"tile_size": "auto"} if value == "auto" else value
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_positive(cls, value: int | Literal["auto"]) -> int | Literal["auto"]:
+        if value != "auto" and value <= 0:
+            raise ValueError("must be > 0")
+        return value
 
     @field_validator("halo")
     @classmethod
@@ -59,6 +86,12 @@ class Tiling(Strict):
 
     @model_validator(mode="after")
     def _core_positive(self) -> Tiling:
+        if self.tile_size == "auto":
+            if "halo" in self.model_fields_set:
+                raise ValueError("tile_size auto chooses the halo too; remove `halo`")
+            if self.stitch != "crop":
+                raise ValueError("tile_size auto chooses by crop-mode seams; use stitch: crop")
+            return self
         if self.halo != "auto" and self.tile_size - 2 * self.halo <= 0:
             raise ValueError(
                 f"tile_size {self.tile_size} leaves no core with halo {self.halo}; "
@@ -67,11 +100,23 @@ class Tiling(Strict):
         return self
 
     @property
+    def auto(self) -> bool:
+        """The tile size and halo are chosen at prediction from the model card's seam figures."""
+        return self.tile_size == "auto"
+
+    @property
+    def size(self) -> int:
+        """``tile_size`` in pixels (ValueError while it is still ``auto``)."""
+        if self.tile_size == "auto":
+            raise ValueError("tiling.tile_size 'auto' must be chosen (the predict stage does) before it is used")
+        return self.tile_size
+
+    @property
     def core(self) -> int:
         """Core pixels a side: the part of each tile written, and the Zarr chunk size."""
         if self.halo == "auto":
             raise ValueError("tiling.halo 'auto' must be resolved (load_job does) before the core is known")
-        return self.tile_size - 2 * self.halo
+        return self.size - 2 * self.halo
 
 
 class VectorizeSpec(Strict):

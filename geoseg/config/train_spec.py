@@ -203,6 +203,14 @@ class TrainSpec(Strict):
             "Share of every training scene held out as a validation strip (never cropped for training); 0: none."
         ),
     )
+    measure_seams: bool = Field(
+        default=True,
+        description=(
+            "Semantic models: after training, measure how far crop-mode tiles differ from whole-image prediction "
+            "on the validation strip (~20 s on a CPU) and record it per candidate tiling in the model card; "
+            "`tiling: auto` chooses by it."
+        ),
+    )
     validation_side: Literal["bottom", "top", "left", "right"] = Field(
         default="bottom", description="Side of each scene the validation strip lies along."
     )

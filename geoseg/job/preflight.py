@@ -70,10 +70,8 @@ def _check_model(job: Job, source: str, problems: list[str]) -> None:
             return
         stride = output_stride(model)
     assert job.tiling.halo != "auto", "load_job measures halo: auto before the inputs are checked"
-    for field, size, halo in (
-        ("tiling.tile_size", job.tiling.tile_size, job.tiling.halo),
-        ("train.tile_size", job.train.tile_size if job.train else None, 0),
-    ):
+    checks = [] if job.tiling.auto else [("tiling.tile_size", job.tiling.size, job.tiling.halo)]  # auto: chosen fit
+    for field, size, halo in [*checks, ("train.tile_size", job.train.tile_size if job.train else None, 0)]:
         message = check_tile_size(size, stride, arch, halo) if size else None
         if message:
             problems.append(f"{source}: {field}: {message}")
@@ -98,7 +96,9 @@ def _check_checkpoint_stride(job: Job, source: str, card: ModelCard, checkpoint:
             return
         stride = output_stride(model)
     assert job.tiling.halo != "auto", "load_job measures halo: auto before the inputs are checked"
-    message = check_tile_size(job.tiling.tile_size, stride, card.arch, job.tiling.halo)
+    if job.tiling.auto:  # chosen among the card's tilings, all on the stride
+        return
+    message = check_tile_size(job.tiling.size, stride, card.arch, job.tiling.halo)
     if message:
         problems.append(f"{source}: tiling.tile_size: {message} (for the {card.arch} model in {checkpoint})")
 
@@ -136,6 +136,12 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
         if "train" not in stages and "predict" in stages:  # an existing model predicts: its card rules
             checkpoint = job.predict.checkpoint or JobPaths.of(job).checkpoint
             card = _checkpoint_card(job, source, checkpoint, problems)
+            if card is not None and job.tiling.auto and card.seams is None:
+                problems.append(
+                    f"{source}: tiling: auto chooses by the seams the train stage measures, and the model in "
+                    f"{checkpoint} has none (trained by an older geoseg, or without a validation strip); "
+                    "retrain it, or give tiling.tile_size and tiling.halo"
+                )
         scene = _predicted_scene(job, card, problems)
         if scene is not None and first is not None:
             _check_band_match(scene, first, "predict.scene", problems)

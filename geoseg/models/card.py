@@ -19,7 +19,17 @@ from geoseg.errors import CheckpointError
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
-__all__ = ["CARD_FORMAT", "ModelCard", "Normalization", "PretrainedEncoder", "TrainingSummary", "card_from_json"]
+__all__ = [
+    "CARD_FORMAT",
+    "ModelCard",
+    "Normalization",
+    "PretrainedEncoder",
+    "SeamCheck",
+    "SeamEdge",
+    "TilingFigure",
+    "TrainingSummary",
+    "card_from_json",
+]
 
 CARD_FORMAT: Final = "geoseg-model-card/1"
 
@@ -55,6 +65,36 @@ class PretrainedEncoder(_Frozen):
     sha256: str = Field(description="sha256 of that file.")
 
 
+class SeamEdge(_Frozen):
+    """One crop-mode pass with ``halo`` over the measured region: labels changed against whole-image prediction."""
+
+    halo: int = Field(ge=0)
+    changed_px: int = Field(ge=0, description="Pixels whose label differs from whole-image prediction.")
+    edge_px: int = Field(gt=0, description="Pixels of core edge inside the region.")
+
+
+class TilingFigure(_Frozen):
+    """A candidate tiling for a large scene: its share of changed labels and its cost."""
+
+    tile_size: int = Field(gt=0)
+    halo: int = Field(ge=0)
+    changed_percent: float = Field(ge=0, le=100, description="Labels that differ from whole-image prediction, %.")
+    cost: float = Field(ge=1, description="Pixels through the model per pixel of the scene: (tile / core)².")
+
+
+class SeamCheck(_Frozen):
+    """Seams measured after training on held-out pixels (geoseg.infer.seams); what `tiling: auto` chooses by."""
+
+    region: str = Field(description="Where it was measured: scene, window and size.")
+    stride: int = Field(gt=0, description="The model's output stride: tiles and halos are multiples of it.")
+    pixels: int = Field(gt=0)
+    edges: tuple[SeamEdge, ...] = Field(min_length=1)
+    tilings: tuple[TilingFigure, ...] = Field(description="Candidate tilings on a scene much larger than a tile.")
+    activation_bytes_per_pixel: float = Field(
+        gt=0, description="Bytes of every layer's output per input pixel (an upper bound of a tile's memory)."
+    )
+
+
 class ModelCard(_Frozen):
     """Everything needed to rebuild a checkpoint's model and feed it the right pixels."""
 
@@ -82,6 +122,9 @@ class ModelCard(_Frozen):
         default=None, description="Ray Train run name: a rerun of the same job finds its model by it."
     )
     training: TrainingSummary | None = None
+    seams: SeamCheck | None = Field(
+        default=None, description="Seam disagreement per candidate tiling (semantic models with validation)."
+    )
 
     @property
     def num_classes(self) -> int:

@@ -27,6 +27,7 @@ __all__ = [
     "save_checkpoint",
     "save_weights",
     "weights_sha256",
+    "write_card",
 ]
 
 WEIGHTS = "model.safetensors"
@@ -51,6 +52,14 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, card: ModelCard)
     save_weights(folder / WEIGHTS, model)
     (folder / CARD).write_text(card.to_json())
     return folder
+
+
+def write_card(folder: str | Path, card: ModelCard) -> None:
+    """Replace a checkpoint's model card (written beside, then renamed: a reader sees the old card or the new)."""
+    path = Path(folder) / CARD
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(card.to_json())
+    os.replace(partial, path)
 
 
 def weights_sha256(folder: str | Path) -> str:

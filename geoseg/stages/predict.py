@@ -28,6 +28,7 @@ from geoseg.stages.pyramid import mosaic_overviews
 from geoseg.stages.resolution import resolution_note
 from geoseg.stages.scene import predicted_scene
 from geoseg.stages.sections import predict_spec, resolved_halo
+from geoseg.stages.tiling_choice import chosen_tiling, measured_seams
 from geoseg.tiling import Tile, check_tile_size, plan_tiles
 
 __all__ = ["run_predict"]
@@ -42,11 +43,11 @@ def run_predict(
     detections are ignored and written again.
     """
     paths = JobPaths.of(job)
-    checkpoint, card, scene = _checked_inputs(job, log)
+    job, checkpoint, card, scene = _checked_inputs(job, log)
     instance_model = is_instance_arch(card.arch)
 
     started = time.perf_counter()
-    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=resolved_halo(job))
+    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.size, halo=resolved_halo(job))
     fingerprint = _fingerprint(scene, checkpoint, job)
     if instance_model:
         fingerprint["instances"] = job.instances.model_dump()
@@ -70,13 +71,15 @@ def run_predict(
     )
 
 
-def _checked_inputs(job: Job, log: Callable[[str], None]) -> tuple[Path, ModelCard, SceneInfo]:
-    """The checkpoint, its model card and the inspected scene, checked against each other and the tiling.
+def _checked_inputs(job: Job, log: Callable[[str], None]) -> tuple[Job, Path, ModelCard, SceneInfo]:
+    """The job with its tiling chosen, the checkpoint, its card and the scene, checked against each other.
 
-    Every check that can fail runs here, before the stage writes anything.
+    ``tiling: auto`` is chosen here, for this scene. Every check that can fail runs here, before the stage
+    writes anything.
     """
     spec = predict_spec(job)
-    halo = resolved_halo(job)  # before the checkpoint is read: a halo still 'auto' is reported first
+    if not job.tiling.auto:
+        resolved_halo(job)  # before the checkpoint is read: a halo still 'auto' is reported first
     checkpoint = spec.checkpoint or JobPaths.of(job).checkpoint
     card = read_card(checkpoint)
     scene = predicted_scene(job, job.bands or list(card.bands), card=card)
@@ -86,19 +89,22 @@ def _checked_inputs(job: Job, log: Callable[[str], None]) -> tuple[Path, ModelCa
             f"expects {len(card.bands)} of {card.dtype}; "
             + scene.mismatch_fix(len(card.bands), card.dtype, "the model")
         )
+    auto = job.tiling.auto
+    job = chosen_tiling(job, card, checkpoint, (scene.height, scene.width), log)  # the card's cheapest here
+    halo = resolved_halo(job)
     _check_tiling(job, card, halo)
-    if not is_instance_arch(card.arch):
-        _note_seams(card, job, log)
+    if not is_instance_arch(card.arch) and not auto:  # auto said what it chose by
+        _note_seams(card, job, (scene.height, scene.width), log)
     note = resolution_note(str(scene.path), scene.transform, scene.crs, scene.height, scene.width, card)
     if note:
         log(note)
-    return checkpoint, card, scene
+    return job, checkpoint, card, scene
 
 
 def _check_tiling(job: Job, card: ModelCard, halo: int) -> None:
     """Raise when the tile size does not suit the model's output stride and the halo, or an instance model blends."""
     stride = output_stride(build_model_from_card(card))
-    problem = check_tile_size(job.tiling.tile_size, stride, card.arch, halo)
+    problem = check_tile_size(job.tiling.size, stride, card.arch, halo)
     if problem:
         raise InputRasterError(f"tiling.tile_size: {problem}")
     if is_instance_arch(card.arch) and job.tiling.stitch != "crop":
@@ -193,7 +199,7 @@ def _chunks_to_do(
     todo = [tile for tile in tiles if (tile.row // job.tiling.core, tile.col // job.tiling.core) not in done]
     log(
         f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles "
-        f"(tile {job.tiling.tile_size}, halo {job.tiling.halo}, core {job.tiling.core})"
+        f"(tile {job.tiling.size}, halo {job.tiling.halo}, core {job.tiling.core})"
     )
     if done:
         log(f"predict: resuming: skipped {len(tiles) - len(todo)} of {len(tiles)} chunks already written")
@@ -241,7 +247,7 @@ def _publish(partial: Path, mosaic: Path, chunks: int, job: Job, address: str | 
     return levels
 
 
-def _note_seams(card: ModelCard, job: Job, log: Callable[[str], None]) -> None:
+def _note_seams(card: ModelCard, job: Job, scene: tuple[int, int], log: Callable[[str], None]) -> None:
     """Say when crop-mode tiles only approximate whole-image prediction (cheap: known halos only)."""
     if job.tiling.stitch != "crop":
         return
@@ -251,9 +257,14 @@ def _note_seams(card: ModelCard, job: Job, log: Callable[[str], None]) -> None:
             "`stitch: blend` smooths the seams"
         )
         return
-    encoder = resolve_encoder(card.arch, card.encoder)
-    known = KNOWN_HALOS.get(card.arch) if encoder == resolve_encoder(card.arch) else None
     halo = resolved_halo(job)
+    measured = measured_seams(card, job.tiling.size, halo, scene)
+    if measured:
+        log(measured)
+        return
+    encoder = resolve_encoder(card.arch, card.encoder)
+    default = encoder == resolve_encoder(card.arch) and not card.options  # what KNOWN_HALOS was measured for
+    known = KNOWN_HALOS.get(card.arch) if default else None
     if known and halo < known:
         log(
             f"predict: note: halo {halo} is below {card.arch}/{encoder}'s receptive-field radius "
@@ -265,7 +276,7 @@ def _note_seams(card: ModelCard, job: Job, log: Callable[[str], None]) -> None:
 def _predict_blended(pool: ActorPool, tiles, todo, scene, partial, job: Job, progress, log) -> int:
     """Blend mode: every window's probabilities first (by ``pool``), then each chunk blended and written once."""
     mosaic = open_mosaic(partial, mode="r+")
-    BlendScratch.create(mosaic, len(tiles), len(mosaic.class_names), job.tiling.tile_size)
+    BlendScratch.create(mosaic, len(tiles), len(mosaic.class_names), job.tiling.size)
     have = BlendScratch(mosaic).finished()
     windows = [tile for tile in tiles if tile.index not in have]
     if have:
@@ -293,7 +304,7 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
         "transform": list(scene.transform)[:6],
         "bands": list(scene.bands),
         "checkpoint_sha256": weights_sha256(checkpoint),
-        "tile_size": job.tiling.tile_size,
+        "tile_size": job.tiling.size,
         "halo": job.tiling.halo,
         "stitch": job.tiling.stitch,
         "scores": spec.scores,

@@ -89,7 +89,7 @@ def run_predict_instances(
     """Detect, merge and write the instance mosaic and table (see the module doc)."""
     paths = JobPaths.of(job)
     started = time.perf_counter()
-    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.tile_size, halo=resolved_halo(job))
+    tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.size, halo=resolved_halo(job))
     todo, unread = _detect(job, paths, tiles, checkpoint, scene, fingerprint, address=address, log=log, force=force)
     counts, levels = _write_outputs(paths, tiles, card, scene, job, fingerprint, unread)
     seconds = time.perf_counter() - started
@@ -129,7 +129,7 @@ def _detect(
     todo = [tile for tile in tiles if tile.index not in have]
     log(
         f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles (tile "
-        f"{job.tiling.tile_size}, halo {job.tiling.halo}: neighbours overlap by {2 * job.tiling.halo} px)"
+        f"{job.tiling.size}, halo {job.tiling.halo}: neighbours overlap by {2 * job.tiling.halo} px)"
         + (f"; resuming: {len(have)} tiles already detected" if have else "")
     )
     progress = tile_progress(len(tiles), len(tiles) - len(todo), log)

@@ -23,6 +23,7 @@ from geoseg.models.checkpoint import build_model_from_card, read_card, save_weig
 from geoseg.runtime import fit_model, ray_session
 from geoseg.stages.scene import training_image
 from geoseg.stages.sections import resolved_halo, train_spec
+from geoseg.stages.tiling_choice import record_seams
 from geoseg.train.history import plot_history
 from geoseg.train.instances import instance_centres
 from geoseg.train.plan import TrainingPlan, TrainingScene, box_of
@@ -68,6 +69,7 @@ def run_train(
         )
     history = metrics.pop("history", [])
     _write_history(paths, history, metrics)
+    record_seams(job, plan, paths.checkpoint, log)
     seconds = time.perf_counter() - started
     key, name = (plan.score_name, "F1" if plan.instance_model else "mIoU")
     best = (
@@ -214,8 +216,8 @@ def _model_card(job: Job, first: SceneInfo, mean: list[float], std: list[float])
         dtype=first.dtype,
         normalization=Normalization(mean=tuple(mean), std=tuple(std)),
         train_tile_size=spec.tile_size,
-        tile_size=job.tiling.tile_size,
-        halo=resolved_halo(job),
+        tile_size=None if job.tiling.auto else job.tiling.size,  # auto: chosen at prediction from `seams`
+        halo=None if job.tiling.auto else resolved_halo(job),
         crs=first.crs.to_string(),
         pixel_size=(abs(first.transform.a), abs(first.transform.e)),
         loss={"maskrcnn": 1.0} if instance_model else dict(spec.loss),

@@ -165,3 +165,32 @@ def test_a_survey_list_is_resolved_against_the_job_file(tmp_path):
     ]
     rebased = rebase_job_paths({"predict": {"scene": ["a.tif", "/abs/b.tif"]}}, "/cluster/jobs")
     assert rebased["predict"]["scene"] == ["/cluster/jobs/a.tif", "/abs/b.tif"]
+
+
+def test_auto_tiling_is_written_short_or_long_and_refuses_what_it_would_choose(tmp_path):
+    assert load_job(write(tmp_path, {**MINIMAL, "tiling": "auto"})).tiling.auto
+    job = load_job(write(tmp_path, {**MINIMAL, "tiling": {"tile_size": "auto", "max_seam_error": 0.05}}))
+    assert job.tiling.auto and job.tiling.max_seam_error == 0.05
+    with pytest.raises(ValueError, match="must be chosen"):
+        job.tiling.core  # noqa: B018  (a property that raises until the predict stage chooses)
+    source = str(tmp_path / "job.yaml")
+    lines = problems(tmp_path, {**MINIMAL, "tiling": {"tile_size": "auto", "halo": 64}})
+    assert lines == [f"{source}: tiling: tile_size auto chooses the halo too; remove `halo`"]
+    lines = problems(tmp_path, {**MINIMAL, "tiling": {"tile_size": "auto", "stitch": "blend"}})
+    assert lines == [f"{source}: tiling: tile_size auto chooses by crop-mode seams; use stitch: crop"]
+    lines = problems(tmp_path, {**MINIMAL, "tiling": {"tile_size": 0}})
+    assert lines == [f"{source}: tiling.tile_size: must be > 0 (got 0)"]
+
+
+def test_auto_tiling_needs_seams_a_training_can_measure(tmp_path):
+    source = str(tmp_path / "job.yaml")
+    train = {"scenes": [{"image": "a.tif", "labels": "a.gpkg"}], "validation_fraction": 0, "measure_seams": False}
+    lines = problems(tmp_path, {**MINIMAL, "stages": ["train", "predict"], "tiling": "auto", "train": train})
+    assert lines == [
+        f"{source}: train.validation_fraction: 0 leaves no held-out strip to measure seams on for tiling: auto; "
+        "use e.g. 0.15, or give tiling.tile_size and tiling.halo",
+        f"{source}: train.measure_seams: false leaves tiling: auto nothing to choose by; remove it, or give "
+        "tiling.tile_size and tiling.halo",
+    ]
+    lines = problems(tmp_path, {**MINIMAL, "tiling": "auto", "model": {"arch": "maskrcnn_resnet50_fpn"}})
+    assert len(lines) == 1 and "tiling: auto chooses by the seams of a segmentation model" in lines[0]

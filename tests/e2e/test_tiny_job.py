@@ -12,7 +12,7 @@ from tests.factories import tiny_job
 def test_end_to_end_run_on_a_tiny_scene(tiny):
     """The real CLI in a subprocess: Ray Train, Ray actors, Zarr, vectors, metrics."""
     folder, scene, labels = tiny
-    job = tiny_job(folder, scene, labels, vectorize={"classes": ["water"]})
+    job = tiny_job(folder, scene, labels, vectorize={"classes": ["water"]}, tiling="auto")
     result = subprocess.run(
         [sys.executable, "-m", "geoseg.cli", "run", str(job)], capture_output=True, text=True, timeout=600
     )
@@ -20,11 +20,18 @@ def test_end_to_end_run_on_a_tiny_scene(tiny):
     out = folder / "out"
     for stage in ("train:", "predict:", "vectorize:", "evaluate:"):
         assert stage in result.stdout
-    assert "predict: tiles 9/9" in result.stdout
+    # The seams measured after training choose the tiling: here the cheapest is one exact tile (halo 72, the
+    # radius of this 3-level U-Net) over the 192² scene.
+    assert "train: seams measured on train.scenes[0] validation strip, 192 x 29 px" in result.stdout
+    assert "predict: tiling auto: tile 336 / halo 72 (0.0000% changed, 3.06x pixels) on this scene" in result.stdout
+    assert "predict: tiles 1/1" in result.stdout
     assert "Failed to query Ray Train Controller" not in result.stdout + result.stderr  # Ray Train has its state API
     assert (out / "checkpoint" / "model.safetensors").is_file()
     card = json.loads((out / "checkpoint" / "model_card.json").read_text())
     assert card["classes"] == ["background", "water", "vegetation"] and card["bands"] == [1, 2, 3]
+    edges = {edge["halo"]: edge["changed_px"] for edge in card["seams"]["edges"]}
+    assert sorted(edges) == [8, 16, 24, 32, 72] and edges[72] == 0
+    assert {(t["tile_size"], t["halo"]) for t in card["seams"]["tilings"]} >= {(512, 32), (1024, 72)}
     assert (out / "mosaic.zarr").is_dir() and not (out / "mosaic.zarr.partial").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["model"]["mean_iou"] <= 1
