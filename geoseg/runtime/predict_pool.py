@@ -6,15 +6,12 @@ the indexes of the tiles it finished; a tile it could not read (with
 ``on_read_error="skip"``) comes back as an ``UnreadTile`` instead, handed to
 the caller's ``on_unread``.
 
-Why plain Ray actors and not Ray Data ``map_batches``: the work here is
-already a list of descriptors, so Ray Data's streaming executor had nothing
-to stream, and its driver loop plus the three helper actors it starts
-(stats, autoscaling coordinator, actor locations) took about 10% of a 2-core
-machine during the run and delayed the model actor's start by ~2 s
-(``geoseg bench predict``). The pool below keeps what mattered: a fixed set
-of actors with CPU/GPU reservations, bounded work in flight per actor, and
-restarts with retried batches when an actor's process dies (every batch is
-idempotent: it rewrites the same chunks with the same bytes).
+Why plain Ray actors and not Ray Data ``map_batches``: the work is already a list of
+descriptors, so Ray Data's streaming executor had nothing to stream, and its driver loop
+and three helper actors took ~10% of a 2-core machine and delayed the model actor's start
+by ~2 s (``geoseg bench predict``). The pool keeps what mattered: fixed actors with CPU/GPU
+reservations, bounded work in flight per actor, and restarts with retried batches when an
+actor's process dies (a batch is idempotent: it rewrites the same chunks, same bytes).
 
 This module imports no torch and no Ray Train: a model actor starts in a
 fresh worker process that imports this module first, and on a 2-core machine
@@ -39,7 +36,15 @@ if TYPE_CHECKING:  # imported by the actors themselves (see the module doc)
     from geoseg.infer.predict import OnReadError
     from geoseg.io.mosaic import UnreadTile
 
-__all__ = ["ActorPool", "actors_for", "blend_tiles", "detect_tiles", "predict_tiles", "start_predictors"]
+__all__ = [
+    "ActorPool",
+    "actors_for",
+    "blend_tiles",
+    "calls_per_predictor",
+    "detect_tiles",
+    "predict_tiles",
+    "start_predictors",
+]
 
 ACTOR_RESTARTS = 3  # a dead actor process is restarted this many times; then the stage fails
 # An actor's batches are retried for as long as the actor itself may come back (bounded by
@@ -52,21 +57,10 @@ TASK_RETRIES = -1
 class _PredictActor:
     """One model + open scene + open mosaic per actor; batches of tiles in, tile indexes out."""
 
-    def __init__(
-        self,
-        checkpoint: str,
-        scene: str,
-        mosaic: str,
-        device: str,
-        threads: int,
-        stitch: str,
-        on_read_error: OnReadError,
-    ):
+    def __init__(self, checkpoint: str, scene: str, mosaic: str, **options: Any):  # TilePredictor's keywords
         from geoseg.infer import TilePredictor
 
-        self.predictor = TilePredictor(
-            checkpoint, scene, mosaic, device=device, threads=threads, stitch=stitch, on_read_error=on_read_error
-        )
+        self.predictor = TilePredictor(checkpoint, scene, mosaic, **options)
 
     def run(self, tiles: list[Tile]) -> list[int | UnreadTile]:
         return self.predictor(tiles)
@@ -75,21 +69,10 @@ class _PredictActor:
 class _DetectActor:
     """Mask R-CNN + open scene per actor; batches of tiles in, tile indexes out (detections go to files)."""
 
-    def __init__(
-        self,
-        checkpoint: str,
-        scene: str,
-        out_dir: str,
-        device: str,
-        threads: int,
-        thresholds: dict,
-        on_read_error: OnReadError,
-    ):
+    def __init__(self, checkpoint: str, scene: str, out_dir: str, thresholds: dict, **options: Any):
         from geoseg.infer.detect import TileDetector
 
-        self.detector = TileDetector(
-            checkpoint, scene, out_dir, device=device, threads=threads, on_read_error=on_read_error, **thresholds
-        )
+        self.detector = TileDetector(checkpoint, scene, out_dir, **options, **thresholds)  # and its keywords
 
     def run(self, tiles: list[Tile]) -> list[int | UnreadTile]:
         return self.detector(tiles)
@@ -316,8 +299,24 @@ def start_predictors(
         "stitch": stitch,
         "on_read_error": on_read_error,
     }
-    gpus = 1 if use_gpu else 0
-    return ActorPool(_PredictActor, constructor, workers=workers, cpus=cpus_per_worker, gpus=gpus, calls_per_actor=2)
+    calls = calls_per_predictor(cpus_per_worker, use_gpu)
+    return ActorPool(
+        _PredictActor,
+        constructor,
+        workers=workers,
+        cpus=cpus_per_worker,
+        gpus=1 if use_gpu else 0,
+        calls_per_actor=calls,
+    )
+
+
+def calls_per_predictor(cpus_per_worker: int, use_gpu: bool) -> int:
+    """Batches an actor works on at once, each read and written in its own thread, one at a time in the model.
+
+    CPU: two (the model's threads use the reserved cores). GPU: one per reserved CPU reading or writing
+    (GDAL releases the GIL; a dataset handle per thread) plus the one on the device; bounded memory.
+    """
+    return cpus_per_worker + 1 if use_gpu else 2
 
 
 def predict_tiles(
@@ -407,6 +406,6 @@ def detect_tiles(
         cpus=cpus_per_worker,
         gpus=1 if use_gpu else 0,
         progress=progress,
-        calls_per_actor=2,
+        calls_per_actor=calls_per_predictor(cpus_per_worker, use_gpu),
         on_unread=on_unread,
     )

@@ -34,7 +34,7 @@ def test_flood_survey_job_loads_with_paths_relative_to_the_job_file():
     job = load_job(REPO / "jobs" / "flood_survey.yaml")
     assert job.train.scenes[0].image == REPO / "data" / "demo" / "train" / "scene.tif"
     assert job.output_dir == REPO / "out" / "flood_survey"
-    assert job.tiling.core == job.tiling.tile_size - 2 * job.tiling.halo
+    assert job.tiling.auto  # chosen at prediction from the seams training measures
 
 
 def test_every_problem_reported_at_once_one_line_each(tmp_path):

@@ -28,6 +28,7 @@ def test_same_bytes_for_any_batch_size_and_tile_order(small):
         ("b1", 1, False, 1),
         ("b8_shuffled", 8, True, 1),
         ("b3_three_threads", 3, True, 3),
+        ("b2_five_threads", 2, True, 5),  # a GPU actor with 4 CPUs: 4 batches read or written, 1 in the model
     ):
         mosaic = folder / f"{name}.zarr"
         scene_mosaic(mosaic, scene, 64)
@@ -36,10 +37,10 @@ def test_same_bytes_for_any_batch_size_and_tile_order(small):
             random.Random(1).shuffle(order)
         predictor = TilePredictor(checkpoint, scene, mosaic, threads=2)
         batches = [order[start : start + batch] for start in range(0, len(order), batch)]
-        # Several threads call one predictor at once, as a Ray actor with two calls in flight does.
+        # Several threads call one predictor at once, as a Ray actor with calls in flight does.
         with ThreadPoolExecutor(callers) as pool:
             list(pool.map(predictor, batches))
         predictor.close()
         runs[name] = chunk_bytes(mosaic)
     assert len(runs["b1"]) == len(tiles) * 2
-    assert runs["b1"] == runs["b8_shuffled"] == runs["b3_three_threads"]
+    assert runs["b1"] == runs["b8_shuffled"] == runs["b3_three_threads"] == runs["b2_five_threads"]

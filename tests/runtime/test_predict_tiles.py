@@ -44,3 +44,10 @@ def test_same_bytes_for_one_and_two_ray_workers(small, ray_local):
         runs.append(chunk_bytes(mosaic))
     assert runs[0] == runs[1]
     assert np.asarray(zarr.open_group(str(folder / "ray2.zarr"), mode="r")["done"][:]).all()
+
+
+def test_a_gpu_actor_reads_with_every_cpu_reserved_for_it():
+    from geoseg.runtime import calls_per_predictor
+
+    assert [calls_per_predictor(cpus, use_gpu=False) for cpus in (1, 2, 8)] == [2, 2, 2]
+    assert [calls_per_predictor(cpus, use_gpu=True) for cpus in (1, 4, 16)] == [2, 5, 17]
