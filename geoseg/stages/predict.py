@@ -176,6 +176,8 @@ def _predict_semantic(
         "skipped": len(tiles) - len(todo),
         "seconds": round(seconds, 1),
         "mpix_per_s": round(mpix / seconds, 3),
+        "tile_size": job.tiling.size,  # as given, or as `tiling: auto` chose
+        "halo": job.tiling.halo,
         "mosaic": str(paths.mosaic),
         "unread_tiles": [asdict(tile) for tile in unread],
     }
