@@ -52,6 +52,8 @@ def run_train(
         shutil.rmtree(paths.ray_storage / run, ignore_errors=True)  # else Ray Train resumes its last checkpoint
     elif _already_trained(paths, run):
         log(f"train: {paths.checkpoint} already holds this job's model (run {run}); nothing to do")
+        if read_card(paths.checkpoint).seams is None:  # trained by a geoseg that did not measure them
+            record_seams(job, plan, paths.checkpoint, log)
         return {"seconds": 0.0, "checkpoint": str(paths.checkpoint), "skipped": True}
     log(_describe(job))
     # Ray Train V2 watches its controller through the dashboard's state API (without it, it logs a

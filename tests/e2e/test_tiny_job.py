@@ -47,6 +47,16 @@ def test_end_to_end_run_on_a_tiny_scene(tiny):
     polygons = gpd.read_file(out / "vectors" / "polygons.gpkg")
     assert set(polygons["class"]) <= {"water"}
 
+    # A model trained before seams were measured gets them when the job runs again, without training again.
+    card_path = out / "checkpoint" / "model_card.json"
+    card_path.write_text(json.dumps({k: v for k, v in card.items() if k != "seams"}))
+    again = subprocess.run(
+        [sys.executable, "-m", "geoseg.cli", "train", str(job)], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "already holds this job's model" in again.stdout and "train: seams measured on" in again.stdout
+    assert json.loads(card_path.read_text())["seams"] == card["seams"]
+
     cog = out / "labels.tif"
     export = subprocess.run(
         [sys.executable, "-m", "geoseg.cli", "export", str(out / "mosaic.zarr"), "--cog", str(cog)],
