@@ -207,8 +207,8 @@ class TrainSpec(Strict):
         default=True,
         description=(
             "Semantic models: after training, measure how far crop-mode tiles differ from whole-image prediction "
-            "on the validation strip (~20 s on a CPU) and record it per candidate tiling in the model card; "
-            "`tiling: auto` chooses by it."
+            "on the validation strip (~25 s on a 2-core CPU for the demo) and record it per candidate tiling in "
+            "the model card; `tiling: auto` chooses by it."
         ),
     )
     validation_side: Literal["bottom", "top", "left", "right"] = Field(

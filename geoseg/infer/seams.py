@@ -101,10 +101,10 @@ def measure_edges(
     edges = []
     for halo in halos:
         tiled = np.empty_like(reference)
+        side = core + 2 * halo
         for start in range(0, len(origins), batch):
             group = origins[start : start + batch]
             reads = [(margin + r0 - halo, margin + c0 - halo) for r0, c0 in group]
-            side = core + 2 * halo
             inputs = np.stack([padded[:, r : r + side, c : c + side] for r, c in reads])
             for (r0, c0), labels in zip(group, _labels(model, inputs, device), strict=True):
                 h, w = min(core, height - r0), min(core, width - c0)

@@ -62,15 +62,17 @@ def record_seams(job: Job, plan: TrainingPlan, checkpoint: Path, log: Callable[[
     )
     seams = seam_check(model, image, region=region, stride=plan.stride, exact_radius=radius, device=device)
     write_card(checkpoint, card.model_copy(update={"seams": seams}))
-    log(_summary(seams))
+    log(_summary(seams, job))
     return seams
 
 
-def _summary(seams: SeamCheck) -> str:
-    """One line: the usual 512/32 and the cheapest tiling under the default limit, as the card now records."""
+def _summary(seams: SeamCheck, job: Job) -> str:
+    """One line: the usual 512/32 and the cheapest tiling under the job's limits (one tile a batch)."""
     usual = next((f for f in seams.tilings if (f.tile_size, f.halo) == (512, 32)), None)
-    best = choose_tiling(seams.tilings, max_error_percent=0.01, max_tile=2048)
-    figures = ([_figure(usual)] if usual else []) + ([f"cheapest under 0.01%: {_figure(best)}"] if best else [])
+    limit = job.tiling.max_seam_error
+    max_tile = max_tile_for_memory(job.tiling.max_tile_memory_gb, 1, seams.activation_bytes_per_pixel)
+    best = choose_tiling(seams.tilings, max_error_percent=limit, max_tile=max_tile)
+    figures = ([_figure(usual)] if usual else []) + ([f"cheapest under {limit:g}%: {_figure(best)}"] if best else [])
     return f"train: seams measured on {seams.region}: " + ("; ".join(figures) or "no candidate tiling")
 
 

@@ -10,7 +10,7 @@ from geoseg.infer import TilePredictor
 from geoseg.io.mosaic import create_mosaic, open_mosaic
 from geoseg.io.raster import inspect_scene
 from geoseg.tiling import plan_tiles
-from tests.factories import real_raster, tiny_unet_checkpoint
+from tests.factories import real_raster, scene_mosaic, tiny_unet_checkpoint
 
 
 def predict_scene(tmp_path, path, *, tile_size=256, halo=32, batch=4, zarr_format=2):
@@ -63,15 +63,7 @@ def test_a_predictor_made_before_its_mosaic_opens_it_at_the_first_batch(tmp_path
     mosaic_path = tmp_path / "mosaic.zarr"
     predictor = TilePredictor(tiny_unet_checkpoint(tmp_path / "ckpt", scene), path, mosaic_path, threads=1)
     assert not mosaic_path.exists()
-    create_mosaic(
-        mosaic_path,
-        height=160,
-        width=160,
-        chunk=64,
-        crs=scene.crs,
-        transform=scene.transform,
-        class_names=["background", "water", "building"],
-    )
+    scene_mosaic(mosaic_path, path, 64)
     tiles = plan_tiles(160, 160, tile_size=96, halo=16)
     assert sorted(predictor(tiles)) == [tile.index for tile in tiles]
     predictor.close()
