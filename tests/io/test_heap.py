@@ -1,7 +1,10 @@
 """Free heap pages go back to the system when asked (glibc); elsewhere the call is a no-op."""
 
 import ctypes.util
+import os
 import platform
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -22,3 +25,11 @@ def test_freed_heap_pages_go_back_to_the_system():
     after = process.memory_info().rss
     assert before - after > 100 * 2**20, (before >> 20, after >> 20)
     assert len(pins) == 2000
+
+
+def test_arrow_allocates_from_the_c_heap_that_is_trimmed():
+    """Arrow's own pool would keep freed pages that ``release_free_memory`` cannot hand back."""
+    code = "import geoseg, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "system"
