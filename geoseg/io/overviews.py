@@ -36,10 +36,22 @@ the result is right, not approximately right:
   under it. Exact at factor 2, close above; memory ~5 bytes × (2·chunk)² per level.
 
 Either way memory is O(levels × chunk²), independent of the scene size.
+
+Resuming: the levels are built under ``_overviews_partial`` as subtrees (a chunk of the split level
+and all below it; see :mod:`geoseg.io.overview_tree`), by parallel tasks or one after another in
+process, the same units either way. Each finished subtree leaves a record in
+``_overviews_partial/_subtrees`` and the partial is stamped with a key of what it is made from: the
+mosaic (its fingerprint, and the size and modification time of every stored ``labels``/``valid``
+file, so a mosaic rewritten in place is another mosaic), the method, the factors and the split. A
+build killed part way keeps its partial; the next one with the same key builds only the subtrees
+without a record, and a partial under another key is discarded. Counts add alike in any order, so
+the bytes are those of an uninterrupted build.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -53,7 +65,16 @@ from affine import Affine
 from geoseg.errors import InputRasterError, JobConfigError
 from geoseg.io.mosaic import DATA_ARRAYS, MosaicInfo, geoseg_attrs, member_array, open_mosaic
 from geoseg.io.multiscales import OVERVIEWS_GROUP, level_shape, multiscales, write_coords
-from geoseg.io.overview_tree import Builder, build_subtree, count_dtype, level_nodes, split_level
+from geoseg.io.overview_tree import (
+    RECORDS,
+    Builder,
+    SubtreeRecords,
+    build_subtree,
+    count_dtype,
+    level_nodes,
+    open_levels,
+    subtree_level,
+)
 
 __all__ = [
     "OVERVIEWS_GROUP",
@@ -67,6 +88,7 @@ __all__ = [
 
 _PARTIAL = "_overviews_partial"  # built here, renamed to OVERVIEWS_GROUP when complete
 _DEFAULT_MAX_MEMORY = 512 * 2**20
+_RESUME_VERSION = 1  # bump when a subtree record or a level's bytes change meaning: older partials are discarded
 # Runs function(*args) for every args in parallel; the results in order (the stage hands in Ray tasks).
 RunParallel = Callable[[Callable[..., Any], list[tuple]], list[Any]]
 
@@ -99,7 +121,9 @@ def build_overviews(
 
     Replaces any overviews already there. Levels are written under a temporary
     group and renamed into place when complete; the root ``multiscales``
-    attribute that advertises them is written last.
+    attribute that advertises them is written last. A partial pyramid that a
+    killed build left for the same mosaic and settings is resumed: its finished
+    subtrees are not built again, and the bytes are those of an uninterrupted build.
 
     Args:
         mosaic_path: a mosaic written by :func:`geoseg.io.mosaic.create_mosaic`.
@@ -111,7 +135,8 @@ def build_overviews(
         run_parallel: runs ``function(*args)`` for a list of ``args`` in parallel, the results in
             order (:data:`RunParallel`; the predict stage hands in Ray tasks).
         workers: above 1, the subtrees of one level (:func:`geoseg.io.overview_tree.build_subtree`,
-            at least two per worker) are built through ``run_parallel``, the levels above them here.
+            at least two per worker) are built through ``run_parallel``, the levels above them here;
+            at 1 (or without ``run_parallel``) the same subtrees are built here one after another.
 
     Returns:
         The factors built, e.g. ``[2, 4]``; empty when the mosaic is already small.
@@ -125,11 +150,18 @@ def build_overviews(
     exact = _use_exact(mosaic, len(factors), method, max_memory)
     # Forget the old pyramid first: from here until the end the mosaic advertises none.
     _forget_overviews(mosaic, root)
+    partial = root / _PARTIAL
     if not factors:
+        shutil.rmtree(partial, ignore_errors=True)
         return []
-    levels = _create_levels(mosaic, root / _PARTIAL, factors, exact)
-    _fill_levels(mosaic, levels, exact, run_parallel if workers > 1 else None, workers, root / _PARTIAL)
-    os.replace(root / _PARTIAL, root / OVERVIEWS_GROUP)
+    parallel = run_parallel if workers > 1 else None
+    split = subtree_level(mosaic, len(factors), workers if parallel is not None else 1)
+    records = SubtreeRecords(partial, _partial_key(mosaic, factors, exact, split))
+    levels = _resume_or_create_levels(mosaic, records, factors, exact)
+    _fill_levels(mosaic, levels, exact, records, split, parallel)
+    # The records served only to resume: the renamed group holds the levels alone.
+    shutil.rmtree(partial / RECORDS)
+    os.replace(partial, root / OVERVIEWS_GROUP)
     mosaic.group.attrs["multiscales"] = multiscales(mosaic, factors, _method_name(exact))
     return factors
 
@@ -153,13 +185,62 @@ def _use_exact(mosaic: MosaicInfo, levels: int, method: str, max_memory: int) ->
 
 
 def _forget_overviews(mosaic: MosaicInfo, root: Path) -> None:
-    """Stop advertising the old pyramid, then delete it and any partial one a crashed build left."""
+    """Stop advertising the old pyramid, then delete it (a partial one a killed build left is judged later)."""
     attrs = dict(mosaic.group.attrs)
     if "multiscales" in attrs:
         del mosaic.group.attrs["multiscales"]
-    for stale in (root / OVERVIEWS_GROUP, root / _PARTIAL):
-        if stale.exists():
-            shutil.rmtree(stale)
+    if (root / OVERVIEWS_GROUP).exists():
+        shutil.rmtree(root / OVERVIEWS_GROUP)
+
+
+def _partial_key(mosaic: MosaicInfo, factors: list[int], exact: bool, split: int) -> str:
+    """What a partial pyramid is made from: one with another key (mosaic, method, factors, split) is discarded."""
+    made_from = {
+        "version": _RESUME_VERSION,
+        "fingerprint": mosaic.fingerprint,
+        "stored": _stored_identity(mosaic),
+        "shape": [mosaic.height, mosaic.width, mosaic.chunk],
+        "classes": list(mosaic.class_names),
+        "transform": list(mosaic.transform.to_gdal()),
+        "zarr_format": mosaic.labels.metadata.zarr_format,
+        "method": _method_name(exact),
+        "factors": factors,
+        "split": split,
+    }
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()
+
+
+def _stored_identity(mosaic: MosaicInfo) -> str:
+    """A hash of the path, size and modification time of every stored ``labels``/``valid`` file.
+
+    The fingerprint says what a mosaic was predicted from, but a mosaic written without one (or
+    rewritten in place) would look the same: any chunk written since the partial was started changes
+    this. One ``stat`` per chunk file, never a read of the pixels, which would cost a pass over the scene.
+    """
+    digest = hashlib.sha256()
+    root = Path(mosaic.path)
+    for name in DATA_ARRAYS:
+        for folder, subfolders, files in os.walk(root / name):
+            subfolders.sort()  # os.walk visits in directory order: sorted, the hash is the same everywhere
+            for file in sorted(files):
+                path = Path(folder, file)
+                stat = path.stat()
+                digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _resume_or_create_levels(
+    mosaic: MosaicInfo, records: SubtreeRecords, factors: list[int], exact: bool
+) -> dict[int, tuple[zarr.Array, zarr.Array]]:
+    """Reopen the partial pyramid a killed build with this key left, or discard any other and create the levels."""
+    partial = records.folder.parent
+    if partial.exists():
+        if records.started():
+            return open_levels(partial, len(factors))
+        shutil.rmtree(partial)  # another mosaic's, other settings', or one killed before its stamp
+    levels = _create_levels(mosaic, partial, factors, exact)
+    records.begin()  # last: a stamped partial has every level, georeferenced
+    return levels
 
 
 def _create_levels(
@@ -221,26 +302,28 @@ def _fill_levels(
     mosaic: MosaicInfo,
     levels: dict[int, tuple[zarr.Array, zarr.Array]],
     exact: bool,
+    records: SubtreeRecords,
+    split: int,
     run_parallel: RunParallel | None = None,
-    workers: int = 1,
-    partial: Path | None = None,
 ) -> None:
-    """Compute and write every chunk of every level: one depth-first walk down from each top-level chunk.
+    """Compute and write every chunk of every level: the subtrees not yet recorded, then the levels above them.
 
-    In parallel, every chunk of the highest level with at least two per worker is the root of one
-    task's subtree (its chunks and all below, written by that task: no two tasks share a chunk); the
-    walk from the top then takes those roots' results instead of descending. Counts add the same
-    way in any order, so the bytes are those of the serial walk.
+    Every chunk of level ``split`` is the root of one subtree (its chunks and all below, written by
+    one task or in turn here: no two share a chunk), recorded when done; the walk from the top then
+    reads those roots' records instead of descending. Counts add the same way in any order, so the
+    bytes are those of a walk of the whole tree.
     """
-    builder = Builder(mosaic, levels, exact)
-    top = len(levels)
-    split = split_level(mosaic, top, 2 * workers) if run_parallel is not None else None
-    if run_parallel is not None and split is not None and partial is not None:
-        nodes = level_nodes(mosaic, split)
-        arguments = [(str(mosaic.path), str(partial), exact, split, row, col) for row, col in nodes]
-        builder.done = dict(zip(((split, r, c) for r, c in nodes), run_parallel(build_subtree, arguments), strict=True))
-    for row, col in level_nodes(mosaic, top):
-        builder.node(top, row, col)
+    partial = str(records.folder.parent)
+    todo = [(row, col) for row, col in level_nodes(mosaic, split) if not records.has(split, row, col)]
+    arguments = [(str(mosaic.path), partial, exact, split, row, col, records.key) for row, col in todo]
+    if run_parallel is not None and arguments:
+        run_parallel(build_subtree, arguments)
+    else:
+        for args in arguments:
+            build_subtree(*args)
+    builder = Builder(mosaic, levels, exact, records, split)
+    for row, col in level_nodes(mosaic, len(levels)):
+        builder.node(len(levels), row, col)
 
 
 def list_overviews(mosaic_path: str | Path) -> list[int]:
