@@ -14,6 +14,12 @@ later tile's window starts at or below the next row's window top, so a component
 box ends ``2 * TOUCH`` px above that top is closed: it is merged and resolved then, and only the
 open components are kept. The driver's memory follows the detections near the current row of
 tiles, not the scene's.
+
+The same reach works upwards for a band of tile rows merged on its own
+(:mod:`geoseg.infer.merge_bands`): every earlier tile's window ends at or above the window bottom
+of the row just above the band, so with ``top_reach`` (that bottom plus ``2 * TOUCH``) a closed
+component that starts above it is not merged but handed back raw (:attr:`RowMerger.above`), for
+the merge across bands.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ class RowMerger:
         iou, ios: the merge's thresholds; ``min_area``: the smallest instance kept.
         prepare: applied to a component's merged instances before they are resolved
             (e.g. cutting out unread tiles); must act on each instance alone.
+        top_reach: a component with a box starting above this scene row may join detections of
+            earlier rows not given to this merger (another band's): when it closes, its detections
+            go to :attr:`above` unmerged. None: every earlier row is given here.
     """
 
     def __init__(
@@ -67,10 +76,13 @@ class RowMerger:
         ios: float,
         min_area: int,
         prepare: Callable[[list[InstanceMask]], list[InstanceMask]] = lambda merged: merged,
+        top_reach: int | None = None,
     ) -> None:
         self.windows, self.scene_shape = windows, scene_shape
         self.iou, self.ios, self.min_area, self.prepare = iou, ios, min_area, prepare
+        self.top_reach = top_reach
         self.open: list[InstanceMask] = []  # detections of components later rows may still join
+        self.above: list[InstanceMask] = []  # detections of closed components earlier rows may join
         self.merged = 0  # instances after the merge, before overlaps were resolved (closed components)
 
     @property
@@ -93,6 +105,9 @@ class RowMerger:
             group = [pool[i] for i in members]
             if next_top is not None and max(d.bbox[2] for d in group) + 2 * TOUCH > next_top:
                 still_open.extend(group)
+                continue
+            if self.top_reach is not None and min(d.row for d in group) < self.top_reach:
+                self.above.extend(group)
                 continue
             merged = merge_detections(
                 group, iou=self.iou, ios=self.ios, windows=self.windows, scene_shape=self.scene_shape

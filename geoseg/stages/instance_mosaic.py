@@ -1,38 +1,66 @@
-"""The instance mosaic, written row of tiles by row of tiles as the cross-tile merge closes instances.
+"""The instance mosaic by bands of tile rows: merged in band tasks, joined and numbered here, painted in band tasks.
 
-Rows of tiles are read in order (each tile's detections from its ``.npz``) and merged by
-:class:`~geoseg.infer.merge_rows.RowMerger`, which hands back the final instances of every group
-of detections no later row can reach. A chunk row is written once nothing open and no later tile
-can put an instance on it: its instances are then all known, and so are the ids of those whose
-first pixel lies in it (ids go 1..N in row-major order of first pixels, as numbered by the
-whole-scene merge, since every instance with an earlier first pixel is known by then). Instances
-are released once the chunk rows they cover are written, so the driver holds the detections and
-instances near the current row of tiles, not the scene's. One writer per chunk (invariant 3).
+1. *Merge* (band tasks, :func:`~geoseg.stages.instance_bands.merge_band_task`): each band of tile
+   rows (:func:`~geoseg.infer.merge_bands.plan_merge_bands`; the split depends on the scene and
+   tiling only) is merged on its own; its closed components' final instances and its open
+   components' raw detections go to part files under ``detections/.merge-parts/``. Parts of a
+   killed run made from the same inputs are reused.
+2. *Join and number* (here, light): the bands' results come in band order. Each band's open
+   detections go into a :class:`~geoseg.infer.merge_bands.BandJoiner`, which closes the
+   components that cross seams; their instances are written as a part too.
+   Ids go 1..N in row-major order of first pixels, as the whole-scene merge numbers them: after
+   band ``b`` every instance still to come lies at or below the next band's window top or the
+   first row an open detection covers, so the instances whose first pixel is above both are all
+   known and are numbered then (from their metadata, without masks); their table rows are written,
+   and each part's ids once all of its instances have one. The driver holds the detections near a
+   band seam and the metadata of instances not numbered yet, never the scene's.
+3. *Paint* (band tasks, :func:`~geoseg.stages.instance_bands.paint_band`): each band's chunk rows
+   are written from the parts that reach them, one writer per chunk (invariant 3).
+
+The result is the whole-scene merge's, for any band split, worker count or tile order (see
+:mod:`geoseg.infer.merge_bands`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
-import rasterio
-from rasterio.windows import Window
 
 from geoseg.config.paths import JobPaths
 from geoseg.config.schema import InstanceSpec
 from geoseg.errors import StageError
 from geoseg.infer.detect import tile_file
-from geoseg.infer.merge import first_pixel, tile_windows
-from geoseg.infer.merge_rows import RowMerger
+from geoseg.infer.merge import tile_windows
+from geoseg.infer.merge_bands import BandJoiner, MergeBand, band_windows, plan_merge_bands
+from geoseg.infer.merge_bands import rows_per_band as default_rows_per_band
 from geoseg.io.instances import InstanceTableWriter, create_instance_array, table_from_columns
-from geoseg.io.masks import InstanceMask, load_masks, tight
-from geoseg.io.mosaic import MosaicInfo, UnreadTile, leave_invalid, mark_done, write_block
-from geoseg.io.raster import SceneInfo, read_valid
+from geoseg.io.masks import load_masks, save_masks
+from geoseg.io.mosaic import MosaicInfo, UnreadTile
+from geoseg.io.raster import SceneInfo
+from geoseg.stages.instance_bands import (
+    InstanceMeta,
+    MergeRequest,
+    MergeSummary,
+    PaintRequest,
+    cut_out,
+    merge_band_task,
+    paint_band,
+    part,
+)
 from geoseg.tiling import Tile
+from geoseg.vectorize.classes import RunTasks, in_process
 from geoseg.vectorize.metres import pixel_areas_m2
 
 __all__ = ["MergeCounts", "write_instance_rows"]
+
+PARTS = ".merge-parts"  # under the detections folder, so that it goes with them when they are stale
 
 
 @dataclass
@@ -53,10 +81,15 @@ def write_instance_rows(
     unread: list[UnreadTile],
     mosaic: MosaicInfo,
     table: InstanceTableWriter,
+    *,
+    run_tasks: RunTasks = in_process,
+    rows_per_band: int | None = None,
 ) -> MergeCounts:
-    """Merge every row of tiles' detections and write ``mosaic``'s chunks and ``table``'s rows; the counts.
+    """Merge every band of tile rows' detections and write ``mosaic``'s chunks and ``table``'s rows; the counts.
 
     Tiles that could not be read have no detections and no say in the merge (their windows are left out).
+    ``run_tasks`` runs the band tasks (Ray tasks in a runtime; default: here, one after another);
+    ``rows_per_band`` overrides the band split (default: :func:`~geoseg.infer.merge_bands.rows_per_band`).
 
     Raises:
         StageError: a read tile has no detections file (the detect step did not finish).
@@ -68,132 +101,200 @@ def write_instance_rows(
         raise StageError(
             f"predict: {len(missing)} tiles have no detections file in {paths.tile_detections}; rerun to resume"
         )
-    merger = RowMerger(
-        tile_windows(read, scene.height, scene.width),
+    per_band = rows_per_band or default_rows_per_band(len({tile.row for tile in tiles}))
+    bands = plan_merge_bands(tiles, scene.height, per_band)
+    parts = paths.tile_detections / PARTS
+    windows = tile_windows(read, scene.height, scene.width)
+    requests = [_merge_request(band, read, windows, scene, settings, unread, paths, parts) for band in bands]
+    summaries = cast(Iterable[MergeSummary], run_tasks(merge_band_task, [(r,) for r in requests]))
+    joiner = BandJoiner(
+        windows,
         (scene.height, scene.width),
         iou=settings.merge_iou,
         ios=settings.merge_ios,
         min_area=settings.min_area_px,
         prepare=lambda merged: cut_out(merged, unread),
     )
-    counts = MergeCounts()
-    by_row: dict[int, list[Tile]] = {}
-    for tile in read:
-        by_row.setdefault(tile.row, []).append(tile)
-    tile_rows = sorted({tile.row for tile in tiles})
-    halo = tiles[0].halo if tiles else 0
-    with rasterio.open(scene.path) as src:
-        painter = _RowPainter(mosaic, src, unread, table)
-        for k, row in enumerate(tile_rows):
-            detections = [
-                d for tile in by_row.get(row, []) for d in load_masks(tile_file(paths.tile_detections, tile.index))
-            ]
-            counts.detections += len(detections)
-            counts.cut += sum(d.cut for d in detections)
-            # Every later tile's window starts at or below the next row's window top.
-            next_top = max(tile_rows[k + 1] - halo, 0) if k + 1 < len(tile_rows) else None
-            painter.pending.extend(merger.add_row(detections, next_top))
-            open_top = merger.open_top
-            painter.write_until(min(v for v in (next_top, open_top, mosaic.height) if v is not None))
-        counts.merged = merger.merged
-    if painter.pending:
-        raise StageError(f"predict: {len(painter.pending)} instances were never written (a bug)")
-    counts.instances = painter.count
+    numbering = _Numbering(mosaic, table)
+    counts, joined = _join_and_number(requests, summaries, joiner, numbering)
+    create_instance_array(mosaic)
+    paint = [_paint_request(band, bands, joined, mosaic, scene, unread, parts) for band in bands]
+    for _ in run_tasks(paint_band, [(request,) for request in paint]):
+        pass
+    shutil.rmtree(parts, ignore_errors=True)
+    counts.instances = numbering.count
     return counts
 
 
-class _RowPainter:
-    """Numbers final instances by first pixel and writes chunk rows as soon as they are complete."""
+def _merge_request(
+    band: MergeBand,
+    read: list[Tile],
+    windows: dict[int, tuple[int, int, int, int]],
+    scene: SceneInfo,
+    settings: InstanceSpec,
+    unread: list[UnreadTile],
+    paths: JobPaths,
+    parts: Path,
+) -> MergeRequest:
+    return MergeRequest(
+        band=band,
+        tiles=tuple(tuple(t.index for t in read if t.row == row) for row in band.rows),
+        windows=band_windows(windows, band),
+        scene_shape=(scene.height, scene.width),
+        iou=settings.merge_iou,
+        ios=settings.merge_ios,
+        min_area=settings.min_area_px,
+        # Only the unread cores its instances can reach: a repaired tile elsewhere leaves its parts valid.
+        unread=tuple(sorted((t for t in unread if t.row < band.bottom and t.row + t.height > band.top), key=_index)),
+        detections=str(paths.tile_detections),
+        parts=str(parts),
+    )
 
-    def __init__(self, mosaic: MosaicInfo, src, unread: list[UnreadTile], table: InstanceTableWriter) -> None:
-        self.mosaic, self.src, self.table = mosaic, src, table
-        self.ids = create_instance_array(mosaic)
-        self.unread_cores = {(tile.row, tile.col) for tile in unread}
-        self.pending: list[InstanceMask] = []  # final, not numbered yet
-        self.numbered: list[tuple[InstanceMask, int]] = []  # may still cover a chunk row not yet written
-        self.next_row = 0
+
+def _index(tile: UnreadTile) -> int:
+    return tile.tile  # unread tiles are reported as the actors finish; a key must not depend on that order
+
+
+@dataclass(frozen=True)
+class _Joined:
+    """A part of instances closed across band seams, and the scene rows they cover."""
+
+    stem: Path
+    top: int
+    bottom: int
+
+
+def _join_and_number(
+    requests: list[MergeRequest], summaries: Iterable[MergeSummary], joiner: BandJoiner, numbering: _Numbering
+) -> tuple[MergeCounts, list[_Joined]]:
+    """Each band's result as it comes: its open detections joined across the seam above, instances numbered."""
+    counts = MergeCounts()
+    joined: list[_Joined] = []
+    for request, summary in zip(requests, summaries, strict=True):
+        band, stem = request.band, request.stem
+        counts.detections += summary.detections
+        counts.cut += summary.cut
+        counts.merged += summary.merged
+        numbering.add(part(stem, ".closed"), InstanceMeta.load(part(stem, ".closed.meta.npz")))
+        finals = joiner.add_band(band, load_masks(part(stem, ".open.npz")))
+        if finals:
+            across = Path(request.parts) / f"joined_{band.index:05d}"
+            save_masks(part(across, ".npz"), finals)
+            numbering.add(across, InstanceMeta.of(finals))
+            joined.append(_Joined(across, min(i.row for i in finals), max(i.bbox[2] for i in finals)))
+        # Every instance still to come lies at or below both (see the module docstring).
+        limits = [v for v in (band.next_top, joiner.open_top) if v is not None]
+        numbering.number_until(min(limits) if limits else None)
+    counts.merged += joiner.merged
+    if numbering.pending:
+        raise StageError(f"predict: {numbering.pending} instances were never numbered (a bug)")
+    return counts, joined
+
+
+def _paint_request(
+    band: MergeBand,
+    bands: list[MergeBand],
+    joined: list[_Joined],
+    mosaic: MosaicInfo,
+    scene: SceneInfo,
+    unread: list[UnreadTile],
+    parts: Path,
+) -> PaintRequest:
+    """The band's chunk rows (its tiles' cores) and every part whose instances may cover them."""
+    first = band.rows[0]
+    stop = bands[band.index + 1].rows[0] if band.index + 1 < len(bands) else mosaic.height
+    sources = [
+        part(parts / f"band_{other.index:05d}", ".closed")
+        for other in bands
+        if other.top < stop and other.bottom > first
+    ]
+    sources += [j.stem for j in joined if j.top < stop and j.bottom > first]
+    return PaintRequest(
+        mosaic=str(mosaic.path),
+        scene=str(scene.path),
+        first_row=first,
+        stop_row=stop,
+        sources=tuple(map(str, sources)),
+        unread=tuple((t.row, t.col) for t in unread if first <= t.row < stop),
+    )
+
+
+@dataclass
+class _Source:
+    """One part's final instances (metadata), their ids, and how many of them are numbered (a prefix)."""
+
+    stem: Path
+    meta: InstanceMeta
+    ids: np.ndarray
+    done: int = field(default=0)
+
+
+class _Numbering:
+    """Ids 1..N by first pixel for instances given part by part; table rows and each part's ids written as known."""
+
+    def __init__(self, mosaic: MosaicInfo, table: InstanceTableWriter) -> None:
+        self.mosaic, self.table = mosaic, table
+        self.sources: list[_Source] = []  # parts with instances not numbered yet
         self.count = 0
 
-    def write_until(self, limit: int) -> None:
-        """Write every chunk row that ends at or above scene row ``limit``."""
-        mosaic = self.mosaic
-        while self.next_row < mosaic.height:
-            top = self.next_row
-            bottom = min(top + mosaic.chunk, mosaic.height)
-            if bottom > limit:
-                return
-            self._number(bottom)
-            for col in range(0, mosaic.width, mosaic.chunk):
-                self._write_chunk(top, col, bottom - top, min(mosaic.chunk, mosaic.width - col))
-            self.numbered = [(i, n) for i, n in self.numbered if i.bbox[2] > bottom]
-            self.next_row = bottom
+    @property
+    def pending(self) -> int:
+        return sum(len(s.meta) - s.done for s in self.sources)
 
-    def _number(self, bottom: int) -> None:
-        """Give ids to the pending instances whose first pixel lies above row ``bottom``, in first-pixel order."""
-        firsts = [first_pixel(instance) for instance in self.pending]
-        ready = sorted((f, k) for k, f in enumerate(firsts) if f[0] < bottom)
-        batch = [self.pending[k] for _, k in ready]
-        taken = {k for _, k in ready}
-        self.pending = [instance for k, instance in enumerate(self.pending) if k not in taken]
+    def add(self, stem: Path, meta: InstanceMeta) -> None:
+        """A part's instances, in first-pixel order (so each part is numbered a prefix at a time)."""
+        source = _Source(stem, meta, np.zeros(len(meta), np.uint32))
+        if len(meta):
+            self.sources.append(source)
+        else:
+            _write_ids(source)
+
+    def number_until(self, limit: int | None) -> None:
+        """Number every instance whose first pixel lies above scene row ``limit`` (None: all)."""
+        # Each part is in first-pixel order: what lies above the limit is the next run of its instances.
+        ends = [
+            len(s.meta) if limit is None else s.done + int(np.searchsorted(s.meta.first_row[s.done :], limit))
+            for s in self.sources
+        ]
+        batch = [(s, end) for s, end in zip(self.sources, ends, strict=True) if end > s.done]
         if not batch:
             return
-        self.table.write(instance_table(batch, self.mosaic, first_id=self.count + 1))
-        self.numbered += [(instance, self.count + 1 + k) for k, instance in enumerate(batch)]
-        self.count += len(batch)
-
-    def _write_chunk(self, row: int, col: int, h: int, w: int) -> None:
-        mosaic = self.mosaic
-        if (row, col) in self.unread_cores:
-            leave_invalid(mosaic, row, col, h, w)
-            return
-        ids = np.zeros((h, w), np.uint32)
-        labels = np.zeros((h, w), np.uint8)
-        for instance, number in self.numbered:
-            part = instance.crop((row, col, row + h, col + w))
-            if not part.size:
-                continue
-            top, left = max(instance.row, row) - row, max(instance.col, col) - col
-            target = (slice(top, top + part.shape[0]), slice(left, left + part.shape[1]))
-            ids[target][part] = number
-            labels[target][part] = instance.class_id
-        valid = read_valid(self.src, Window(col, row, w, h))
-        ids[~valid], labels[~valid] = 0, 0
-        write_block(mosaic, row, col, labels, valid.astype(np.uint8))
-        self.ids[row : row + h, col : col + w] = ids
-        mark_done(mosaic, row, col)
+        meta = InstanceMeta.concat([s.meta.take(slice(s.done, end)) for s, end in batch])
+        order = np.lexsort((meta.first_col, meta.first_row))
+        ids = np.empty(len(meta), np.uint32)
+        ids[order] = np.arange(self.count + 1, self.count + 1 + len(meta))
+        self.table.write(instance_table(meta.take(order), self.mosaic, first_id=self.count + 1))
+        offset = 0
+        for source, end in batch:
+            source.ids[source.done : end] = ids[offset : offset + end - source.done]
+            offset += end - source.done
+            source.done = end
+            if end == len(source.meta):
+                _write_ids(source)
+        self.sources = [s for s in self.sources if s.done < len(s.meta)]
+        self.count += len(meta)
 
 
-def instance_table(instances: list[InstanceMask], mosaic: MosaicInfo, first_id: int = 1) -> pd.DataFrame:
-    """The table rows of ``instances`` (ids ``first_id``, ``first_id`` + 1, ... in list order)."""
+def _write_ids(source: _Source) -> None:
+    path = part(source.stem, ".ids.npy")
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as out:
+        np.save(out, source.ids)
+    os.replace(tmp, path)
+
+
+def instance_table(instances: InstanceMeta, mosaic: MosaicInfo, first_id: int = 1) -> pd.DataFrame:
+    """The table rows of ``instances`` (ids ``first_id``, ``first_id`` + 1, ... in their order)."""
     # The ground area of a pixel at each instance's centre: in Web Mercator or degrees it varies with latitude.
-    boxes = np.asarray([i.bbox for i in instances], dtype=np.float64).reshape(-1, 4)
+    boxes = instances.bbox.astype(np.float64)
     centre_rows, centre_cols = (boxes[:, 0] + boxes[:, 2]) / 2 - 0.5, (boxes[:, 1] + boxes[:, 3]) / 2 - 0.5
     pixel_m2 = pixel_areas_m2(mosaic.transform, mosaic.crs, centre_rows, centre_cols)
     return table_from_columns(
         ids=np.arange(first_id, first_id + len(instances)),
-        class_ids=[i.class_id for i in instances],
+        class_ids=instances.class_id,
         class_names=mosaic.class_names,
-        scores=[i.score for i in instances],
-        bboxes=[i.bbox for i in instances],
-        areas_px=[i.area for i in instances],
+        scores=instances.score,
+        bboxes=instances.bbox,
+        areas_px=instances.area,
         pixel_area_m2=pixel_m2,
     )
-
-
-def cut_out(instances: list[InstanceMask], unread: list[UnreadTile]) -> list[InstanceMask]:
-    """The instances less their pixels in the cores of unread tiles (seen in a neighbour's halo; left invalid)."""
-    if not unread:
-        return instances
-    kept = []
-    for instance in instances:
-        mask = instance.mask.copy()
-        r0, c0, r1, c1 = instance.bbox
-        for tile in unread:
-            top, left = max(r0, tile.row), max(c0, tile.col)
-            bottom, right = min(r1, tile.row + tile.height), min(c1, tile.col + tile.width)
-            if bottom > top and right > left:
-                mask[top - r0 : bottom - r0, left - c0 : right - c0] = False
-        remaining = tight(replace(instance, mask=mask))
-        if remaining is not None:
-            kept.append(remaining)
-    return kept

@@ -5,24 +5,26 @@
    raw detections land in ``detections/tile_NNNNNN.npz``. A rerun skips the
    tiles whose file exists (the folder is kept only while the scene,
    checkpoint, tiling and thresholds match).
-2. The driver reads those files one row of tiles at a time and merges
-   duplicates on mask overlap (:func:`~geoseg.infer.merge.merge_detections`),
-   then gives every pixel to one instance (:func:`~geoseg.infer.merge.resolve_overlaps`),
-   for each group of detections as soon as no later row can reach it
-   (:mod:`geoseg.infer.merge_rows`): the same instances as merging the scene at once.
-3. The mosaic is written chunk row by chunk row as the rows complete
+2. Bands of tile rows are merged as tasks (Ray tasks when ``runtime.workers``
+   > 1): duplicates matched on mask overlap (:func:`~geoseg.infer.merge.merge_detections`),
+   then every pixel given to one instance (:func:`~geoseg.infer.merge.resolve_overlaps`),
+   for each group of detections that no other band can reach; the driver merges
+   only the detections near band seams (:mod:`geoseg.infer.merge_bands`): the
+   same instances as merging the scene at once.
+3. The driver numbers the instances 1..N by first pixel as they become final and
+   writes ``instances.parquet``; band tasks then write the mosaic's chunks
    (:mod:`geoseg.stages.instance_mosaic`; one writer per chunk): ``labels``
    holds each instance's class, ``instances`` its id, ``valid`` the scene's
-   data mask; ``instances.parquet`` lists every id. Both are written under
-   temporary names and renamed when complete.
+   data mask. Both are written under temporary names and renamed when complete.
 
 With ``predict.on_read_error: skip`` a tile that cannot be read gets no file:
 its core is left invalid (``valid``, ``labels`` and ``instances`` 0, as outside
 the data; the chunk marked unread) and cut out of its neighbours' instances,
 and the next run (after the file is repaired) detects only those tiles again.
 
-The driver holds the detections and instances near the current row of tiles
-(bit-packed on disk, a bounding-box crop each in memory), not the scene's.
+The driver holds the detections near a band seam (a bounding-box crop each) and the
+metadata of instances not numbered yet, not the scene's. A killed merge resumes at the
+bands whose parts it had not written.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,12 +46,13 @@ from geoseg.io.mosaic import UnreadTile, create_mosaic
 from geoseg.io.raster import SceneInfo
 from geoseg.io.unread import record_unread_tiles
 from geoseg.models.card import ModelCard
-from geoseg.runtime import detect_tiles, ray_session
+from geoseg.runtime import detect_tiles, iter_tasks, ray_session
 from geoseg.stages.instance_mosaic import MergeCounts, write_instance_rows
 from geoseg.stages.progress import tile_progress
 from geoseg.stages.pyramid import mosaic_overviews
 from geoseg.stages.sections import predict_spec, resolved_halo
 from geoseg.tiling import Tile, plan_tiles
+from geoseg.vectorize.classes import RunTasks, in_process
 
 __all__ = ["run_predict_instances"]
 
@@ -91,7 +95,7 @@ def run_predict_instances(
     started = time.perf_counter()
     tiles = plan_tiles(scene.height, scene.width, tile_size=job.tiling.size, halo=resolved_halo(job))
     todo, unread = _detect(job, paths, tiles, checkpoint, scene, fingerprint, address=address, log=log, force=force)
-    counts, levels = _write_outputs(paths, tiles, card, scene, job, fingerprint, unread)
+    counts, levels = _write_outputs(paths, tiles, card, scene, job, fingerprint, unread, address)
     seconds = time.perf_counter() - started
     log(
         f"predict: {counts.detections} raw detections ({counts.cut} cut by a tile edge) → {counts.merged} after "
@@ -167,6 +171,7 @@ def _write_outputs(
     job: Job,
     fingerprint: dict,
     unread: list[UnreadTile],
+    address: str | None,
 ) -> tuple[MergeCounts, list[int]]:
     """Merge and write the mosaic under a temporary name, rename it, then the table beside it; counts, levels."""
     partial = paths.mosaic.with_name(paths.mosaic.name + ".partial")
@@ -185,11 +190,24 @@ def _write_outputs(
     )
     # The table's rows are written as the instances are numbered, and it is renamed into place after
     # the mosaic: a rerun finds a complete mosaic only with its table beside it.
-    with InstanceTableWriter(paths.instance_table) as table:
-        counts = write_instance_rows(paths, tiles, scene, job.instances, unread, mosaic, table)
+    # One Ray for the merge's band tasks and the overviews' (which reuse a running one).
+    runtime = job.runtime
+    parallel = ray_session(address or runtime.address, dashboard=runtime.dashboard) if runtime.workers > 1 else None
+    with InstanceTableWriter(paths.instance_table) as table, parallel or nullcontext():
+        counts = write_instance_rows(
+            paths, tiles, scene, job.instances, unread, mosaic, table, run_tasks=_band_tasks(job)
+        )
         record_unread_tiles(mosaic, unread)  # the run record lists them from here
-        levels = mosaic_overviews(partial, job, None)
+        levels = mosaic_overviews(partial, job, address)
         if paths.mosaic.exists():
             shutil.rmtree(paths.mosaic)
         os.replace(partial, paths.mosaic)
     return counts, levels
+
+
+def _band_tasks(job: Job) -> RunTasks:
+    """How the merge's band tasks run: Ray tasks on the job's workers (inside a session), or here for one worker."""
+    runtime = job.runtime
+    if runtime.workers <= 1:
+        return in_process
+    return lambda function, arguments: iter_tasks(function, arguments, cpus=runtime.cpus_per_worker)
