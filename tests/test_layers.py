@@ -27,6 +27,7 @@ LAYERS = {
     "evaluate": 4,
     "vectorize": 4,
     "train": 5,
+    "report": 5,
     "runtime": 6,
     "stages": 7,
     "job": 8,

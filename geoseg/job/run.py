@@ -21,6 +21,7 @@ from geoseg.job.runrecord import (
     noop_message,
     stage_outputs,
 )
+from geoseg.report import report_path, write_report
 from geoseg.runtime.session import ray_kept, ray_output_to  # import no Ray themselves: validating starts nothing
 
 __all__ = ["RAY_LOG", "run_job", "validate_job"]
@@ -49,6 +50,9 @@ def run_job(
 ) -> dict:
     """Run ``stages`` (default: the job's) in order; return each stage's summary, and the run under "run".
 
+    Every run that runs ends by writing ``report.html`` beside ``metrics.json`` (:mod:`geoseg.report`);
+    its path is in run.json and under "run" → "report".
+
     Each run is recorded in ``output_dir/runs/<run id>/run.json``. When the most recent run already
     did this work (same job, code, stages and inputs, outputs still there) nothing runs and Ray is
     not started; ``force`` runs every stage again from scratch (see :mod:`geoseg.job.runrecord`).
@@ -62,7 +66,9 @@ def run_job(
         if previous is not None:
             log(noop_message(job, previous))
             run_file = JobPaths.of(job).runs / previous["run_id"] / RUN_FILE
-            return {"run": {"id": previous["run_id"], "file": str(run_file), "noop": True}}
+            report = report_path(job)  # left as that run wrote it
+            found = {"report": str(report)} if report.exists() else {}
+            return {"run": {"id": previous["run_id"], "file": str(run_file), "noop": True, **found}}
         if why:
             log(f"geoseg: running again: {why}")
     record = RunRecord.start(job, path, stages, force=force, address=address, code=code, inputs=inputs, log=log)
@@ -83,16 +89,20 @@ def run_job(
                         _publish(job, job.publish, record.data["stages"][stage]["outputs"], f"{stage} outputs", log)
         if record.data["checkpoint"]["weights_sha256"] is None:
             record.note_checkpoint(job)
+        report = write_report(job, record.run_id)  # a failure here is a bug: it fails the run, with its traceback
+        record.data["report"] = str(report)
+        log(f"geoseg: report → {report}")
     except BaseException as exc:
         record.fail(exc)  # a stage's failure is already recorded; this catches one between stages
         _mention_ray_log(ray_log, log, failed=True)
         raise
     record.finish()
     if job.publish:  # last: a reader that finds this run "done" finds every output it lists
+        _publish(job, job.publish, [report], "the report", log)
         _publish(job, job.publish, [record.path, JobPaths.of(job).runs / LATEST], "the run record", log)
     log(f"geoseg: job {job.name!r} finished in {time.perf_counter() - started:.0f} s; run {record.run_id}")
     _mention_ray_log(ray_log, log, failed=False)
-    summary["run"] = {"id": record.run_id, "file": str(record.path), "noop": False}
+    summary["run"] = {"id": record.run_id, "file": str(record.path), "noop": False, "report": str(report)}
     return summary
 
 
