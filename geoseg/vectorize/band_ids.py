@@ -41,12 +41,13 @@ from geoseg.errors import StageError
 from geoseg.io.heap import release_free_memory
 from geoseg.io.instances import INSTANCES, InstanceTableWriter, create_instance_array, table_from_columns
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
-from geoseg.vectorize.bands import BandRequest, BandSummary, band_as_chunk, part
-from geoseg.vectorize.components import InstanceStats, class_score, first_pixels, with_ids
-from geoseg.vectorize.export import LAYER, areas_m2, pixel_to_map, regions_to_frame, to_wgs84
+from geoseg.vectorize.band_output import numbered_frame, write_band
+from geoseg.vectorize.bands import FEATURE_SLICE, BandRequest, BandSummary, band_as_chunk, part
+from geoseg.vectorize.components import InstanceStats, class_score, first_pixels
+from geoseg.vectorize.export import LAYER, areas_m2, pixel_to_map, to_wgs84
 from geoseg.vectorize.polygonize import label_components
 from geoseg.vectorize.seams import SeamMerger
-from geoseg.vectorize.stream import VectorWriter, feature_lines, geometry_type, render_geojson
+from geoseg.vectorize.stream import VectorWriter, geometry_type, render_geojson
 
 __all__ = [
     "IdsSummary",
@@ -204,7 +205,7 @@ def write_band_ids(request: BandRequest) -> IdsSummary:
     frame = _finished_features(mosaic, request, ids)
     wgs84 = to_wgs84(frame)
     declared = geometry_type(wgs84)
-    frame.to_parquet(part(stem, ".numbered.parquet.partial"), index=False)
+    frame.to_parquet(part(stem, ".numbered.parquet.partial"), index=False, row_group_size=FEATURE_SLICE)
     text = render_geojson(wgs84, LAYER, declared)[1] if len(wgs84) else ""
     part(stem, ".numbered.txt.partial").write_text(text, encoding="utf-8")
     for suffix in (".stats.npz", ".numbered.parquet", ".numbered.txt"):
@@ -252,16 +253,7 @@ def _finished_features(mosaic: MosaicInfo, request: BandRequest, ids: np.ndarray
     order = np.argsort(region_ids, kind="stable")[np.sort(region_ids) > 0]
     geoms = shapely.from_wkb(np.asarray(table["wkb"], dtype=object)[order]) if len(order) else []
     regions = list(zip(np.asarray(table["class_id"])[order].tolist(), geoms, strict=True))
-    return _numbered_frame(mosaic, regions, region_ids[order])
-
-
-def _numbered_frame(mosaic: MosaicInfo, regions: list[tuple[int, object]], ids: np.ndarray) -> gpd.GeoDataFrame:
-    """Features of ``regions`` (in id order) with their ``ids`` as the first column."""
-    frame = regions_to_frame(regions, transform=mosaic.transform, crs=mosaic.crs, class_names=mosaic.class_names)
-    frame = with_ids(frame, regions, mosaic.transform)  # 1..n by position (0 if a row matched none)
-    position = frame["id"].to_numpy(np.int64)
-    frame["id"] = np.where(position > 0, np.r_[0, ids][position], 0).astype(np.uint32)
-    return frame
+    return numbered_frame(mosaic, regions, region_ids[order])
 
 
 def write_numbered_outputs(
@@ -286,9 +278,9 @@ def write_numbered_outputs(
             with np.load(part(stem, ".stats.npz"), allow_pickle=False) as stats:
                 totals.fold(ids, stats)
             sources = [requests[band].stem for band in numbered.sources.get(request.index, [])]
-            batch, text, declared, geojson_rows = _band_batch(mosaic, request, summary, writer.empty, sources)
-            writer.write_rendered(batch, text, declared, geojson_rows)
-            counts.update(batch["class"])
+            counts.update(
+                write_band(writer, mosaic, request, sources, declared=summary.declared, rows=summary.geojson_rows)
+            )
             release_free_memory()  # the band's transients (see geoseg.io.heap)
             while written <= index and numbered.reach(written) <= index:
                 first, stop = numbered.first_ids[written], numbered.first_ids[written + 1]
@@ -338,50 +330,6 @@ class _OpenTotals:
             setattr(self.stats, name, np.concatenate([values[:1], values[count + 1 :]]))
         self.base += count
         return taken
-
-
-def _band_batch(
-    mosaic: MosaicInfo, request: BandRequest, summary: IdsSummary, empty: gpd.GeoDataFrame, sources: list[Path]
-) -> tuple[gpd.GeoDataFrame, str, str, int]:
-    """The band's finished features and the joined regions whose first pixel it holds, in id order.
-
-    With their GeoJSON features, its declared type and its row count.
-    """
-    stem = request.stem
-    numbered = gpd.read_parquet(part(stem, ".numbered.parquet"))
-    numbered = numbered.astype({"class": object}).set_crs(empty.crs, allow_override=True)
-    text = part(stem, ".numbered.txt").read_text(encoding="utf-8")
-    joined = None
-    if sources:
-        joined_ids = np.load(Path(request.parts_dir) / "joined-ids.npy", allow_pickle=False)
-        joined = _joined_features(mosaic, sources, request.index, joined_ids)
-    if joined is None or not len(joined):
-        return numbered, text, summary.declared, summary.geojson_rows
-    batch = pd.concat([numbered, joined], ignore_index=True)
-    order = np.argsort(batch["id"].to_numpy(), kind="stable")
-    batch = gpd.GeoDataFrame(batch.iloc[order], geometry="geometry", crs=empty.crs)
-    wgs84 = to_wgs84(joined)
-    if summary.geojson_rows != len(numbered) or len(wgs84) != len(joined):
-        # A geometry lost in reprojection: lines and rows no longer pair up; render the batch here.
-        all84 = to_wgs84(batch)
-        declared = geometry_type(all84)
-        return batch, render_geojson(all84, LAYER, declared)[1], declared, len(all84)
-    kind = geometry_type(wgs84)
-    lines, declared = feature_lines(
-        [(text, summary.declared, summary.geojson_rows), (render_geojson(wgs84, LAYER, kind)[1], kind, len(wgs84))]
-    )
-    return batch, ",\n".join(np.asarray(lines, dtype=object)[order]), declared, len(order)
-
-
-def _joined_features(mosaic: MosaicInfo, sources: list[Path], home: int, joined_ids: np.ndarray) -> gpd.GeoDataFrame:
-    """The joined regions whose first pixel lies in band ``home``, as numbered features in id order."""
-    parts = [pq.read_table(part(stem, ".joined.parquet"), filters=[("home", "=", home)]) for stem in sources]
-    table = pa.concat_tables(parts).to_pydict()
-    ids = joined_ids[np.asarray(table["seq"], dtype=np.int64)]
-    order = np.argsort(ids, kind="stable")[np.sort(ids) > 0]
-    geoms = shapely.from_wkb(np.asarray(table["wkb"], dtype=object)[order]) if len(order) else []
-    regions = list(zip(np.asarray(table["class_id"])[order].tolist(), geoms, strict=True))
-    return _numbered_frame(mosaic, regions, ids[order])
 
 
 def _table_rows(mosaic: MosaicInfo, totals: InstanceStats, first_id: int, stem: Path) -> pd.DataFrame:

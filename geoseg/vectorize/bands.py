@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 import geopandas as gpd
@@ -40,7 +42,18 @@ from geoseg.vectorize.polygonize import ChunkPieces, polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
 from geoseg.vectorize.stream import geometry_type, render_geojson
 
-__all__ = ["BandRequest", "BandSummary", "band_as_chunk", "band_requests", "plan_bands", "vectorize_band"]
+__all__ = [
+    "BandRequest",
+    "BandSummary",
+    "band_as_chunk",
+    "band_features",
+    "band_geojson",
+    "band_requests",
+    "feature_slices",
+    "geojson_slices",
+    "plan_bands",
+    "vectorize_band",
+]
 
 BAND_PIXELS = 16_000_000  # at most this many pixels per band (unless one chunk row is more)
 MIN_BANDS = 8  # a mosaic of enough chunk rows splits into at least this many bands, for parallel work
@@ -197,7 +210,7 @@ def _write_feature_parts(
     wgs84 = to_wgs84(frame)
     declared = geometry_type(wgs84)
     geojson = render_geojson(wgs84, LAYER, declared)[1] if len(wgs84) else ""
-    frame.to_parquet(_tmp(stem, ".features.parquet"), index=False)
+    frame.to_parquet(_tmp(stem, ".features.parquet"), index=False, row_group_size=FEATURE_SLICE)
     _tmp(stem, ".geojson.txt").write_text(geojson, encoding="utf-8")
     per_class = {str(name): int(count) for name, count in frame["class"].value_counts(sort=False).items()}
     return {"features": len(frame), "per_class": per_class, "geojson_rows": len(wgs84), "declared": declared}
@@ -287,16 +300,41 @@ def _write_open(path: Path, regions: list[tuple[int, object]], open_ids: np.ndar
     pq.write_table(table, path)
 
 
-def read_features(request: BandRequest, empty: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, str]:
-    """The band's finished features and their rendered GeoJSON; columns typed and CRS set as in ``empty``.
+FEATURE_SLICE = 2000  # features per append in the driver: its memory follows this, not a band's width
 
-    (A Parquet round trip may hand strings back as Arrow strings: the outputs keep one schema.)
+
+def band_features(request: BandRequest, empty: gpd.GeoDataFrame) -> Iterator[gpd.GeoDataFrame]:
+    """The band's finished features, FEATURE_SLICE rows at a time; columns typed and CRS set as in ``empty``.
+
+    A band spans the mosaic's width, so a whole band's features grow with the scene; slices keep
+    the driver's memory flat. (Parquet may hand strings back as Arrow strings: one schema throughout.)
     """
-    stem = request.stem
-    frame = gpd.read_parquet(part(stem, ".features.parquet"))
-    columns = [name for name in empty.columns if name != empty.geometry.name]
-    frame = frame.astype({name: empty[name].dtype for name in columns}).set_crs(empty.crs, allow_override=True)
-    return frame, part(stem, ".geojson.txt").read_text(encoding="utf-8")
+    columns = {name: empty[name].dtype for name in empty.columns if name != empty.geometry.name}
+    return feature_slices(part(request.stem, ".features.parquet"), empty, columns)
+
+
+def feature_slices(path: Path, empty: gpd.GeoDataFrame, columns: dict) -> Iterator[gpd.GeoDataFrame]:
+    """The features of a band's GeoParquet part, FEATURE_SLICE rows at a time, ``columns`` typed, CRS of ``empty``."""
+    source = pq.ParquetFile(path)
+    for batch in source.iter_batches(batch_size=FEATURE_SLICE):
+        frame = batch.to_pandas()
+        geometry = shapely.from_wkb(frame.pop(empty.geometry.name).to_numpy())
+        yield gpd.GeoDataFrame(frame.astype(columns), geometry=geometry, crs=empty.crs)
+
+
+def band_geojson(request: BandRequest) -> Iterator[tuple[str, int]]:
+    """The band's rendered GeoJSON features (one a line, comma-separated), FEATURE_SLICE lines at a time."""
+    return geojson_slices(part(request.stem, ".geojson.txt"))
+
+
+def geojson_slices(path: Path) -> Iterator[tuple[str, int]]:
+    """Rendered GeoJSON features, FEATURE_SLICE lines at a time, each piece with its line count.
+
+    Pieces as :func:`~geoseg.vectorize.stream.render_geojson` gives them: comma-separated, none trailing.
+    """
+    with open(path, encoding="utf-8") as text:
+        while lines := list(islice(text, FEATURE_SLICE)):
+            yield "".join(lines).removesuffix("\n").removesuffix(","), len(lines)
 
 
 def band_as_chunk(request: BandRequest, summary: BandSummary, width: int) -> ChunkPieces:

@@ -35,20 +35,24 @@ from geoseg.vectorize.band_ids import (
     write_band_ids,
     write_numbered_outputs,
 )
-from geoseg.vectorize.bands import BandSummary, band_as_chunk, band_requests, read_features, vectorize_band
+from geoseg.vectorize.bands import (
+    BandSummary,
+    band_as_chunk,
+    band_features,
+    band_geojson,
+    band_requests,
+    vectorize_band,
+)
 from geoseg.vectorize.components import RegionNumbering, number_regions, with_ids, write_instances
 from geoseg.vectorize.export import (
-    LAYER,
     empty_frame,
     finish_vectors,
     open_vectors,
     regions_to_frame,
-    to_wgs84,
     write_vectors,
 )
 from geoseg.vectorize.polygonize import polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
-from geoseg.vectorize.stream import feature_lines, geometry_type, render_geojson
 
 __all__ = ["RunTasks", "VectorOutputs", "in_process", "select_classes", "vectorize_mosaic"]
 
@@ -276,7 +280,6 @@ def _write_banded_features(
     with open_vectors(out_dir, empty, fmt=fmt) as writer:
         summaries = cast(Iterable[BandSummary], run_tasks(vectorize_band, [(r,) for r in requests]))
         for request, summary in zip(requests, summaries, strict=True):
-            frame, geojson = read_features(request, empty)
             across.add(band_as_chunk(request, summary, mosaic.width))
             joined = regions_to_frame(
                 across.end_row(),
@@ -285,18 +288,15 @@ def _write_banded_features(
                 class_names=mosaic.class_names,
                 min_area_m2=min_area_m2,
             )
-            # One append per band: its own features, then the regions its top seam closed.
-            joined84 = to_wgs84(joined)
-            kind = geometry_type(joined84)
-            lines, declared = feature_lines(
-                [
-                    (geojson, summary.declared, summary.geojson_rows),
-                    (render_geojson(joined84, LAYER, kind)[1] if len(joined84) else "", kind, len(joined84)),
-                ]
-            )
-            batch = pd.concat([frame, joined], ignore_index=True) if len(joined) else frame
-            writer.write_rendered(batch, ",\n".join(lines), declared, len(lines))
-            counts.update(batch["class"])
+            # The band's own features, a slice at a time (its GeoJSON rendered by the task), then the
+            # regions its top seam closed: the order the one-process writer gives.
+            for frame in band_features(request, empty):
+                writer.write_features(frame)
+                counts.update(frame["class"])
+            for text, rows in band_geojson(request):
+                writer.write_geojson(text, summary.declared, rows)
+            writer.write(joined)
+            counts.update(joined["class"])
             release_free_memory()  # the band's transients: else the driver keeps the high-water mark
             if progress is not None:
                 progress(-(-request.stop_row // mosaic.chunk), mosaic.grid[0])

@@ -319,11 +319,21 @@ class VectorWriter:
         """
         if not len(batch):
             return
-        assert self.main is not None and self.json is not None, "use VectorWriter as a context manager"
-        self.main.write(batch)
-        if geojson_rows:
-            self.json.write_rendered(geojson, declared, geojson_rows, self.to_wgs84(self.empty))
-        self.features += len(batch)
+        self.write_features(batch)
+        self.write_geojson(geojson, declared, geojson_rows)
+
+    def write_features(self, batch: gpd.GeoDataFrame) -> None:
+        """Append ``batch`` (mosaic CRS) to the main output only; its GeoJSON goes by :meth:`write_geojson`."""
+        assert self.main is not None, "use VectorWriter as a context manager"
+        if len(batch):
+            self.main.write(batch)
+            self.features += len(batch)
+
+    def write_geojson(self, geojson: str, declared: str, rows: int) -> None:
+        """Append ``rows`` GeoJSON features rendered elsewhere (:func:`render_geojson`'s second part)."""
+        assert self.json is not None, "use VectorWriter as a context manager"
+        if rows:
+            self.json.write_rendered(geojson, declared, rows, self.to_wgs84(self.empty))
 
     def __exit__(self, kind, exc, trace) -> None:
         if exc is None:

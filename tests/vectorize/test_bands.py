@@ -9,10 +9,11 @@ import pytest
 import shapely
 
 from geoseg.io.mosaic import open_mosaic, write_block
-from geoseg.vectorize import bands
+from geoseg.vectorize import band_ids, bands
 from geoseg.vectorize.bands import plan_bands, read_summary, vectorize_band
 from geoseg.vectorize.classes import _merge_chunks, in_process, select_classes, vectorize_mosaic
 from geoseg.vectorize.export import regions_to_frame
+from geoseg.vectorize.stream import VectorWriter
 from tests.vectorize.test_stream import CHUNK, CLASSES, UTM, canonical, class_mosaic, read
 
 
@@ -64,6 +65,26 @@ def test_tasks_finishing_in_any_order_write_the_same_bytes(tmp_path):
     other = vectorize_mosaic(path, tmp_path / "other", fmt="parquet", run_tasks=backwards)
     assert one.vectors.read_bytes() == other.vectors.read_bytes()
     assert one.geojson.read_bytes() == other.geojson.read_bytes()
+
+
+def test_the_driver_appends_a_band_in_slices_with_the_same_features(tmp_path, monkeypatch):
+    """A band spans the scene's width: the driver reads and appends it a few features at a time."""
+    path = class_mosaic(tmp_path)
+    whole = vectorize_mosaic(path, tmp_path / "whole")
+    monkeypatch.setattr(bands, "FEATURE_SLICE", 2)
+    appended: list[int] = []
+    original = VectorWriter.write_features
+
+    def counted(self, batch):
+        appended.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(VectorWriter, "write_features", counted)
+    sliced = vectorize_mosaic(path, tmp_path / "sliced")
+    assert max(appended) == 2 and sum(appended) < sliced.features  # the rest: regions joined across seams
+    assert sliced.features == whole.features
+    _assert_same(read(sliced.vectors), read(whole.vectors))
+    assert sliced.geojson.read_bytes() == whole.geojson.read_bytes()
 
 
 class Killed(Exception):
@@ -154,10 +175,13 @@ def _serial_instances(path, tmp_path, min_area_m2):
     return frame, np.asarray(mosaic.array("instances")[:]), table
 
 
-@pytest.mark.parametrize("rows_per_band", [1, 3, 7])
-def test_instance_ids_by_bands_are_the_serial_ids(tmp_path, monkeypatch, rows_per_band):
+@pytest.mark.parametrize(("rows_per_band", "feature_slice"), [(1, 2000), (3, 2000), (7, 2000), (1, 3), (3, 4)])
+def test_instance_ids_by_bands_are_the_serial_ids(tmp_path, monkeypatch, rows_per_band, feature_slice):
+    """Also with the driver appending each band a few features at a time, joined regions slotted in by id."""
     import pandas as pd
 
+    monkeypatch.setattr(bands, "FEATURE_SLICE", feature_slice)
+    monkeypatch.setattr(band_ids, "FEATURE_SLICE", feature_slice)
     path = class_mosaic(tmp_path)
     frame, raster, table = _serial_instances(path, tmp_path, min_area_m2=10.0)
     split = [(r, min(r + rows_per_band * CHUNK, 200)) for r in range(0, 200, rows_per_band * CHUNK)]
@@ -176,6 +200,7 @@ def test_instance_ids_by_bands_are_the_serial_ids(tmp_path, monkeypatch, rows_pe
     assert shapely.equals(got.geometry.values, frame.geometry.values).all()
     geojson = read(out.geojson)
     assert list(geojson["id"]) == list(got["id"])
+    assert list(geojson["class"]) == list(got["class"])
 
 
 def test_instance_ids_resume_and_match_ray_tasks(tmp_path, ray_local):
