@@ -66,9 +66,11 @@ def run_job(
         if previous is not None:
             log(noop_message(job, previous))
             run_file = JobPaths.of(job).runs / previous["run_id"] / RUN_FILE
-            report = report_path(job)  # left as that run wrote it
-            found = {"report": str(report)} if report.exists() else {}
-            return {"run": {"id": previous["run_id"], "file": str(run_file), "noop": True, **found}}
+            report = report_path(job)  # left as that run wrote it; written again from its outputs if deleted
+            if not report.exists():
+                report = write_report(job, previous["run_id"])
+                log(f"geoseg: report → {report} (written again from run {previous['run_id']}'s outputs)")
+            return {"run": {"id": previous["run_id"], "file": str(run_file), "noop": True, "report": str(report)}}
         if why:
             log(f"geoseg: running again: {why}")
     record = RunRecord.start(job, path, stages, force=force, address=address, code=code, inputs=inputs, log=log)

@@ -132,6 +132,30 @@ def test_rerunning_a_finished_job_is_a_noop_that_says_so(finished, capsys, monke
     assert runs_of(finished) == before and (out / "runs" / "latest.json").read_text() == latest
 
 
+def test_a_deleted_report_is_written_again_by_the_noop(finished, capsys, monkeypatch):
+    import geoseg.job.run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a no-op must not run a stage")
+
+    monkeypatch.setattr(geoseg.job.run, "_run_stage", refuse)
+    out = Path(load_job(finished).output_dir)
+    report = out / "report.html"
+    before = report.read_text(encoding="utf-8")
+    report.unlink()
+    code, lines = run(finished, capsys)
+    run_id = runs_of(finished)[-1]["run_id"]
+    assert code == 0 and noop_line(run_id).fullmatch(lines[0]), lines
+    assert lines[1] == f"geoseg: report → {report} (written again from run {run_id}'s outputs)"
+    again = report.read_text(encoding="utf-8")
+    assert run_id in again and _tables(before) and _tables(again) == _tables(before)
+
+
+def _tables(html: str) -> list[str]:
+    """The page's number cells (data-key and value), the part that comes from metrics.json."""
+    return re.findall(r'data-key="[^"]*"[^>]*data-value="[^"]*"', html)
+
+
 def test_the_noop_does_not_even_import_ray(finished):
     """The real CLI in a fresh process: one line, exit 0, and Ray never imported (so never started)."""
     code = (
