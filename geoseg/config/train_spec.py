@@ -153,7 +153,22 @@ class TrainScene(LabelOptions):
 
 
 # The names geoseg.train.losses builds (kept here so validating a job does not import torch).
-LOSS_NAMES = ("ce", "weighted_ce", "border_ce", "dice", "focal", "lovasz", "jaccard", "tversky")
+LOSS_NAMES = (
+    "ce",
+    "weighted_ce",
+    "border_ce",
+    "dice",
+    "focal",
+    "lovasz",
+    "jaccard",
+    "tversky",
+    "topk",
+    "boundary",
+    "hausdorff",
+    "sensitivity_specificity",
+    "iou_balanced",
+    "distance_ce",
+)
 
 
 class TrainSpec(Strict):
@@ -191,7 +206,9 @@ class TrainSpec(Strict):
         default_factory=lambda: {"ce": 1.0, "dice": 1.0},
         description=(
             "Losses and their weights, summed: ce, weighted_ce (median-frequency class weights), border_ce "
-            "(U-Net border weights; needs label polygons), dice, focal, lovasz, jaccard, tversky."
+            "(U-Net border weights; needs label polygons), dice, focal, lovasz, jaccard, tversky, topk (hardest 10% of "
+            "pixels), boundary (Kervadec 2019), hausdorff (Karimi 2019), sensitivity_specificity (Brosch 2015), "
+            "iou_balanced (Wu 2019), distance_ce (Calivà 2019)."
         ),
     )
     schedule: Literal["onecycle", "cosine"] = Field(default="onecycle", description="Learning-rate schedule (AdamW).")

@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from geoseg.errors import JobConfigError
 from geoseg.io.labels import IGNORE
+from geoseg.train import classic_losses
 
 __all__ = [
     "LOSSES",
@@ -41,7 +42,32 @@ __all__ = [
     "unet_border_weights",
 ]
 
-LOSSES = ("ce", "weighted_ce", "border_ce", "dice", "focal", "lovasz", "jaccard", "tversky")
+LOSSES = (
+    "ce",
+    "weighted_ce",
+    "border_ce",
+    "dice",
+    "focal",
+    "lovasz",
+    "jaccard",
+    "tversky",
+    # the classic losses of geoseg.train.classic_losses
+    "topk",
+    "boundary",
+    "hausdorff",
+    "sensitivity_specificity",
+    "iou_balanced",
+    "distance_ce",
+)
+# Built without arguments from geoseg.train.classic_losses; their defaults are the papers' settings.
+_CLASSIC = {
+    "topk": classic_losses.TopKCrossEntropy,
+    "boundary": classic_losses.BoundaryLoss,
+    "hausdorff": classic_losses.HausdorffDTLoss,
+    "sensitivity_specificity": classic_losses.SensitivitySpecificityLoss,
+    "iou_balanced": classic_losses.IoUBalancedCrossEntropy,
+    "distance_ce": classic_losses.DistancePenalizedCrossEntropy,
+}
 
 # Tversky weights of false positives (alpha) and false negatives (beta). smp's
 # defaults (0.5, 0.5) make it the Dice loss again; 0.3/0.7 favours recall of
@@ -268,6 +294,8 @@ def _make(name: str, class_weights: torch.Tensor | None) -> torch.nn.Module:
         return _SkipAllIgnored(smp.losses.FocalLoss(gamma=FOCAL_GAMMA, **kw))
     if name == "lovasz":
         return _SkipAllIgnored(smp.losses.LovaszLoss(**kw))
+    if name in _CLASSIC:
+        return _CLASSIC[name]()
     raise AssertionError(name)  # names are validated before
 
 
@@ -354,7 +382,9 @@ def build_loss(
     :func:`median_frequency_weights`); ``border_ce`` (per-pixel weights, see
     :func:`unet_border_weights`); ``dice``, ``jaccard``, ``tversky``
     (alpha=0.3, beta=0.7), ``focal`` (gamma=2), ``lovasz`` (Lovász-Softmax),
-    from ``smp.losses`` in multiclass mode. Terms with weight 0 are left out.
+    from ``smp.losses`` in multiclass mode; ``topk``, ``boundary``, ``hausdorff``,
+    ``sensitivity_specificity``, ``iou_balanced``, ``distance_ce`` from
+    :mod:`geoseg.train.classic_losses`. Terms with weight 0 are left out.
 
     Note that smp's multiclass FocalLoss is a one-vs-rest *sigmoid* focal loss
     averaged over classes, and its Dice/Jaccard/Tversky average over all C
