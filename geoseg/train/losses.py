@@ -31,7 +31,14 @@ from scipy import ndimage
 
 from geoseg.errors import JobConfigError
 from geoseg.io.labels import IGNORE
-from geoseg.train import classic_losses
+from geoseg.train.classic_losses import (
+    BoundaryLoss,
+    DistancePenalizedCrossEntropy,
+    HausdorffDTLoss,
+    IoUBalancedCrossEntropy,
+    SensitivitySpecificityLoss,
+    TopKCrossEntropy,
+)
 
 __all__ = [
     "LOSSES",
@@ -61,12 +68,12 @@ LOSSES = (
 )
 # Built without arguments from geoseg.train.classic_losses; their defaults are the papers' settings.
 _CLASSIC = {
-    "topk": classic_losses.TopKCrossEntropy,
-    "boundary": classic_losses.BoundaryLoss,
-    "hausdorff": classic_losses.HausdorffDTLoss,
-    "sensitivity_specificity": classic_losses.SensitivitySpecificityLoss,
-    "iou_balanced": classic_losses.IoUBalancedCrossEntropy,
-    "distance_ce": classic_losses.DistancePenalizedCrossEntropy,
+    "topk": TopKCrossEntropy,
+    "boundary": BoundaryLoss,
+    "hausdorff": HausdorffDTLoss,
+    "sensitivity_specificity": SensitivitySpecificityLoss,
+    "iou_balanced": IoUBalancedCrossEntropy,
+    "distance_ce": DistancePenalizedCrossEntropy,
 }
 
 # Tversky weights of false positives (alpha) and false negatives (beta). smp's
