@@ -33,7 +33,8 @@ from rasterio.crs import CRS
 
 from geoseg.evaluate.confusion import chunk_row_bands
 from geoseg.impact.reference import ChunkGrid, Reference
-from geoseg.io.mosaic import MosaicInfo, _layout, geoseg_attrs, member_array, open_mosaic
+from geoseg.io.mosaic import MosaicInfo, geoseg_attrs, member_array, open_mosaic
+from geoseg.io.pixel_arrays import create_pixel_array
 from geoseg.vectorize.classes import RunTasks, in_process
 
 __all__ = [
@@ -191,28 +192,15 @@ def _kept_key(group: zarr.Group) -> str | None:
 def _create_flood_arrays(mosaic: MosaicInfo, key: str) -> None:
     """(Re)create empty ``flood`` and ``flood_done`` beside ``labels``, with its georeferencing attributes."""
     zarr_format = int(geoseg_attrs(mosaic.group).get("zarr_format", 2))
-    for name in (FLOOD_DONE, FLOOD):  # done first: a half-made pair is never taken for a resumable one
-        if name in mosaic.group:
-            del mosaic.group[name]
-    flood = mosaic.group.create_array(
-        FLOOD,
-        shape=(mosaic.height, mosaic.width),
-        dtype="uint8",
-        fill_value=UNKNOWN,  # a chunk never computed reads as unknown, not as dry
-        dimension_names=["y", "x"] if zarr_format == 3 else None,
-        **_layout(mosaic.chunk, zarr_format),
-    )
-    attrs = dict(mosaic.labels.attrs)  # grid_mapping, _CRS, coordinates, _ARRAY_DIMENSIONS (format 2)
-    for name in ("flag_values", "flag_meanings", "class_names", "long_name"):
-        attrs.pop(name, None)
-    attrs.update(
-        {
-            "long_name": "flood extent: water now that was not water before",
-            "flag_values": [DRY, PERMANENT, FLOODED, UNKNOWN],
-            "flag_meanings": "dry permanent_water flood_water unknown",
-        }
-    )
-    flood.attrs.update(attrs)
+    if FLOOD_DONE in mosaic.group:  # done first: a half-made pair is never taken for a resumable one
+        del mosaic.group[FLOOD_DONE]
+    meaning = {
+        "long_name": "flood extent: water now that was not water before",
+        "flag_values": [DRY, PERMANENT, FLOODED, UNKNOWN],
+        "flag_meanings": "dry permanent_water flood_water unknown",
+    }
+    # A chunk never computed reads as unknown, not as dry.
+    flood = create_pixel_array(mosaic, FLOOD, dtype="uint8", fill_value=UNKNOWN, meaning=meaning)
     rows, cols = mosaic.grid
     done = mosaic.group.create_array(
         FLOOD_DONE,

@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 import zarr
 
 from geoseg.errors import InputRasterError
-from geoseg.io.mosaic import MosaicInfo, _layout, geoseg_attrs
+from geoseg.io.mosaic import MosaicInfo
+from geoseg.io.pixel_arrays import create_pixel_array
 
 __all__ = [
     "INSTANCES",
@@ -66,23 +67,8 @@ TABLE_COLUMNS = {
 
 def create_instance_array(mosaic: MosaicInfo) -> zarr.Array:
     """Add (or replace) the empty ``instances`` array, with the mosaic's georeferencing attributes."""
-    zarr_format = int(geoseg_attrs(mosaic.group).get("zarr_format", 2))
-    if INSTANCES in mosaic.group:
-        del mosaic.group[INSTANCES]
-    arr = mosaic.group.create_array(
-        INSTANCES,
-        shape=(mosaic.height, mosaic.width),
-        dtype="uint32",
-        fill_value=0,
-        dimension_names=["y", "x"] if zarr_format == 3 else None,
-        **_layout(mosaic.chunk, zarr_format),
-    )
-    attrs = dict(mosaic.labels.attrs)
-    for key in ("flag_values", "flag_meanings", "class_names", "long_name"):
-        attrs.pop(key, None)
-    attrs["long_name"] = "instance id (0: none); see instances.parquet"
-    arr.attrs.update(attrs)
-    return arr
+    meaning = {"long_name": "instance id (0: none); see instances.parquet"}
+    return create_pixel_array(mosaic, INSTANCES, dtype="uint32", fill_value=0, meaning=meaning)
 
 
 def empty_instance_table() -> pd.DataFrame:
