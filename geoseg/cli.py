@@ -51,12 +51,16 @@ def _stage_command(stage: str):
 
 
 def _cmd_demo_data(args) -> int:
-    from geoseg.synthetic import generate_demo
+    from geoseg.synthetic import flood_demo_files, generate_demo
 
     out = Path(args.out)
     files = generate_demo(out, seed=args.seed, train_size=args.train_size, survey_size=args.survey_size)
     for name, scene in files.items():
         _log(f"demo-data: {name}: {scene.scene}, {scene.labels_gpkg}, {scene.labels_tif}")
+    flood = flood_demo_files(out)
+    _log(f"demo-data: roads: {flood.roads}")
+    _log(f"demo-data: zones: {flood.zones}")
+    _log(f"demo-data: flood truth: {flood.flood_truth}, {flood.flooded_buildings}")
     return 0
 
 

@@ -63,6 +63,16 @@ class JobPaths:
         return self.root / "vectors"
 
     @property
+    def impact(self) -> Path:
+        """The impact stage's outputs (:mod:`geoseg.impact.outputs`)."""
+        return self.root / "impact"
+
+    @property
+    def pre_event(self) -> Path:
+        """The impact stage's prediction of the pre-event scene: ``pre_event/mosaic.zarr``."""
+        return self.root / "pre_event"
+
+    @property
     def truth(self) -> Path:
         return self.root / "evaluate" / "truth.tif"
 

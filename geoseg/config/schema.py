@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from geoseg.config.base import InputLocation, Strict
+from geoseg.config.impact_spec import ImpactSpec
 from geoseg.config.label_values import unknown_label_classes
 from geoseg.config.locations import is_uri
 from geoseg.config.model_spec import ModelSpec
@@ -22,6 +23,7 @@ from geoseg.config.train_spec import LOSS_NAMES, TrainScene, TrainSpec
 __all__ = [
     "LOSS_NAMES",
     "EvaluateSpec",
+    "ImpactSpec",
     "InstanceSpec",
     "Job",
     "ModelSpec",
@@ -175,6 +177,16 @@ class EvaluateSpec(Strict):
     colour_baseline: bool = Field(
         default=False, description="Also score a per-pixel colour classifier trained on the train scenes."
     )
+    flood_truth: InputLocation | None = Field(
+        default=None,
+        description="With impact: the true flood codes on the scene's grid (GeoTIFF, uint8: 0 dry, 1 permanent "
+        "water, 2 flood water, 255 unknown): flood-extent IoU and how much permanent water was taken for flood.",
+    )
+    flooded_buildings: InputLocation | None = Field(
+        default=None,
+        description="With impact: building footprints with a boolean `flooded` field: affected-building "
+        "precision, recall and F1 (a predicted building matches the true ones it overlaps).",
+    )
 
 
 class RuntimeSpec(Strict):
@@ -223,12 +235,24 @@ class Job(Strict):
         default=None, description="Prediction settings (needed by predict and later stages)."
     )
     vectorize: VectorizeSpec = Field(default_factory=VectorizeSpec, description="Polygon export settings.")
+    impact: ImpactSpec | None = Field(
+        default=None, description="Flood impact: the reference of before, buildings, roads, zones (impact stage)."
+    )
     evaluate: EvaluateSpec | None = Field(default=None, description="Accuracy assessment settings.")
     instances: InstanceSpec = Field(
         default_factory=InstanceSpec,
         description="Instance models (Mask R-CNN): detection thresholds and the cross-tile merge.",
     )
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Where and with what it runs.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_stages(cls, value: object) -> object:
+        """Without `stages:`, every stage but impact, and impact too when the job has an `impact:` section."""
+        if isinstance(value, dict) and "stages" not in value:
+            wanted = [name for name in STAGE_NAMES if name != "impact" or value.get("impact") is not None]
+            return {**value, "stages": wanted}
+        return value
 
     @field_validator("classes")
     @classmethod
@@ -284,6 +308,11 @@ class Job(Strict):
                 "predict.on_read_error: skip leaves unread tiles out, which blending cannot do without; "
                 "use tiling.stitch: crop, or on_read_error: stop"
             )
+        if self.impact is not None:
+            named = {"water_class": self.impact.water_class, "building_class": self.impact.building_class}
+            unknown_impact = [f"impact.{k} {v!r}" for k, v in named.items() if v is not None and v not in self.classes]
+            if unknown_impact:
+                raise ValueError(f"{', '.join(unknown_impact)} not in classes {self.classes!r}")
         if self.vectorize.classes:
             unknown = [c for c in self.vectorize.classes if c not in self.classes]
             if unknown:

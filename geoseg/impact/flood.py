@@ -39,6 +39,7 @@ from geoseg.vectorize.classes import RunTasks, in_process
 
 __all__ = [
     "FLOOD",
+    "FLOOD_CLASSES",
     "FLOOD_DONE",
     "FloodBand",
     "FloodCounts",
@@ -52,7 +53,8 @@ __all__ = [
 FLOOD, FLOOD_DONE = "flood", "flood_done"
 DRY, PERMANENT, FLOODED, UNKNOWN = 0, 1, 2, 255
 MIN_BANDS = 8  # bands even for one worker: a killed run loses at most one band's work in flight
-FLOOD_VERSION = 1  # bump when the meaning of the array's values changes
+FLOOD_CLASSES = ("dry", "permanent_water", "flood_water")  # the names of codes 0, 1, 2
+FLOOD_VERSION = 2  # bump when the meaning of the array's values changes
 
 
 def flood_chunk(
@@ -198,6 +200,7 @@ def _create_flood_arrays(mosaic: MosaicInfo, key: str) -> None:
         "long_name": "flood extent: water now that was not water before",
         "flag_values": [DRY, PERMANENT, FLOODED, UNKNOWN],
         "flag_meanings": "dry permanent_water flood_water unknown",
+        "class_names": list(FLOOD_CLASSES),  # read as labels by the vectorizer (flood_extent polygons)
     }
     # A chunk never computed reads as unknown, not as dry.
     flood = create_pixel_array(mosaic, FLOOD, dtype="uint8", fill_value=UNKNOWN, meaning=meaning)

@@ -97,13 +97,14 @@ class MosaicInfo:
     transform: Affine
     class_names: tuple[str, ...]
     fingerprint: dict
+    labels_name: str = "labels"  # another class-coded array read as labels (pixel_arrays.labels_view)
     # The arrays every chunk's write touches, opened once: opening one reads its metadata from
     # storage (0.6 ms locally, a request on object storage), three times per tile otherwise.
     _kept: dict[str, zarr.Array] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def labels(self) -> zarr.Array:
-        return self.array("labels")
+        return self.array(self.labels_name)
 
     @property
     def valid(self) -> zarr.Array:

@@ -7,11 +7,13 @@ are such arrays: a GIS reading ``labels`` through its CF ``grid_mapping``, GDAL'
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import zarr
 
-from geoseg.io.mosaic import MosaicInfo, _layout, geoseg_attrs
+from geoseg.io.mosaic import MosaicInfo, _layout, geoseg_attrs, member_array
 
-__all__ = ["create_pixel_array"]
+__all__ = ["create_pixel_array", "labels_view"]
 
 _LABEL_MEANING = ("flag_values", "flag_meanings", "class_names", "long_name")  # what says what labels hold
 
@@ -32,3 +34,16 @@ def create_pixel_array(mosaic: MosaicInfo, name: str, *, dtype: str, fill_value:
     attrs = {key: value for key, value in mosaic.labels.attrs.items() if key not in _LABEL_MEANING}
     array.attrs.update(attrs | meaning)
     return array
+
+
+def labels_view(mosaic: MosaicInfo, name: str) -> MosaicInfo:
+    """The mosaic with the class-coded array ``name`` read as its ``labels``, named by that array's ``class_names``.
+
+    So the vectorizer turns another class array (the flood extent) into polygons the way it does labels.
+    """
+    if name == mosaic.labels_name:
+        return mosaic
+    names = member_array(mosaic.group, name).attrs.get("class_names")
+    if not isinstance(names, list):
+        raise ValueError(f"{mosaic.path}/{name}: has no class_names attribute; it cannot be read as labels")
+    return replace(mosaic, labels_name=name, class_names=tuple(str(n) for n in names), _kept={})

@@ -17,6 +17,7 @@ from geoseg.errors import GeosegError
 from geoseg.io.integrity import check_raster_blocks
 from geoseg.io.labels import label_options, load_labels
 from geoseg.io.raster import SceneInfo, inspect_scene
+from geoseg.job.impact_preflight import check_impact_inputs
 from geoseg.job.weights import check_encoder_weights
 from geoseg.models.card import ModelCard
 from geoseg.models.checkpoint import read_card
@@ -131,7 +132,8 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
     _check_model(job, source, problems)
     problems.extend(check_encoder_weights(job, stages, source))
     first = _check_training_inputs(job, problems) if "train" in stages and job.train else None
-    if {"predict", "evaluate"} & set(stages) and job.predict:
+    scene = None
+    if {"predict", "impact", "evaluate"} & set(stages) and job.predict:
         card, checkpoint = None, None
         if "train" not in stages and "predict" in stages:  # an existing model predicts: its card rules
             checkpoint = job.predict.checkpoint or JobPaths.of(job).checkpoint
@@ -149,6 +151,7 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
             _check_scene_against_card(job, source, scene, card, checkpoint, problems)
         if scene is not None and "evaluate" in stages and job.evaluate:
             _check_reference_labels(job, scene, problems)
+    check_impact_inputs(job, stages, scene, problems, _inspect_raster)
     return problems
 
 

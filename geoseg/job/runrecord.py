@@ -142,6 +142,10 @@ def checkpoint_info(job: Job) -> dict:
     return {"path": str(path), "weights_sha256": weights_sha256(path) if (path / WEIGHTS).is_file() else None}
 
 
+IMPACT_INPUTS = ("pre_event", "permanent_water", "roads", "zones")
+EVALUATE_TRUTHS = ("flood_truth", "flooded_buildings")
+
+
 def input_fingerprints(job: Job, stages: list[str]) -> list[dict]:
     """Path, size and mtime of every file the requested stages read (vectorize reads only the mosaic)."""
     named = []
@@ -161,8 +165,11 @@ def input_fingerprints(job: Job, stages: list[str]) -> list[dict]:
             named += [(f"predict.scene[{i}]", path) for i, path in enumerate(scene)]
         else:
             named.append(("predict.scene", scene))
+    if "impact" in stages and job.impact:
+        named += [(f"impact.{key}", getattr(job.impact, key)) for key in IMPACT_INPUTS if getattr(job.impact, key)]
     if "evaluate" in stages and job.evaluate:
         named.append(("evaluate.labels", job.evaluate.labels))
+        named += [(f"evaluate.{k}", getattr(job.evaluate, k)) for k in EVALUATE_TRUTHS if getattr(job.evaluate, k)]
     found = []
     for role, path in named:
         entry: dict[str, Any] = {"role": role, "path": str(path), "size": None, "mtime": None}
@@ -194,6 +201,8 @@ def stage_outputs(stage: str, job: Job, summary: dict) -> list[str]:
         return [str(summary[key]) for key in ("vectors", "geojson", "instance_table") if summary.get(key)]
     if stage == "evaluate":
         return [str(paths.metrics), str(paths.quicklook)]
+    if stage == "impact":
+        return [str(path) for path in summary.get("files", [])]
     return []
 
 

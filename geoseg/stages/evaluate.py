@@ -22,6 +22,7 @@ from geoseg.io.instances import INSTANCES, read_instance_table
 from geoseg.io.labels import label_options, load_labels, rasterize_labels
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.io.raster import SceneInfo
+from geoseg.stages.impact import impact_metrics
 from geoseg.stages.scene import predicted_scene, training_image
 from geoseg.stages.sections import evaluate_spec, predict_spec, train_spec
 
@@ -172,6 +173,9 @@ def run_evaluate(
     mosaic = open_mosaic(paths.mosaic)
     if INSTANCES in mosaic.group and paths.instance_table.exists():
         report["instances"] = _instance_metrics(job, paths, scene, mosaic, log)
+    impact = impact_metrics(job, log)  # the impact stage's totals, scored where the job gives its truths
+    if impact is not None:
+        report["impact"] = impact
     write_quicklook(scene.path, list(scene.bands), truth, mosaic, paths.quicklook)
     tmp = paths.metrics.with_name(paths.metrics.name + ".partial")
     tmp.write_text(json.dumps(report, indent=2) + "\n")

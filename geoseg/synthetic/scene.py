@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import geopandas as gpd
 import numpy as np
@@ -20,6 +21,15 @@ from affine import Affine
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
+from geoseg.synthetic.flood import (
+    FloodDemoFiles,
+    add_flood,
+    flood_demo_files,
+    flood_truth,
+    flooded_buildings_frame,
+    roads_frame,
+    zones_frame,
+)
 from geoseg.synthetic.layout import DEMO_CLASSES, SceneObject, make_layout
 from geoseg.synthetic.render import render_rgb
 
@@ -85,16 +95,29 @@ def _write_tif(path: Path, array: np.ndarray, crs: str, transform, nodata: int, 
 
 
 def _write_gpkg(path: Path, classes: list[str], geoms: np.ndarray, crs: str) -> None:
+    _write_frame(path, gpd.GeoDataFrame({"class": classes}, geometry=list(geoms), crs=crs), "labels", "Polygon")
+
+
+def _write_frame(path: Path, frame: gpd.GeoDataFrame, layer: str, geometry_type: str) -> None:
+    """Write ``frame`` as the one layer of a GeoPackage, with the pinned date (so byte-identical each time)."""
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     tmp.unlink(missing_ok=True)
-    frame = gpd.GeoDataFrame({"class": classes}, geometry=list(geoms), crs=crs)
     old = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
     pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": _GPKG_DATE})
     try:
-        pyogrio.write_dataframe(frame, tmp, layer="labels", driver="GPKG", geometry_type="Polygon")
+        pyogrio.write_dataframe(frame, tmp, layer=layer, driver="GPKG", geometry_type=geometry_type)
     finally:
         pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": old})
     os.replace(tmp, path)
+
+
+class _Scene(NamedTuple):
+    """What :func:`_make` wrote, and what the flood files are built from."""
+
+    files: SceneFiles
+    objects: list[SceneObject]
+    geoms: np.ndarray  # the objects' polygons in map coordinates
+    labels: np.ndarray
 
 
 def make_scene(
@@ -106,6 +129,8 @@ def make_scene(
     crs: str = "EPSG:32633",
     pixel_size: float = 0.5,
     origin: tuple[float, float] = (500000.0, 5_000_000.0),
+    flood: bool = False,
+    flight: int = 0,
 ) -> SceneFiles:
     """Generate one synthetic aerial scene and its labels.
 
@@ -124,18 +149,43 @@ def make_scene(
         crs: the scene's (projected) CRS.
         pixel_size: ground size of a pixel in CRS units.
         origin: map coordinates of the top-left corner.
+        flood: add flood water (:func:`~geoseg.synthetic.flood.add_flood`) to
+            the layout; everything else in the layout stays as without it.
+        flight: 0 renders with the seed's own colours and noise; another
+            number renders the same layout as another flight over it would.
 
     Returns:
         The paths of the three files.
     """
+    return _make(out_dir, size, seed, nodata_collar, crs, pixel_size, origin, flood=flood, flight=flight).files
+
+
+def _make(
+    out_dir: Path,
+    size: int,
+    seed: int,
+    nodata_collar: bool,
+    crs: str,
+    pixel_size: float,
+    origin: tuple[float, float],
+    *,
+    flood: bool,
+    flight: int,
+) -> _Scene:
+    """:func:`make_scene`, also returning the layout and labels the flood files are built from."""
     size = _checked_size(size, pixel_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Spawned in this order (layout, render, collar) so a seed always gives the same scene; the streams are
-    # independent, so the collar's draws (only with nodata_collar) leave the layout and colours alone.
-    layout_rng, render_rng, collar_rng = np.random.default_rng(seed).spawn(3)
+    # Spawned in this order (layout, render, collar, flood) so a seed always gives the same scene; the streams
+    # are independent, so the collar's and the flood's draws leave the rest of the layout and colours alone.
+    layout_rng, render_rng, collar_rng, flood_rng = np.random.default_rng(seed).spawn(4)
+    if flight:
+        # Another flight: a stream of its own, apart from the four above (their spawn keys are (0,) to (3,)).
+        render_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4, int(flight))))
 
     objects = make_layout(size, layout_rng)
+    if flood:
+        objects = add_flood(objects, size, flood_rng)
     transform = from_origin(origin[0], origin[1], pixel_size, pixel_size)
     geoms = _map_geometries(objects, origin, pixel_size)
     class_index = np.array([DEMO_CLASSES.index(o.cls) for o in objects], np.uint8)
@@ -154,7 +204,7 @@ def make_scene(
     )
     _write_tif(files.labels_tif, labels[None], crs, transform, LABEL_NODATA)
     _write_gpkg(files.labels_gpkg, [o.cls for o in objects], geoms, crs)
-    return files
+    return _Scene(files, objects, geoms, labels)
 
 
 def _checked_size(size: int, pixel_size: float) -> int:
@@ -214,19 +264,41 @@ def _rgb_bands(rgb: np.ndarray) -> np.ndarray:
 def generate_demo(
     out: Path, *, train_size: int = 3072, survey_size: int = 4096, seed: int = 7
 ) -> dict[str, SceneFiles]:
-    """Write the demo's training scene and survey scene under ``out``.
+    """Write the demo: a training scene, and the before and after of a flood survey, under ``out``.
 
-    ``out/train`` has no collar; ``out/survey`` uses another seed (so another
-    layout), a no-data collar, and lies east of the training scene.
+    ``out/train`` has no collar and no flood. ``out/survey`` uses another seed
+    (so another layout), lies east of the training scene, has a no-data collar
+    and is the ground after a flood; ``out/pre_event`` is the same ground
+    before it, on the same grid, from another flight (other colours and noise,
+    no collar). The flood files (:func:`~geoseg.synthetic.flood.flood_demo_files`)
+    are written too: the survey's road centre lines, its districts, the flood
+    truth and the flooded buildings.
 
     Returns:
-        ``{"train": SceneFiles, "survey": SceneFiles}``.
+        ``{"train": SceneFiles, "survey": SceneFiles, "pre_event": SceneFiles}``.
     """
     out = Path(out)
-    pixel_size = 0.5
+    pixel_size, crs = 0.5, "EPSG:32633"
     train = make_scene(out / "train", size=train_size, seed=seed, pixel_size=pixel_size)
-    survey_origin = (500000.0 + train_size * pixel_size + 1000.0, 5_000_000.0)
-    survey = make_scene(
-        out / "survey", size=survey_size, seed=seed + 1, nodata_collar=True, pixel_size=pixel_size, origin=survey_origin
-    )
-    return {"train": train, "survey": survey}
+    origin = (500000.0 + train_size * pixel_size + 1000.0, 5_000_000.0)
+    post = _make(out / "survey", survey_size, seed + 1, True, crs, pixel_size, origin, flood=True, flight=0)
+    pre = _make(out / "pre_event", survey_size, seed + 1, False, crs, pixel_size, origin, flood=False, flight=1)
+    _write_flood_files(flood_demo_files(out), pre, post, crs, pixel_size, origin)
+    return {"train": train, "survey": post.files, "pre_event": pre.files}
+
+
+def _write_flood_files(
+    files: FloodDemoFiles, pre: _Scene, post: _Scene, crs: str, pixel_size: float, origin: tuple[float, float]
+) -> None:
+    """The survey's roads, districts, flood truth and flooded buildings, from the two scenes of one layout."""
+    size = post.labels.shape[0]
+    transform = from_origin(origin[0], origin[1], pixel_size, pixel_size)
+    _write_tif(files.flood_truth, flood_truth(pre.labels, post.labels)[None], crs, transform, LABEL_NODATA)
+    _write_frame(files.roads, roads_frame(post.objects, size, origin, pixel_size, crs), "roads", "LineString")
+    bounds = (origin[0], origin[1] - size * pixel_size, origin[0] + size * pixel_size, origin[1])
+    _write_frame(files.zones, zones_frame(bounds, crs), "zones", "Polygon")
+    kinds = np.array([o.kind for o in post.objects])
+    pre_water = pre.geoms[np.array([o.cls == "water" for o in pre.objects], bool)]
+    buildings = post.geoms[np.array([o.cls == "building" for o in post.objects], bool)]
+    frame = flooded_buildings_frame(buildings, post.geoms[kinds == "flood"], pre_water, crs)
+    _write_frame(files.flooded_buildings, frame, "buildings", "Polygon")

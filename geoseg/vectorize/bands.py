@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
+from geoseg.io.pixel_arrays import labels_view
 from geoseg.vectorize.components import first_pixels
 from geoseg.vectorize.export import LAYER, areas_m2, pixel_to_map, regions_to_frame, to_wgs84
 from geoseg.vectorize.polygonize import ChunkPieces, polygonize_chunk
@@ -84,6 +85,7 @@ class BandRequest:
     min_area_m2: float
     key: str  # what the parts are made from; a summary with another key is redone
     instances: bool = False  # keep what the instance numbering needs instead of output features
+    labels: str = "labels"  # the class-coded array polygonized (the flood extent: "flood")
 
     @property
     def stem(self) -> Path:
@@ -105,6 +107,8 @@ class BandSummary:
 
 
 def _parts_key(mosaic: MosaicInfo, class_ids: tuple[int, ...], min_area_m2: float, instances: bool) -> str:
+    # Another array read as labels (the flood) is keyed by its attributes too: they say what it was made from.
+    labels = {} if mosaic.labels_name == "labels" else {"labels": [mosaic.labels_name, dict(mosaic.labels.attrs)]}
     done = np.asarray(mosaic.array("done")[:])
     made_from = {
         "version": PARTS_VERSION,
@@ -114,7 +118,7 @@ def _parts_key(mosaic: MosaicInfo, class_ids: tuple[int, ...], min_area_m2: floa
         "classes": list(class_ids),
         "min_area_m2": min_area_m2,
         "instances": instances,
-    }
+    } | labels
     return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()
 
 
@@ -135,6 +139,7 @@ def band_requests(
             min_area_m2,
             f"{key}:{first}:{stop}",
             instances,
+            mosaic.labels_name,
         )
         for i, (first, stop) in enumerate(plan_bands(mosaic.height, mosaic.width, mosaic.chunk))
     ]
@@ -160,7 +165,7 @@ def vectorize_band(request: BandRequest) -> BandSummary:
     done = read_summary(request)
     if done is not None:
         return done
-    mosaic = open_mosaic(request.mosaic)
+    mosaic = labels_view(open_mosaic(request.mosaic), request.labels)
     merged = _merge_band(mosaic, request)
     regions, top, bottom = merged.regions, merged.top, merged.bottom
     classes = np.array([0] + [c for c, _ in regions], dtype=np.int64)

@@ -28,6 +28,7 @@ import pandas as pd
 from geoseg.errors import JobConfigError
 from geoseg.io.heap import release_free_memory
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
+from geoseg.io.pixel_arrays import labels_view
 from geoseg.vectorize.band_ids import (
     IdsSummary,
     number_bands,
@@ -159,6 +160,7 @@ def vectorize_mosaic(
     instances_table: Path | None = None,
     fmt: str = "gpkg",
     run_tasks: RunTasks = in_process,
+    labels: str = "labels",
 ) -> VectorOutputs:
     """Polygonize a mosaic: one feature per 4-connected region of each class.
 
@@ -186,6 +188,8 @@ def vectorize_mosaic(
         fmt: ``gpkg`` (GeoPackage) or ``parquet`` (GeoParquet) for the mosaic-CRS file.
         run_tasks: runs the bands of chunk rows (:mod:`geoseg.vectorize.bands`) of a vectorize
             without ids or simplification, e.g. as Ray tasks; default: here, one after another.
+        labels: another class-coded array of the mosaic to polygonize instead of ``labels``, its
+            classes named by its ``class_names`` attribute (the flood extent); without ids or simplification.
 
     Returns:
         The paths written and the feature counts.
@@ -196,7 +200,9 @@ def vectorize_mosaic(
         StageError: writing an output failed.
     """
     _check_non_negative(simplify_m=simplify_m, min_area_m2=min_area_m2)
-    mosaic = open_mosaic(mosaic_path, mode="r" if instances_table is None else "r+")
+    mosaic = labels_view(open_mosaic(mosaic_path, mode="r" if instances_table is None else "r+"), labels)
+    if labels != "labels" and (instances_table is not None or simplify_m > 0):
+        raise ValueError(f"only the labels array can be numbered or simplified (asked for {labels!r})")
     class_ids = select_classes(mosaic.class_names, classes)
     if instances_table is None and simplify_m == 0:
         return _write_banded_features(mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks)
