@@ -22,6 +22,7 @@ from pyproj import Geod
 from rasterio.crs import CRS
 
 from geoseg.errors import InputRasterError
+from geoseg.impact.reference import bounds_window
 from geoseg.io.mosaic import MosaicInfo
 from geoseg.vectorize.metres import metres_per_unit
 
@@ -114,14 +115,7 @@ def pixel_window(mosaic: MosaicInfo, geoms: np.ndarray, margin: int = 1) -> tupl
     """``(row0, row1, col0, col1)`` of the mosaic pixels under the geometries' envelope, plus ``margin``."""
     if not len(geoms):
         return None
-    left, bottom, right, top = shapely.total_bounds(geoms)
-    inverse = ~mosaic.transform
-    cols, rows = zip(*(inverse @ (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
-    row0 = max(0, int(np.floor(min(rows))) - margin)
-    row1 = min(mosaic.height, int(np.ceil(max(rows))) + margin)
-    col0 = max(0, int(np.floor(min(cols))) - margin)
-    col1 = min(mosaic.width, int(np.ceil(max(cols))) + margin)
-    return (row0, row1, col0, col1) if row0 < row1 and col0 < col1 else None
+    return bounds_window(mosaic, tuple(shapely.total_bounds(geoms)), margin)
 
 
 def window_transform(mosaic: MosaicInfo, row0: int, col0: int) -> Affine:

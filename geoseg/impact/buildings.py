@@ -28,7 +28,7 @@ from geoseg.impact.assets import (
     window_transform,
 )
 from geoseg.impact.flood import FLOOD, FLOODED, UNKNOWN
-from geoseg.impact.zones import OUTSIDE, Zones
+from geoseg.impact.zones import OUTSIDE, Zones, add_per_zone
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.vectorize.metres import areas_m2
 
@@ -58,10 +58,7 @@ class BuildingCounts:
     flooded: dict[str, int]
 
     def __add__(self, other: BuildingCounts) -> BuildingCounts:
-        def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-            return {key: a.get(key, 0) + b.get(key, 0) for key in dict.fromkeys([*a, *b])}
-
-        return BuildingCounts(add(self.total, other.total), add(self.flooded, other.flooded))
+        return BuildingCounts(add_per_zone(self.total, other.total), add_per_zone(self.flooded, other.flooded))
 
 
 def buildings_frame(rows: dict, geoms, crs_wkt: str) -> gpd.GeoDataFrame:

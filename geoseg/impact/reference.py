@@ -37,7 +37,7 @@ from rasterio.transform import array_bounds
 from geoseg.errors import InputRasterError
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 
-__all__ = ["ChunkGrid", "PermanentWater", "PreEventMosaic", "Reference", "ReferenceWater"]
+__all__ = ["ChunkGrid", "PermanentWater", "PreEventMosaic", "Reference", "ReferenceWater", "bounds_window"]
 
 MARGIN = 2  # pixels of the pre-event grid read around the chunk's footprint: nearest picks stay inside
 UNKNOWN = 255  # in the warped pre-event picture: no data there (also the warp's nodata)
@@ -140,13 +140,21 @@ class PreEventMosaic:
 
 def _covering_window(pre: MosaicInfo, grid: ChunkGrid) -> tuple[int, int, int, int] | None:
     """``(row0, row1, col0, col1)`` of the pre-event pixels under the chunk, plus a margin; None if none."""
-    left, bottom, right, top = rasterio.warp.transform_bounds(grid.crs, pre.crs, *grid.bounds, densify_pts=DENSIFY)
-    inverse = ~pre.transform
+    bounds = rasterio.warp.transform_bounds(grid.crs, pre.crs, *grid.bounds, densify_pts=DENSIFY)
+    return bounds_window(pre, bounds, MARGIN)
+
+
+def bounds_window(
+    mosaic: MosaicInfo, bounds: tuple[float, float, float, float], margin: int
+) -> tuple[int, int, int, int] | None:
+    """``(row0, row1, col0, col1)`` of the mosaic pixels under ``bounds`` (its CRS), plus ``margin``; None if none."""
+    left, bottom, right, top = bounds
+    inverse = ~mosaic.transform
     cols, rows = zip(*(inverse @ (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
-    row0 = max(0, int(np.floor(min(rows))) - MARGIN)
-    row1 = min(pre.height, int(np.ceil(max(rows))) + MARGIN)
-    col0 = max(0, int(np.floor(min(cols))) - MARGIN)
-    col1 = min(pre.width, int(np.ceil(max(cols))) + MARGIN)
+    row0 = max(0, int(np.floor(min(rows))) - margin)
+    row1 = min(mosaic.height, int(np.ceil(max(rows))) + margin)
+    col0 = max(0, int(np.floor(min(cols))) - margin)
+    col1 = min(mosaic.width, int(np.ceil(max(cols))) + margin)
     return (row0, row1, col0, col1) if row0 < row1 and col0 < col1 else None
 
 

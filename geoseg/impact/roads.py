@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from geoseg.impact.assets import AssetLayer, band_area, buffer_units, lengths_m
 from geoseg.impact.flood import FLOOD, FLOODED
-from geoseg.impact.zones import OUTSIDE, Zones
+from geoseg.impact.zones import OUTSIDE, Zones, add_per_zone
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 
 __all__ = ["RoadBand", "RoadLengths", "road_band", "roads_frame"]
@@ -49,10 +49,7 @@ class RoadLengths:
     flooded_m: dict[str, float]
 
     def __add__(self, other: RoadLengths) -> RoadLengths:
-        def add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-            return {key: a.get(key, 0.0) + b.get(key, 0.0) for key in dict.fromkeys([*a, *b])}
-
-        return RoadLengths(add(self.total_m, other.total_m), add(self.flooded_m, other.flooded_m))
+        return RoadLengths(add_per_zone(self.total_m, other.total_m), add_per_zone(self.flooded_m, other.flooded_m))
 
 
 def roads_frame(rows: dict, geoms, crs_wkt: str) -> gpd.GeoDataFrame:

@@ -93,6 +93,11 @@ class Zones:
         return pieces
 
 
+def add_per_zone(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two per-zone tallies added, zone by zone (the zones of ``a`` first, in order)."""
+    return {key: a.get(key, 0) + b.get(key, 0) for key in dict.fromkeys([*a, *b])}
+
+
 @dataclass(frozen=True)
 class ZoneTotals:
     """Flood-water area (m²) and known area (m²) per zone name, :data:`OUTSIDE` included."""
@@ -101,10 +106,7 @@ class ZoneTotals:
     known_m2: dict[str, float]
 
     def __add__(self, other: ZoneTotals) -> ZoneTotals:
-        def add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-            return {key: a.get(key, 0.0) + b.get(key, 0.0) for key in dict.fromkeys([*a, *b])}
-
-        return ZoneTotals(add(self.flood_m2, other.flood_m2), add(self.known_m2, other.known_m2))
+        return ZoneTotals(add_per_zone(self.flood_m2, other.flood_m2), add_per_zone(self.known_m2, other.known_m2))
 
 
 def _zone_raster(zones: Zones, transform: Affine, shape: tuple[int, int]) -> np.ndarray:

@@ -249,6 +249,9 @@ class LegendEntry:
 class ImpactRow:
     zone: str
     values: tuple[Number, ...]  # one per ImpactTable.columns
+    # Each value's JSON pointer in the table's file, where rows are objects of named numbers rather than
+    # ``values`` lists (metrics.json's ``impact``: zones by name, and the totals at its top level).
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,8 @@ class ImpactTable:
     columns: tuple[str, ...]  # e.g. ("flooded area (m²)", "buildings affected", "road length (m)")
     rows: tuple[ImpactRow, ...]
     # Where the numbers are stored, if in a JSON file (relative to output_dir), and the pointer of the
-    # list of rows there: row r's value c is then tagged ``<key>/<r>/values/<c>`` on the page.
+    # list of rows there: row r's value c is then tagged ``<key>/<r>/values/<c>`` on the page, or the
+    # row's own ``keys[c]`` where it has them.
     file: str = ""
     key: str = ""
 
@@ -267,9 +271,11 @@ class ImpactTable:
 class ReportExtras:
     """What a later stage adds to the page: the impact stage's per-zone table, flood extent, affected buildings.
 
-    ``overlays`` are drawn above the scene and prediction, ``vectors`` above the run's own polygons.
+    ``overlays`` are drawn above the scene and prediction, ``vectors`` above the run's own polygons;
+    ``legend`` follows the classes' (the colours of the overlays, and of features by their ``class``).
     """
 
     impact: ImpactTable | None = None
     overlays: tuple[ImageOverlay, ...] = field(default_factory=tuple)
     vectors: tuple[VectorLayer, ...] = field(default_factory=tuple)
+    legend: tuple[LegendEntry, ...] = field(default_factory=tuple)

@@ -20,6 +20,7 @@ from geoseg.config import Job
 from geoseg.config.paths import JobPaths
 from geoseg.report.content import ReportExtras, RunMetrics, TrainingHistory, read_history, read_metrics
 from geoseg.report.curves import training_svg
+from geoseg.report.impact_view import impact_extras
 from geoseg.report.mapview import MapContent, map_json, run_map
 from geoseg.report.overlays import MAX_SIDE
 from geoseg.report.tables import (
@@ -189,12 +190,14 @@ def write_report(
     Args:
         job: the job that ran.
         run_id: its run id (``runs/<run id>/run.json``).
-        extras: what a later stage adds (the impact stage: per-zone table, flood extent, buildings).
+        extras: what a later stage adds (per-zone table, flood extent, buildings); by default the impact
+            stage's outputs, where the run has them (:func:`geoseg.report.impact_view.impact_extras`).
         max_side: pixels a side of the map's images.
         max_features: the most polygons drawn on the map (the largest; the page says how many were left out).
     """
     paths = JobPaths.of(job)
-    extras = extras or ReportExtras()
+    if extras is None:  # what the run's impact stage left, if it ran
+        extras = impact_extras(paths, max_side, max_features) or ReportExtras()
     metrics = read_metrics(paths.metrics) if paths.metrics.exists() else None
     scene = metrics.scene if metrics is not None else None
     info = RunInfo(

@@ -88,7 +88,7 @@ def run_map(
     notes += [layer.note for layer in extras.vectors if layer.note]
     for extent in [o.bounds for o in overlays] + [v.bounds for v in vectors if v.bounds is not None]:
         bounds = extent if bounds is None else bounds.union(extent)
-    return MapContent(bounds, tuple(overlays), tuple(vectors), legend(class_names), tuple(notes))
+    return MapContent(bounds, tuple(overlays), tuple(vectors), legend(class_names) + extras.legend, tuple(notes))
 
 
 def _overlay(overlay: ImageOverlay) -> dict[str, Any]:

@@ -38,7 +38,16 @@ from geoseg.io.multiscales import OVERVIEWS_GROUP
 from geoseg.io.overviews import list_overviews
 from geoseg.report.content import ImageOverlay, LatLonBounds, LegendEntry
 
-__all__ = ["MAX_SIDE", "MercatorGrid", "legend", "mercator_grid", "prediction_overlay", "scene_overlay"]
+__all__ = [
+    "MAX_SIDE",
+    "MercatorGrid",
+    "class_palette",
+    "classes_png",
+    "legend",
+    "mercator_grid",
+    "prediction_overlay",
+    "scene_overlay",
+]
 
 MAX_SIDE = 1024  # pixels a side of an overlay: the page stays a few MB for any survey
 WEB_MERCATOR = CRS.from_epsg(3857)
@@ -88,7 +97,8 @@ def _strided(array, step: int) -> np.ndarray:
 def _decimated_classes(mosaic: MosaicInfo, max_side: int) -> tuple[np.ndarray, np.ndarray, Affine]:
     """(labels, valid, transform) at most about ``max_side`` a side, from the coarsest overview fine enough."""
     step = max(1, math.ceil(max(mosaic.height, mosaic.width) / max_side))
-    factors = [f for f in list_overviews(mosaic.path) if f <= step]
+    # Overview levels hold ``labels`` and ``valid``: another class array (the flood) is read from the base.
+    factors = [f for f in list_overviews(mosaic.path) if f <= step] if mosaic.labels_name == "labels" else []
     if factors:
         factor = max(factors)
         group = cast(zarr.Group, mosaic.group[f"{OVERVIEWS_GROUP}/{factor}"])
@@ -125,17 +135,32 @@ def _png(rgba: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def prediction_overlay(mosaic: MosaicInfo, grid: MercatorGrid, max_side: int = MAX_SIDE) -> ImageOverlay:
-    """The predicted classes in the quicklook's colours; class 0 (background) and invalid pixels clear."""
-    labels, valid, transform = _decimated_classes(mosaic, max_side)
+def class_palette(colours: dict[int, str], alpha: dict[int, int]) -> np.ndarray:
+    """(256, 4) uint8 RGBA by class code: ``colours`` at ``alpha`` (255 where not given); other codes clear."""
     palette = np.zeros((256, 4), np.uint8)
-    for index, colour in enumerate(class_colours(mosaic.class_names)):
-        palette[index, :3] = np.round(np.array(to_rgb(colour)) * 255)
-        palette[index, 3] = PREDICTION_ALPHA if index else 0
+    for code, colour in colours.items():
+        palette[code, :3] = np.round(np.array(to_rgb(colour)) * 255)
+        palette[code, 3] = alpha.get(code, 255)
+    return palette
+
+
+def classes_png(mosaic: MosaicInfo, grid: MercatorGrid, palette: np.ndarray, max_side: int = MAX_SIDE) -> bytes:
+    """The mosaic's class array (``labels``, or another through ``labels_view``) in ``palette`` on ``grid``.
+
+    Invalid pixels are clear. Read decimated (never whole) and warped by nearest neighbour: classes never blend.
+    """
+    labels, valid, transform = _decimated_classes(mosaic, max_side)
     rgba = np.moveaxis(palette[labels], -1, 0)
     rgba[3][valid == 0] = 0
-    warped = _warp(rgba, transform, mosaic.crs, grid, Resampling.nearest)  # classes: never blend two of them
-    return ImageOverlay("prediction", "prediction (classes)", _png(warped), grid.bounds, opacity=1.0)
+    return _png(_warp(rgba, transform, mosaic.crs, grid, Resampling.nearest))
+
+
+def prediction_overlay(mosaic: MosaicInfo, grid: MercatorGrid, max_side: int = MAX_SIDE) -> ImageOverlay:
+    """The predicted classes in the quicklook's colours; class 0 (background) and invalid pixels clear."""
+    colours = dict(enumerate(class_colours(mosaic.class_names)))
+    palette = class_palette(colours, {code: PREDICTION_ALPHA if code else 0 for code in colours})
+    png = classes_png(mosaic, grid, palette, max_side)
+    return ImageOverlay("prediction", "prediction (classes)", png, grid.bounds, opacity=1.0)
 
 
 def _scene_pixels(src, bands: list[int], shape: tuple[int, int]) -> np.ndarray:

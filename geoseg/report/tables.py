@@ -147,9 +147,7 @@ def impact_table(impact: ImpactTable) -> str:
     """The impact stage's per-zone totals, as given (with keys where it names the file they come from)."""
     rows = []
     for r, row in enumerate(impact.rows):
-        cells = "".join(
-            _cell(value, f"{impact.key}{json_pointer(r, 'values', c)}" if impact.file else None)
-            for c, value in enumerate(row.values)
-        )
+        keys = row.keys or tuple(f"{impact.key}{json_pointer(r, 'values', c)}" for c in range(len(row.values)))
+        cells = "".join(_cell(value, key if impact.file else None) for value, key in zip(row.values, keys, strict=True))
         rows.append(f"<th>{escape(row.zone)}</th>{cells}")
     return _table(impact.file, ["zone", *impact.columns], rows, "impact")

@@ -28,30 +28,40 @@ MAX_VERTICES = 200_000  # across all kept features: ~4 MB of coordinates
 POPUP = ("id", "row", "class", "class_id", "score", "area_m2")
 _ROW = "row"  # a feature's 0-based row in the GeoJSON (GDAL's FID there), its id when the file has no ``id``
 _AREA = "area_m2"
+_FID = "OGC_FID"  # pyogrio's column of GDAL's FIDs
 _DEGREE_DIGITS = 7  # 1e-7 degree is about a centimetre: finer digits only make the page bigger
 
 
-def _largest(path: Path, max_features: int, batch_size: int) -> tuple[pa.Table, str, int]:
-    """The ``max_features`` rows with the largest area (the first ones without an area), and the row count."""
+def _largest(
+    path: Path, max_features: int, batch_size: int, size: str = _AREA, where: str | None = None
+) -> tuple[pa.Table, str, int]:
+    """The ``max_features`` rows largest by ``size`` (the first ones without it), and the count of rows read.
+
+    With ``where`` (an OGR SQL filter) only matching rows are read, and each keeps its row in the file (GDAL's FID).
+    """
     kept: pa.Table | None = None
     total = 0
-    with open_arrow(path, use_pyarrow=True, batch_size=batch_size) as (meta, reader):
+    subset = {"where": where, "return_fids": True} if where is not None else {}
+    with open_arrow(path, use_pyarrow=True, batch_size=batch_size, **subset) as (meta, reader):
         geometry = meta["geometry_name"] or "wkb_geometry"
         for batch in reader:
             table = pa.Table.from_batches([batch])
-            table = table.append_column(_ROW, pa.array(np.arange(total, total + len(table), dtype=np.int64)))
+            if where is not None:
+                table = table.rename_columns([_ROW if c == _FID else c for c in table.column_names])
+            else:
+                table = table.append_column(_ROW, pa.array(np.arange(total, total + len(table), dtype=np.int64)))
             total += len(table)
             kept = table if kept is None else pa.concat_tables([kept, table], promote_options="permissive")
             if len(kept) > max_features:
-                if _AREA in kept.column_names:  # ties by row, so the same file always gives the same page
-                    order = pc.sort_indices(kept, sort_keys=[(_AREA, "descending"), (_ROW, "ascending")])
+                if size in kept.column_names:  # ties by row, so the same file always gives the same page
+                    order = pc.sort_indices(kept, sort_keys=[(size, "descending"), (_ROW, "ascending")])
                     kept = kept.take(order[:max_features])
                 else:
                     kept = kept.slice(0, max_features)
     if kept is None:
         kept = pa.table({geometry: pa.array([], pa.binary()), _ROW: pa.array([], pa.int64())})
-    elif _AREA in kept.column_names:
-        kept = kept.take(pc.sort_indices(kept, sort_keys=[(_AREA, "descending"), (_ROW, "ascending")]))
+    elif size in kept.column_names:
+        kept = kept.take(pc.sort_indices(kept, sort_keys=[(size, "descending"), (_ROW, "ascending")]))
     return kept, geometry, total
 
 
@@ -76,13 +86,18 @@ def thinned_layer(
     max_vertices: int = MAX_VERTICES,
     name: str = "polygons",
     batch_size: int = 65_536,
+    popup: tuple[str, ...] = POPUP,
+    size: str = _AREA,
+    where: str | None = None,
 ) -> VectorLayer:
     """``path`` (GeoJSON in EPSG:4326) as a map layer of its largest features, simplified by ``tolerance_deg``.
 
     Simplifying in degrees is for display only (the areas shown are the file's own ``area_m2``):
     the tolerance is about half a pixel of the overlays, which are the finest thing on the map.
+    Another stage's layer names its pop-up fields (``popup``), what "largest" is measured by
+    (``size``: a length, a flooded area) and, with ``where`` (OGR SQL), the subset it shows.
     """
-    table, geometry, total = _largest(path, max_features, batch_size)
+    table, geometry, total = _largest(path, max_features, batch_size, size, where)
     geoms = shapely.from_wkb(table.column(geometry).to_numpy(zero_copy_only=False))
     if tolerance_deg > 0:
         geoms = shapely.simplify(geoms, tolerance_deg, preserve_topology=True)
@@ -97,18 +112,19 @@ def thinned_layer(
     west, south, east, north = shapely.total_bounds(geoms[:count]) if count else (np.nan,) * 4
     bounds = LatLonBounds(south, west, north, east) if count else None
     left_out = total - count
+    source = f"{path.name} where {where}" if where else path.name
     if not left_out:
-        note = f"{name}: all {total:,} features of {path.name}"
+        note = f"{name}: all {total:,} features of {source}"
     else:
         note = (
-            f"{name}: the {count:,} largest of {total:,} features of {path.name} (by area_m2); "
+            f"{name}: the {count:,} largest of {total:,} features of {source} (by {size}); "
             f"{left_out:,} smaller ones are left out of this page to keep it responsive (the file has them all)"
         )
     return VectorLayer(
         id=name,
         name=f"{name} ({count:,} of {total:,})" if left_out else name,
         features={"type": "FeatureCollection", "features": features},
-        popup=tuple(key for key in POPUP if key in table.column_names and not (key == _ROW and has_id)),
+        popup=tuple(key for key in popup if key in table.column_names and not (key == _ROW and has_id)),
         total=total,
         bounds=bounds,
         note=note,

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from geoseg.report import write_report
+from tests.report.test_impact_view import with_impact
+
 CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = [
@@ -115,3 +118,29 @@ def test_a_page_that_tries_to_load_something_is_caught(report_run, tmp_path):
     blocked = re.search(r'<html lang="en" data-blocked="([^"]*)"', dom).group(1).split()
     assert sorted(blocked) == ["http://example.org/x.js", "https://example.com/pixel.png"]
     assert "geoseg-overlay-scene" in dom  # the map is built all the same
+
+
+def test_a_run_with_impact_shows_its_table_the_flood_image_and_the_flooded_buildings(
+    report_run, tmp_path, page_cells, json_at
+):
+    page = write_report(with_impact(report_run, tmp_path), report_run.run_id)
+    dom = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert re.match(r'<!DOCTYPE html>\s*<html lang="en">', dom)  # nothing tried to load
+    pane = overlay_pane(dom)
+    images = re.findall(r'<img class="leaflet-image-layer[^"]*geoseg-overlay-(\w+)"[^>]*src="data:image/png', pane)
+    assert images == ["scene", "prediction", "flood"]
+    control = re.search(r'<section class="leaflet-control-layers-list">(.*?)</section>', dom).group(1)
+    names = re.findall(r"<span> (.*?)</span>", control)
+    assert names[:3] == ["scene (image)", "prediction (classes)", "flood extent"]
+    assert {"zones", "flooded roads", "flooded buildings"} <= set(names)
+    data = json.loads(re.search(r'id="geoseg-map-data">(.*?)</script>', dom, re.DOTALL).group(1))
+    drawn = sum(len(v["features"]["features"]) for v in data["vectors"] if v["shown"])  # zones start hidden
+    assert len(re.findall(r'<path class="leaflet-interactive"', pane)) == drawn
+    legend = [re.sub(r"<[^>]+>", "", e) for e in re.findall(r'class="geoseg-legend-entry">(.*?)</div>', dom)]
+    assert {"flood water", "permanent water", "flooded building"} <= set(legend)
+
+    section = re.search(r'<section id="impact">.*?</section>', dom, re.DOTALL).group(0)
+    metrics = json.loads(page.with_name("metrics.json").read_text())
+    cells = [c for c in page_cells(section) if c.key is not None]
+    assert len(cells) == 6 * (len(metrics["impact"]["zones"]) + 1)  # every zone, then the totals
+    assert all(c.file == "metrics.json" and c.value == json_at(metrics, c.key) for c in cells)
