@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.config import Job
+from geoseg.config.locations import is_uri
 from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError, InputRasterError, JobConfigError, StageError
 from geoseg.infer.blend import BlendScratch, drop_scratch
@@ -302,6 +303,7 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
     return {
         "scene": str(scene.path),
         **({"sources": list(scene.sources)} if scene.sources else {}),  # a survey: its files, in order
+        "files": _file_identities(list(scene.sources) or [scene.path]),
         "size": [scene.height, scene.width],
         "transform": list(scene.transform)[:6],
         "bands": list(scene.bands),
@@ -312,6 +314,21 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
         "scores": spec.scores,
         "zarr_format": spec.zarr_format,
     }
+
+
+def _file_identities(paths: list) -> list:
+    """Size and modification time of each local file read: a scene replaced under the same name is redone.
+
+    (An object in storage, or a file this machine cannot see, is named by its path alone.)
+    """
+    identities = []
+    for path in paths:
+        try:
+            stat = os.stat(path) if not is_uri(path) else None
+        except OSError:
+            stat = None
+        identities.append([str(path), stat.st_size, stat.st_mtime_ns] if stat else [str(path)])
+    return identities
 
 
 def _is_complete(mosaic_path, fingerprint: dict, *, unread_ok: bool = False) -> bool:

@@ -122,8 +122,9 @@ def _style_tables(objects: list[SceneObject], rng: np.random.Generator) -> tuple
         elif obj.kind == "trees":
             colour[i] = TREE_GREEN + rng.normal(0, 5, 3)
         elif obj.cls == "water":
-            # Flood water is a pond over a street: the same colours, a little muddier (one draw either way).
-            shade[i] = rng.normal(0.15 if obj.kind == "flood" else 0.0, 0.22)
+            # Flood water (kind "flood") is drawn like the ponds and rivers it spread from: murky or clear
+            # by place, as they are.
+            shade[i] = rng.normal(0, 0.22)
         elif obj.cls == "road":
             g = rng.uniform(100, 160)
             colour[i] = (g + 4, g + 2, g - 3)

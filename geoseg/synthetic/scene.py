@@ -266,7 +266,7 @@ def generate_demo(
 ) -> dict[str, SceneFiles]:
     """Write the demo: a training scene, and the before and after of a flood survey, under ``out``.
 
-    ``out/train`` has no collar and no flood. ``out/survey`` uses another seed
+    ``out/train`` has no collar, and a flood of its own. ``out/survey`` uses another seed
     (so another layout), lies east of the training scene, has a no-data collar
     and is the ground after a flood; ``out/pre_event`` is the same ground
     before it, on the same grid, from another flight (other colours and noise,
@@ -279,7 +279,8 @@ def generate_demo(
     """
     out = Path(out)
     pixel_size, crs = 0.5, "EPSG:32633"
-    train = make_scene(out / "train", size=train_size, seed=seed, pixel_size=pixel_size)
+    # The model of a flood survey is trained on flood imagery: the training scene is flooded too.
+    train = make_scene(out / "train", size=train_size, seed=seed, pixel_size=pixel_size, flood=True)
     origin = (500000.0 + train_size * pixel_size + 1000.0, 5_000_000.0)
     post = _make(out / "survey", survey_size, seed + 1, True, crs, pixel_size, origin, flood=True, flight=0)
     pre = _make(out / "pre_event", survey_size, seed + 1, False, crs, pixel_size, origin, flood=False, flight=1)

@@ -8,9 +8,6 @@ import shapely
 
 from geoseg.config.impact_spec import DEFAULT_BUFFER_M, DEFAULT_MIN_FLOODED_SHARE
 from geoseg.synthetic import DEMO_CLASSES, flood_demo_files, generate_demo, make_scene
-from geoseg.synthetic.layout import make_layout
-from geoseg.synthetic.render import render_rgb
-from geoseg.synthetic.scene import _burn, _map_geometries, _rgb_bands
 
 WATER, BUILDING, ROAD = (DEMO_CLASSES.index(c) for c in ("water", "building", "road"))
 SIZES = {"train_size": 256, "survey_size": 1024, "seed": 3}
@@ -140,20 +137,12 @@ def test_same_arguments_same_rasters_and_tables(demo, tmp_path):
         assert a.equals(b), name
 
 
-def test_training_scene_is_untouched_by_the_flood(demo):
-    """The training scene equals the scene of the code before the flood: three streams spawned, no flood."""
+def test_the_training_scene_is_flooded_too(demo, tmp_path):
+    """A flood survey's model learns from flood imagery: the training scene is its seed's layout plus a flood."""
     _, scenes, _ = demo
-    size, seed = SIZES["train_size"], SIZES["seed"]
-    layout_rng, render_rng, _ = np.random.default_rng(seed).spawn(3)
-    objects = make_layout(size, layout_rng)
-    _, transform, _ = read(scenes["train"].labels_tif)
-    geoms = _map_geometries(objects, (500000.0, 5_000_000.0), 0.5)
-    class_index = np.array([DEMO_CLASSES.index(o.cls) for o in objects], np.uint8)
-    labels, ids = _burn(geoms, class_index, size, transform)
-    rgb = _rgb_bands(render_rgb(objects, labels, ids, render_rng))
-    assert np.array_equal(read(scenes["train"].labels_tif)[0][0], labels)
-    assert np.array_equal(read(scenes["train"].scene)[0], rgb)
-    assert list(gpd.read_file(scenes["train"].labels_gpkg)["class"]) == [o.cls for o in objects]
+    flooded = make_scene(tmp_path / "a", size=SIZES["train_size"], seed=SIZES["seed"], flood=True)
+    assert np.array_equal(read(scenes["train"].labels_tif)[0], read(flooded.labels_tif)[0])
+    assert np.array_equal(read(scenes["train"].scene)[0], read(flooded.scene)[0])
 
 
 def test_flood_leaves_the_rest_of_the_layout_alone(tmp_path):
