@@ -203,8 +203,9 @@ def _zone_rows(
     zones: Zones | None, areas: ZoneTotals, counts: BuildingCounts, lengths: RoadLengths
 ) -> list[ZoneImpact]:
     names = zones.names if zones is not None else []
-    seen = set(areas.known_m2) | set(counts.total) | set(lengths.total_m)
-    if OUTSIDE in seen:
+    # Outside every zone: a row only when something is there (not the slivers zone borders leave
+    # when they are reprojected: under a square metre, under a metre of road).
+    if areas.known_m2.get(OUTSIDE, 0.0) >= 1 or counts.total.get(OUTSIDE, 0) or lengths.total_m.get(OUTSIDE, 0.0) >= 1:
         names = [*names, OUTSIDE]
     return [
         ZoneImpact(
