@@ -2,7 +2,8 @@
 
 :func:`assess_impact` runs, each step band of chunk rows by band (Ray tasks through ``run_tasks``):
 
-1. the ``flood`` array against the reference (:mod:`geoseg.impact.flood`; resumable);
+1. the ``flood`` array against the reference (:mod:`geoseg.impact.flood`; resumable), and its overview
+   levels beside the labels' (:mod:`geoseg.impact.flood_overviews`);
 2. its flood water as polygons, merged across seams by the vectorizer (``flood_extent``);
 3. buildings (:mod:`geoseg.impact.buildings`) and road lines (:mod:`geoseg.impact.roads`);
 4. flood area per zone (:mod:`geoseg.impact.zones`);
@@ -26,6 +27,7 @@ from geoseg.evaluate.confusion import chunk_row_bands
 from geoseg.impact.assets import AssetLayer
 from geoseg.impact.buildings import BuildingBand, BuildingCounts, building_band, buildings_frame
 from geoseg.impact.flood import FLOOD, FLOOD_CLASSES, MIN_BANDS, FloodSummary, write_flood
+from geoseg.impact.flood_overviews import write_flood_overviews
 from geoseg.impact.outputs import ImpactWriter
 from geoseg.impact.reference import Reference
 from geoseg.impact.roads import RoadBand, RoadLengths, road_band, roads_frame
@@ -168,7 +170,11 @@ def assess_impact(
 ) -> ImpactSummary:
     """Write the flood, measure what it touches, and write the impact outputs (see the module)."""
     flood = write_flood(inputs.mosaic, inputs.reference, inputs.water_class, run_tasks)
-    log(f"impact: flood extent: {flood.chunks_computed} of {flood.chunks} chunks computed now")
+    levels = write_flood_overviews(str(inputs.mosaic))
+    log(
+        f"impact: flood extent: {flood.chunks_computed} of {flood.chunks} chunks computed now; "
+        f"overviews {levels or 'none'}"
+    )
     extent = _flood_extent(inputs, run_tasks)
     scratch = inputs.folder / ".parts"
     shutil.rmtree(scratch, ignore_errors=True)

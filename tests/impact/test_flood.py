@@ -11,6 +11,7 @@ import pytest
 import rasterio.features
 import rasterio.warp
 import shapely
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
@@ -18,7 +19,9 @@ from scipy import ndimage
 
 from geoseg.impact import PermanentWater, PreEventMosaic, flood_chunk, write_flood
 from geoseg.impact.flood import FLOOD, FLOOD_DONE
-from geoseg.io.mosaic import create_mosaic, mark_done, open_mosaic, write_block
+from geoseg.impact.flood_overviews import flood_mode_2x2, write_flood_overviews
+from geoseg.io.mosaic import create_mosaic, mark_done, member_array, open_mosaic, write_block
+from geoseg.io.overviews import build_overviews
 from geoseg.vectorize.classes import in_process
 
 CLASSES = ("background", "water", "building")
@@ -223,3 +226,43 @@ def test_flood_is_georeferenced_like_labels(tmp_path):
         assert gdal_flood.crs == gdal_labels.crs == UTM
         assert gdal_flood.transform == gdal_labels.transform == GRID
         np.testing.assert_array_equal(gdal_flood.read(1), np.asarray(flood[:]))
+
+
+def test_flood_mode_keeps_flood_on_ties_and_leaves_unknown_out():
+    codes = np.array(
+        [
+            [0, 2, 1, 1, 255, 255, 0],
+            [2, 0, 1, 0, 255, 1, 0],
+        ],
+        np.uint8,
+    )
+    # Blocks: {0,2,2,0} tie → 2; {1,1,1,0} → 1; {255,255,255,1} → 1; the odd edge {0,0} → 0.
+    np.testing.assert_array_equal(flood_mode_2x2(codes), [[2, 1, 1, 0]])
+    np.testing.assert_array_equal(flood_mode_2x2(np.full((2, 2), 255, np.uint8)), [[255]])
+
+
+def test_flood_overviews_are_modes_of_the_level_below_beside_the_labels_levels(tmp_path):
+    labels, valid = post_event()
+    post = make_mosaic(tmp_path / "post.zarr", labels, valid)
+    pre_labels, pre_valid = pre_event()
+    write_flood(post, PreEventMosaic(make_mosaic(tmp_path / "pre.zarr", pre_labels, pre_valid)), WATER)
+    assert build_overviews(post, min_side=16) == [2, 4, 8]
+    assert write_flood_overviews(str(post)) == [2, 4, 8]
+    mosaic = open_mosaic(post)
+    below = np.asarray(mosaic.array(FLOOD)[:])
+    for factor in (2, 4, 8):
+        level = np.asarray(member_array(mosaic.group, f"overviews/{factor}/flood")[:])
+        np.testing.assert_array_equal(level, flood_mode_2x2(below))
+        with rasterio.open(f'ZARR:"{post}":/overviews/{factor}/flood') as gdal_level:
+            assert gdal_level.crs == UTM and gdal_level.transform == GRID @ Affine.scale(factor)
+        below = level
+    entry = next(e for e in mosaic.group.attrs["multiscales"] if e["name"] == "flood")
+    assert [d["path"] for d in entry["datasets"]] == [
+        "flood",
+        "overviews/2/flood",
+        "overviews/4/flood",
+        "overviews/8/flood",
+    ]
+    stamp = (post / "overviews" / "2" / "flood" / ".zattrs").stat().st_mtime_ns
+    write_flood_overviews(str(post))  # current: nothing written again
+    assert (post / "overviews" / "2" / "flood" / ".zattrs").stat().st_mtime_ns == stamp
