@@ -72,6 +72,14 @@ def test_bad_impact_inputs_are_each_one_line_all_at_once(tiny):
     result = subprocess.run([sys.executable, "-m", "geoseg.cli", "run", str(job)], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and not (folder / "out").exists()
+    # A permanent-water reference in no CRS: the same one line.
+    reference = {"permanent_water": str(water), "building_class": None}
+    job = tiny_job(folder, scene, labels, stages=["train", "predict", "impact"], impact=reference)
+    with pytest.raises(JobConfigError) as caught:
+        validate_job(job)
+    assert caught.value.problems == [
+        f"{water}: impact.permanent_water: the layer has no CRS; set one (ogr2ogr -a_srs EPSG:…)"
+    ]
 
 
 def test_impact_needs_one_reference_and_known_classes(tiny):
