@@ -18,6 +18,7 @@ import rasterio.features
 import rasterio.warp
 import shapely
 from affine import Affine
+from rasterio.crs import CRS
 from scipy import ndimage
 
 from geoseg.impact.assets import AssetLayer, band_area, buffer_units, lengths_m
@@ -101,13 +102,14 @@ def road_band(band: RoadBand) -> RoadLengths:
     cover = _flood_cover(mosaic, band.first_row, band.stop_row, grow) if len(lines) else np.zeros(0, object)
     wet = _flooded_parts(lines, cover)
     total: dict[str, float] = {}
-    for _, zone, piece in _by_zone(band.zones, lines):
-        total[zone] = total.get(zone, 0.0) + float(lengths_m(np.array([piece]), mosaic.crs)[0])
+    pieces = _by_zone(band.zones, lines)
+    for (_, zone, _), metres in zip(pieces, _lengths(pieces, mosaic.crs), strict=True):
+        total[zone] = total.get(zone, 0.0) + metres
     rows: dict[str, list] = {"road_id": [], "name": [], "zone": [], "flooded_m": []}
     geoms: list = []
     flooded: dict[str, float] = {}
-    for index, zone, piece in _by_zone(band.zones, wet):
-        metres = float(lengths_m(np.array([piece]), mosaic.crs)[0])
+    pieces = _by_zone(band.zones, wet)
+    for (index, zone, piece), metres in zip(pieces, _lengths(pieces, mosaic.crs), strict=True):
         if metres <= 0:
             continue
         flooded[zone] = flooded.get(zone, 0.0) + metres
@@ -122,6 +124,13 @@ def road_band(band: RoadBand) -> RoadLengths:
     out.to_parquet(partial, index=False)
     partial.replace(band.part)
     return RoadLengths(total, flooded)
+
+
+def _lengths(pieces: list[tuple[int, str, object]], crs: CRS) -> list[float]:
+    """The geodesic length in metres of each piece, measured in one batch."""
+    geoms = np.empty(len(pieces), dtype=object)
+    geoms[:] = [piece for _, _, piece in pieces]
+    return [float(m) for m in lengths_m(geoms, crs)]
 
 
 def _flooded_parts(lines: np.ndarray, cover: np.ndarray) -> np.ndarray:
