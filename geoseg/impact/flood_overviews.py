@@ -53,7 +53,8 @@ def _level_array(mosaic: MosaicInfo, group: zarr.Group, key: str) -> zarr.Array:
         fill_value=UNKNOWN,
         dimension_names=["y", "x"] if labels.metadata.zarr_format == 3 else None,
     )
-    attrs = dict(mosaic.array(FLOOD).attrs) | {"geoseg": dict(labels.attrs.get("geoseg", {})) | {"resampling": "mode"}}
+    level = cast(dict[str, Any], labels.attrs.get("geoseg", {}))
+    attrs = dict(mosaic.array(FLOOD).attrs) | {"geoseg": dict(level) | {"resampling": "mode"}}
     attrs["geoseg_flood"] = {"key": key, "complete": False}
     array.attrs.update(attrs)
     return array
@@ -70,7 +71,7 @@ def _fill(source: zarr.Array, target: zarr.Array, chunk: int) -> None:
 
 def _advertise(mosaic: MosaicInfo) -> None:
     """Add (or replace) the ``flood`` entry of the root's ``multiscales``: the labels' entry with flood's paths."""
-    entries = cast(list[dict[str, Any]], list(mosaic.group.attrs.get("multiscales") or []))
+    entries = list(cast(list[dict[str, Any]], mosaic.group.attrs.get("multiscales") or []))
     labels = next((e for e in entries if e.get("name") == "labels"), None)
     if labels is None:
         return
@@ -86,7 +87,8 @@ def write_flood_overviews(mosaic_path: str) -> list[int]:
     """Write the flood's levels for every level of the labels' pyramid (none written again if current)."""
     mosaic = open_mosaic(mosaic_path, mode="r+")
     factors = list_overviews(mosaic_path)
-    key = str(mosaic.array(FLOOD).attrs["geoseg_flood"]["key"])
+    made = cast(dict[str, Any], mosaic.array(FLOOD).attrs["geoseg_flood"])
+    key = str(made["key"])
     groups = [cast(zarr.Group, mosaic.group[f"{OVERVIEWS_GROUP}/{f}"]) for f in factors]
     current = [
         FLOOD in g and member_array(g, FLOOD).attrs.get("geoseg_flood") == {"key": key, "complete": True}
