@@ -15,7 +15,7 @@ from geoseg.config.locations import is_uri
 from geoseg.config.paths import JobPaths
 from geoseg.errors import GeosegError, InputRasterError, JobConfigError, StageError
 from geoseg.infer.blend import BlendScratch, drop_scratch
-from geoseg.io.mosaic import UNREAD, UnreadTile, create_mosaic, done_chunks, open_mosaic
+from geoseg.io.mosaic import UNREAD, UnreadTile, create_mosaic, done_chunks, geoseg_attrs, open_mosaic
 from geoseg.io.overviews import build_overviews, list_overviews
 from geoseg.io.raster import SceneInfo
 from geoseg.io.unread import record_unread_tiles
@@ -231,9 +231,12 @@ def _reopen_to_retry_unread(mosaic_path: Path, partial: Path, fingerprint: dict,
     """
     if partial.exists() or not _is_complete(mosaic_path, fingerprint, unread_ok=True):
         return
-    unread = done_chunks(open_mosaic(mosaic_path), UNREAD)
+    mosaic = open_mosaic(mosaic_path, mode="r+")
+    unread = done_chunks(mosaic, UNREAD)
     if unread:
         log(f"predict: {mosaic_path.name}: reading the {len(unread)} tiles that could not be read before")
+        # Stamped with the repaired files' identities: the partial resumes under this fingerprint.
+        mosaic.group.attrs["geoseg"] = {**geoseg_attrs(mosaic.group), "fingerprint": fingerprint}
         os.replace(mosaic_path, partial)
 
 
@@ -340,8 +343,18 @@ def _is_complete(mosaic_path, fingerprint: dict, *, unread_ok: bool = False) -> 
     except GeosegError:
         return False
     rows, cols = mosaic.grid
-    complete = mosaic.fingerprint == fingerprint and len(done_chunks(mosaic)) == rows * cols
+    # With tiles left unread, the scene's files are expected to have changed: repaired, they are read again.
+    same = (
+        _without_files(mosaic.fingerprint) == _without_files(fingerprint)
+        if unread_ok
+        else mosaic.fingerprint == fingerprint
+    )
+    complete = same and len(done_chunks(mosaic)) == rows * cols
     return complete and (unread_ok or not done_chunks(mosaic, UNREAD))
+
+
+def _without_files(fingerprint: dict) -> dict:
+    return {key: value for key, value in fingerprint.items() if key != "files"}
 
 
 def _resume_or_create(partial, fingerprint: dict, scene, job: Job, classes, log) -> set[tuple[int, int]]:

@@ -38,3 +38,30 @@ def test_blend_mode_runs_through_the_stage_and_leaves_no_scratch(tmp_path, ray_l
     agreement = (blend.labels[:] == crop.labels[:]).mean()
     assert agreement > 0.9  # the same model: blending only changes pixels near seams
     assert chunk_bytes(outputs["blend"]) != chunk_bytes(outputs["crop"])
+
+
+def test_a_scene_replaced_under_the_same_name_is_predicted_again(tmp_path, ray_local):
+    """Same path, size and grid, other pixels: the mosaic of the old file is not taken for the new one's."""
+    from geoseg.job import load_job
+    from geoseg.stages.predict import run_predict
+
+    scene, _ = tiny_scene(tmp_path / "a", seed=0)
+    checkpoint = unet_checkpoint(tmp_path / "ckpt", scene, **TINY_UNET)
+    job = {
+        "name": "replaced",
+        "output_dir": str(tmp_path / "out"),
+        "classes": ["background", "water", "building"],
+        "stages": ["predict"],
+        "tiling": {"tile_size": 96, "halo": 16},
+        "model": {"arch": "unet", "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}},
+        "predict": {"scene": str(scene), "checkpoint": str(checkpoint)},
+        "runtime": {"workers": 1, "cpus_per_worker": 1},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    first = run_predict(load_job(path), log=lambda message: None)
+    assert first["tiles"] == 9
+    assert run_predict(load_job(path), log=lambda message: None)["tiles"] == 0  # unchanged: nothing to do
+    other, _ = tiny_scene(tmp_path / "b", seed=5)
+    other.replace(scene)
+    assert run_predict(load_job(path), log=lambda message: None)["tiles"] == 9
