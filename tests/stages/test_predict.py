@@ -1,6 +1,7 @@
 """The predict stage: blend stitching through the stage leaves no scratch and differs from crop only near seams."""
 
 import numpy as np
+import pytest
 import yaml
 import zarr
 
@@ -40,6 +41,7 @@ def test_blend_mode_runs_through_the_stage_and_leaves_no_scratch(tmp_path, ray_l
     assert chunk_bytes(outputs["blend"]) != chunk_bytes(outputs["crop"])
 
 
+@pytest.mark.long
 def test_a_scene_replaced_under_the_same_name_is_predicted_again(tmp_path, ray_local):
     """Same path, size and grid, other pixels: the mosaic of the old file is not taken for the new one's."""
     from geoseg.job import load_job
