@@ -34,7 +34,9 @@ __all__ = [
     "lengths_m",
     "pixel_window",
     "read_band_features",
+    "read_crossing",
     "window_transform",
+    "write_part",
 ]
 
 DENSIFY = 21  # points per edge when a band's bounds go to another CRS
@@ -80,22 +82,35 @@ def _home_rows(mosaic: MosaicInfo, geoms: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(np.asarray(rows, dtype=np.float64)), 0, mosaic.height - 1).astype(np.int64)
 
 
+def read_crossing(layer: AssetLayer, crs: CRS, bounds: tuple[float, float, float, float]) -> gpd.GeoDataFrame:
+    """The layer's features whose envelope crosses ``bounds`` (in ``crs``), in ``crs``, their FID as ``fid``."""
+    source_crs = layer.crs()
+    bbox = rasterio.warp.transform_bounds(crs, source_crs, *bounds, densify_pts=DENSIFY)
+    frame = pyogrio.read_dataframe(layer.path, layer=layer.layer, bbox=bbox, where=layer.where, fid_as_index=True)
+    frame = frame[~(frame.geometry.isna() | frame.geometry.is_empty)].rename_axis("fid").reset_index()
+    # Set, then reprojected: a layer's CRS as pyogrio reads it is not always the one info reports.
+    return frame.set_crs(source_crs.to_wkt(), allow_override=True).to_crs(crs.to_wkt())
+
+
 def read_band_features(layer: AssetLayer, mosaic: MosaicInfo, band: BandArea) -> gpd.GeoDataFrame:
     """The layer's features that belong to ``band``, in the mosaic's CRS, with their FID as ``fid``.
 
-    Features whose envelope misses the mosaic's columns are not read; of those read, a feature
-    belongs to the band that holds a point on its surface (see the module's docstring).
+    Features whose envelope misses the band are not read; of those read, a feature belongs to the
+    band that holds a point on its surface (see the module's docstring).
     """
-    source_crs = layer.crs()
-    bbox = rasterio.warp.transform_bounds(mosaic.crs, source_crs, *band.bounds, densify_pts=DENSIFY)
-    frame = pyogrio.read_dataframe(layer.path, layer=layer.layer, bbox=bbox, where=layer.where, fid_as_index=True)
-    frame = frame[~(frame.geometry.isna() | frame.geometry.is_empty)]
-    frame = frame.rename_axis("fid").reset_index()
+    frame = read_crossing(layer, mosaic.crs, band.bounds)
     if not len(frame):
-        return frame.set_crs(mosaic.crs.to_wkt(), allow_override=True)
-    frame = frame.set_crs(source_crs.to_wkt(), allow_override=True).to_crs(mosaic.crs.to_wkt())
+        return frame
     rows = _home_rows(mosaic, frame.geometry.values)
     return frame[(rows >= band.first_row) & (rows < band.stop_row)].reset_index(drop=True)
+
+
+def write_part(frame: gpd.GeoDataFrame, path: str) -> None:
+    """A band's rows as GeoParquet at ``path``, complete or not there at all."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(path + ".partial")
+    frame.to_parquet(partial, index=False)
+    partial.replace(path)
 
 
 def buffer_units(crs: CRS, metres: float) -> float:

@@ -12,7 +12,6 @@ are its own); it writes its rows to a Parquet part, and returns its counts per z
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -26,6 +25,7 @@ from geoseg.impact.assets import (
     pixel_window,
     read_band_features,
     window_transform,
+    write_part,
 )
 from geoseg.impact.flood import FLOOD, FLOODED, UNKNOWN
 from geoseg.impact.zones import OUTSIDE, Zones, add_per_zone
@@ -126,10 +126,7 @@ def building_band(band: BuildingBand) -> BuildingCounts:
         "zone": zones,
     }
     out = buildings_frame(rows, np.asarray(geoms), crs_wkt)
-    Path(band.part).parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(band.part + ".partial")
-    out.to_parquet(partial, index=False)
-    partial.replace(band.part)
+    write_part(out, band.part)
     total: dict[str, int] = {}
     hit: dict[str, int] = {}
     for zone, is_flooded in zip(zones.tolist(), flooded.tolist(), strict=True):

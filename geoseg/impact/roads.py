@@ -10,7 +10,6 @@ with the road's FID (``road_id``) to join them back. Lengths are geodesic metres
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -21,7 +20,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from scipy import ndimage
 
-from geoseg.impact.assets import AssetLayer, band_area, buffer_units, lengths_m
+from geoseg.impact.assets import AssetLayer, band_area, buffer_units, lengths_m, read_crossing, write_part
 from geoseg.impact.flood import FLOOD, FLOODED
 from geoseg.impact.zones import OUTSIDE, Zones, add_per_zone
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
@@ -88,14 +87,10 @@ def road_band(band: RoadBand) -> RoadLengths:
     mosaic = open_mosaic(band.mosaic)
     crs_wkt = mosaic.crs.to_wkt()
     area = band_area(mosaic, band.first_row, band.stop_row)
-    source_crs = band.roads.crs()
-    bbox = rasterio.warp.transform_bounds(mosaic.crs, source_crs, *area.bounds, densify_pts=21)
-    frame = gpd.read_file(band.roads.path, layer=band.roads.layer, bbox=bbox, engine="pyogrio", fid_as_index=True)
-    frame = frame[~(frame.geometry.isna() | frame.geometry.is_empty)]
-    frame = frame.set_crs(source_crs.to_wkt(), allow_override=True).to_crs(crs_wkt)
+    frame = read_crossing(band.roads, mosaic.crs, area.bounds)
     lines = shapely.clip_by_rect(frame.geometry.values, *area.bounds) if len(frame) else np.zeros(0, object)
     keep = ~shapely.is_empty(lines) if len(lines) else np.zeros(0, bool)
-    fids = frame.index.to_numpy()[keep]
+    fids = frame["fid"].to_numpy()[keep]
     names = frame["name"].astype(str).to_numpy()[keep] if "name" in frame.columns else np.full(keep.sum(), "")
     lines = lines[keep]
     grow = int(np.ceil(buffer_units(mosaic.crs, band.buffer_m) / abs(mosaic.transform.a)))
@@ -119,10 +114,7 @@ def road_band(band: RoadBand) -> RoadLengths:
         rows["flooded_m"].append(metres)
         geoms.append(shapely.line_merge(piece))  # the stretches of one road in one band and zone, joined
     out = roads_frame(rows, np.array(geoms, dtype=object), crs_wkt)
-    Path(band.part).parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(band.part + ".partial")
-    out.to_parquet(partial, index=False)
-    partial.replace(band.part)
+    write_part(out, band.part)
     return RoadLengths(total, flooded)
 
 

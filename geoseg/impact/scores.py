@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import pyogrio
 import rasterio
 import rasterio.warp
 import shapely
@@ -25,7 +24,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geoseg.evaluate.confusion import chunk_row_bands
-from geoseg.impact.assets import DENSIFY, AssetLayer, band_area, read_band_features
+from geoseg.impact.assets import AssetLayer, band_area, read_band_features, read_crossing
 from geoseg.impact.flood import FLOOD, MIN_BANDS, UNKNOWN
 from geoseg.io.mosaic import open_mosaic
 from geoseg.vectorize.classes import RunTasks, in_process
@@ -130,12 +129,9 @@ def _overlapping(own: np.ndarray, layer: AssetLayer, crs: CRS) -> np.ndarray:
     found = np.zeros(len(own), bool)
     if not len(own):
         return found
-    bbox = rasterio.warp.transform_bounds(crs, layer.crs(), *shapely.total_bounds(own), densify_pts=DENSIFY)
-    others = pyogrio.read_dataframe(layer.path, layer=layer.layer, where=layer.where, bbox=bbox)
-    others = others[~(others.geometry.isna() | others.geometry.is_empty)]
-    if not len(others):
+    geoms = read_crossing(layer, crs, tuple(shapely.total_bounds(own))).geometry.values
+    if not len(geoms):
         return found
-    geoms = others.set_crs(layer.crs().to_wkt(), allow_override=True).to_crs(crs.to_wkt()).geometry.values
     tree = shapely.STRtree(geoms)
     mine, theirs = tree.query(own, predicate="intersects")
     areas = shapely.area(shapely.intersection(own[mine], geoms[theirs]))

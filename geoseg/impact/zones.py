@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
-import pyogrio
 import rasterio.features
 import shapely
 from affine import Affine
@@ -154,21 +153,3 @@ def zone_flood_m2(mosaic_path: str | Path, zones: Zones, run_tasks: RunTasks = i
     for result in cast(Iterable[ZoneTotals], run_tasks(zone_band, requests)):
         total = total + result
     return total
-
-
-def check_zones(path: Path, field: str) -> list[str]:
-    """Problems with a zones layer, before anything runs: unreadable, no CRS, no ``field``."""
-    try:
-        info = pyogrio.read_info(path)
-    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
-        return [f"{path}: impact.zones: cannot be read as a vector layer ({exc}); give a GeoPackage or GeoJSON"]
-    problems = []
-    if not info["crs"]:
-        problems.append(f"{path}: impact.zones: the layer has no CRS; set one (ogr2ogr -a_srs EPSG:…)")
-    fields = [str(f) for f in info["fields"]]
-    if field not in fields:
-        problems.append(
-            f"{path}: impact.zones: no field {field!r} (fields: {', '.join(fields) or 'none'}); "
-            f"set impact.zone_field to the one naming each zone"
-        )
-    return problems

@@ -8,7 +8,6 @@ import pyogrio
 import rasterio.warp
 
 from geoseg.config import Job
-from geoseg.impact.zones import check_zones
 from geoseg.io.raster import SceneInfo
 
 __all__ = ["check_impact_inputs"]
@@ -16,8 +15,8 @@ __all__ = ["check_impact_inputs"]
 _READ_ERRORS = (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError)
 
 
-def _vector_layer(path: Path, field: str, problems: list[str], fields: tuple[str, ...] = ()) -> None:
-    """A readable vector layer with a CRS (and ``fields``)."""
+def _vector_layer(path: Path, field: str, problems: list[str], fields: tuple[str, ...] = (), fix: str = "") -> None:
+    """A readable vector layer with a CRS (and ``fields``; ``fix`` says what to do when one is missing)."""
     try:
         info = pyogrio.read_info(path)
     except _READ_ERRORS as exc:
@@ -28,7 +27,7 @@ def _vector_layer(path: Path, field: str, problems: list[str], fields: tuple[str
     names = [str(f) for f in info["fields"]]
     for wanted in fields:
         if wanted not in names:
-            problems.append(f"{path}: {field}: no field {wanted!r} (fields: {', '.join(names) or 'none'})")
+            problems.append(f"{path}: {field}: no field {wanted!r} (fields: {', '.join(names) or 'none'}){fix}")
 
 
 def _overlap(pre: SceneInfo, scene: SceneInfo, problems: list[str]) -> None:
@@ -63,7 +62,8 @@ def check_impact_inputs(
         if spec.roads is not None:
             _vector_layer(spec.roads, "impact.roads", problems)
         if spec.zones is not None:
-            problems.extend(check_zones(spec.zones, spec.zone_field))
+            fix = "; set impact.zone_field to the one naming each zone"
+            _vector_layer(spec.zones, "impact.zones", problems, (spec.zone_field,), fix)
     evaluate = job.evaluate
     if "evaluate" in stages and evaluate is not None:
         if evaluate.flooded_buildings is not None:
