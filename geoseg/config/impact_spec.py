@@ -30,17 +30,12 @@ class ImpactSpec(Strict):
     building_class: str | None = Field(
         default="building",
         description="The class whose vectorized polygons are the buildings (the vectorize stage's output); "
-        "null: no buildings. An instance model's instances are used as they are.",
+        "null: no buildings. For an instance model, its instance polygons of this class.",
     )
     roads: InputLocation | None = Field(
         default=None,
         description="A road-line layer (e.g. an OpenStreetMap extract; any CRS): the flooded stretch of every "
-        "line is measured. Default: none (roads are then only counted by area, from road_class).",
-    )
-    road_class: str | None = Field(
-        default="road",
-        description="The class of road pixels (in the pre-event mosaic where there is one: a flooded street "
-        "looks like water after the event): flooded road area per zone.",
+        "line is measured. Default: none (no road figures).",
     )
     buffer_m: float = Field(
         default=DEFAULT_BUFFER_M,
