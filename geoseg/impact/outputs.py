@@ -28,7 +28,9 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pyogrio
-import shapely
+
+from geoseg.vectorize.geojson_text import collection_header
+from geoseg.vectorize.stream import render_geojson
 
 __all__ = ["IMPACT_GPKG", "ImpactWriter", "LayerStream"]
 
@@ -56,7 +58,7 @@ class LayerStream:
         self.geojson = folder / f"{layer}.geojson"
         self.rows = 0
         self._json = open(_partial(self.geojson), "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._json.write(f'{{"type": "FeatureCollection", "name": "{layer}", "features": [\n')
+        self._json.write(collection_header(layer))
 
     def write(self, frame: gpd.GeoDataFrame) -> None:
         if not len(frame):
@@ -71,17 +73,9 @@ class LayerStream:
             append=self.rows > 0,
             **({"dataset_options": {"VERSION": "1.2"}} if not self.gpkg.exists() else {}),
         )
-        lonlat = frame.to_crs("EPSG:4326")
-        texts = shapely.to_geojson(lonlat.geometry.values)
-        properties = lonlat.drop(columns=lonlat.geometry.name).to_dict("records")
-        lines = [
-            json.dumps(
-                {"type": "Feature", "properties": {k: _json_value(v) for k, v in props.items()}, "geometry": None},
-                ensure_ascii=False,
-            ).replace('"geometry": null', f'"geometry": {text}')
-            for props, text in zip(properties, texts, strict=True)
-        ]
-        self._json.write((",\n" if self.rows else "") + ",\n".join(lines))
+        # "Unknown": each feature keeps its own type in the GeoJSON (the GeoPackage layer is Multi-).
+        features = render_geojson(frame.to_crs("EPSG:4326"), self.layer, "Unknown")[1]
+        self._json.write((",\n" if self.rows else "") + features)
         self.rows += len(frame)
 
     def close(self, empty: gpd.GeoDataFrame) -> None:

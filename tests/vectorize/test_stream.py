@@ -212,14 +212,20 @@ def test_failed_stream_leaves_no_file(tmp_path, monkeypatch, fmt):
 
     calls = []
 
-    def fail_on_fourth_band(frame, *args, **kwargs):
-        calls.append(len(frame))
-        if len(calls) == 4:
-            raise pyogrio.errors.DataSourceError("disk full")
-        return real_write(frame, *args, **kwargs)
+    def fail_on_fourth_band(real_write):
+        def write(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 4:
+                raise pyogrio.errors.DataSourceError("disk full")
+            return real_write(*args, **kwargs)
 
-    real_write = pyogrio.write_dataframe
-    monkeypatch.setattr(pyogrio, "write_dataframe", fail_on_fourth_band)
+        return write
+
+    # The GeoJSON is rendered without GDAL: fail the main output's writer.
+    if fmt == "gpkg":
+        monkeypatch.setattr(pyogrio, "write_dataframe", fail_on_fourth_band(pyogrio.write_dataframe))
+    else:
+        monkeypatch.setattr(pq.ParquetWriter, "write_table", fail_on_fourth_band(pq.ParquetWriter.write_table))
     (tmp_path / "v").mkdir()
     with pytest.raises(StageError, match="disk full"):
         vectorize_mosaic(path, tmp_path / "v", fmt=fmt)

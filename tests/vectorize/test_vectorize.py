@@ -19,7 +19,7 @@ from scipy import ndimage
 from geoseg.errors import JobConfigError, StageError
 from geoseg.io.mosaic import create_mosaic, write_block
 from geoseg.vectorize import SeamMerger, polygonize_chunk, vectorize_mosaic
-from geoseg.vectorize import export as export_module
+from geoseg.vectorize import stream as stream_module
 from geoseg.vectorize.pixelgeom import drop_collinear, node_polygons, union_pieces
 
 H, W, CHUNK = 300, 260, 64  # seams at rows 64/128/192/256 and columns 64/128/192/256
@@ -260,15 +260,12 @@ def test_failed_write_leaves_no_finished_looking_file(tmp_path, monkeypatch):
     make_mosaic(tmp_path / "mosaic.zarr", spiral_water())
     first = vectorize_mosaic(tmp_path / "mosaic.zarr", tmp_path / "vectors")
     before = first.geojson.read_bytes(), first.vectors.read_bytes()
-    real_write = pyogrio.write_dataframe
 
-    def crash_on_geojson(df, path, **kwargs):
-        if kwargs.get("driver") == "GeoJSON":
-            real_write(df.iloc[:0], path, **kwargs)  # half-done output on disk, then die
-            raise OSError("disk full")
-        return real_write(df, path, **kwargs)
+    def crash_on_geojson(self, header, features, rows):
+        self.file.write(header + features[: len(features) // 2])  # half-done output on disk, then die
+        raise OSError("disk full")
 
-    monkeypatch.setattr(export_module.pyogrio, "write_dataframe", crash_on_geojson)
+    monkeypatch.setattr(stream_module._GeoJsonStream, "_append", crash_on_geojson)
     with pytest.raises(StageError, match="disk full"):
         vectorize_mosaic(tmp_path / "mosaic.zarr", tmp_path / "vectors")
     assert (first.geojson.read_bytes(), first.vectors.read_bytes()) == before  # earlier outputs untouched
