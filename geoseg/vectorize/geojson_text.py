@@ -139,9 +139,9 @@ def render_features(frame: gpd.GeoDataFrame) -> str:
     Each geometry is written as its own type; a layer declared MultiPolygon promotes Polygon
     lines itself (:func:`geoseg.vectorize.stream.promote_lines`).
     """
-    geometry = frame.geometry.values
-    empty = shapely.is_empty(geometry)
-    geometries = _geometries(np.where(empty, None, geometry))
+    shapes = np.array(frame.geometry.values, dtype=object)
+    shapes[shapely.is_empty(shapes)] = None  # GDAL writes "geometry": null for them too
+    geometries = _geometries(shapes)
     lines = [
         f'{{ "type": "Feature", "properties": {props}, "geometry": {geom} }}'
         for props, geom in zip(_properties(frame), geometries, strict=True)
