@@ -23,11 +23,17 @@ __all__ = ["format_validation_error", "read_job_file", "rebase_job_paths"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
+
 # pydantic's error types → our wording; the fallback is pydantic's own message.
+def _plain(number: float) -> str:
+    """A limit as a person writes it: 0, not 0.0."""
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
 _MESSAGES: dict[str, Callable[[dict[str, Any]], str]] = {
-    "greater_than_equal": lambda ctx: f"must be >= {ctx['ge']}",
-    "greater_than": lambda ctx: f"must be > {ctx['gt']}",
-    "less_than_equal": lambda ctx: f"must be <= {ctx['le']}",
+    "greater_than_equal": lambda ctx: f"must be >= {_plain(ctx['ge'])}",
+    "greater_than": lambda ctx: f"must be > {_plain(ctx['gt'])}",
+    "less_than_equal": lambda ctx: f"must be <= {_plain(ctx['le'])}",
     "missing": lambda ctx: "required field is missing",
     "literal_error": lambda ctx: f"must be one of {ctx['expected']}",
     "too_short": lambda ctx: f"needs at least {ctx['min_length']} item(s)",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from geoseg.infer.crf import CrfParams, dense_crf
 from geoseg.tiling import Tile
 
 __all__ = ["CoreOutputs", "DevicePixels", "first_argmax", "forward"]
@@ -64,23 +65,37 @@ class CoreOutputs:
 class DevicePixels:
     """Normalization statistics and a model on one device; batches of raw tiles in, core outputs out."""
 
-    def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float], device: torch.device):
-        self.model, self.device = model, device
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+        crf: CrfParams | None = None,
+    ):
+        self.model, self.device, self.crf = model, device, crf
         self.mean = torch.tensor(np.asarray(mean, np.float32), device=device)[:, None, None]
         self.std = torch.tensor(np.asarray(std, np.float32), device=device)[:, None, None]
 
-    def _inputs(self, raw: np.ndarray) -> torch.Tensor:
-        """(N, bands, H, W) raw pixels → normalized float32 on the device."""
+    def _pixels(self, raw: np.ndarray) -> torch.Tensor:
+        """(N, bands, H, W) raw pixels as float32 on the device."""
         host = torch.from_numpy(np.ascontiguousarray(raw.astype(_WIDER.get(raw.dtype, raw.dtype), copy=False)))
         if self.device.type == "cuda":
             host = host.pin_memory()
-        pixels = host.to(self.device, non_blocking=True)
-        return (pixels.to(torch.float32) - self.mean) / self.std
+        return host.to(self.device, non_blocking=True).to(torch.float32)
 
     def logits(self, raw: np.ndarray) -> torch.Tensor:
-        """The model's float32 logits of a raw batch, left on the device."""
+        """The model's float32 logits of a raw batch, left on the device; refined by the CRF if there is one."""
         with torch.inference_mode():
-            return forward(self.model, self._inputs(raw), self.device)
+            pixels = self._pixels(raw)
+            normalized = (pixels - self.mean) / self.std
+            logits = forward(self.model, normalized, self.device)
+            if self.crf is None:
+                return logits
+            # The appearance kernel compares colours on a 0–255 scale: uint8 imagery as it is, other
+            # types mapped from the training normalization (mean ± 2 std → 0–255).
+            image = pixels if raw.dtype == np.uint8 else normalized * 63.75 + 127.5
+            return dense_crf(logits.float(), image, self.crf)
 
     def cores(self, raw: np.ndarray, tiles: Sequence[Tile], *, scores: bool) -> CoreOutputs:
         """Each tile's core: argmax labels and (``scores``) softmax probabilities × 255, rounded, as uint8."""

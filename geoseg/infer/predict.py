@@ -36,6 +36,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
 from geoseg.infer.blend import BlendScratch, blend_tiles
+from geoseg.infer.crf import CrfParams
 from geoseg.infer.device import CoreOutputs, DevicePixels, forward
 from geoseg.io.integrity import gdal_reason
 from geoseg.io.mosaic import MosaicInfo, UnreadTile, leave_invalid, mark_done, open_mosaic, write_block
@@ -83,6 +84,7 @@ class TilePredictor:
         threads: int | None = None,
         stitch: str = "crop",
         on_read_error: OnReadError = "stop",
+        crf: dict | None = None,
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -95,7 +97,9 @@ class TilePredictor:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.bands = tuple(self.card.bands)
-        self.pixels = DevicePixels(self.model, self.card.normalization.mean, self.card.normalization.std, self.device)
+        normalization = self.card.normalization
+        crf_params = CrfParams(**crf) if crf else None
+        self.pixels = DevicePixels(self.model, normalization.mean, normalization.std, self.device, crf=crf_params)
         # GDAL's block cache defaults to 5% of RAM and fills with whatever was read,
         # so a worker's memory would grow with the scene; each tile is read about
         # once, so a small cache (enough for neighbouring halos) loses nothing.

@@ -13,9 +13,21 @@ __all__ = ["load_job"]
 def load_job(path: str | Path) -> Job:
     """Read, validate and resolve a job file; raise JobConfigError listing every problem."""
     job = read_job_file(path)
+    _check_crf(job, str(path))
     if job.tiling.auto:
         _check_auto_tiling(job, str(path))
     return _resolve_auto_halo(job, str(path)) if job.tiling.halo == "auto" else job
+
+
+def _check_crf(job: Job, source: str) -> None:
+    """A dense CRF refines class scores: an instance model has none."""
+    from geoseg.models.known import INSTANCE_ARCHITECTURE_NAMES
+
+    if job.predict is not None and job.predict.crf is not None and job.model.arch in INSTANCE_ARCHITECTURE_NAMES:
+        raise JobConfigError(
+            f"{source}: predict.crf: {job.model.arch} predicts instances, not per-pixel class scores for a CRF "
+            "to refine; remove predict.crf"
+        )
 
 
 def _check_auto_tiling(job: Job, source: str) -> None:

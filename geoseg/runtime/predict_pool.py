@@ -281,6 +281,7 @@ def start_predictors(
     use_gpu: bool,
     stitch: str = "crop",
     on_read_error: OnReadError = "stop",
+    crf: dict | None = None,
 ) -> ActorPool:
     """Start the model actors of a prediction; feed them with :meth:`ActorPool.run`.
 
@@ -298,6 +299,7 @@ def start_predictors(
         "threads": cpus_per_worker,
         "stitch": stitch,
         "on_read_error": on_read_error,
+        "crf": crf,
     }
     calls = calls_per_predictor(cpus_per_worker, use_gpu)
     return ActorPool(

@@ -204,6 +204,12 @@ def _chunks_to_do(
         f"predict: {scene.path.name} {scene.width}x{scene.height} px in {len(tiles)} tiles "
         f"(tile {job.tiling.size}, halo {job.tiling.halo}, core {job.tiling.core})"
     )
+    crf = predict_spec(job).crf
+    if crf is not None:
+        log(
+            f"predict: a dense CRF refines each tile ({crf.iterations} iterations, {crf.window}-px window); it "
+            f"reaches {crf.halo} px beyond the model's context, which the halo ({job.tiling.halo} px) must cover too"
+        )
     if done:
         log(f"predict: resuming: skipped {len(tiles) - len(todo)} of {len(tiles)} chunks already written")
     return todo
@@ -221,6 +227,7 @@ def _start_predictors(job: Job, checkpoint: Path, scene: SceneInfo, partial: Pat
         use_gpu=runtime.use_gpu,
         stitch=job.tiling.stitch,
         on_read_error=spec.on_read_error,
+        crf=spec.crf.model_dump() if spec.crf else None,
     )
 
 
@@ -316,6 +323,7 @@ def _fingerprint(scene, checkpoint, job: Job) -> dict:
         "stitch": job.tiling.stitch,
         "scores": spec.scores,
         "zarr_format": spec.zarr_format,
+        **({"crf": spec.crf.model_dump()} if spec.crf else {}),  # absent: mosaics made before it match
     }
 
 

@@ -194,3 +194,24 @@ def test_auto_tiling_needs_seams_a_training_can_measure(tmp_path):
     ]
     lines = problems(tmp_path, {**MINIMAL, "tiling": "auto", "model": {"arch": "maskrcnn_resnet50_fpn"}})
     assert len(lines) == 1 and "tiling: auto chooses by the seams of a segmentation model" in lines[0]
+
+
+def test_a_dense_crf_is_switched_on_or_tuned_and_its_settings_checked(tmp_path):
+    source = str(tmp_path / "job.yaml")
+    assert load_job(write(tmp_path, MINIMAL)).predict.crf is None
+    crf = load_job(write(tmp_path, {**MINIMAL, "predict": {"scene": "s.tif", "crf": True}})).predict.crf
+    assert (crf.iterations, crf.window, crf.bilateral_weight, crf.halo) == (5, 11, 4.0, 25)
+    bad = {"iterations": -1, "window": 4, "spatial_sigma": 0, "bilateral_wieght": 2}
+    lines = problems(tmp_path, {**MINIMAL, "predict": {"scene": "s.tif", "crf": bad}})
+    assert sorted(lines) == [
+        f"{source}: predict.crf.bilateral_wieght: unknown key; remove it or use one of: iterations, spatial_sigma, "
+        "spatial_weight, bilateral_sigma_xy, bilateral_sigma_rgb, bilateral_weight, window",
+        f"{source}: predict.crf.iterations: must be >= 0 (got -1)",
+        f"{source}: predict.crf.spatial_sigma: must be > 0 (got 0)",
+        f"{source}: predict.crf.window: must be odd, a window centred on its pixel; use 5 (got 4)",
+    ]
+    instances = {**MINIMAL, "model": {"arch": "maskrcnn_resnet50_fpn"}, "predict": {"scene": "s.tif", "crf": True}}
+    assert problems(tmp_path, instances) == [
+        f"{source}: predict.crf: maskrcnn_resnet50_fpn predicts instances, not per-pixel class scores for a CRF "
+        "to refine; remove predict.crf"
+    ]

@@ -51,7 +51,7 @@ def test_label_classes_must_be_known_naming_the_field_and_the_value(tmp_path):
 def test_label_class_excludes_label_map_and_widths_must_be_positive(tmp_path):
     path = job_file(tmp_path, {"label_class": "building", "label_field": "kind"}, buffer_m={"road": -1})
     lines = problems(path)
-    assert f"{path}: train.buffer_m.road: must be > 0.0 (got -1)" in lines
+    assert f"{path}: train.buffer_m.road: must be > 0 (got -1)" in lines
     assert any(
         line.startswith(f"{path}: train.scenes.0: label_class gives every feature one class; remove label_field")
         for line in lines

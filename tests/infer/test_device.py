@@ -71,3 +71,27 @@ def test_first_argmax_is_torchs_argmax_with_ties_and_nans():
     assert torch.equal(got, want)
     assert torch.equal(first_argmax(scores)[0, :2], torch.tensor([0, 0], dtype=torch.uint8))
     assert len(torch.unique(got)) == 7
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_dense_crf_refines_the_logits_before_the_argmax(dtype):
+    from geoseg.infer.crf import CrfParams, dense_crf
+
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=3, num_classes=4, encoder="resnet18", **TINY_UNET).eval()
+    tiles = plan_tiles(200, 200, tile_size=64, halo=8)[:2]
+    raw = np.random.default_rng(2).integers(0, 256, (len(tiles), 3, 64, 64)).astype(dtype)
+    mean, std = [100.0, 120.0, 90.0], [40.0, 50.0, 30.0]
+    params = CrfParams(iterations=3, window=5)
+    plain = DevicePixels(model, mean, std, CPU).cores(raw, tiles, scores=True)
+    refined = DevicePixels(model, mean, std, CPU, crf=params).cores(raw, tiles, scores=True)
+    with torch.inference_mode():
+        inputs = torch.from_numpy(np.stack([normalize(pixels, mean, std) for pixels in raw]))
+        # uint8 colours as they are; other types through the normalization, mean ± 2 std → 0–255
+        image = torch.from_numpy(raw.astype(np.float32)) if dtype == np.uint8 else inputs * 63.75 + 127.5
+        expected = dense_crf(model(inputs), image, params)
+    for tile, labels, tile_scores, log_q in zip(tiles, refined.labels, refined.scores, expected, strict=True):
+        core = log_q[:, tile.halo : tile.halo + tile.height, tile.halo : tile.halo + tile.width]
+        np.testing.assert_array_equal(labels, core.argmax(dim=0).numpy())
+        np.testing.assert_array_equal(tile_scores, torch.round(core.exp() * 255).to(torch.uint8).numpy())
+    assert any((a != b).any() for a, b in zip(plain.labels, refined.labels, strict=True))

@@ -41,6 +41,40 @@ def test_blend_mode_runs_through_the_stage_and_leaves_no_scratch(tmp_path, ray_l
     assert chunk_bytes(outputs["blend"]) != chunk_bytes(outputs["crop"])
 
 
+def test_a_dense_crf_refines_each_tile_and_keys_the_mosaic(tmp_path, ray_local):
+    from geoseg.job import run_job
+
+    scene, _ = tiny_scene(tmp_path)
+    checkpoint = unet_checkpoint(tmp_path / "ckpt", scene, **TINY_UNET)
+    labels, lines = {}, []
+    for name, crf in (
+        ("plain", None),
+        ("crf", {"iterations": 2, "window": 3}),
+        ("crf", {"iterations": 3, "window": 3}),
+    ):
+        job = {
+            "name": name,
+            "output_dir": str(tmp_path / name),
+            "classes": ["background", "water", "building"],
+            "stages": ["predict"],
+            "tiling": {"tile_size": 96, "halo": 16},
+            "model": {"arch": "unet", "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}},
+            "predict": {"scene": str(scene), "checkpoint": str(checkpoint), **({"crf": crf} if crf else {})},
+            "runtime": {"workers": 1, "cpus_per_worker": 1},
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(job))
+        summary = run_job(path, log=lines.append)
+        assert summary["predict"]["tiles"] == 9  # another CRF setting predicts the mosaic again
+        mosaic = open_mosaic(tmp_path / name / "mosaic.zarr")
+        labels[name] = mosaic.labels[:]
+        assert mosaic.group.attrs["geoseg"]["fingerprint"].get("crf", {}).get("iterations") == (crf or {}).get(
+            "iterations"
+        )
+    assert any("dense CRF refines each tile (3 iterations, 3-px window); it reaches 3 px" in line for line in lines)
+    assert (labels["plain"] != labels["crf"]).any()
+
+
 @pytest.mark.long
 def test_a_scene_replaced_under_the_same_name_is_predicted_again(tmp_path, ray_local):
     """Same path, size and grid, other pixels: the mosaic of the old file is not taken for the new one's."""
