@@ -289,6 +289,11 @@ class Job(Strict):
         ]
         if missing:
             raise ValueError("; ".join(missing))
+        if self.train is not None and "gscnn_edge" in self.train.loss and self.model.arch != "gatedscnn":
+            raise ValueError(
+                f"train.loss.gscnn_edge: supervises the boundary stream of a gatedscnn model, which {self.model.arch} "
+                "has not; use model.arch: gatedscnn, or remove gscnn_edge"
+            )
         if self.train is not None:
             clash = sorted(set(self.train.ignore_classes) & set(self.classes))
             if clash:

@@ -168,6 +168,7 @@ LOSS_NAMES = (
     "sensitivity_specificity",
     "iou_balanced",
     "distance_ce",
+    "gscnn_edge",
 )
 
 
@@ -208,7 +209,8 @@ class TrainSpec(Strict):
             "Losses and their weights, summed: ce, weighted_ce (median-frequency class weights), border_ce "
             "(U-Net border weights; needs label polygons), dice, focal, lovasz, jaccard, tversky, topk (hardest 10% of "
             "pixels), boundary (Kervadec 2019), hausdorff (Karimi 2019), sensitivity_specificity (Brosch 2015), "
-            "iou_balanced (Wu 2019), distance_ce (Calivà 2019)."
+            "iou_balanced (Wu 2019), distance_ce (Calivà 2019), gscnn_edge (Gated-SCNN's boundary and dual-task "
+            "losses, Takikawa 2019; model.arch gatedscnn)."
         ),
     )
     schedule: Literal["onecycle", "cosine"] = Field(default="onecycle", description="Learning-rate schedule (AdamW).")

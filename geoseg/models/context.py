@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from geoseg.models.classic import CLASSIC_CONTEXT
 from geoseg.models.registry import ARCHITECTURES, DEFAULT_ENCODER, build_model, output_stride, resolve_encoder
 
 __all__ = [
@@ -53,7 +54,11 @@ __all__ = [
 # Tiled == whole (to float round-off) once the halo covers the radius: only local
 # convolutions, nearest upsampling, no resampling in the segmentation head; or
 # (fcn_resnet50) one bilinear ×8 with align_corners=False after the whole network.
-EXACT_TILING = frozenset({"unet", "unetplusplus", "linknet", "fcn_resnet50"})
+# The classic systems say themselves which see only locally (geoseg.models.classic): their upsampling is
+# transposed convolutions, max-unpooling or bilinear by an integer factor with align_corners=False.
+EXACT_TILING = frozenset({"unet", "unetplusplus", "linknet", "fcn_resnet50"}) | frozenset(
+    name for name, context in CLASSIC_CONTEXT.items() if context is None
+)
 
 # What lets each other architecture see the whole input (smp 0.6, torchvision 0.29).
 GLOBAL_CONTEXT = {
@@ -65,6 +70,7 @@ GLOBAL_CONTEXT = {
     "pan": "global pooling in the FPA and GAU blocks",
     "upernet": "pyramid pooling module (PPM)",
     "deeplabv3_resnet50": "ASPP image pooling (torchvision ASPPPooling, AdaptiveAvgPool2d(1))",
+    **{name: context for name, context in CLASSIC_CONTEXT.items() if context is not None},
 }
 # Local context, but not shift-equivariant: the head upsamples with bilinear
 # ``align_corners=True``, whose grid depends on the tile size (up to 3/8 of a
@@ -93,6 +99,19 @@ KNOWN_HALOS = {
     "upernet": 256,
     "fcn_resnet50": 232,
     "deeplabv3_resnet50": 256,
+    # The classic systems, with their papers' backbones: exact radii measured along a 64 × 4096 strip (a square
+    # probe wide enough for FC-DenseNet103 does not fit in memory): FCN 218, SegNet 186, DeconvNet 378,
+    # FC-DenseNet 56/67/103 413/508/930, DeepLab v1 217 (ParseNet's local paths too), v2 685 (resnet101);
+    # FastFCN's and Gated-SCNN's local paths reach past the cap.
+    **dict.fromkeys(("fcn32s", "fcn16s", "fcn8s", "deeplabv1", "parsenet"), 224),
+    "segnet": 192,
+    "deconvnet": 384,
+    "fcdensenet56": 416,
+    "fcdensenet67": 512,
+    "fcdensenet103": 960,
+    "deeplabv2": 688,
+    "fastfcn": 256,
+    "gatedscnn": 256,
 }
 
 

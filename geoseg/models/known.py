@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ARCHITECTURE_NAMES", "INSTANCE_ARCHITECTURE_NAMES", "is_instance_arch", "known_stride"]
+__all__ = ["ARCHITECTURE_NAMES", "DEFAULT_BACKBONES", "INSTANCE_ARCHITECTURE_NAMES", "is_instance_arch", "known_stride"]
 
 # The registry's names, in its order (geoseg.models.registry.ARCHITECTURES; a test keeps them equal).
 ARCHITECTURE_NAMES = (
@@ -30,6 +30,19 @@ ARCHITECTURE_NAMES = (
     "segformer",
     "fcn_resnet50",
     "deeplabv3_resnet50",
+    "fcn32s",
+    "fcn16s",
+    "fcn8s",
+    "parsenet",
+    "deeplabv1",
+    "segnet",
+    "deconvnet",
+    "fcdensenet56",
+    "fcdensenet67",
+    "fcdensenet103",
+    "deeplabv2",
+    "fastfcn",
+    "gatedscnn",
     "maskrcnn_resnet18_fpn",
     "maskrcnn_resnet50_fpn",
 )
@@ -52,16 +65,27 @@ _DEFAULT_STRIDES = {
     "segformer": 32,
     "fcn_resnet50": 8,
     "deeplabv3_resnet50": 8,
+    # geoseg.models.classic, with the paper's backbone (what the registry default "resnet18" means for them)
+    **dict.fromkeys(("fcn32s", "fcn16s", "fcn8s", "segnet", "deconvnet", "fastfcn"), 32),
+    **dict.fromkeys(("fcdensenet56", "fcdensenet67", "fcdensenet103"), 32),
+    **dict.fromkeys(("parsenet", "deeplabv1", "deeplabv2", "gatedscnn"), 8),
     "maskrcnn_resnet18_fpn": 32,
     "maskrcnn_resnet50_fpn": 32,
 }
 _SMP_ENCODERS = frozenset({"resnet18", "resnet34", "resnet50"})
-# torchvision's fixed recipes accept the registry default ("resnet18", meaning "its own backbone") or that backbone.
-_FIXED_BACKBONES = {
+# The backbone built when a job names none: torchvision's fixed recipes and the classic systems (their paper's)
+# take the registry default ("resnet18", meaning "the architecture's own backbone") or this one.
+DEFAULT_BACKBONES = {
     "fcn_resnet50": "resnet50",
     "deeplabv3_resnet50": "resnet50",
     "maskrcnn_resnet18_fpn": "resnet18",
     "maskrcnn_resnet50_fpn": "resnet50",
+    **dict.fromkeys(("fcn32s", "fcn16s", "fcn8s", "parsenet", "deeplabv1"), "vgg16"),
+    **dict.fromkeys(("segnet", "deconvnet"), "vgg16_bn"),
+    **dict.fromkeys(("fcdensenet56", "fcdensenet67", "fcdensenet103"), "dense_blocks"),
+    "deeplabv2": "resnet101",
+    "fastfcn": "resnet50",
+    "gatedscnn": "resnet50",
 }
 # U-Nets whose only geometry option is encoder_depth, with one decoder channel count per stage.
 _DEPTH_OPTIONS = frozenset({"unet", "unetplusplus"})
@@ -80,8 +104,8 @@ def known_stride(arch: str, encoder: str, options: Mapping[str, Any]) -> int | N
     """
     if arch not in _DEFAULT_STRIDES:
         return None
-    if arch in _FIXED_BACKBONES:
-        fixed = encoder in ("resnet18", _FIXED_BACKBONES[arch]) and not options
+    if arch in DEFAULT_BACKBONES:
+        fixed = encoder in ("resnet18", DEFAULT_BACKBONES[arch]) and not options
         return _DEFAULT_STRIDES[arch] if fixed else None
     if encoder not in _SMP_ENCODERS:
         return None

@@ -39,11 +39,13 @@ import torch
 from torchvision.models.segmentation import FCN, DeepLabV3, deeplabv3_resnet50, fcn_resnet50
 
 from geoseg.errors import ModelError
+from geoseg.models.classic import CLASSIC_ARCHITECTURES, build_classic, classic_encoder
 from geoseg.models.instance import INSTANCE_ARCHITECTURES, build_instance_model, is_instance_arch
 from geoseg.tiling import check_tile_size
 
 __all__ = [
     "ARCHITECTURES",
+    "CLASSIC_ARCHITECTURES",
     "DEFAULT_ENCODER",
     "SEGMENTATION_ARCHITECTURES",
     "SMP_ARCHITECTURES",
@@ -106,6 +108,7 @@ TORCHVISION_ARCHITECTURES = {name: builder.__name__ for name, (builder, _) in _T
 SEGMENTATION_ARCHITECTURES = {
     **{name: f"smp.{cls}" for name, cls in SMP_ARCHITECTURES.items()},
     **{name: f"torchvision.{fn}" for name, fn in TORCHVISION_ARCHITECTURES.items()},
+    **CLASSIC_ARCHITECTURES,  # written here from the papers (geoseg.models.classic)
 }
 ARCHITECTURES = {**SEGMENTATION_ARCHITECTURES, **INSTANCE_ARCHITECTURES}
 
@@ -152,6 +155,8 @@ def resolve_encoder(arch: str, encoder: str = DEFAULT_ENCODER) -> str:
     _check_arch(arch)
     if arch in SMP_ARCHITECTURES:
         return encoder
+    if arch in CLASSIC_ARCHITECTURES:
+        return classic_encoder(arch, encoder)
     backbone = "resnet18" if arch == "maskrcnn_resnet18_fpn" else TORCHVISION_BACKBONE
     if encoder not in (DEFAULT_ENCODER, backbone):
         other = (
@@ -336,6 +341,8 @@ def build_model(
         return build_instance_model(arch, in_channels=in_channels, num_classes=num_classes, options=options)
     if arch in TORCHVISION_ARCHITECTURES:
         return _build_torchvision(arch, in_channels, num_classes, encoder, options)
+    if arch in CLASSIC_ARCHITECTURES:
+        return build_classic(arch, in_channels, num_classes, encoder, options)
     return _build_smp(arch, in_channels, num_classes, encoder, options)
 
 
@@ -343,8 +350,8 @@ def output_stride(model: torch.nn.Module) -> int:
     """Tile sides (and halos) must be multiples of this.
 
     Usually the encoder's stride; PAN pools its deepest features 8× further
-    (its FPA block), so it needs 8× that. torchvision's segmentation models have
-    no ``encoder``: their wrappers declare it (8: dilated resnet50).
+    (its FPA block), so it needs 8× that. torchvision's segmentation models and
+    the classic ones have no ``encoder``: they declare it (``output_stride``).
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     encoder = getattr(model, "encoder", None)

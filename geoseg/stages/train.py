@@ -100,7 +100,7 @@ def training_plan(job: Job, log: Callable[[str], None] = print) -> TrainingPlan:
         card, initial_weights = _pretrained_start(job, card, log)
     class_weights = None
     if _CLASS_WEIGHTED & set(spec.loss) and not instance_model:
-        from geoseg.train.losses import median_frequency_weights
+        from geoseg.train.loss_weights import median_frequency_weights
 
         counts = np.sum([counts for _, counts in prepared if counts is not None], axis=0)
         class_weights = tuple(float(w) for w in median_frequency_weights(counts))

@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 from geoseg.models.card import TrainingSummary
 from geoseg.models.checkpoint import BEST_WEIGHTS, WEIGHTS, build_model_from_card, save_checkpoint
 from geoseg.train.instances import InstanceCropSampler, collate_instances
-from geoseg.train.losses import build_loss, class_weight_map, unet_border_weights
+from geoseg.train.loss_weights import class_weight_map, unet_border_weights
+from geoseg.train.losses import build_loss
 from geoseg.train.plan import TrainingPlan, window_of
 from geoseg.train.sampler import CropSampler, LabelIndex
 from geoseg.train.validation import validation_metrics
@@ -189,7 +190,9 @@ def semantic_step(
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
         logits = model(images)
-    loss: torch.Tensor = loss_fn(logits.float(), targets, batch[2] if len(batch) > 2 else None)
+    # Gated-SCNN keeps its boundary logits beside the segmentation's (None for every other model).
+    edges = getattr(getattr(model, "module", model), "edge_logits", None)
+    loss: torch.Tensor = loss_fn(logits.float(), targets, batch[2] if len(batch) > 2 else None, edges)
     return loss
 
 

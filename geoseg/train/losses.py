@@ -11,10 +11,8 @@ per-pixel weights. Two smp losses mishandle a batch whose pixels are all
 ignored (``FocalLoss`` returns NaN, ``LovaszLoss`` an empty tensor instead of
 a scalar); they are wrapped to return a zero that still backpropagates.
 
-The weights of ``weighted_ce`` come from :func:`median_frequency_weights`; the
-per-pixel weight maps of ``border_ce`` are built per crop, on the data side,
-with :func:`class_weight_map` and :func:`unet_border_weights` and handed to
-the loss as ``pixel_weights``.
+The weights of ``weighted_ce`` and the per-pixel weight maps of ``border_ce``
+come from :mod:`geoseg.train.loss_weights`.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from geoseg.errors import JobConfigError
 from geoseg.io.labels import IGNORE
@@ -39,14 +36,12 @@ from geoseg.train.classic_losses import (
     SensitivitySpecificityLoss,
     TopKCrossEntropy,
 )
+from geoseg.train.gscnn_loss import GatedSCNNLoss
 
 __all__ = [
     "LOSSES",
     "CombinedLoss",
     "build_loss",
-    "class_weight_map",
-    "median_frequency_weights",
-    "unet_border_weights",
 ]
 
 LOSSES = (
@@ -65,6 +60,8 @@ LOSSES = (
     "sensitivity_specificity",
     "iou_balanced",
     "distance_ce",
+    # Gated-SCNN's boundary loss and dual-task regularisers (geoseg.train.gscnn_loss): a gatedscnn model only
+    "gscnn_edge",
 )
 # Built without arguments from geoseg.train.classic_losses; their defaults are the papers' settings.
 _CLASSIC = {
@@ -81,132 +78,6 @@ _CLASSIC = {
 # small classes, as in Salehi et al. (2017).
 TVERSKY_ALPHA, TVERSKY_BETA = 0.3, 0.7
 FOCAL_GAMMA = 2.0
-
-# The U-Net border term is dropped where it is below this fraction of w0; that
-# bounds how far from each instance its distance map must be computed.
-_NEGLIGIBLE = 1e-6
-
-
-# --------------------------------------------------------------------- weights
-
-
-def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
-    """Median-frequency balancing class weights (Eigen & Fergus, 2015).
-
-    ``freq(c) = counts[c] / counts.sum()`` and ``weight(c) = median(freq) / freq(c)``,
-    the median taken over the classes that occur. A class with no pixels gets
-    weight 0: it never appears as a target, and 0 keeps it from dominating if a
-    stray pixel of it shows up in a crop the counts did not cover.
-
-    Args:
-        counts: (C,) pixel count per class, ignored pixels left out, e.g.
-            ``np.bincount(labels[labels != IGNORE], minlength=C)``.
-
-    Returns:
-        (C,) float64 weights; the median-frequency class has weight 1.
-
-    Raises:
-        ValueError: if counts are not 1-D, are negative, or are all zero.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or (counts < 0).any() or not np.isfinite(counts).all():
-        raise ValueError(f"class pixel counts must be a 1-D array of counts ≥ 0 (got {counts.tolist()!r})")
-    total = counts.sum()
-    if total == 0:
-        raise ValueError("class pixel counts are all zero: no labelled pixels to balance")
-    freq = counts / total
-    present = freq > 0
-    weights = np.zeros_like(freq)
-    weights[present] = np.median(freq[present]) / freq[present]
-    return weights
-
-
-def class_weight_map(labels: np.ndarray, class_weights: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Per-pixel class weights ``w_c(x) = class_weights[labels[x]]``, 0 on ignored pixels.
-
-    Args:
-        labels: (H, W) class labels, :data:`IGNORE` for no data.
-        class_weights: (C,) weight per class.
-
-    Returns:
-        (H, W) float32 weight map, the ``w_c`` of :func:`unet_border_weights`.
-    """
-    labels = np.asarray(labels)
-    table = np.zeros(max(256, int(labels.max(initial=0)) + 1), np.float32)
-    table[: len(class_weights)] = np.asarray(class_weights, np.float32)
-    table[IGNORE] = 0.0
-    return table[labels]
-
-
-def unet_border_weights(
-    instances: np.ndarray, class_weight_map: np.ndarray | None = None, *, w0: float = 10.0, sigma: float = 5.0
-) -> np.ndarray:
-    """U-Net weight map: class balance plus a bonus on the gaps between objects.
-
-    ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))**2 / (2 * sigma**2))``, with
-    ``d1``, ``d2`` the distances (in pixels) to the nearest and second-nearest
-    instance (Ronneberger et al., 2015, eq. 2). As in the paper the border term
-    goes on background pixels only (``instances == 0``): it makes the network
-    learn the thin separating strips between touching objects, which is what
-    keeps them apart when the class mask is polygonized. Pixels inside an
-    instance keep ``w_c``. With fewer than two instances in the crop there is no
-    gap to separate and the border term is 0 everywhere.
-
-    Distances are measured to instances inside the array only (a crop does not
-    see objects beyond its edge). The border term is set to 0 where it is below
-    ``1e-6 * w0``; that lets each instance's distance map be computed in a
-    window around it instead of over the whole crop (fast for many instances).
-
-    Args:
-        instances: (H, W) integer instance ids; 0 = no instance.
-        class_weight_map: (H, W) ``w_c``, e.g. from :func:`class_weight_map`;
-            None means ``w_c = 1`` (plain border-weighted cross-entropy).
-        w0: height of the border term.
-        sigma: width of the border term, in pixels.
-
-    Returns:
-        (H, W) float32 weights.
-    """
-    instances = np.asarray(instances)
-    if instances.ndim != 2:
-        raise ValueError(f"instances must be an (H, W) array of ids (got shape {instances.shape})")
-    if w0 < 0 or sigma <= 0:
-        raise ValueError(f"U-Net border weights need w0 ≥ 0 and sigma > 0 (got w0={w0!r}, sigma={sigma!r})")
-    if class_weight_map is None:
-        base = np.ones(instances.shape, np.float32)
-    else:
-        base = np.asarray(class_weight_map, np.float32)
-        if base.shape != instances.shape:
-            raise ValueError(f"class_weight_map shape {base.shape} does not match instances {instances.shape}")
-    # Compact the ids to 1..n so that find_objects gives one bounding box per instance.
-    _ids, compact = np.unique(instances, return_inverse=True)
-    compact = compact.reshape(instances.shape) + 1
-    compact[instances == 0] = 0
-    boxes = ndimage.find_objects(compact)
-    if sum(box is not None for box in boxes) < 2 or w0 == 0:
-        return base.copy()
-
-    # Beyond d1 + d2 > reach the term is negligible; when d2 ≤ reach both nearest
-    # instances lie within reach, so a window of that margin around each
-    # instance holds every pixel whose term matters, with exact distances.
-    reach = sigma * math.sqrt(2.0 * math.log(1.0 / _NEGLIGIBLE))
-    margin = math.ceil(reach)
-    d1 = np.full(instances.shape, np.inf)
-    d2 = np.full(instances.shape, np.inf)
-    for label, box in enumerate(boxes, start=1):
-        if box is None:  # the id slot of background 0
-            continue
-        window = tuple(
-            slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, instances.shape, strict=True)
-        )
-        dist = ndimage.distance_transform_edt(compact[window] != label)
-        near = d1[window]
-        d2[window] = np.minimum(d2[window], np.maximum(near, dist))  # before d1 changes under it
-        d1[window] = np.minimum(near, dist)
-    border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))  # inf distances give exactly 0
-    border[(instances != 0) | (border < _NEGLIGIBLE * w0)] = 0.0
-    return (base + border).astype(np.float32)
-
 
 # ---------------------------------------------------------------------- losses
 
@@ -303,16 +174,18 @@ def _make(name: str, class_weights: torch.Tensor | None) -> torch.nn.Module:
         return _SkipAllIgnored(smp.losses.LovaszLoss(**kw))
     if name in _CLASSIC:
         return _CLASSIC[name]()
+    if name == "gscnn_edge":
+        return GatedSCNNLoss()  # the paper's weights; the segmentation's own CE is the job's ce term
     raise AssertionError(name)  # names are validated before
 
 
 class CombinedLoss(torch.nn.Module):
     """Weighted sum of named losses; build it with :func:`build_loss`.
 
-    Call it as ``loss(logits, targets, pixel_weights=None)`` with logits
-    (N, C, H, W), integer targets (N, H, W) and, when :attr:`needs_pixel_weights`,
-    per-pixel weights (N, H, W) from :func:`unet_border_weights`. Returns a
-    scalar tensor.
+    Call it as ``loss(logits, targets, pixel_weights=None, edge_logits=None)`` with logits
+    (N, C, H, W), integer targets (N, H, W), when :attr:`needs_pixel_weights`
+    per-pixel weights (N, H, W) from :func:`unet_border_weights`, and with ``gscnn_edge``
+    Gated-SCNN's boundary logits (N, 1, H, W). Returns a scalar tensor.
 
     Attributes:
         weights: ``{name: weight}`` of the terms summed (zero weights dropped).
@@ -330,7 +203,11 @@ class CombinedLoss(torch.nn.Module):
         self.needs_class_weights = bool({"weighted_ce", "border_ce"} & self.weights.keys())
 
     def parts(
-        self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        pixel_weights: torch.Tensor | None = None,
+        edge_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Each term's unweighted value, by name (for logging)."""
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
@@ -341,12 +218,23 @@ class CombinedLoss(torch.nn.Module):
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         targets = targets.long()
-        return {name: term(logits, targets, pixel_weights) for name, term in self.terms.items()}
+        if "gscnn_edge" in self.terms and edge_logits is None:
+            raise ValueError("gscnn_edge needs the boundary logits a gatedscnn model keeps in training mode")
+        return {
+            name: term(logits, edge_logits.float(), targets, IGNORE)  # type: ignore[union-attr]
+            if name == "gscnn_edge"
+            else term(logits, targets, pixel_weights)
+            for name, term in self.terms.items()
+        }
 
     def forward(
-        self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        pixel_weights: torch.Tensor | None = None,
+        edge_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        parts = self.parts(logits, targets, pixel_weights)
+        parts = self.parts(logits, targets, pixel_weights, edge_logits)
         total = sum(self.weights[name] * value for name, value in parts.items())
         # build_loss keeps at least one term, so this is a tensor, never sum()'s empty start 0.
         assert isinstance(total, torch.Tensor)

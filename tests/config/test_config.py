@@ -215,3 +215,16 @@ def test_a_dense_crf_is_switched_on_or_tuned_and_its_settings_checked(tmp_path):
         f"{source}: predict.crf: maskrcnn_resnet50_fpn predicts instances, not per-pixel class scores for a CRF "
         "to refine; remove predict.crf"
     ]
+
+
+def test_the_gated_scnn_loss_needs_a_gated_scnn(tmp_path):
+    scene, labels = tiny_scene(tmp_path)
+    job = yaml.safe_load(tiny_job(tmp_path, scene, labels).read_text())
+    job["train"]["loss"] = {"ce": 1.0, "gscnn_edge": 1.0}
+    lines = problems(tmp_path, job)
+    assert lines == [
+        f"{tmp_path / 'job.yaml'}: (top level): train.loss.gscnn_edge: supervises the boundary stream of a gatedscnn "
+        "model, which unet has not; use model.arch: gatedscnn, or remove gscnn_edge"
+    ]
+    job["model"] = {"arch": "gatedscnn", "encoder": "resnet34"}
+    assert load_job(write(tmp_path, job)).train.loss == {"ce": 1.0, "gscnn_edge": 1.0}

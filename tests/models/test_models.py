@@ -22,7 +22,12 @@ from geoseg.models import (
 )
 from geoseg.models.checkpoint import build_model_from_card, load_checkpoint
 from geoseg.models.context import EXACT_TILING
-from geoseg.models.registry import SEGMENTATION_ARCHITECTURES, SMP_ARCHITECTURES, TORCHVISION_ARCHITECTURES
+from geoseg.models.registry import (
+    CLASSIC_ARCHITECTURES,
+    SEGMENTATION_ARCHITECTURES,
+    SMP_ARCHITECTURES,
+    TORCHVISION_ARCHITECTURES,
+)
 from tests.factories import model_card, write_checkpoint
 
 CLASSES = 5
@@ -40,24 +45,36 @@ STRIDES = {
     "segformer": 32,
     "fcn_resnet50": 8,
     "deeplabv3_resnet50": 8,
+    # the classic systems with their papers' backbones
+    **dict.fromkeys(("fcn32s", "fcn16s", "fcn8s", "segnet", "deconvnet", "fastfcn"), 32),
+    **dict.fromkeys(("fcdensenet56", "fcdensenet67", "fcdensenet103"), 32),
+    **dict.fromkeys(("parsenet", "deeplabv1", "deeplabv2", "gatedscnn"), 8),
 }  # resnet18 defaults; torchvision's dilated resnet50
+# Defaults too large to build twice per test (0.1-0.25 billion weights in fc6/fc7): narrower fc layers.
+NARROW_FC = {name: {"fc_channels": 64} for name in ("fcn32s", "fcn16s", "fcn8s", "deconvnet")}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_registry_has_smp_and_torchvision_architectures():
-    assert len(SEGMENTATION_ARCHITECTURES) == 13 and set(STRIDES) == set(SEGMENTATION_ARCHITECTURES)
+def test_registry_has_smp_torchvision_and_classic_architectures():
+    assert len(SEGMENTATION_ARCHITECTURES) == 26 and set(STRIDES) == set(SEGMENTATION_ARCHITECTURES)
     assert set(TORCHVISION_ARCHITECTURES) == {"fcn_resnet50", "deeplabv3_resnet50"}
-    assert set(SMP_ARCHITECTURES) | set(TORCHVISION_ARCHITECTURES) == set(SEGMENTATION_ARCHITECTURES)
+    assert set(CLASSIC_ARCHITECTURES) == {
+        *("fcn32s", "fcn16s", "fcn8s", "segnet", "deconvnet", "fcdensenet56", "fcdensenet67", "fcdensenet103"),
+        *("parsenet", "deeplabv1", "deeplabv2", "fastfcn", "gatedscnn"),
+    }
+    assert set(SMP_ARCHITECTURES) | set(TORCHVISION_ARCHITECTURES) | set(CLASSIC_ARCHITECTURES) == set(
+        SEGMENTATION_ARCHITECTURES
+    )
     assert set(ARCHITECTURES) - set(SEGMENTATION_ARCHITECTURES) == {"maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"}
 
 
 @pytest.mark.parametrize("arch", list(SEGMENTATION_ARCHITECTURES))
 def test_builds_for_3_and_4_bands_with_input_sized_logits(arch):
-    """The default configuration (resnet18, or torchvision's fixed resnet50), one small forward each."""
+    """The default configuration (resnet18, torchvision's fixed resnet50, the papers' backbones), one small forward."""
     for bands in (3, 4):
-        model = build_model(arch, in_channels=bands, num_classes=CLASSES).eval()
+        model = build_model(arch, in_channels=bands, num_classes=CLASSES, **NARROW_FC.get(arch, {})).eval()
         stride = output_stride(model)
         assert stride == STRIDES[arch]
         height, width = stride, 2 * stride  # not square: rows and columns kept apart
@@ -83,6 +100,16 @@ TINY = {
     "segformer": {"encoder_depth": 3, "decoder_segmentation_channels": 32},
     "fcn_resnet50": {},
     "deeplabv3_resnet50": {},
+    **NARROW_FC,
+    "parsenet": {"fc_channels": 64},
+    "deeplabv1": {"fc_channels": 64},
+    "segnet": {},
+    "fcdensenet56": {},
+    "fcdensenet67": {},
+    "fcdensenet103": {},
+    "deeplabv2": {"atrous_rates": [1, 2]},  # a 4 × 4 feature map: the paper's rates would read padding
+    "fastfcn": {"jpu_channels": 32, "head_channels": 32},
+    "gatedscnn": {"aspp_channels": 32},
 }
 
 
@@ -102,7 +129,8 @@ def test_trains_a_few_steps(arch):
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()  # learnable from the pixel itself
     before = [p.detach().clone() for p in model.parameters()]
     start = _loss(model, x, y)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)  # 1e-3 overshoots FPN's first steps
+    # 1e-3 overshoots FPN's first steps, 3e-4 DeepLab v2's (four summed classifiers on a 101-layer ResNet)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4 if arch == "deeplabv2" else 3e-4)
     for _ in range(3):
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x), y)
@@ -306,7 +334,7 @@ def test_cli_lists_every_architecture_with_stride_and_smallest_tile(capsys):
         # arch source encoder parameters stride smallest-tile halo tiling...
         stride, tile = int(row[4]), int(row[5])
         assert stride == STRIDES[arch] and tile % stride == 0 and tile == stride, row
-        assert row[2] == ("resnet50" if arch in TORCHVISION_ARCHITECTURES else "resnet18")
+        assert row[2] == resolve_encoder(arch)  # resnet18, torchvision's resnet50, the paper's backbone
         assert int(row[3].replace(",", "")) > 1_000_000
         assert " ".join(row[7:]) == ("exact (crop)" if arch in EXACT_TILING else "blend"), row
 

@@ -30,8 +30,8 @@ from geoseg.models.context import (
     safe_halo,
     tiling_stride,
 )
+from geoseg.models.registry import CLASSIC_ARCHITECTURES, TORCHVISION_ARCHITECTURES
 from geoseg.models.registry import SEGMENTATION_ARCHITECTURES as ARCHITECTURES  # instance models are merged, not tiled
-from geoseg.models.registry import TORCHVISION_ARCHITECTURES
 from geoseg.tiling import mirror_indices, plan_tiles
 
 CPU = torch.device("cpu")
@@ -56,8 +56,12 @@ SMALL = {
     "upernet": {"encoder_depth": 3, "decoder_channels": 32},
     "fcn_resnet50": {},  # torchvision's recipes take no options
     "deeplabv3_resnet50": {},
+    # The classic systems' bodies are fixed (VGG-16, ResNets) and see 186-930 px: their modules' own tests crop
+    # strips for tiled-vs-whole; here FC-DenseNet, shrunk to two pools, goes through the real tiling.
+    "fcdensenet56": {"layers_per_block": [1, 1, 1, 1, 1], "first_channels": 8, "growth_rate": 4},
+    **{name: {} for name in CLASSIC_ARCHITECTURES if name != "fcdensenet56"},
 }
-FULL_SIZE = set(TORCHVISION_ARCHITECTURES)
+FULL_SIZE = set(TORCHVISION_ARCHITECTURES) | set(CLASSIC_ARCHITECTURES) - {"fcdensenet56"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -310,8 +314,31 @@ def test_known_halos_are_stride_multiples():
         assert safe_halo(arch, encoder="resnet50") == KNOWN_HALOS[arch]
 
 
+def strip_radius(model, stride: int, width: int = 4096, height: int = 64) -> int:
+    """Exact horizontal reach of a stride cell of logits, on a strip (a square probe that wide does not fit)."""
+    x = torch.randn(1, 3, height, width, requires_grad=True)
+    with torch.enable_grad():
+        out = model(x)
+        row, col = height // 2 // stride * stride, width // 2 // stride * stride
+        out[:, :, row : row + stride, col : col + stride].sum().backward(inputs=[x])
+    cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2)) > 0).flatten()
+    assert cols[0] > 0 and cols[-1] < width - 1  # the reach fits in the strip
+    return int(max(col - cols[0], cols[-1] - (col + stride - 1)))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted(set(CLASSIC_ARCHITECTURES) & EXACT_TILING))
+def test_classic_known_halos_cover_their_receptive_field(arch):
+    """The papers' full models, measured along a strip (about 5-15 s each on 2 cores)."""
+    torch.manual_seed(0)
+    model = build_model(arch, in_channels=3, num_classes=2).eval()
+    stride = tiling_stride(arch, model)
+    radius = strip_radius(model, stride)
+    assert KNOWN_HALOS[arch] == max(stride, -(-radius // stride) * stride)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(set(ARCHITECTURES) - set(CLASSIC_ARCHITECTURES)))
 def test_known_halos_match_measurement(arch):
     """Minutes on 2 cores: re-measures the default context for every architecture
     (torchvision's resnet50s: probes of 512 pixels, about a minute each)."""

@@ -9,14 +9,8 @@ from scipy import ndimage
 
 from geoseg.errors import JobConfigError
 from geoseg.io.labels import IGNORE
-from geoseg.train.losses import (
-    _CLASSIC,
-    LOSSES,
-    build_loss,
-    class_weight_map,
-    median_frequency_weights,
-    unet_border_weights,
-)
+from geoseg.train.loss_weights import class_weight_map, median_frequency_weights, unet_border_weights
+from geoseg.train.losses import _CLASSIC, LOSSES, build_loss
 
 CLASS_WEIGHTS = np.array([0.5, 2.0, 1.5])
 # (N=2, H=2, W=2): every class present; one pixel ignored.
@@ -122,7 +116,8 @@ def _run(spec, z, t, pixel_weights=None):
 
 
 @pytest.mark.parametrize("targets", [TARGETS, TARGETS_CLASS_ONLY_IGNORED], ids=["all-present", "absent"])
-@pytest.mark.parametrize("name", [n for n in LOSSES if n not in _CLASSIC])  # those: test_classic_losses.py
+# The classic ones: test_classic_losses.py; Gated-SCNN's: test_gscnn_loss.py.
+@pytest.mark.parametrize("name", [n for n in LOSSES if n not in _CLASSIC and n != "gscnn_edge"])
 def test_each_loss_matches_the_formula(name, targets):
     z, pw = _logits(), _pixel_weights()
     value = _run({name: 1.0}, z, targets, pw)
@@ -141,6 +136,11 @@ def test_cross_entropy_family_matches_torch_conventions():
     assert float(build_loss({"border_ce": 1}, num_classes=3)(z, t, pw)) == pytest.approx(float(expected), rel=1e-6)
 
 
+def _edges(logits: torch.Tensor) -> torch.Tensor:
+    """Boundary logits beside ``logits`` (only gscnn_edge reads them), tied to them so gradients reach ``logits``."""
+    return logits[:, :1] - logits[:, 1:2]
+
+
 @pytest.mark.parametrize("name", LOSSES)
 def test_ignored_pixel_changes_nothing(name):
     loss = build_loss({name: 1.0}, num_classes=3, class_weights=CLASS_WEIGHTS)
@@ -150,7 +150,7 @@ def test_ignored_pixel_changes_nothing(name):
         z = torch.tensor(_logits(), dtype=torch.float32)
         z[0, :, 1, 1] = torch.tensor([wild, -wild, 2 * wild])  # the ignored pixel
         z.requires_grad_(True)
-        value = loss(z, t, pw)
+        value = loss(z, t, pw, _edges(z))
         value.backward()
         values.append(float(value.detach()))
         grads.append(z.grad[0, :, 1, 1].abs().max().item())
@@ -163,7 +163,7 @@ def test_all_ignored_gives_zero_not_nan(name):
     # smp's FocalLoss gives NaN here and LovaszLoss an empty tensor; CE's mean is 0/0.
     z = torch.tensor(_logits(), dtype=torch.float32, requires_grad=True)
     t = torch.full(TARGETS.shape, IGNORE)
-    value = build_loss({name: 1.0}, num_classes=3, class_weights=CLASS_WEIGHTS)(z, t, torch.ones(t.shape))
+    value = build_loss({name: 1.0}, num_classes=3, class_weights=CLASS_WEIGHTS)(z, t, torch.ones(t.shape), _edges(z))
     value.backward()
     assert value.shape == () and float(value.detach()) == 0.0
     assert torch.isfinite(z.grad).all()
@@ -175,7 +175,7 @@ def test_every_loss_backpropagates(name):
     z = torch.tensor(rng.normal(0, 1, (2, 3, 8, 8)), dtype=torch.float32, requires_grad=True)
     t = torch.tensor(np.where(rng.random((2, 8, 8)) < 0.1, IGNORE, rng.integers(0, 3, (2, 8, 8))))
     pw = torch.tensor(rng.uniform(1, 10, (2, 8, 8)), dtype=torch.float32)
-    build_loss({name: 1.0}, num_classes=3, class_weights=CLASS_WEIGHTS)(z, t, pw).backward()
+    build_loss({name: 1.0}, num_classes=3, class_weights=CLASS_WEIGHTS)(z, t, pw, _edges(z)).backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
 
 
