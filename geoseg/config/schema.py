@@ -16,6 +16,7 @@ from geoseg.config.impact_spec import ImpactSpec
 from geoseg.config.label_values import unknown_label_classes
 from geoseg.config.locations import is_uri
 from geoseg.config.model_spec import ModelSpec
+from geoseg.config.panoptic_spec import PanopticSpec
 from geoseg.config.predict_spec import PredictSpec
 from geoseg.config.stages import STAGE_NAMES, STAGES, StageName
 from geoseg.config.train_spec import LOSS_NAMES, TrainScene, TrainSpec
@@ -235,6 +236,10 @@ class Job(Strict):
         default=None, description="Prediction settings (needed by predict and later stages)."
     )
     vectorize: VectorizeSpec = Field(default_factory=VectorizeSpec, description="Polygon export settings.")
+    panoptic: PanopticSpec | None = Field(
+        default=None,
+        description="Panoptic output: things from an instance job's mosaic over this job's stuff (panoptic stage).",
+    )
     impact: ImpactSpec | None = Field(
         default=None, description="Flood impact: the reference of before, buildings, roads, zones (impact stage)."
     )
@@ -248,9 +253,10 @@ class Job(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_stages(cls, value: object) -> object:
-        """Without `stages:`, every stage but impact, and impact too when the job has an `impact:` section."""
+        """Without `stages:`, every stage; panoptic and impact only when the job has their sections."""
         if isinstance(value, dict) and "stages" not in value:
-            wanted = [name for name in STAGE_NAMES if name != "impact" or value.get("impact") is not None]
+            optional = ("panoptic", "impact")
+            wanted = [name for name in STAGE_NAMES if name not in optional or value.get(name) is not None]
             return {**value, "stages": wanted}
         return value
 

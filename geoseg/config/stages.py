@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 __all__ = ["STAGES", "STAGE_NAMES", "StageInfo", "StageName", "stage_info"]
 
-StageName = Literal["train", "predict", "vectorize", "impact", "evaluate"]
+StageName = Literal["train", "predict", "vectorize", "panoptic", "impact", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class StageInfo:
     """
 
     name: StageName
-    sections: tuple[Literal["train", "predict", "impact", "evaluate"], ...]
+    sections: tuple[Literal["train", "predict", "panoptic", "impact", "evaluate"], ...]
     help: str
     runner: str
     uses_ray_address: bool = True
@@ -43,6 +43,12 @@ STAGES: tuple[StageInfo, ...] = (
         ("predict",),
         "turn the mosaic into polygons",
         "geoseg.stages.vectorize:run_vectorize",
+    ),
+    StageInfo(
+        "panoptic",
+        ("panoptic", "predict"),
+        "one class and instance id per pixel: an instance mosaic's things over the stuff",
+        "geoseg.stages.panoptic:run_panoptic",
     ),
     StageInfo(
         "impact",

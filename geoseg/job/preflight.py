@@ -152,7 +152,20 @@ def check_job_inputs(job: Job, stages: list[str], source: str) -> list[str]:
         if scene is not None and "evaluate" in stages and job.evaluate:
             _check_reference_labels(job, scene, problems)
     check_impact_inputs(job, stages, scene, problems, _inspect_raster)
+    if "panoptic" in stages and job.panoptic is not None:
+        _check_things_mosaic(job.panoptic.things, source, problems)
     return problems
+
+
+def _check_things_mosaic(things: Path, source: str, problems: list[str]) -> None:
+    """``panoptic.things`` must be an instance job's mosaic with its table beside it."""
+    if not (things / "instances").is_dir():
+        problems.append(
+            f"{source}: panoptic.things: {things} is not an instance job's mosaic (no instances array); run an "
+            "instance job (model.arch maskrcnn_*, e.g. jobs/building_instances.yaml) on the same scene first"
+        )
+    elif not (things.parent / "instances.parquet").is_file():
+        problems.append(f"{source}: panoptic.things: {things.parent / 'instances.parquet'} is missing; predict again")
 
 
 def _check_training_inputs(job: Job, problems: list[str]) -> SceneInfo | None:

@@ -23,6 +23,7 @@ from geoseg.io.labels import label_options, load_labels, rasterize_labels
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.io.raster import SceneInfo
 from geoseg.stages.impact import impact_metrics
+from geoseg.stages.panoptic import panoptic_metrics
 from geoseg.stages.scene import predicted_scene, training_image
 from geoseg.stages.sections import evaluate_spec, predict_spec, train_spec
 
@@ -173,6 +174,9 @@ def run_evaluate(
     mosaic = open_mosaic(paths.mosaic)
     if INSTANCES in mosaic.group and paths.instance_table.exists():
         report["instances"] = _instance_metrics(job, paths, scene, mosaic, log)
+    panoptic = panoptic_metrics(job, scene, truth, address, log)
+    if panoptic is not None:
+        report["panoptic"] = panoptic
     impact = impact_metrics(job, log)  # the impact stage's totals, scored where the job gives its truths
     if impact is not None:
         report["impact"] = impact
