@@ -257,7 +257,7 @@ class L2Norm(nn.Module):
         return F.normalize(x, p=2.0, dim=1, eps=1e-10) * self.weight[None, :, None, None]
 
 
-class ParseNet(nn.Module):
+class ParseNet(DeepLabV1):
     """ParseNet on DeepLab-LargeFOV (see the module doc): output stride 8, global context. Smallest tile 8.
 
     Args:
@@ -269,8 +269,6 @@ class ParseNet(nn.Module):
         norm_scale: initial value of the learned per-channel scales of both L2 normalisations (10).
     """
 
-    output_stride = 8
-
     def __init__(
         self,
         in_channels: int,
@@ -281,19 +279,15 @@ class ParseNet(nn.Module):
         fc6_dilation: int = 12,
         norm_scale: float = 10.0,
     ) -> None:
-        super().__init__()
-        _check_sizes(in_channels, num_classes)
-        _check_large_fov(fc_channels, dropout, fc6_dilation)
         if isinstance(norm_scale, bool) or not isinstance(norm_scale, (int, float)) or not 0 < norm_scale < math.inf:
             raise ModelError(
                 f"model.options.norm_scale: must be a positive number (got {norm_scale!r}); use 10 (the paper's)"
             )
-        self.body = VGG16Body(in_channels, strided_pools=3, pool_kernel=3)
-        self.fc = fc_head(fc_channels, kernel_size=3, dilation=fc6_dilation, dropout=dropout)
+        # DeepLab-LargeFOV's body and fc layers; its scorer reads the local and global features side by side.
+        super().__init__(in_channels, num_classes, fc_channels=fc_channels, dropout=dropout, fc6_dilation=fc6_dilation)
         self.norm_local = L2Norm(fc_channels, norm_scale)
         self.norm_global = L2Norm(fc_channels, norm_scale)
         self.score = _scorer(2 * fc_channels, num_classes, zero=False)
-        self.upsample = nn.Upsample(scale_factor=self.output_stride, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = self.fc(self.body(x)[4])
