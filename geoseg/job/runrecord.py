@@ -165,6 +165,7 @@ def input_fingerprints(job: Job, stages: list[str]) -> list[dict]:
             named += [(f"predict.scene[{i}]", path) for i, path in enumerate(scene)]
         else:
             named.append(("predict.scene", scene))
+    named += [("panoptic.things", job.panoptic.things)] if "panoptic" in stages and job.panoptic else []
     if "impact" in stages and job.impact:
         named += [(f"impact.{key}", getattr(job.impact, key)) for key in IMPACT_INPUTS if getattr(job.impact, key)]
     if "evaluate" in stages and job.evaluate:
@@ -201,7 +202,7 @@ def stage_outputs(stage: str, job: Job, summary: dict) -> list[str]:
         return [str(summary[key]) for key in ("vectors", "geojson", "instance_table") if summary.get(key)]
     if stage == "evaluate":
         return [str(paths.metrics), str(paths.quicklook)]
-    if stage == "impact":
+    if stage in ("impact", "panoptic"):
         return [str(path) for path in summary.get("files", [])]
     return []
 

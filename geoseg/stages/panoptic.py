@@ -29,6 +29,7 @@ from geoseg.io.masks import InstanceMask
 from geoseg.io.mosaic import open_mosaic
 from geoseg.io.panoptic import (
     PANOPTIC_CLASS,
+    PANOPTIC_ID,
     VOID,
     PanopticRequest,
     compose_band,
@@ -100,7 +101,8 @@ def run_panoptic(
         f"panoptic: things from {spec.things} (score >= {spec.min_score:g}) over {paths.mosaic.name}'s stuff: "
         f"{things_share:.1%} of pixels things, {void_share:.1%} void, in {time.perf_counter() - started:.0f} s"
     )
-    return {"things_share": round(things_share, 6), "void_share": round(void_share, 6)}
+    files = [str(paths.mosaic / PANOPTIC_CLASS), str(paths.mosaic / PANOPTIC_ID)]
+    return {"things_share": round(things_share, 6), "void_share": round(void_share, 6), "files": files}
 
 
 def _band_counts(

@@ -77,6 +77,7 @@ def test_a_panoptic_job_writes_things_over_stuff_and_scores_it(tmp_path, ray_loc
     lines = []
     summary = run_job(path, log=lines.append)
     assert [name for name in summary if name != "run"] == ["predict", "panoptic", "evaluate"]
+    assert [f.rsplit("/", 1)[1] for f in summary["panoptic"]["files"]] == [PANOPTIC_CLASS, PANOPTIC_ID]
     mosaic = open_mosaic(tmp_path / "out" / "mosaic.zarr")
     panoptic_ids, classes = mosaic.array(PANOPTIC_ID)[:], mosaic.array(PANOPTIC_CLASS)[:]
     np.testing.assert_array_equal(panoptic_ids, ids)  # every kept instance, whole, with its id
