@@ -22,6 +22,7 @@ from geoseg.config.paths import JobPaths
 from geoseg.errors import JobConfigError
 from geoseg.impact.assess import ImpactInputs, assess_impact
 from geoseg.impact.assets import AssetLayer
+from geoseg.impact.flood import FLOOD
 from geoseg.impact.outputs import IMPACT_GPKG
 from geoseg.impact.reference import PermanentWater, PreEventMosaic, Reference
 from geoseg.impact.scores import building_scores, flood_scores
@@ -129,11 +130,15 @@ def _note_in_metrics(paths: JobPaths, impact: dict[str, Any]) -> None:
 def impact_metrics(job: Job, log: Callable[[str], None]) -> dict[str, Any] | None:
     """The impact stage's totals, scored against ``evaluate.flood_truth`` / ``flooded_buildings`` where given.
 
-    None when the job has no impact outputs (no `impact:` section, or the stage has not run).
+    None when the job has no impact outputs (no `impact:` section, or the stage has not run since the
+    mosaic was last predicted: a mosaic predicted again has no ``flood`` array until impact runs).
     """
     paths = JobPaths.of(job)
     summary = paths.impact / "impact.json"
     if job.impact is None or not summary.exists():
+        return None
+    if FLOOD not in open_mosaic(paths.mosaic).group:
+        log(f"evaluate: {summary} is older than the mosaic (predicted again since); run the impact stage to score it")
         return None
     impact: dict[str, Any] = json.loads(summary.read_text())
     evaluate = evaluate_spec(job)

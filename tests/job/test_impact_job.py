@@ -110,3 +110,25 @@ def test_a_job_with_impact_writes_its_outputs_and_scores(tiny):
     metrics = json.loads((out / "metrics.json").read_text())
     assert [z["zone"] for z in metrics["impact"]["zones"]] == ["North", "South"]
     assert "model" in metrics and (out / "report.html").exists()
+
+
+def test_impact_figures_older_than_the_mosaic_are_not_scored(tiny):
+    """A mosaic predicted again has no flood array until impact runs: evaluate says so instead of failing."""
+    from geoseg.config.paths import JobPaths
+    from geoseg.job import load_job
+    from geoseg.stages.impact import impact_metrics
+    from tests.factories import scene_mosaic
+
+    folder, scene, labels = tiny
+    path = _impact_job(folder, scene, labels, _pre_event(folder, scene), _zones(folder))
+    job = load_job(path)
+    paths = JobPaths.of(job)
+    scene_mosaic(paths.mosaic, scene, 64)
+    paths.impact.mkdir(parents=True)
+    (paths.impact / "impact.json").write_text("{}")
+    lines = []
+    assert impact_metrics(job, lines.append) is None
+    assert lines == [
+        f"evaluate: {paths.impact / 'impact.json'} is older than the mosaic (predicted again since); "
+        "run the impact stage to score it"
+    ]
