@@ -28,7 +28,6 @@ from geoseg.impact.reference import PermanentWater, PreEventMosaic, Reference
 from geoseg.impact.scores import building_scores, flood_scores
 from geoseg.impact.zones import Zones
 from geoseg.io.mosaic import open_mosaic
-from geoseg.stages.predict import run_predict
 from geoseg.stages.sections import evaluate_spec, predict_spec
 from geoseg.vectorize.classes import RunTasks, in_process
 from geoseg.vectorize.export import FORMATS, LAYER
@@ -57,6 +56,9 @@ def _reference(job: Job, address: str | None, log: Callable[[str], None], force:
     if spec.pre_event is None:
         assert spec.permanent_water is not None  # the schema asks for one of the two
         return PermanentWater(spec.permanent_water)
+    # Imported here: the evaluate stage imports this module for impact_metrics, and must not load torch for it.
+    from geoseg.stages.predict import run_predict
+
     pre = pre_event_job(job)
     log(f"impact: predicting the pre-event scene {spec.pre_event} with the job's model")
     run_predict(pre, address=address, log=lambda line: log(f"impact: pre-event {line}"), force=force)

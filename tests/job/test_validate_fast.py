@@ -38,6 +38,18 @@ def test_validate_imports_neither_torch_nor_ray(tiny):
     ]
 
 
+def test_the_stages_after_prediction_do_not_load_torch():
+    """Their driver holds no model: torch alone would add ~600 MB to it and seconds to every stage."""
+    code = """
+        import sys
+        import geoseg.stages.vectorize, geoseg.stages.panoptic, geoseg.stages.impact, geoseg.stages.evaluate
+        print(sorted(m for m in ("torch", "torchvision", "segmentation_models_pytorch") if m in sys.modules))
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]"]
+
+
 def test_the_names_are_the_registrys():
     from geoseg.models.instance import INSTANCE_ARCHITECTURES
     from geoseg.models.instance import is_instance_arch as registry_is_instance
