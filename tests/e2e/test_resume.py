@@ -48,6 +48,7 @@ def predict_job(folder: Path, scene: Path, checkpoint: Path, out: str) -> Path:
     return path
 
 
+@pytest.mark.long  # two minutes on 2 cores: CI's test-long runs it
 def test_killed_predict_resumes_skipping_done_chunks_and_ends_identical(tmp_path):
     scene = smooth_scene(tmp_path / "scene.tif", 512)
     checkpoint = unet_checkpoint(tmp_path / "ckpt", scene)  # full-size U-Net: slow enough to kill mid-run

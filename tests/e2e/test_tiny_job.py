@@ -5,10 +5,12 @@ import subprocess
 import sys
 
 import geopandas as gpd
+import pytest
 
 from tests.factories import tiny_job
 
 
+@pytest.mark.long  # a minute and a half on 2 cores: CI's test-long runs it
 def test_end_to_end_run_on_a_tiny_scene(tiny):
     """The real CLI in a subprocess: Ray Train, Ray actors, Zarr, vectors, metrics."""
     folder, scene, labels = tiny
