@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import rasterio
+from rasterio.windows import Window
 
 from geoseg.io.labels import IGNORE
 from geoseg.io.masks import InstanceMask
@@ -160,9 +162,6 @@ def panoptic_quality(counts: SegmentCounts, class_names: Sequence[str], thing_cl
 
 def read_band(mosaic, truth_path: str, first_row: int, stop_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reference classes, panoptic classes and ids of rows ``first_row:stop_row``."""
-    import rasterio
-    from rasterio.windows import Window
-
     with rasterio.open(truth_path) as src:
         truth = src.read(1, window=Window(0, first_row, mosaic.width, stop_row - first_row))
     rows = slice(first_row, stop_row)

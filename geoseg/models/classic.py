@@ -27,8 +27,14 @@ from collections.abc import Callable
 
 from torch import nn
 
+# Module by module, not through the package: geoseg.models' lazy names lead back to the registry, which imports this.
+import geoseg.models.deeplabv2 as deeplabv2
+import geoseg.models.fastfcn as fastfcn
+import geoseg.models.fcdensenet as fcdensenet
+import geoseg.models.gatedscnn as gatedscnn
+import geoseg.models.segnet as segnet
+import geoseg.models.vgg_fcn as vgg_fcn
 from geoseg.errors import ModelError
-from geoseg.models import deeplabv2, fastfcn, fcdensenet, gatedscnn, segnet, vgg_fcn
 from geoseg.models.known import DEFAULT_BACKBONES
 
 __all__ = [
@@ -43,7 +49,7 @@ __all__ = [
 _MODULES = (vgg_fcn, segnet, fcdensenet, deeplabv2, fastfcn, gatedscnn)
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {name: b for m in _MODULES for name, b in m.BUILDERS.items()}
 # Registry name → what is built (what `geoseg models` lists as the source).
-CLASSIC_ARCHITECTURES = {name: f"geoseg.models.{m.__name__.rsplit('.', 1)[1]}" for m in _MODULES for name in m.BUILDERS}
+CLASSIC_ARCHITECTURES = {name: m.__name__ for m in _MODULES for name in m.BUILDERS}
 # Registry name → what lets it see the whole input, or None where its context is local.
 CLASSIC_CONTEXT: dict[str, str | None] = {name: c for m in _MODULES for name, c in m.CONTEXT.items()}
 
