@@ -9,10 +9,22 @@ distance map. A batch whose pixels are all ignored gives 0 (with a gradient).
 
 - ``topk``: cross-entropy averaged over the hardest 10 % of the valid pixels of
   the batch (the top-k loss of Wu et al., "Bridging category-level and
-  instance-level semantic image segmentation", 2016, as used by nnU-Net).
+  instance-level semantic image segmentation", 2016, as used by nnU-Net), after
+  a warm-up: plain cross-entropy for the first 10 % of training, then the share
+  of pixels kept falls linearly to 10 % at half-way, as the bootstrapped
+  cross-entropy of Cheng et al. (STCN, NeurIPS 2021; 20k → 70k of 150k steps).
+  From random weights every pixel is hard, and the hardest 10 % alone train slowly.
 - ``boundary``: Kervadec et al., "Boundary loss for highly unbalanced
   segmentation", MIDL 2019: softmax probabilities times the signed distance map
-  of each class's labels.
+  of each class's labels. Its weight rises linearly with training progress from
+  1 % to the job's weight, the paper's rebalancing (§3.4: the regional loss
+  first, the boundary term growing by 0.01 per epoch), so the distance term
+  (tens of pixels) does not drown the regional loss of an untrained model.
+
+The two schedules read ``progress`` (0 at the first step, 1 at the last), which
+the training loop sets through :meth:`CombinedLoss.set_progress
+<geoseg.train.losses.CombinedLoss.set_progress>`; it is 1 by default, so a loss
+built on its own is the paper's final loss.
 - ``hausdorff``: Karimi & Salcudean, "Reducing the Hausdorff Distance in Medical
   Image Segmentation with Convolutional Neural Networks", IEEE TMI 2019: the
   distance-transform (HD_DT) loss, alpha = 2.
@@ -50,6 +62,8 @@ __all__ = [
 ]
 
 TOPK_FRACTION = 0.10
+TOPK_WARMUP = (0.10, 0.50)  # progress where plain CE ends and where the share reaches TOPK_FRACTION
+BOUNDARY_START = 0.01  # the boundary term's share of its weight at the first step
 SENSITIVITY_R = 0.05  # Brosch et al. (2015): a small r, since lesions are a tiny share of the pixels
 HAUSDORFF_ALPHA = 2.0
 IOU_ETA = 1.5  # Wu et al.'s default for the classification loss
@@ -109,11 +123,23 @@ class TopKCrossEntropy(torch.nn.Module):
     easy pixels, the bulk of a large homogeneous class, stop swamping the rest.
     """
 
-    def __init__(self, fraction: float = TOPK_FRACTION):
+    def __init__(self, fraction: float = TOPK_FRACTION, warmup: tuple[float, float] = TOPK_WARMUP):
         super().__init__()
         if not 0 < fraction <= 1:
             raise ValueError(f"topk fraction must be in (0, 1] (got {fraction!r})")
-        self.fraction = fraction
+        if not 0 <= warmup[0] < warmup[1] <= 1:
+            raise ValueError(f"topk warmup must be 0 <= start < end <= 1 (got {warmup!r})")
+        self.fraction, self.warmup = fraction, warmup
+        self.progress = 1.0
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
+
+    def current_fraction(self) -> float:
+        """The share of valid pixels kept at this point of training (1 during the warm-up's start)."""
+        start, end = self.warmup
+        ramp = min(max((self.progress - start) / (end - start), 0.0), 1.0)
+        return 1.0 + (self.fraction - 1.0) * ramp
 
     def forward(
         self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
@@ -123,7 +149,7 @@ class TopKCrossEntropy(torch.nn.Module):
         if values.numel() == 0:
             return _zero(logits)
         # round(): 0.1 * 30 is 3.0000000000000004 in floating point, whose ceil would be 4.
-        k = max(1, math.ceil(round(self.fraction * values.numel(), 9)))
+        k = max(1, math.ceil(round(self.current_fraction() * values.numel(), 9)))
         return values.topk(k).values.mean()
 
 
@@ -137,8 +163,19 @@ class BoundaryLoss(torch.nn.Module):
     boundary's inner row, negative deeper in), and 0 for a class with no
     boundary in the sample. The minimum puts all probability inside each class.
     The value can be negative; pair it with a regional loss (``ce``, ``dice``),
-    as the paper does.
+    as the paper does. It is scaled by :meth:`current_scale`, the rebalancing ramp.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress = 1.0
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
+
+    def current_scale(self) -> float:
+        """The share of the job's weight at this point of training: BOUNDARY_START at 0, 1 at the end."""
+        return BOUNDARY_START + (1.0 - BOUNDARY_START) * min(max(self.progress, 0.0), 1.0)
 
     def forward(
         self, logits: torch.Tensor, targets: torch.Tensor, pixel_weights: torch.Tensor | None = None
@@ -150,7 +187,7 @@ class BoundaryLoss(torch.nn.Module):
         inside, outside = class_distances(targets, logits.shape[1])
         phi = _tensor(outside - np.where(inside > 0, inside - 1.0, 0.0), logits)
         probs = logits.softmax(1) * valid.unsqueeze(1)
-        return (phi * probs).sum() / (n_valid * logits.shape[1])
+        return self.current_scale() * (phi * probs).sum() / (n_valid * logits.shape[1])
 
 
 class HausdorffDTLoss(torch.nn.Module):

@@ -30,7 +30,7 @@ from geoseg.models.card import TrainingSummary
 from geoseg.models.checkpoint import BEST_WEIGHTS, WEIGHTS, build_model_from_card, save_checkpoint
 from geoseg.train.instances import InstanceCropSampler, collate_instances
 from geoseg.train.loss_weights import class_weight_map, unet_border_weights
-from geoseg.train.losses import build_loss
+from geoseg.train.losses import CombinedLoss, build_loss
 from geoseg.train.plan import TrainingPlan, window_of
 from geoseg.train.sampler import CropSampler, LabelIndex
 from geoseg.train.validation import validation_metrics
@@ -210,17 +210,17 @@ def _border_weights(ids: np.ndarray, target: np.ndarray, *, class_weights: np.nd
     return unet_border_weights(ids, class_weight_map(target, class_weights))
 
 
-def _step_function(plan: TrainingPlan) -> tuple[Callable, Callable | None]:
-    """The step that turns a batch into a loss, and the sampler's per-pixel weights (border_ce only)."""
+def _step_function(plan: TrainingPlan) -> tuple[Callable, Callable | None, CombinedLoss | None]:
+    """The step that turns a batch into a loss, the sampler's per-pixel weights (border_ce only), the loss."""
     if plan.instance_model:
-        return instance_step, None
+        return instance_step, None, None
     num_classes = plan.card.num_classes
     class_weights = np.asarray(plan.class_weights or np.ones(num_classes), np.float32)
     loss_fn = build_loss(dict(plan.spec.loss), num_classes=num_classes, class_weights=class_weights.tolist())
     pixel_weights = (
         functools.partial(_border_weights, class_weights=class_weights) if loss_fn.needs_pixel_weights else None
     )
-    return functools.partial(semantic_step, loss_fn=loss_fn), pixel_weights
+    return functools.partial(semantic_step, loss_fn=loss_fn), pixel_weights, loss_fn
 
 
 def train_model(
@@ -261,14 +261,17 @@ def train_model(
         log(f"train: resuming after epoch {state.epoch + 1}/{spec.epochs}")
         if (Path(resume_from) / BEST_WEIGHTS).exists():
             best_weights = load_file(str(Path(resume_from) / BEST_WEIGHTS))
-    step, pixel_weights = _step_function(plan)
+    step, pixel_weights, loss_fn = _step_function(plan)
+    total_steps = spec.epochs * spec.steps_per_epoch
     batches = _batches(plan, seed, pixel_weights)
 
     metrics: dict = {}
     for epoch in range(state.epoch + 1, spec.epochs):
         model.train()
         started, losses = time.perf_counter(), []
-        for _ in range(spec.steps_per_epoch):
+        for index in range(spec.steps_per_epoch):
+            if loss_fn is not None:  # the loss schedules of topk and boundary
+                loss_fn.set_progress((epoch * spec.steps_per_epoch + index) / max(total_steps - 1, 1))
             loss = step(model, next(batches), device=device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -202,6 +202,12 @@ class CombinedLoss(torch.nn.Module):
         self.needs_pixel_weights = "border_ce" in self.weights
         self.needs_class_weights = bool({"weighted_ce", "border_ce"} & self.weights.keys())
 
+    def set_progress(self, progress: float) -> None:
+        """Tell the scheduled terms (``topk``, ``boundary``) how far training is: 0 first step, 1 last."""
+        for term in self.terms.values():
+            if hasattr(term, "set_progress"):
+                term.set_progress(progress)
+
     def parts(
         self,
         logits: torch.Tensor,

@@ -193,3 +193,24 @@ def test_job_schema_takes_the_new_names_and_refuses_unknown_ones(tmp_path):
         load_job(path)
     with pytest.raises(JobConfigError, match=r"unknown loss 'boundry' \(did you mean 'boundary'\?\)"):
         build_loss({"boundry": 1}, num_classes=2)
+
+
+def test_topk_warms_up_from_plain_cross_entropy():
+    loss = build_loss({"topk": 1.0}, num_classes=2)
+    logits, labels = torch.tensor(Z[None], dtype=torch.float32), torch.tensor(LABELS[None])
+    hardest = np.sort(CE[VALID])[::-1]
+    # Before 10% of training: every valid pixel; at 30%: 1 + (0.1 - 1) * 0.5 = 55% of 8 → the 5 hardest;
+    # from half-way: 10% → the single hardest.
+    for progress, kept in ((0.0, 8), (0.05, 8), (0.3, 5), (0.5, 1), (1.0, 1)):
+        loss.set_progress(progress)
+        assert float(loss(logits, labels)) == pytest.approx(hardest[:kept].mean(), rel=1e-5), progress
+
+
+def test_boundary_weight_ramps_with_training_progress():
+    loss = build_loss({"ce": 1.0, "boundary": 2.0}, num_classes=2)
+    logits, labels = torch.tensor(Z[None], dtype=torch.float32), torch.tensor(LABELS[None])
+    ce = CE.sum() / N_VALID
+    for progress, share in ((0.0, 0.01), (0.5, 0.505), (1.0, 1.0)):
+        loss.set_progress(progress)
+        want = ce + 2.0 * share * _expected("boundary")
+        assert float(loss(logits, labels)) == pytest.approx(want, rel=1e-5), progress
