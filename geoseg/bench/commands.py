@@ -108,6 +108,28 @@ def _cmd_bench_pipeline(args) -> int:
     return run_pipeline_command(args)
 
 
+def _cmd_bench_zoo(args) -> int:
+    import json
+    from dataclasses import asdict
+
+    from geoseg.bench.zoo import ZooBudget, bench_zoo
+
+    budget = ZooBudget(
+        epochs=args.epochs, steps_per_epoch=args.steps, batch_size=args.batch_size, crop=args.crop or None
+    )
+    split = lambda names: [n.strip() for n in names.split(",") if n.strip()] if names else None
+    rows = bench_zoo(
+        args.job,
+        args.out,
+        archs=split(args.archs),
+        crf_archs=split(args.crf),
+        budget=budget,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(json.dumps({"budget": asdict(budget), "rows": [asdict(row) for row in rows]}), flush=True)
+    return 0
+
+
 def _add_bench_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and work folder, the same for every benchmark."""
     p.add_argument("--arch", default="unet")
@@ -117,7 +139,7 @@ def _add_bench_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_bench_commands(sub) -> None:
-    """``bench predict``, ``bench decode``, ``bench train``, ``bench merge`` and ``bench pipeline``."""
+    """``bench predict``, ``decode``, ``train``, ``merge``, ``pipeline`` and ``zoo``."""
     p = sub.add_parser("bench", help="benchmarks that print one JSON line")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("predict", help="synthesise an N x N GeoTIFF and predict it; throughput and peak memory")
@@ -166,3 +188,17 @@ def add_bench_commands(sub) -> None:
     p.add_argument("--chunk", type=int, default=448, help="mosaic chunk side in pixels (default: 448)")
     p.add_argument("--out", help="keep the mosaic, reference and outputs here (default: a temporary folder)")
     p.set_defaults(func=_cmd_bench_pipeline)
+    p = bench.add_parser(
+        "zoo",
+        help="train, predict and score every semantic architecture on one job's data with the same budget; "
+        "a markdown table (zoo.md) and one JSON row per architecture (zoo.jsonl), resumable",
+    )
+    p.add_argument("job", help="a semantic job whose data the zoo uses (e.g. jobs/flood_survey.yaml)")
+    p.add_argument("--out", default="out/zoo", help="rows, table and each architecture's run (default: out/zoo)")
+    p.add_argument("--archs", help="comma-separated architectures (default: every semantic one)")
+    p.add_argument("--crf", help="comma-separated architectures also scored with the dense CRF (e.g. deeplabv2)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--steps", type=int, default=25, help="steps per epoch")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--crop", type=int, default=2048, help="score the central N x N window of the scene (0: all)")
+    p.set_defaults(func=_cmd_bench_zoo)

@@ -205,7 +205,7 @@ class CombinedLoss(torch.nn.Module):
     def set_progress(self, progress: float) -> None:
         """Tell the scheduled terms (``topk``, ``boundary``) how far training is: 0 first step, 1 last."""
         for term in self.terms.values():
-            if hasattr(term, "set_progress"):
+            if isinstance(term, (TopKCrossEntropy, BoundaryLoss)):
                 term.set_progress(progress)
 
     def parts(
