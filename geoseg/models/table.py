@@ -18,6 +18,11 @@ def architecture_table(encoder: str) -> list[str]:
     from geoseg.models.context import KNOWN_HALOS, exact_tiling
     from geoseg.models.registry import SMP_ARCHITECTURES
 
+    try:  # an encoder smp does not know is refused before the ~30 builds of the table
+        model_info("unet", encoder=encoder)
+    except ModelError as exc:
+        if str(exc).startswith("model.encoder: unknown encoder"):
+            raise
     rows, refused = [], []
     for arch, source in ARCHITECTURES.items():
         name = encoder if arch in SMP_ARCHITECTURES else resolve_encoder(arch)
