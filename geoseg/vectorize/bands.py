@@ -37,6 +37,7 @@ import shapely
 
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
 from geoseg.io.pixel_arrays import labels_view
+from geoseg.vectorize.band_simplify import inner_points, simplify_band
 from geoseg.vectorize.components import first_pixels
 from geoseg.vectorize.export import LAYER, areas_m2, pixel_to_map, regions_to_frame, to_wgs84
 from geoseg.vectorize.polygonize import ChunkPieces, polygonize_chunk
@@ -49,6 +50,7 @@ __all__ = [
     "band_as_chunk",
     "band_features",
     "band_geojson",
+    "band_open_simplified",
     "band_requests",
     "feature_slices",
     "geojson_slices",
@@ -58,7 +60,7 @@ __all__ = [
 
 BAND_PIXELS = 16_000_000  # at most this many pixels per band (unless one chunk row is more)
 MIN_BANDS = 8  # a mosaic of enough chunk rows splits into at least this many bands, for parallel work
-PARTS_VERSION = 1  # bump when a part file's content changes meaning
+PARTS_VERSION = 2  # bump when a part file's content changes meaning
 
 
 def plan_bands(height: int, width: int, chunk: int) -> list[tuple[int, int]]:
@@ -86,6 +88,7 @@ class BandRequest:
     key: str  # what the parts are made from; a summary with another key is redone
     instances: bool = False  # keep what the instance numbering needs instead of output features
     labels: str = "labels"  # the class-coded array polygonized (the flood extent: "flood")
+    simplify_tolerance: float = 0.0  # map units, the scene's (band_simplify.scene_tolerance); 0: exact pixel edges
 
     @property
     def stem(self) -> Path:
@@ -106,7 +109,9 @@ class BandSummary:
     open: int
 
 
-def _parts_key(mosaic: MosaicInfo, class_ids: tuple[int, ...], min_area_m2: float, instances: bool) -> str:
+def _parts_key(
+    mosaic: MosaicInfo, class_ids: tuple[int, ...], min_area_m2: float, instances: bool, tolerance: float
+) -> str:
     # Another array read as labels (the flood) is keyed by its attributes too: they say what it was made from.
     labels = {} if mosaic.labels_name == "labels" else {"labels": [mosaic.labels_name, dict(mosaic.labels.attrs)]}
     done = np.asarray(mosaic.array("done")[:])
@@ -118,15 +123,22 @@ def _parts_key(mosaic: MosaicInfo, class_ids: tuple[int, ...], min_area_m2: floa
         "classes": list(class_ids),
         "min_area_m2": min_area_m2,
         "instances": instances,
+        "simplify_tolerance": tolerance,
     } | labels
     return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()
 
 
 def band_requests(
-    mosaic: MosaicInfo, parts_dir: Path, class_ids: list[int], min_area_m2: float, *, instances: bool = False
+    mosaic: MosaicInfo,
+    parts_dir: Path,
+    class_ids: list[int],
+    min_area_m2: float,
+    *,
+    instances: bool = False,
+    simplify_tolerance: float = 0.0,
 ) -> list[BandRequest]:
     """One request per band of ``mosaic`` (see :func:`plan_bands`)."""
-    key = _parts_key(mosaic, tuple(class_ids), min_area_m2, instances)
+    key = _parts_key(mosaic, tuple(class_ids), min_area_m2, instances, simplify_tolerance)
     # Each band's key names its rows too: parts of another band plan (another geoseg) are not this band's.
     return [
         BandRequest(
@@ -140,6 +152,7 @@ def band_requests(
             f"{key}:{first}:{stop}",
             instances,
             mosaic.labels_name,
+            simplify_tolerance,
         )
         for i, (first, stop) in enumerate(plan_bands(mosaic.height, mosaic.width, mosaic.chunk))
     ]
@@ -176,11 +189,18 @@ def vectorize_band(request: BandRequest) -> BandSummary:
         open_ids[bottom[bottom >= 0]] = True
     stem = request.stem
     stem.parent.mkdir(parents=True, exist_ok=True)
+    simplified = None
+    if request.simplify_tolerance > 0:
+        geoms = np.empty(len(regions), dtype=object)
+        geoms[:] = [g for _, g in regions]
+        simplified = simplify_band(
+            geoms, request.first_row, request.stop_row, mosaic.width, mosaic.transform, request.simplify_tolerance
+        )
     if request.instances:
         written = _write_region_parts(stem, mosaic, merged, open_ids)
     else:
-        written = _write_feature_parts(stem, mosaic, request, regions, open_ids)
-    _write_open(_tmp(stem, ".open.parquet"), regions, np.flatnonzero(open_ids))
+        written = _write_feature_parts(stem, mosaic, request, regions, open_ids, simplified)
+    _write_open(_tmp(stem, ".open.parquet"), regions, np.flatnonzero(open_ids), simplified)
     with open(_tmp(stem, ".edges.npz"), "wb") as edges:
         np.savez(edges, top=top, top_class=classes[top + 1], bottom=bottom, bottom_class=classes[bottom + 1])
     summary = BandSummary(
@@ -202,15 +222,21 @@ def part(stem: Path, suffix: str) -> Path:
 
 
 def _write_feature_parts(
-    stem: Path, mosaic: MosaicInfo, request: BandRequest, regions: list[tuple[int, object]], open_ids: np.ndarray
+    stem: Path,
+    mosaic: MosaicInfo,
+    request: BandRequest,
+    regions: list[tuple[int, object]],
+    open_ids: np.ndarray,
+    simplified: np.ndarray | None,
 ) -> dict:
-    """The finished regions as output features, and their GeoJSON rendered."""
+    """The finished regions as output features (``simplified``: their map geometries), and their GeoJSON rendered."""
     frame = regions_to_frame(
         [region for region, is_open in zip(regions, open_ids, strict=True) if not is_open],
         transform=mosaic.transform,
         crs=mosaic.crs,
         class_names=mosaic.class_names,
         min_area_m2=request.min_area_m2,
+        geoms=None if simplified is None else simplified[~open_ids],
     )
     wgs84 = to_wgs84(frame)
     declared = geometry_type(wgs84)
@@ -292,17 +318,29 @@ def _merge_band(mosaic: MosaicInfo, request: BandRequest) -> BandMerge:
     return BandMerge(regions, edge("top"), edge("bottom"), components)
 
 
-def _write_open(path: Path, regions: list[tuple[int, object]], open_ids: np.ndarray) -> None:
+def _write_open(
+    path: Path, regions: list[tuple[int, object]], open_ids: np.ndarray, simplified: np.ndarray | None = None
+) -> None:
+    """The open regions' pixel polygons; with ``simplified``, also their simplified map geometries and inner points."""
     geoms = np.empty(len(open_ids), dtype=object)
     geoms[:] = [regions[i][1] for i in open_ids]
-    table = pa.table(
-        {
-            "region": pa.array(open_ids, pa.int32()),
-            "class_id": pa.array([regions[i][0] for i in open_ids], pa.int32()),
-            "wkb": pa.array(shapely.to_wkb(geoms) if len(geoms) else [], pa.binary()),
-        }
-    )
-    pq.write_table(table, path)
+    columns = {
+        "region": pa.array(open_ids, pa.int32()),
+        "class_id": pa.array([regions[i][0] for i in open_ids], pa.int32()),
+        "wkb": pa.array(shapely.to_wkb(geoms) if len(geoms) else [], pa.binary()),
+    }
+    if simplified is not None:
+        points = inner_points(geoms) if len(geoms) else np.zeros((0, 2))
+        columns["x"], columns["y"] = pa.array(points[:, 0]), pa.array(points[:, 1])
+        columns["simplified"] = pa.array(shapely.to_wkb(simplified[open_ids]) if len(geoms) else [], pa.binary())
+    pq.write_table(pa.table(columns), path)
+
+
+def band_open_simplified(request: BandRequest) -> tuple[np.ndarray, np.ndarray]:
+    """The band's open regions' inner points (n, 2) and simplified map geometries, for :class:`OpenPieces`."""
+    table = pq.read_table(part(request.stem, ".open.parquet"), columns=["x", "y", "simplified"]).to_pydict()
+    points = np.column_stack([np.asarray(table["x"], np.float64), np.asarray(table["y"], np.float64)])
+    return points, shapely.from_wkb(np.asarray(table["simplified"], dtype=object))
 
 
 FEATURE_SLICE = 2000  # features per append in the driver: its memory follows this, not a band's width

@@ -36,11 +36,13 @@ from geoseg.vectorize.band_ids import (
     write_band_ids,
     write_numbered_outputs,
 )
+from geoseg.vectorize.band_simplify import OpenPieces, scene_tolerance
 from geoseg.vectorize.bands import (
     BandSummary,
     band_as_chunk,
     band_features,
     band_geojson,
+    band_open_simplified,
     band_requests,
     vectorize_band,
 )
@@ -204,14 +206,15 @@ def vectorize_mosaic(
     if labels != "labels" and (instances_table is not None or simplify_m > 0):
         raise ValueError(f"only the labels array can be numbered or simplified (asked for {labels!r})")
     class_ids = select_classes(mosaic.class_names, classes)
-    if instances_table is None and simplify_m == 0:
-        return _write_banded_features(mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks)
+    if instances_table is None:
+        tolerance = scene_tolerance(mosaic.transform, mosaic.crs, mosaic.height, mosaic.width, simplify_m)
+        return _write_banded_features(
+            mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks, tolerance if simplify_m else 0.0
+        )
     if instances_table is not None and simplify_m == 0:
         return _write_banded_ids(
             mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks, Path(instances_table)
         )
-    if instances_table is None:
-        return _write_class_features(mosaic, class_ids, simplify_m, min_area_m2, progress, Path(out_dir), fmt)
     frame, numbering, merger = _numbered_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
     vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
     per_class = _per_class(Counter(frame["class"]), mosaic.class_names, class_ids)
@@ -232,37 +235,6 @@ def _check_non_negative(**values: float) -> None:
         raise JobConfigError(problems)
 
 
-def _write_class_features(
-    mosaic: MosaicInfo,
-    class_ids: list[int],
-    simplify_m: float,
-    min_area_m2: float,
-    progress: Callable[[int, int], None] | None,
-    out_dir: Path,
-    fmt: str,
-) -> VectorOutputs:
-    """Without ids but simplified: every region in one batch.
-
-    The coverage (shared borders moved once) and its single tolerance span the whole scene.
-    """
-    regions = _merge_chunks(mosaic, class_ids, progress)
-    frame = regions_to_frame(
-        regions,
-        transform=mosaic.transform,
-        crs=mosaic.crs,
-        class_names=mosaic.class_names,
-        simplify_m=simplify_m,
-        min_area_m2=min_area_m2,
-    )
-    del regions
-    counts: Counter[str] = Counter(frame["class"])
-    with open_vectors(out_dir, empty_frame(mosaic.crs), fmt=fmt) as writer:
-        writer.write(frame)
-    vectors, geojson = finish_vectors(writer, fmt)
-    per_class = _per_class(counts, mosaic.class_names, class_ids)
-    return VectorOutputs(vectors=vectors, geojson=geojson, features=writer.features, per_class=per_class)
-
-
 def _write_banded_features(
     mosaic: MosaicInfo,
     class_ids: list[int],
@@ -271,28 +243,36 @@ def _write_banded_features(
     out_dir: Path,
     fmt: str,
     run_tasks: RunTasks,
+    simplify_tolerance: float = 0.0,
 ) -> VectorOutputs:
     """Every band as a task (:func:`~geoseg.vectorize.bands.vectorize_band`), written in band order.
 
     Per band: its finished features (GeoJSON rendered by the task), then the regions that close
     once its top seam is joined to the bands above. Parts left by a killed run of the same mosaic
-    and settings are reused; they are removed once the outputs are complete.
+    and settings are reused; they are removed once the outputs are complete. With a tolerance each
+    band is simplified by its task (:mod:`~geoseg.vectorize.band_simplify`) and a joined region is
+    the union of its simplified pieces.
     """
     parts_dir = out_dir / ".vectorize-parts"
-    requests = band_requests(mosaic, parts_dir, class_ids, min_area_m2)
+    requests = band_requests(mosaic, parts_dir, class_ids, min_area_m2, simplify_tolerance=simplify_tolerance)
     across = SeamMerger(mosaic.height, mosaic.width)  # one "chunk" per band: joins the open regions
+    pieces = OpenPieces() if simplify_tolerance > 0 else None
     counts: Counter[str] = Counter()
     empty = empty_frame(mosaic.crs)
     with open_vectors(out_dir, empty, fmt=fmt) as writer:
         summaries = cast(Iterable[BandSummary], run_tasks(vectorize_band, [(r,) for r in requests]))
         for request, summary in zip(requests, summaries, strict=True):
             across.add(band_as_chunk(request, summary, mosaic.width))
+            if pieces is not None:
+                pieces.add(*band_open_simplified(request))
+            closed = across.end_row()
             joined = regions_to_frame(
-                across.end_row(),
+                closed,
                 transform=mosaic.transform,
                 crs=mosaic.crs,
                 class_names=mosaic.class_names,
                 min_area_m2=min_area_m2,
+                geoms=None if pieces is None else pieces.take(closed),
             )
             # The band's own features, a slice at a time (its GeoJSON rendered by the task), then the
             # regions its top seam closed: the order the one-process writer gives.

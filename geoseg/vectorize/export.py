@@ -153,21 +153,28 @@ def regions_to_frame(
     class_names: tuple[str, ...] | list[str],
     simplify_m: float = 0.0,
     min_area_m2: float = 0.0,
+    geoms: np.ndarray | None = None,
 ) -> gpd.GeoDataFrame:
     """Build the output table from ``(class_id, pixel-space polygon)`` regions.
 
     ``min_area_m2`` is compared with each region's exact (unsimplified) area;
     ``area_m2`` is the area of the geometry as written. Both are ground areas
-    (:func:`~geoseg.vectorize.metres.areas_m2`), in any CRS.
+    (:func:`~geoseg.vectorize.metres.areas_m2`), in any CRS. ``geoms``: the map
+    geometries to write, one per region, already simplified (by bands:
+    :mod:`geoseg.vectorize.band_simplify`); then ``simplify_m`` is not used.
     """
     if not regions:
         return empty_frame(crs)
     class_ids = np.array([c for c, _ in regions], dtype=np.int32)
-    pixel_geoms = np.array([g for _, g in regions], dtype=object)
+    pixel_geoms = np.empty(len(regions), dtype=object)
+    pixel_geoms[:] = [g for _, g in regions]
     if min_area_m2 > 0:
         keep = areas_m2(pixel_to_map(pixel_geoms, transform), crs) >= min_area_m2
         class_ids, pixel_geoms = class_ids[keep], pixel_geoms[keep]
-    if simplify_m > 0 and len(pixel_geoms):
+        geoms = None if geoms is None else np.asarray(geoms, dtype=object)[keep]
+    if geoms is not None:
+        geoms = np.asarray(geoms, dtype=object)
+    elif simplify_m > 0 and len(pixel_geoms):
         geoms = simplify_regions(pixel_geoms, transform, crs, simplify_m)
     else:
         geoms = pixel_to_map(pixel_geoms, transform)

@@ -228,7 +228,9 @@ def test_simplification_stays_valid_and_seamless(tmp_path):
     # Touching classes were simplified as one coverage: no overlaps opened up.
     union = shapely.union_all(gdf.geometry.values)
     assert union.area == pytest.approx(gdf["area_m2"].sum(), rel=1e-9)
-    assert gdf["area_m2"].sum() == pytest.approx(exact_gdf["area_m2"].sum(), rel=0.01)
+    # Visvalingam–Whyatt on pixel staircases cuts outer corners and fills inner ones about evenly;
+    # at 3 px of tolerance on these small blobs the classes' total stays within 2%.
+    assert gdf["area_m2"].sum() == pytest.approx(exact_gdf["area_m2"].sum(), rel=0.02)
     assert pyogrio.read_dataframe(simple.geojson).is_valid.all()
 
 
