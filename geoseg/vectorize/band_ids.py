@@ -41,8 +41,16 @@ from geoseg.errors import StageError
 from geoseg.io.heap import release_free_memory
 from geoseg.io.instances import INSTANCES, InstanceTableWriter, create_instance_array, table_from_columns
 from geoseg.io.mosaic import MosaicInfo, open_mosaic
-from geoseg.vectorize.band_output import numbered_frame, write_band
-from geoseg.vectorize.bands import FEATURE_SLICE, BandRequest, BandSummary, band_as_chunk, part
+from geoseg.vectorize.band_output import numbered_frame, simplified_geoms, write_band
+from geoseg.vectorize.band_simplify import OpenPieces
+from geoseg.vectorize.bands import (
+    FEATURE_SLICE,
+    BandRequest,
+    BandSummary,
+    band_as_chunk,
+    band_open_simplified,
+    part,
+)
 from geoseg.vectorize.components import InstanceStats, class_score, first_pixels
 from geoseg.vectorize.export import LAYER, areas_m2, pixel_to_map, to_wgs84
 from geoseg.vectorize.polygonize import label_components
@@ -75,6 +83,7 @@ def _join_bands(
 ) -> tuple[SeamMerger, Joined, list[BandSummary]]:
     """Pass 1's band results as they come: join open regions; write each joined region to its first pixel's band."""
     across = SeamMerger(mosaic.height, mosaic.width, track_pieces=True)
+    pieces = OpenPieces() if requests and requests[0].simplify_tolerance > 0 else None
     joined = Joined([], [], [], [])
     starts = np.array([r.first_row for r in requests])
     done: list[BandSummary] = []
@@ -83,6 +92,8 @@ def _join_bands(
         part(request.stem, ".joined.parquet").unlink(missing_ok=True)
     for request, summary in zip(requests, summaries, strict=True):
         across.add(band_as_chunk(request, summary, mosaic.width))
+        if pieces is not None:
+            pieces.add(*band_open_simplified(request))
         closed = across.end_row()
         geoms = np.empty(len(closed), dtype=object)
         geoms[:] = [g for _, g in closed]
@@ -96,14 +107,15 @@ def _join_bands(
         home = np.searchsorted(starts, rows, side="right") - 1
         if len(closed):
             # One file per band where regions closed, written at once; read back by their home band.
-            table = pa.table(
-                {
-                    "seq": pa.array(seq + np.arange(len(closed)), pa.int64()),
-                    "home": pa.array(home, pa.int32()),
-                    "class_id": pa.array(classes, pa.int32()),
-                    "wkb": pa.array(shapely.to_wkb(geoms), pa.binary()),
-                }
-            )
+            columns = {
+                "seq": pa.array(seq + np.arange(len(closed)), pa.int64()),
+                "home": pa.array(home, pa.int32()),
+                "class_id": pa.array(classes, pa.int32()),
+                "wkb": pa.array(shapely.to_wkb(geoms), pa.binary()),
+            }
+            if pieces is not None:  # the union of each joined region's simplified pieces, in map coordinates
+                columns["simplified"] = pa.array(shapely.to_wkb(pieces.take(closed)), pa.binary())
+            table = pa.table(columns)
             pq.write_table(table, part(request.stem, ".joined.parquet"))
             for band in np.unique(home).tolist():
                 joined.sources.setdefault(band, []).append(request.index)
@@ -253,7 +265,7 @@ def _finished_features(mosaic: MosaicInfo, request: BandRequest, ids: np.ndarray
     order = np.argsort(region_ids, kind="stable")[np.sort(region_ids) > 0]
     geoms = shapely.from_wkb(np.asarray(table["wkb"], dtype=object)[order]) if len(order) else []
     regions = list(zip(np.asarray(table["class_id"])[order].tolist(), geoms, strict=True))
-    return numbered_frame(mosaic, regions, region_ids[order])
+    return numbered_frame(mosaic, regions, region_ids[order], simplified_geoms(table, order))
 
 
 def write_numbered_outputs(

@@ -28,12 +28,16 @@ from geoseg.vectorize.components import with_ids
 from geoseg.vectorize.export import LAYER, regions_to_frame, to_wgs84
 from geoseg.vectorize.stream import VectorWriter, feature_lines, geometry_type, render_geojson
 
-__all__ = ["numbered_frame", "write_band"]
+__all__ = ["numbered_frame", "simplified_geoms", "write_band"]
 
 
-def numbered_frame(mosaic: MosaicInfo, regions: list[tuple[int, object]], ids: np.ndarray) -> gpd.GeoDataFrame:
-    """Features of ``regions`` (in id order) with their ``ids`` as the first column."""
-    frame = regions_to_frame(regions, transform=mosaic.transform, crs=mosaic.crs, class_names=mosaic.class_names)
+def numbered_frame(
+    mosaic: MosaicInfo, regions: list[tuple[int, object]], ids: np.ndarray, geoms: np.ndarray | None = None
+) -> gpd.GeoDataFrame:
+    """Features of ``regions`` (in id order) with their ``ids`` as the first column; ``geoms``: simplified."""
+    frame = regions_to_frame(
+        regions, transform=mosaic.transform, crs=mosaic.crs, class_names=mosaic.class_names, geoms=geoms
+    )
     frame = with_ids(frame, regions, mosaic.transform)  # 1..n by position (0 if a row matched none)
     position = frame["id"].to_numpy(np.int64)
     frame["id"] = np.where(position > 0, np.r_[0, ids][position], 0).astype(np.uint32)
@@ -121,4 +125,11 @@ def _joined_features(mosaic: MosaicInfo, sources: list[Path], home: int, parts_d
     order = np.argsort(ids, kind="stable")[np.sort(ids) > 0]
     geoms = shapely.from_wkb(np.asarray(table["wkb"], dtype=object)[order]) if len(order) else []
     regions = list(zip(np.asarray(table["class_id"])[order].tolist(), geoms, strict=True))
-    return numbered_frame(mosaic, regions, ids[order])
+    return numbered_frame(mosaic, regions, ids[order], simplified_geoms(table, order))
+
+
+def simplified_geoms(table: dict, order: np.ndarray) -> np.ndarray | None:
+    """The ``simplified`` column of a band part read as a dict, in ``order``; None when the run does not simplify."""
+    if "simplified" not in table:
+        return None
+    return shapely.from_wkb(np.asarray(table["simplified"], dtype=object)[order]) if len(order) else np.empty(0, object)

@@ -197,7 +197,7 @@ def vectorize_band(request: BandRequest) -> BandSummary:
             geoms, request.first_row, request.stop_row, mosaic.width, mosaic.transform, request.simplify_tolerance
         )
     if request.instances:
-        written = _write_region_parts(stem, mosaic, merged, open_ids)
+        written = _write_region_parts(stem, mosaic, merged, open_ids, simplified)
     else:
         written = _write_feature_parts(stem, mosaic, request, regions, open_ids, simplified)
     _write_open(_tmp(stem, ".open.parquet"), regions, np.flatnonzero(open_ids), simplified)
@@ -247,10 +247,13 @@ def _write_feature_parts(
     return {"features": len(frame), "per_class": per_class, "geojson_rows": len(wgs84), "declared": declared}
 
 
-def _write_region_parts(stem: Path, mosaic: MosaicInfo, merged: BandMerge, open_ids: np.ndarray) -> dict:
+def _write_region_parts(
+    stem: Path, mosaic: MosaicInfo, merged: BandMerge, open_ids: np.ndarray, simplified: np.ndarray | None
+) -> dict:
     """What the numbering needs: each region's class, first pixel, exact area and openness.
 
-    Also the finished regions' pixel polygons and the region of every chunk component.
+    Also the finished regions' pixel polygons (and ``simplified`` map geometries) and the region of
+    every chunk component.
     """
     geoms = np.empty(len(merged.regions), dtype=object)
     geoms[:] = [g for _, g in merged.regions]
@@ -267,7 +270,7 @@ def _write_region_parts(stem: Path, mosaic: MosaicInfo, merged: BandMerge, open_
             pieces=np.concatenate(merged.pieces) if merged.pieces else np.zeros(0, np.int32),
             counts=np.array([len(p) for p in merged.pieces], dtype=np.int64),
         )
-    _write_open(_tmp(stem, ".finished.parquet"), merged.regions, np.flatnonzero(~open_ids))
+    _write_open(_tmp(stem, ".finished.parquet"), merged.regions, np.flatnonzero(~open_ids), simplified)
     return {"features": 0, "per_class": {}, "geojson_rows": 0, "declared": "Polygon"}
 
 
@@ -337,7 +340,7 @@ def _write_open(
 
 
 def band_open_simplified(request: BandRequest) -> tuple[np.ndarray, np.ndarray]:
-    """The band's open regions' inner points (n, 2) and simplified map geometries, for :class:`OpenPieces`."""
+    """The band's open regions' inner points (n, 2) and simplified map geometries, for ``OpenPieces``."""
     table = pq.read_table(part(request.stem, ".open.parquet"), columns=["x", "y", "simplified"]).to_pydict()
     points = np.column_stack([np.asarray(table["x"], np.float64), np.asarray(table["y"], np.float64)])
     return points, shapely.from_wkb(np.asarray(table["simplified"], dtype=object))

@@ -17,11 +17,10 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-import geopandas as gpd
 import numpy as np
 import pandas as pd
 
@@ -46,15 +45,12 @@ from geoseg.vectorize.bands import (
     band_requests,
     vectorize_band,
 )
-from geoseg.vectorize.components import RegionNumbering, number_regions, with_ids, write_instances
 from geoseg.vectorize.export import (
     empty_frame,
     finish_vectors,
     open_vectors,
     regions_to_frame,
-    write_vectors,
 )
-from geoseg.vectorize.polygonize import polygonize_chunk
 from geoseg.vectorize.seams import SeamMerger
 
 __all__ = ["RunTasks", "VectorOutputs", "in_process", "select_classes", "vectorize_mosaic"]
@@ -114,43 +110,6 @@ def select_classes(class_names: Sequence[str], classes: Sequence[str] | None) ->
     return [i for i, name in enumerate(class_names) if name in wanted]
 
 
-def _merge_chunks(
-    mosaic: MosaicInfo,
-    class_ids: list[int],
-    progress: Callable[[int, int], None] | None,
-    merger: SeamMerger | None = None,
-    total: int | None = None,
-) -> list[tuple[int, object]]:
-    """Every region of the mosaic, in the order the seams finish them."""
-    return [region for band in _band_regions(mosaic, class_ids, progress, merger, total) for region in band]
-
-
-def _band_regions(
-    mosaic: MosaicInfo,
-    class_ids: list[int],
-    progress: Callable[[int, int], None] | None,
-    merger: SeamMerger | None = None,
-    total: int | None = None,
-) -> Iterator[list[tuple[int, object]]]:
-    """Per chunk row, the regions it finishes (none of their pixels touch the next row)."""
-    if merger is None:
-        merger = SeamMerger(mosaic.height, mosaic.width)
-    row_offsets = range(0, mosaic.height, mosaic.chunk)
-    for done, row_off in enumerate(row_offsets, start=1):
-        height = min(mosaic.chunk, mosaic.height - row_off)
-        for col_off in range(0, mosaic.width, mosaic.chunk):
-            width = min(mosaic.chunk, mosaic.width - col_off)
-            # Chunk-aligned reads: zarr decodes exactly one chunk per array.
-            rows, cols = slice(row_off, row_off + height), slice(col_off, col_off + width)
-            labels = np.asarray(mosaic.labels[rows, cols])
-            valid = np.asarray(mosaic.valid[rows, cols])
-            merger.add(polygonize_chunk(labels, valid, row_off, col_off, class_ids))
-        # Handed on before the next row is read: only regions still open across the seam stay here.
-        yield merger.end_row()
-        if progress is not None:
-            progress(done, total or len(row_offsets))
-
-
 def vectorize_mosaic(
     mosaic_path: Path,
     out_dir: Path,
@@ -206,22 +165,15 @@ def vectorize_mosaic(
     if labels != "labels" and (instances_table is not None or simplify_m > 0):
         raise ValueError(f"only the labels array can be numbered or simplified (asked for {labels!r})")
     class_ids = select_classes(mosaic.class_names, classes)
+    tolerance = scene_tolerance(mosaic.transform, mosaic.crs, mosaic.height, mosaic.width, simplify_m)
+    tolerance = tolerance if simplify_m > 0 else 0.0
     if instances_table is None:
-        tolerance = scene_tolerance(mosaic.transform, mosaic.crs, mosaic.height, mosaic.width, simplify_m)
         return _write_banded_features(
-            mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks, tolerance if simplify_m else 0.0
+            mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks, tolerance
         )
-    if instances_table is not None and simplify_m == 0:
-        return _write_banded_ids(
-            mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks, Path(instances_table)
-        )
-    frame, numbering, merger = _numbered_frame(mosaic, class_ids, simplify_m, min_area_m2, progress)
-    vectors, geojson = write_vectors(frame, Path(out_dir), fmt=fmt)
-    per_class = _per_class(Counter(frame["class"]), mosaic.class_names, class_ids)
-    outputs = VectorOutputs(vectors=vectors, geojson=geojson, features=len(frame), per_class=per_class)
-    del frame  # pass 2 needs only the numbering, not the features
-    table = _write_instance_ids(mosaic, class_ids, merger, numbering, Path(instances_table), progress)
-    return replace(outputs, instances=len(table), instance_table=Path(instances_table))
+    return _write_banded_ids(
+        mosaic, class_ids, min_area_m2, progress, Path(out_dir), fmt, run_tasks, Path(instances_table), tolerance
+    )
 
 
 def _check_non_negative(**values: float) -> None:
@@ -301,10 +253,13 @@ def _write_banded_ids(
     fmt: str,
     run_tasks: RunTasks,
     table_path: Path,
+    simplify_tolerance: float = 0.0,
 ) -> VectorOutputs:
     """Instance ids by bands (:mod:`geoseg.vectorize.band_ids`): both passes as tasks, outputs in id order."""
     parts_dir = out_dir / ".vectorize-parts"
-    requests = band_requests(mosaic, parts_dir, class_ids, min_area_m2, instances=True)
+    requests = band_requests(
+        mosaic, parts_dir, class_ids, min_area_m2, instances=True, simplify_tolerance=simplify_tolerance
+    )
     arguments = [(request,) for request in requests]
     regions = cast(Iterable[BandSummary], run_tasks(vectorize_band, arguments))
     numbering = number_bands(mosaic, requests, regions, min_area_m2, progress)
@@ -329,49 +284,3 @@ def _write_banded_ids(
 def _per_class(counts: Counter[str], class_names: Sequence[str], class_ids: list[int]) -> dict[str, int]:
     """Features per vectorized class name, 0 for a class with none."""
     return {class_names[i]: int(counts.get(class_names[i], 0)) for i in class_ids}
-
-
-def _write_instance_ids(
-    mosaic: MosaicInfo,
-    class_ids: list[int],
-    merger: SeamMerger,
-    numbering: RegionNumbering,
-    table_path: Path,
-    progress: Callable[[int, int], None] | None,
-) -> pd.DataFrame:
-    """Pass 2: the instance array and table, from pass 1's numbering; return the table."""
-    rows = mosaic.grid[0]
-    # Pass 1 reported chunk rows 1..rows of 2 × rows; pass 2 carries on from there.
-    return write_instances(
-        mosaic,
-        class_ids,
-        merger.chunk_regions,
-        numbering,
-        table_path,
-        progress=None if progress is None else lambda done, _: progress(rows + done, 2 * rows),
-    )
-
-
-def _numbered_frame(
-    mosaic: MosaicInfo,
-    class_ids: list[int],
-    simplify_m: float,
-    min_area_m2: float,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[gpd.GeoDataFrame, RegionNumbering, SeamMerger]:
-    """Pass 1 with ids: the features in id order with an ``id`` column, the numbering, the merger."""
-    merger = SeamMerger(mosaic.height, mosaic.width, track_pieces=True)
-    regions = _merge_chunks(mosaic, class_ids, progress, merger, total=2 * mosaic.grid[0])
-    numbering = number_regions(regions, transform=mosaic.transform, crs=mosaic.crs, min_area_m2=min_area_m2)
-    kept = [regions[i] for i in numbering.order]
-    del regions
-    # Filtered here, so regions_to_frame's own filter (the same test) has nothing left to drop.
-    frame = regions_to_frame(
-        kept,
-        transform=mosaic.transform,
-        crs=mosaic.crs,
-        class_names=mosaic.class_names,
-        simplify_m=simplify_m,
-        min_area_m2=0.0,
-    )
-    return with_ids(frame, kept, mosaic.transform), numbering, merger

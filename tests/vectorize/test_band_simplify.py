@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import geopandas as gpd
 import numpy as np
 import pyogrio
 import pyproj
@@ -10,6 +11,7 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
+from geoseg.io.mosaic import open_mosaic
 from geoseg.vectorize import vectorize_mosaic
 from geoseg.vectorize.band_simplify import OpenPieces, scene_tolerance, simplify_band
 from tests.vectorize.test_vectorize import CHUNK, UTM, UTM_CRS, WATER, blank, make_mosaic, smooth_classes
@@ -81,3 +83,29 @@ def test_simplified_regions_crossing_band_seams_are_whole_and_tile_without_overl
 def test_blank_scene_simplifies_to_nothing(tmp_path):
     out = vectorize_mosaic(make_mosaic(tmp_path / "m.zarr", blank()), tmp_path / "v", simplify_m=2.0)
     assert out.features == 0
+
+
+def test_simplified_instance_polygons_keep_the_ids_of_the_exact_ones(tmp_path):
+    lab = smooth_classes(seed=6)
+    lab[:, 100:110] = WATER
+    mosaic = make_mosaic(tmp_path / "mosaic.zarr", lab)
+    exact = vectorize_mosaic(mosaic, tmp_path / "exact", fmt="parquet", instances_table=tmp_path / "exact.parquet")
+    exact_raster = np.asarray(open_mosaic(mosaic).array("instances")[:])
+    simple = vectorize_mosaic(
+        mosaic, tmp_path / "simple", fmt="parquet", simplify_m=1.5, instances_table=tmp_path / "simple.parquet"
+    )
+    assert np.array_equal(np.asarray(open_mosaic(mosaic).array("instances")[:]), exact_raster)
+    got, want = gpd.read_parquet(simple.vectors), gpd.read_parquet(exact.vectors)
+    assert simple.instances == exact.instances == len(got) == len(want) > 50
+    assert list(got["id"]) == list(want["id"]) == list(range(1, len(got) + 1))
+    assert list(got["class"]) == list(want["class"]) and got.is_valid.all()
+    # Each simplified polygon lies over its exact one (same id): it meets it, and covers most of any
+    # region not small against the tolerance; fewer vertices overall.
+    assert shapely.intersects(got.geometry.values, want.geometry.values).all()
+    overlap = shapely.area(shapely.intersection(got.geometry.values, want.geometry.values))
+    exact_area = shapely.area(want.geometry.values)
+    assert (overlap >= 0.5 * exact_area)[exact_area >= 20.0].all()
+    assert (
+        shapely.get_num_coordinates(got.geometry.values).sum() < shapely.get_num_coordinates(want.geometry.values).sum()
+    )
+    assert shapely.union_all(got.geometry.values).area == pytest.approx(got.geometry.area.sum(), rel=1e-9)

@@ -11,9 +11,10 @@ import shapely
 from geoseg.io.mosaic import open_mosaic, write_block
 from geoseg.vectorize import band_ids, bands
 from geoseg.vectorize.bands import plan_bands, read_summary, vectorize_band
-from geoseg.vectorize.classes import _merge_chunks, in_process, select_classes, vectorize_mosaic
+from geoseg.vectorize.classes import in_process, select_classes, vectorize_mosaic
 from geoseg.vectorize.export import regions_to_frame
 from geoseg.vectorize.stream import VectorWriter
+from tests.vectorize.serial_reference import merge_chunks, numbered_frame, write_instance_ids
 from tests.vectorize.test_stream import CHUNK, CLASSES, UTM, canonical, class_mosaic, read
 
 
@@ -29,7 +30,7 @@ def test_plan_bands_covers_the_rows_in_whole_chunk_rows():
 
 def _serial_frame(path, min_area_m2=0.0):
     mosaic = open_mosaic(path)
-    regions = _merge_chunks(mosaic, select_classes(CLASSES, None), None)
+    regions = merge_chunks(mosaic, select_classes(CLASSES, None), None)
     return regions_to_frame(regions, transform=UTM, crs=mosaic.crs, class_names=CLASSES, min_area_m2=min_area_m2)
 
 
@@ -165,13 +166,11 @@ def test_ray_tasks_write_what_one_process_writes(tmp_path, ray_local):
 
 
 def _serial_instances(path, tmp_path, min_area_m2):
-    """The one-process numbering this replaced (still the path with simplification): frame, raster, table."""
-    from geoseg.vectorize.classes import _numbered_frame, _write_instance_ids
-
+    """The one-process numbering this replaced: frame, raster, table."""
     mosaic = open_mosaic(path, mode="r+")
     class_ids = select_classes(CLASSES, None)
-    frame, numbering, merger = _numbered_frame(mosaic, class_ids, 0.0, min_area_m2, None)
-    table = _write_instance_ids(mosaic, class_ids, merger, numbering, tmp_path / "serial.parquet", None)
+    frame, numbering, merger = numbered_frame(mosaic, class_ids, 0.0, min_area_m2, None)
+    table = write_instance_ids(mosaic, class_ids, merger, numbering, tmp_path / "serial.parquet", None)
     return frame, np.asarray(mosaic.array("instances")[:]), table
 
 

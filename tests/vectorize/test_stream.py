@@ -17,9 +17,10 @@ from rasterio.crs import CRS
 from geoseg.errors import StageError
 from geoseg.io.instances import create_instance_array, table_from_columns, write_instance_table
 from geoseg.io.mosaic import create_mosaic, open_mosaic, write_block
-from geoseg.vectorize.classes import _merge_chunks, select_classes, vectorize_mosaic
+from geoseg.vectorize.classes import select_classes, vectorize_mosaic
 from geoseg.vectorize.export import features_frame, open_vectors, regions_to_frame, to_wgs84
 from geoseg.vectorize.instances import _instance_polygons, instances_to_frame, vectorize_instances
+from tests.vectorize.serial_reference import merge_chunks
 
 H, W, CHUNK = 200, 150, 32  # 7 bands of chunk rows
 UTM = Affine(0.5, 0, 500000.0, 0, -0.5, 5000000.0)
@@ -126,7 +127,7 @@ def test_streamed_class_vectors_equal_one_write(tmp_path, fmt):
     path = class_mosaic(tmp_path)
     out = vectorize_mosaic(path, tmp_path / "new", fmt=fmt, min_area_m2=10.0)
     mosaic = open_mosaic(path)
-    regions = _merge_chunks(mosaic, select_classes(CLASSES, None), None)
+    regions = merge_chunks(mosaic, select_classes(CLASSES, None), None)
     frame = regions_to_frame(regions, transform=UTM, crs=mosaic.crs, class_names=CLASSES, min_area_m2=10.0)
     assert out.features == len(frame) > 100
     assert out.per_class == {name: int((frame["class"] == name).sum()) for name in CLASSES[1:]}
