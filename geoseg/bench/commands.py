@@ -187,6 +187,7 @@ def add_bench_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="Ray tasks for evaluate's bands (default: 1, no Ray)")
     p.add_argument("--chunk", type=int, default=448, help="mosaic chunk side in pixels (default: 448)")
     p.add_argument("--out", help="keep the mosaic, reference and outputs here (default: a temporary folder)")
+    p.add_argument("--simplify-m", type=float, default=0.0, help="vectorize.simplify_m of the vectorize steps")
     p.set_defaults(func=_cmd_bench_pipeline)
     p = bench.add_parser(
         "zoo",

@@ -60,13 +60,19 @@ class PipelineSettings:
     chunk: int = 448
     out: Path | None = None  # None: a temporary folder, removed afterwards
     seed: int = 0
+    simplify_m: float = 0.0  # vectorize.simplify_m of both vectorize steps
 
     def check(self) -> None:
         """Every bad value at once, one line each, as the CLI's flags."""
         problems = [
             f"--{name}: {value} is below {least}; give {least} or more"
-            for name, value, least in (("size", self.size, 16), ("workers", self.workers, 1), ("chunk", self.chunk, 16))
-            if value < least
+            for name, value, least in (
+                ("size", self.size, 16),
+                ("workers", self.workers, 1),
+                ("chunk", self.chunk, 16),
+                ("simplify-m", self.simplify_m, 0),
+            )
+            if not value >= least
         ]
         if problems:
             raise JobConfigError("\n".join(f"geoseg bench pipeline: {line}" for line in problems))
@@ -190,7 +196,7 @@ def _work_folder(out: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _run_steps(scene: SceneFiles, out: Path, workers: int) -> tuple[dict[str, StepResult], float]:
+def _run_steps(scene: SceneFiles, out: Path, workers: int, simplify_m: float) -> tuple[dict[str, StepResult], float]:
     """Time each step alone; the steps and evaluate's pixel agreement (a check that the reference differs).
 
     With ``workers`` > 1 every step runs its pieces as Ray tasks inside one Ray session, so Ray's
@@ -212,7 +218,7 @@ def _run_steps(scene: SceneFiles, out: Path, workers: int) -> tuple[dict[str, St
 
     with ray_session() if workers > 1 else nullcontext():
         steps["vectorize"] = _timed(
-            lambda: vectorize_mosaic(scene.mosaic, out / "vectors", run_tasks=run_tasks).features
+            lambda: vectorize_mosaic(scene.mosaic, out / "vectors", simplify_m=simplify_m, run_tasks=run_tasks).features
         )
         steps["vectorize_instances"] = _timed(
             lambda: (
@@ -220,6 +226,7 @@ def _run_steps(scene: SceneFiles, out: Path, workers: int) -> tuple[dict[str, St
                     scene.mosaic,
                     out / "vectors_instances",
                     instances_table=out / "instances.parquet",
+                    simplify_m=simplify_m,
                     run_tasks=run_tasks,
                 ).features
             )
@@ -243,7 +250,7 @@ def bench_pipeline(settings: PipelineSettings, *, log: Callable[[str], None] = p
             log(f"bench pipeline: reusing the {settings.size}² mosaic and reference under {out}")
         write_s = time.perf_counter() - started
         with ray_output_to(out / "ray.log"):
-            steps, agreement = _run_steps(scene, out, settings.workers)
+            steps, agreement = _run_steps(scene, out, settings.workers, settings.simplify_m)
     peak_by_process: dict[str, int] = {}
     for step in steps.values():
         for name, value in step.memory.peak_by_name.items():
@@ -252,6 +259,7 @@ def bench_pipeline(settings: PipelineSettings, *, log: Callable[[str], None] = p
         "size": settings.size,
         "workers": settings.workers,
         "chunk": settings.chunk,
+        "simplify_m": settings.simplify_m,
         "write_s": round(write_s, 3),
         "pixel_agreement": round(agreement, 4),
         **{name: _step_fields(step, pixels) for name, step in steps.items()},
@@ -268,7 +276,11 @@ def run_pipeline_command(args: Any) -> int:
     import sys
 
     settings = PipelineSettings(
-        size=args.size, workers=args.workers, chunk=args.chunk, out=Path(args.out) if args.out else None
+        size=args.size,
+        workers=args.workers,
+        chunk=args.chunk,
+        out=Path(args.out) if args.out else None,
+        simplify_m=args.simplify_m,
     )
     result = bench_pipeline(settings, log=lambda message: print(message, file=sys.stderr, flush=True))
     print(json.dumps(result), flush=True)

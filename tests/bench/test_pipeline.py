@@ -47,11 +47,11 @@ def test_reference_differs_from_the_map_in_about_two_percent_of_pixels():
 
 
 def test_cli_prints_one_json_line_with_every_step(capsys):
-    assert main(["bench", "pipeline", "--size", "512", "--chunk", "128"]) == 0
+    assert main(["bench", "pipeline", "--size", "512", "--chunk", "128", "--simplify-m", "1.0"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
-    assert (result["size"], result["workers"], result["chunk"]) == (512, 1, 128)
+    assert (result["size"], result["workers"], result["chunk"], result["simplify_m"]) == (512, 1, 128, 1.0)
     for step in ("vectorize", "vectorize_instances", "evaluate", "overviews"):
         fields = result[step]
         assert fields["seconds"] > 0 and fields["mpix_per_s"] > 0
@@ -67,10 +67,11 @@ def test_cli_prints_one_json_line_with_every_step(capsys):
 
 
 def test_cli_names_every_bad_flag(capsys):
-    assert main(["bench", "pipeline", "--size", "8", "--workers", "0"]) == 2
+    assert main(["bench", "pipeline", "--size", "8", "--workers", "0", "--simplify-m", "-1"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "geoseg: error: geoseg bench pipeline: --size: 8 is below 16; give 16 or more",
         "geoseg: error: geoseg bench pipeline: --workers: 0 is below 1; give 1 or more",
+        "geoseg: error: geoseg bench pipeline: --simplify-m: -1.0 is below 0; give 0 or more",
     ]
 
 
