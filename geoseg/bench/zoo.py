@@ -266,7 +266,7 @@ def bench_zoo(
     done = _done(out, budget)
     if done:
         (out / TABLE).write_text(markdown_table(done.values()))
-    for arch, crf in [(a, False) for a in archs] + [(a, True) for a in crf_archs]:
+    for arch, crf in [(a, crf) for a in archs for crf in (False, True) if not crf or a in crf_archs]:
         if (arch, crf) in done:
             continue
         log(f"bench zoo: {arch}{' + CRF' if crf else ''}: {budget.samples} training crops, predict {Path(scene).name}")

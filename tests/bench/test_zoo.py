@@ -109,11 +109,15 @@ def test_zoo_trains_predicts_and_scores_an_architecture(tmp_path):
     }  # fmt: skip
     job_file = tiny_job(tmp_path, scene, labels, train=train)
     budget = ZooBudget(epochs=2, steps_per_epoch=2, batch_size=2, crop=128)
-    (row,) = bench_zoo(job_file, tmp_path / "zoo", archs=["pspnet"], budget=budget, log=lambda _: None)
+    row, crf = bench_zoo(
+        job_file, tmp_path / "zoo", archs=["pspnet"], crf_archs=["pspnet"], budget=budget, log=lambda _: None
+    )
+    assert (row.crf, crf.crf, crf.name) == (False, True, "pspnet + CRF")
+    assert crf.parameters == row.parameters and crf.train_samples_per_s == row.train_samples_per_s  # same weights
     assert row.arch == "pspnet" and row.encoder == "resnet18" and row.parameters > 1_000_000
     assert 0 <= row.miou <= 1 and row.train_samples_per_s > 0 and row.predict_mpix_per_s > 0
     assert row.seam_changed_percent is not None  # the tiling auto chose is one the card measured
     metrics = json.loads((tmp_path / "zoo" / "pspnet" / "metrics.json").read_text())
-    assert metrics["model"]["mean_iou"] == pytest.approx(row.miou, abs=1e-4)
+    assert metrics["model"]["mean_iou"] == pytest.approx(crf.miou, abs=1e-4)  # the CRF row's, scored last
     with rasterio.open(tmp_path / "zoo" / "scene_crop128.tif") as crop:
         assert crop.width == crop.height == 128
