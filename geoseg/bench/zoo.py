@@ -18,8 +18,9 @@ so the zoo can be run piecewise: a row already there for the same budget and sce
 again. ``zoo.md`` is the markdown table of every row so far. A row holds: mIoU on the scene,
 parameters, train samples/s (the training loop's own rate over every epoch but the first, as
 ``bench train``), predict MPix/s (the predict stage's wall time, actor start-up included), the tiling
-``auto`` chose with its measured share of labels changed against whole-image prediction, the
-run's wall seconds, and ``other_cpu_share`` (timings are only valid near 0).
+``auto`` chose with the share of labels the model card's measured seams give it on this scene (not
+for a CRF row: the CRF's own reach across a seam is not measured), the run's wall seconds, and
+``other_cpu_share`` (timings are only valid near 0).
 """
 
 from __future__ import annotations
@@ -158,11 +159,41 @@ def _train_rate(history: dict) -> float:
     return round(samples / sum(e["seconds"] for e in timed), 3)
 
 
-def _seam_figure(card: dict, tile: int, halo: int) -> float | None:
-    for figure in (card.get("seams") or {}).get("tilings", []):
-        if figure["tile_size"] == tile and figure["halo"] == halo:
-            return float(figure["changed_percent"])
-    return None
+def seam_figure(checkpoint: Path, tile: int, halo: int, scene: tuple[int, int]) -> float | None:
+    """The share of labels (%) the card's measured seams give tiles of ``tile``/``halo`` on a (height, width) scene.
+
+    None where the card measured no seams or not this halo.
+    """
+    from geoseg.infer.seams import tiling_figure
+    from geoseg.models.checkpoint import read_card
+
+    seams = read_card(checkpoint).seams
+    edge = next((e for e in seams.edges if e.halo == halo), None) if seams else None
+    return None if edge is None else float(tiling_figure(edge, tile, scene).changed_percent)
+
+
+def _most_exact_tiling(folder: Path, job_path: Path, job: dict) -> dict | None:
+    """Where ``tiling: auto`` finds no tiling under its error for this trained model: the most exact one that fits.
+
+    None when the model is not trained yet, has no seams, or auto has a tiling for it.
+    """
+    from geoseg.job import load_job
+    from geoseg.models.checkpoint import read_card
+    from geoseg.stages.tiling_choice import candidate_tilings
+
+    if not (folder / "checkpoint" / "model_card.json").exists() or not job_path.exists():
+        return None
+    card = read_card(folder / "checkpoint")
+    if card.seams is None:
+        return None
+    with rasterio.open(job["predict"]["scene"]) as scene:
+        shape = (scene.height, scene.width)
+    loaded = load_job(job_path)
+    figures, _ = candidate_tilings(loaded, card, shape)
+    if not figures or min(f.changed_percent for f in figures) < loaded.tiling.max_seam_error:
+        return None
+    closest = min(figures, key=lambda f: (f.changed_percent, f.cost))
+    return {"tile_size": closest.tile_size, "halo": closest.halo}
 
 
 def _parameters(card: dict) -> int:
@@ -178,6 +209,7 @@ def _parameters(card: dict) -> int:
 def _measure_row(job_file: Path, arch: str, crf: bool, budget: ZooBudget, log: Callable[[str], None]) -> ZooRow:
     from geoseg.bench.measure import MemorySampler
     from geoseg.job.run import run_job
+    from geoseg.models import resolve_encoder
 
     stages = ["predict", "evaluate"] if crf else None  # the CRF row predicts again from the same weights
     started = time.perf_counter()
@@ -189,17 +221,21 @@ def _measure_row(job_file: Path, arch: str, crf: bool, budget: ZooBudget, log: C
     history = json.loads((folder / "train" / "history.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
     predict = summary["predict"]
+    tile, halo = int(predict["tile_size"]), int(predict["halo"])
+    with rasterio.open(yaml.safe_load(job_file.read_text())["predict"]["scene"]) as scene:
+        shape = (scene.height, scene.width)
     return ZooRow(
         arch=arch,
-        encoder=card["encoder"],
+        encoder=resolve_encoder(arch, card["encoder"]),  # the job default means the paper's backbone
         crf=crf,
         parameters=_parameters(card),
         miou=round(float(metrics["model"]["mean_iou"]), 4),
         train_samples_per_s=_train_rate(history),
         predict_mpix_per_s=float(predict["mpix_per_s"]),
-        tile_size=int(predict["tile_size"]),
-        halo=int(predict["halo"]),
-        seam_changed_percent=_seam_figure(card, int(predict["tile_size"]), int(predict["halo"])),
+        tile_size=tile,
+        halo=halo,
+        # Measured on the model's own labels: the CRF's context across a seam is not in the card's figures.
+        seam_changed_percent=None if crf else seam_figure(folder / "checkpoint", tile, halo, shape),
         seconds=round(seconds, 1),
         other_cpu_share=round(memory.other_cpu_share, 3),
         budget=asdict(budget),
@@ -273,8 +309,19 @@ def bench_zoo(
         folder = out / arch
         folder.mkdir(exist_ok=True)
         job_path = folder / ("job_crf.yaml" if crf else "job.yaml")
-        job_path.write_text(yaml.safe_dump(derived_job(source, arch, out, budget, scene, crf), sort_keys=False))
-        row = _measure_row(job_path, arch, crf, budget, log)
+        job = derived_job(source, arch, out, budget, scene, crf)
+        if (fixed := _most_exact_tiling(folder, job_path, job)) is not None:
+            job["tiling"] = fixed  # auto refused this model before: none fits under max_seam_error
+        job_path.write_text(yaml.safe_dump(job, sort_keys=False))
+        try:
+            row = _measure_row(job_path, arch, crf, budget, log)
+        except JobConfigError as exc:
+            if "tiling.max_seam_error" not in str(exc) or _most_exact_tiling(folder, job_path, job) is None:
+                raise
+            log(f"bench zoo: {arch}: {exc}; predicting at the most exact tiling that fits instead")
+            job["tiling"] = _most_exact_tiling(folder, job_path, job)
+            job_path.write_text(yaml.safe_dump(job, sort_keys=False))
+            row = _measure_row(job_path, arch, crf, budget, log)
         with (out / ROWS).open("a") as rows:
             rows.write(json.dumps(asdict(row)) + "\n")
         done[(arch, crf)] = row

@@ -48,14 +48,17 @@ MEASURE_CORE = 512  # core side of the measuring passes: a few tiles across a va
 
 
 def halos_to_measure(stride: int, exact_radius: int | None, cap: int = 256) -> list[int]:
-    """Multiples of the stride up to ``cap`` (below an exact model's radius), then that radius itself.
+    """Multiples of a step of ~32 px on the stride, up to ``cap`` (below an exact model's radius), then that radius.
 
-    Each halo is one tiled pass over the region; the demo's four cost ~12 MPix through the model.
+    Each halo is one tiled pass over the region; the demo's four cost ~12 MPix through the model. The step
+    is the stride's first multiple of at least 32 px: halos of 8 to 32 px tell nothing useful about a
+    stride-8 model that looks hundreds of pixels away.
     """
     limit = min(cap, exact_radius - 1) if exact_radius else cap
+    unit = stride * math.ceil(32 / stride)
     # An exact model gets a few small halos and its radius (which changes nothing); another one more steps.
     steps = (1, 2, 3, 4) if exact_radius else (1, 2, 3, 4, 6, 8)
-    halos = [stride * k for k in steps if stride * k <= limit]
+    halos = [unit * k for k in steps if unit * k <= limit]
     if exact_radius and exact_radius % stride == 0 and exact_radius <= 2 * cap:
         halos.append(exact_radius)
     return halos

@@ -115,17 +115,24 @@ def measured_seams(card: ModelCard, tile: int, halo: int, scene: tuple[int, int]
     )
 
 
+def candidate_tilings(job: Job, card: ModelCard, scene: tuple[int, int]) -> tuple[list[TilingFigure], int]:
+    """Every tiling the card's seams give figures for on this scene, and the largest tile that fits a worker."""
+    assert card.seams is not None
+    seams = card.seams
+    batch = predict_spec(job).batch_size
+    max_tile = max_tile_for_memory(job.tiling.max_tile_memory_gb, batch, seams.activation_bytes_per_pixel)
+    sizes = range(seams.stride * math.ceil(128 / seams.stride), max_tile + 1, seams.stride)
+    return tiling_figures(seams.edges, seams.stride, sizes, scene), max_tile
+
+
 def _choice(job: Job, card: ModelCard, checkpoint: Path, scene: tuple[int, int]) -> TilingFigure:
     if card.seams is None:
         raise JobConfigError(
             f"tiling: auto chooses by the seams the train stage measures, and the model in {checkpoint} has none; "
             "retrain it, or give tiling.tile_size and tiling.halo"
         )
-    seams = card.seams
     batch = predict_spec(job).batch_size
-    max_tile = max_tile_for_memory(job.tiling.max_tile_memory_gb, batch, seams.activation_bytes_per_pixel)
-    sizes = range(seams.stride * math.ceil(128 / seams.stride), max_tile + 1, seams.stride)
-    figures = tiling_figures(seams.edges, seams.stride, sizes, scene)
+    figures, max_tile = candidate_tilings(job, card, scene)
     figure = choose_tiling(figures, max_error_percent=job.tiling.max_seam_error, max_tile=max_tile)
     if figure is None:
         closest = min(figures, key=lambda f: (f.changed_percent, f.cost), default=None)

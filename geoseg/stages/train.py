@@ -17,7 +17,7 @@ from geoseg.errors import GeosegError
 from geoseg.io.labels import label_options, load_labels, rasterize_labels
 from geoseg.io.normalization import band_statistics
 from geoseg.io.raster import SceneInfo
-from geoseg.models import is_instance_arch, output_stride
+from geoseg.models import is_instance_arch, output_stride, resolve_encoder
 from geoseg.models.card import ModelCard, Normalization
 from geoseg.models.checkpoint import build_model_from_card, read_card, save_weights
 from geoseg.runtime import fit_model, ray_session
@@ -238,8 +238,9 @@ def _describe(job: Job) -> str:
         if is_instance_arch(job.model.arch)
         else " + ".join(f"{w:g} {name}" for name, w in spec.loss.items())
     )
+    backbone = resolve_encoder(job.model.arch, job.model.encoder)  # the job default means the paper's backbone
     return (
-        f"train: {job.model.arch}/{job.model.encoder}, {spec.epochs} epochs x {spec.steps_per_epoch} steps "
+        f"train: {job.model.arch}/{backbone}, {spec.epochs} epochs x {spec.steps_per_epoch} steps "
         f"x {spec.batch_size} crops of {spec.tile_size} px on {job.runtime.workers} worker(s){held_out}; "
         f"loss {losses}"
     )

@@ -129,6 +129,7 @@ def test_memory_bounds_the_tile_and_activations_are_measured(model):
 
 def test_halos_measured_for_exact_and_other_models():
     assert halos_to_measure(32, 288) == [32, 64, 96, 128, 288]
-    assert halos_to_measure(8, 72) == [8, 16, 24, 32, 72]
+    assert halos_to_measure(8, 72) == [32, 64, 72]  # ~32 px steps on the stride, whatever the stride
+    assert halos_to_measure(8, 688) == [32, 64, 96, 128]  # a radius past twice the cap is not measured
     assert halos_to_measure(32, None) == [32, 64, 96, 128, 192, 256]
     assert halos_to_measure(32, 80) == [32, 64]  # the radius is not on the stride: no exact candidate
