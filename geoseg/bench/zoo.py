@@ -172,27 +172,29 @@ def seam_figure(checkpoint: Path, tile: int, halo: int, scene: tuple[int, int]) 
     return None if edge is None else float(tiling_figure(edge, tile, scene).changed_percent)
 
 
-def _most_exact_tiling(folder: Path, job_path: Path, job: dict) -> dict | None:
+def _scene_shape(path: str | Path) -> tuple[int, int]:
+    with rasterio.open(path) as scene:
+        return scene.height, scene.width
+
+
+def _most_exact_tiling(folder: Path, job_path: Path, shape: tuple[int, int]) -> dict | None:
     """Where ``tiling: auto`` finds no tiling under its error for this trained model: the most exact one that fits.
 
     None when the model is not trained yet, has no seams, or auto has a tiling for it.
     """
     from geoseg.job import load_job
     from geoseg.models.checkpoint import read_card
-    from geoseg.stages.tiling_choice import candidate_tilings
+    from geoseg.stages.tiling_choice import candidate_tilings, most_exact
 
     if not (folder / "checkpoint" / "model_card.json").exists() or not job_path.exists():
         return None
     card = read_card(folder / "checkpoint")
     if card.seams is None:
         return None
-    with rasterio.open(job["predict"]["scene"]) as scene:
-        shape = (scene.height, scene.width)
     loaded = load_job(job_path)
-    figures, _ = candidate_tilings(loaded, card, shape)
-    if not figures or min(f.changed_percent for f in figures) < loaded.tiling.max_seam_error:
+    closest = most_exact(candidate_tilings(loaded, card, shape)[0])
+    if closest is None or closest.changed_percent < loaded.tiling.max_seam_error:
         return None
-    closest = min(figures, key=lambda f: (f.changed_percent, f.cost))
     return {"tile_size": closest.tile_size, "halo": closest.halo}
 
 
@@ -206,7 +208,10 @@ def _parameters(card: dict) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _measure_row(job_file: Path, arch: str, crf: bool, budget: ZooBudget, log: Callable[[str], None]) -> ZooRow:
+def _measure_row(
+    job_file: Path, arch: str, crf: bool, budget: ZooBudget, shape: tuple[int, int], log: Callable[[str], None]
+) -> ZooRow:
+    """Run one row's job and read its figures; ``shape``: the predicted scene's (height, width)."""
     from geoseg.bench.measure import MemorySampler
     from geoseg.job.run import run_job
     from geoseg.models import resolve_encoder
@@ -222,8 +227,6 @@ def _measure_row(job_file: Path, arch: str, crf: bool, budget: ZooBudget, log: C
     metrics = json.loads((folder / "metrics.json").read_text())
     predict = summary["predict"]
     tile, halo = int(predict["tile_size"]), int(predict["halo"])
-    with rasterio.open(yaml.safe_load(job_file.read_text())["predict"]["scene"]) as scene:
-        shape = (scene.height, scene.width)
     return ZooRow(
         arch=arch,
         encoder=resolve_encoder(arch, card["encoder"]),  # the job default means the paper's backbone
@@ -299,6 +302,7 @@ def bench_zoo(
     scene = source["predict"]["scene"]
     if budget.crop:
         scene = str(write_crop(Path(scene), out, budget.crop))
+    shape = _scene_shape(scene)
     done = _done(out, budget)
     if done:
         (out / TABLE).write_text(markdown_table(done.values()))
@@ -310,18 +314,19 @@ def bench_zoo(
         folder.mkdir(exist_ok=True)
         job_path = folder / ("job_crf.yaml" if crf else "job.yaml")
         job = derived_job(source, arch, out, budget, scene, crf)
-        if (fixed := _most_exact_tiling(folder, job_path, job)) is not None:
+        if (fixed := _most_exact_tiling(folder, job_path, shape)) is not None:
             job["tiling"] = fixed  # auto refused this model before: none fits under max_seam_error
         job_path.write_text(yaml.safe_dump(job, sort_keys=False))
         try:
-            row = _measure_row(job_path, arch, crf, budget, log)
+            row = _measure_row(job_path, arch, crf, budget, shape, log)
         except JobConfigError as exc:
-            if "tiling.max_seam_error" not in str(exc) or _most_exact_tiling(folder, job_path, job) is None:
+            fixed = _most_exact_tiling(folder, job_path, shape) if "tiling.max_seam_error" in str(exc) else None
+            if fixed is None:
                 raise
             log(f"bench zoo: {arch}: {exc}; predicting at the most exact tiling that fits instead")
-            job["tiling"] = _most_exact_tiling(folder, job_path, job)
+            job["tiling"] = fixed
             job_path.write_text(yaml.safe_dump(job, sort_keys=False))
-            row = _measure_row(job_path, arch, crf, budget, log)
+            row = _measure_row(job_path, arch, crf, budget, shape, log)
         with (out / ROWS).open("a") as rows:
             rows.write(json.dumps(asdict(row)) + "\n")
         done[(arch, crf)] = row

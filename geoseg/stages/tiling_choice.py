@@ -125,6 +125,11 @@ def candidate_tilings(job: Job, card: ModelCard, scene: tuple[int, int]) -> tupl
     return tiling_figures(seams.edges, seams.stride, sizes, scene), max_tile
 
 
+def most_exact(figures: list[TilingFigure]) -> TilingFigure | None:
+    """The tiling that changes the fewest labels, the cheaper of equals; None for no figures."""
+    return min(figures, key=lambda f: (f.changed_percent, f.cost), default=None)
+
+
 def _choice(job: Job, card: ModelCard, checkpoint: Path, scene: tuple[int, int]) -> TilingFigure:
     if card.seams is None:
         raise JobConfigError(
@@ -135,7 +140,7 @@ def _choice(job: Job, card: ModelCard, checkpoint: Path, scene: tuple[int, int])
     figures, max_tile = candidate_tilings(job, card, scene)
     figure = choose_tiling(figures, max_error_percent=job.tiling.max_seam_error, max_tile=max_tile)
     if figure is None:
-        closest = min(figures, key=lambda f: (f.changed_percent, f.cost), default=None)
+        closest = most_exact(figures)
         best = f"; the most exact that fits is {_figure(closest)}" if closest else ""
         raise JobConfigError(
             f"tiling.max_seam_error: no tiling of the model in {checkpoint} changes under "
