@@ -36,7 +36,7 @@ format: install
 test-cluster: install
 	$(BIN)/python -m pytest -m cluster
 
-# The end-to-end runs of a minute or more (S3 job, training resume, bench train, 16-bit RGBN job).
+# The end-to-end runs of 15 s or more (S3 job, training resume, bench train, 16-bit RGBN job, instance job, CRF, survey).
 test-long: install
 	$(BIN)/python -m pytest -m long
 

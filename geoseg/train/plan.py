@@ -35,6 +35,10 @@ def window_of(box: Box | None) -> Window | None:
     return None if box is None else Window(*box)
 
 
+# Card fields that do not decide the trained weights (the prediction tiling, the run name, seams measured after).
+_NOT_TRAINING = {"tile_size", "halo", "run", "seams"}
+
+
 @dataclass(frozen=True, eq=False)
 class TrainingScene:
     """One training scene as the loop reads it.
@@ -103,7 +107,9 @@ class TrainingPlan:
     def digest(self) -> str:
         """A short hash of what decides the trained weights (not the per-cell class grids, which follow the labels)."""
         described = {
-            "card": self.card.model_dump(mode="json"),
+            # The job's prediction tiling rides on the card but does not change the weights: a job that only
+            # changes its tiling (or lets `tiling: auto` choose) keeps its trained model.
+            "card": self.card.model_dump(mode="json", exclude=_NOT_TRAINING),
             "spec": self.spec.model_dump(mode="json"),
             "scenes": [[s.image, s.labels, s.train_area, s.val_area, s.instances, s.id_classes] for s in self.scenes],
             "stride": self.stride,

@@ -79,6 +79,7 @@ def test_instance_settings_are_checked(tmp_path, capsys):
     assert "train.ignore_classes" in capsys.readouterr().err
 
 
+@pytest.mark.long  # 40 s on 2 cores: CI's test-long runs it
 def test_instance_job_end_to_end(tmp_path, capsys):
     import pandas as pd
     import zarr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from geoseg.evaluate.instances import count_duplicates, count_merged, count_splits, match_instances
 from geoseg.infer.detect import detections_to_masks
@@ -232,6 +233,7 @@ def _oracle_tile_detections(ids: np.ndarray, *, tile_size: int, halo: int, rng) 
     return out
 
 
+@pytest.mark.long  # 20 s on 2 cores: CI's test-long runs it
 def test_demo_survey_buildings_come_out_once_each_with_the_demo_tiling():
     """The demo survey scene's 2,500 buildings (L-shapes, rows of houses, up to 116 px), seen per tile
     with the building job's tiling (512 px, halo 64: tiles overlap by 128 px, more than any building)

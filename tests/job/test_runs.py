@@ -301,6 +301,7 @@ def test_a_failed_stage_is_recorded_and_the_next_run_is_not_a_noop(
     assert "predict: " in "\n".join(lines) and runs_of(job)[-1]["status"] == "done"
 
 
+@pytest.mark.long  # 17 s on 2 cores: CI's test-long runs it
 def test_deleting_metrics_makes_the_next_run_not_a_noop(tmp_path, scene, ray_local, one_torch_thread, capsys):
     job = make_job(tmp_path, scene)
     assert run(job, capsys)[0] == 0

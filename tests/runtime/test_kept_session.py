@@ -1,8 +1,11 @@
 """A job's Ray is started once, by the first stage that needs it, and stopped at the job's end (``ray_kept``)."""
 
+import pytest
+
 from tests.runtime.test_session_output import run_python
 
 
+@pytest.mark.long  # 35 s on 2 cores: CI's test-long runs it
 def test_the_first_stage_starts_ray_the_next_reuse_it_and_the_job_stops_it(tmp_path):
     log = tmp_path / "ray.log"
     result = run_python(

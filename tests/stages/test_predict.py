@@ -41,6 +41,7 @@ def test_blend_mode_runs_through_the_stage_and_leaves_no_scratch(tmp_path, ray_l
     assert chunk_bytes(outputs["blend"]) != chunk_bytes(outputs["crop"])
 
 
+@pytest.mark.long  # 24 s on 2 cores: CI's test-long runs it
 def test_a_dense_crf_refines_each_tile_and_keys_the_mosaic(tmp_path, ray_local):
     from geoseg.job import run_job
 

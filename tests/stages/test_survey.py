@@ -95,6 +95,7 @@ def _job(tmp_path, name, scene, checkpoint):
     return path
 
 
+@pytest.mark.long  # 17 s on 2 cores: CI's test-long runs it
 def test_a_survey_of_many_files_maps_as_the_merged_raster(tmp_path, ray_local):
     import geopandas as gpd
 
