@@ -38,6 +38,7 @@ def test_the_registry_jobs_choose_from_does_not_offer_the_null_model():
         build_model("null", in_channels=3, num_classes=2)
 
 
+@pytest.mark.long  # 13 s on 2 cores: CI's test-long runs it
 def test_one_run_per_core_count_each_with_reading_alone_beside_it(tmp_path, ray_local):
     lines: list[str] = []
     result = bench_feed(size=256, tile_size=128, halo=16, batch_size=2, workdir=tmp_path, log=lines.append)

@@ -271,6 +271,7 @@ def test_a_changed_job_is_not_a_noop(tmp_path, scene, ray_local, one_torch_threa
     assert "vectorize: " in "\n".join(lines)  # the polygons were made again with the new setting
 
 
+@pytest.mark.long  # 15 s on 2 cores: CI's test-long runs it
 def test_a_failed_stage_is_recorded_and_the_next_run_is_not_a_noop(
     tmp_path, scene, ray_local, one_torch_thread, capsys, monkeypatch
 ):
