@@ -20,7 +20,7 @@ def test_end_to_end_run_on_a_tiny_scene(tiny):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = folder / "out"
-    assert result.stdout.count("train: epoch 2/2") == 1  # a Ray Train worker's line, forwarded once (no print patch)
+    assert result.stdout.count("train: epoch 2/2") == 1  # a Ray Train worker's line, forwarded once
     for stage in ("train:", "predict:", "vectorize:", "evaluate:"):
         assert stage in result.stdout
     # The seams measured after training choose the tiling: halos in 32 px steps up to the radius of this 3-level
