@@ -1,4 +1,32 @@
-"""Hand the C heap's free pages back to the system between bands (glibc's ``malloc_trim``).
+"""The C heap between batches and between bands (glibc).
+
+**Keep freed tensors' memory for the next batch** (:func:`keep_freed_memory`, :func:`allocator_env`).
+
+A CPU forward or backward pass allocates tensors of tens to hundreds of MB (a U-Net's
+first feature maps for a batch of 8 tiles of 256 px: 134 MB). glibc's ``malloc`` serves
+anything above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and returns it
+with ``munmap`` when the tensor is freed, so every step faults every page of every large
+tensor in again, zero-filled by the kernel: measured on the 2-core development machine,
+training U-Net/resnet18 took 10.3 million page faults in 80 s and spent ~18% of its CPU
+time in the kernel. The same happens in a thread's own arena (Ray Train runs the loop
+in a thread), whose heaps cannot exceed 64 MB.
+
+Three glibc settings (mallopt(3); the environment variables of the same names are read
+when a process starts) keep that memory in the process for the next step instead:
+
+- ``MALLOC_MMAP_MAX_=0``: no allocation is served by its own mapping; all come from the heap;
+- ``MALLOC_TRIM_THRESHOLD_``: free memory at the top of the heap is kept up to 2 GiB, not
+  returned at once;
+- ``MALLOC_ARENA_MAX=1``: every thread allocates from the main heap (which grows with
+  ``brk``) rather than from 64 MB thread arenas that fall back to ``mmap`` for large blocks.
+
+A process then holds at most its peak, as it does between batches anyway: memory still does
+not grow with the scene (the prediction benchmark's peak per process is unchanged). The
+speed-up is what PyTorch's performance tuning guide gets by switching to jemalloc or
+tcmalloc ("Switch Memory allocator", https://pytorch.org/tutorials/recipes/recipes/tuning_guide.html),
+without a library to preload. Settings the user has made in the environment are kept.
+
+**Hand the free pages back between bands** (:func:`release_free_memory`, glibc's ``malloc_trim``).
 
 A driver that writes one band after another frees what each band used, but glibc keeps freed
 pages in its arenas for reuse, so a long run's resident memory settles at the high-water mark of
@@ -14,9 +42,42 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import platform
 from functools import cache
 
-__all__ = ["release_free_memory"]
+__all__ = ["ALLOCATOR_ENV", "allocator_env", "keep_freed_memory", "release_free_memory"]
+
+_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: 2 GiB is the most it can say
+
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(_TRIM_THRESHOLD),
+    "MALLOC_ARENA_MAX": "1",
+}
+
+# mallopt(3) parameter numbers (glibc's malloc.h) for the variables above.
+_MALLOPT = {"MALLOC_MMAP_MAX_": -4, "MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_ARENA_MAX": -8}
+
+
+def allocator_env() -> dict[str, str]:
+    """The allocator variables for processes started from here: the user's own values where set."""
+    return {name: os.environ.get(name, value) for name, value in ALLOCATOR_ENV.items()}
+
+
+def keep_freed_memory() -> bool:
+    """Apply :func:`allocator_env` to this running process and to the processes it starts.
+
+    The environment is updated (``setdefault``) so that an embedded Ray's processes, which
+    inherit it, start with the settings; this process gets them through ``mallopt``.
+    Returns whether this process's allocator took them (False where the C library is not glibc).
+    """
+    for name, value in ALLOCATOR_ENV.items():
+        os.environ.setdefault(name, value)
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return all(libc.mallopt(_MALLOPT[name], int(value)) == 1 for name, value in allocator_env().items())
 
 
 @cache

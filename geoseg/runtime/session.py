@@ -22,6 +22,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from geoseg.io.heap import allocator_env
+
 __all__ = ["ray_kept", "ray_output_to", "ray_session"]
 
 # Where sessions send Ray's output: None is the terminal (``--verbose``, and callers that never ask).
@@ -160,13 +162,15 @@ def _init_options(address: str | None, dashboard: bool) -> dict[str, Any]:
     # Worker lines are still forwarded (log_to_driver): stdout ones (progress) to the terminal,
     # stderr ones to sys.stderr, which is the log file inside ray_output_to.
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:  # a running cluster's workers get the setting through the job's runtime environment
-        options["runtime_env"] = {"env_vars": {_NO_PRINT_PATCH: "0"}}
+    # Every model or training worker keeps its freed tensors' memory for the next batch (allocator.py).
+    if address:  # a running cluster's workers get the settings through the job's runtime environment
+        options["runtime_env"] = {"env_vars": {_NO_PRINT_PATCH: "0", **allocator_env()}}
     else:
         # The embedded Ray's processes inherit this process's environment. A runtime environment would
         # cost every model actor ~1 s more to start: Ray prestarts workers for a job without one while
         # it starts, and starts those of a job with one only once the job has registered (measured on
         # 2 cores: the actor's constructor entered 1.2 s after it was asked for, against 0.1 s).
         os.environ.setdefault(_NO_PRINT_PATCH, "0")
+        os.environ.update(allocator_env())
         options["include_dashboard"] = dashboard
     return options
