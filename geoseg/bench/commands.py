@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from geoseg.io.heap import keep_freed_memory
+
 __all__ = ["add_bench_commands"]
 
 
@@ -17,6 +19,8 @@ def _cmd_bench_predict(args) -> int:
     import json
 
     from geoseg.bench.predict import bench_predict
+
+    keep_freed_memory()  # the model-only yardstick runs in this process: with the model actors' allocator
 
     log = lambda message: print(message, file=sys.stderr, flush=True)
     workdir = Path(args.workdir) if args.workdir else None
@@ -73,6 +77,8 @@ def _cmd_bench_train(args) -> int:
     import json
 
     from geoseg.bench.train import bench_train
+
+    keep_freed_memory()  # the plain loop runs in this process: with the Ray Train workers' allocator
 
     options = json.loads(args.options) if args.options else None
     result = bench_train(

@@ -50,7 +50,7 @@ import psutil
 
 from geoseg.bench.measure import MemorySampler, memory_fields, top_processes, wait_until_quiet
 from geoseg.bench.model_only import model_only_seconds, random_checkpoint
-from geoseg.io.heap import keep_freed_memory, release_free_memory
+from geoseg.io.heap import release_free_memory
 from geoseg.synthetic.blocks import CLASSES, PIXEL_SIZE, scene_path, usable_scene, write_synthetic_scene
 
 __all__ = ["bench_predict", "ensure_scene"]
@@ -341,7 +341,6 @@ def bench_predict(
     options = dict(options or {})
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels (got {size!r})")
-    keep_freed_memory()  # the model-only yardstick runs here with the allocator of the model actors
     settings = _Settings(
         size=size,
         tile_size=tile_size,

@@ -31,7 +31,6 @@ import numpy as np
 import rasterio
 
 from geoseg.config.schema import TrainScene, TrainSpec
-from geoseg.io.heap import keep_freed_memory
 from geoseg.synthetic.blocks import MEAN, scene_card, write_synthetic_scene
 from geoseg.train.plan import TrainingPlan, TrainingScene
 
@@ -113,7 +112,6 @@ def bench_train(
     from geoseg.train.loop import train_model  # noqa: F401
 
     options = dict(options or {})
-    keep_freed_memory()  # the plain loop runs here with the allocator of the Ray Train workers
     cpus = cpus or os.cpu_count() or 1
     temporary = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="geoseg-bench-train-")) if workdir is None else Path(workdir)
