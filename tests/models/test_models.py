@@ -121,7 +121,7 @@ def _loss(model, x, y) -> float:
 
 @pytest.mark.parametrize("arch", list(SEGMENTATION_ARCHITECTURES))
 def test_trains_a_few_steps(arch):
-    """Three AdamW steps on one tiny 4-band batch: the loss falls, the weights move and stay finite."""
+    """Three AdamW steps (FastFCN: five) on one tiny 4-band batch: the loss falls, the weights move and stay finite."""
     torch.manual_seed(0)
     model = build_model(arch, in_channels=4, num_classes=CLASSES, **TINY[arch]).train()
     side = max(32, output_stride(model))  # PAN: 128
@@ -131,7 +131,9 @@ def test_trains_a_few_steps(arch):
     start = _loss(model, x, y)
     # 1e-3 overshoots FPN's first steps, 3e-4 DeepLab v2's (four summed classifiers on a 101-layer ResNet)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4 if arch == "deeplabv2" else 3e-4)
-    for _ in range(3):
+    # FastFCN's first steps oscillate on this batch of 2 (measured on an AMD EPYC: 1.644, 1.666, 1.632,
+    # 1.634, 1.620, 1.614), so its loss is compared after five.
+    for _ in range(5 if arch == "fastfcn" else 3):
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x), y)
         assert loss.shape == () and math.isfinite(loss.item())
