@@ -20,8 +20,8 @@ when a process starts) keep that memory in the process for the next step instead
 - ``MALLOC_ARENA_MAX=1``: every thread allocates from the main heap (which grows with
   ``brk``) rather than from 64 MB thread arenas that fall back to ``mmap`` for large blocks.
 
-A process then holds at most its peak, as it does between batches anyway: memory still does
-not grow with the scene (the prediction benchmark's peak per process is unchanged). The
+A process then keeps its peak between batches: a prediction actor's peak rose 9% (1,913 →
+2,079 MB at 4096², batch 8) and still does not grow with the scene (2,189 MB at 8192²). The
 speed-up is what PyTorch's performance tuning guide gets by switching to jemalloc or
 tcmalloc ("Switch Memory allocator", https://pytorch.org/tutorials/recipes/recipes/tuning_guide.html),
 without a library to preload. Settings the user has made in the environment are kept.
@@ -68,28 +68,29 @@ def allocator_env() -> dict[str, str]:
 def keep_freed_memory() -> bool:
     """Apply :func:`allocator_env` to this running process and to the processes it starts.
 
-    The environment is updated (``setdefault``) so that an embedded Ray's processes, which
+    The environment is updated (a value already set stays) so that an embedded Ray's processes, which
     inherit it, start with the settings; this process gets them through ``mallopt``.
     Returns whether this process's allocator took them (False where the C library is not glibc).
     """
-    for name, value in ALLOCATOR_ENV.items():
-        os.environ.setdefault(name, value)
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    return all(libc.mallopt(_MALLOPT[name], int(value)) == 1 for name, value in allocator_env().items())
+    settings = allocator_env()
+    os.environ.update(settings)
+    mallopt = _glibc("mallopt")
+    return mallopt is not None and all(mallopt(_MALLOPT[name], int(value)) == 1 for name, value in settings.items())
 
 
 @cache
-def _malloc_trim():
+def _glibc(function: str):
+    """The C library's ``function`` where it is glibc; None elsewhere (macOS, musl)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(name), function) if name else None
     except (OSError, AttributeError):
         return None
 
 
 def release_free_memory() -> bool:
     """Return the heap's free pages to the system; whether any were (False: none, or not glibc)."""
-    trim = _malloc_trim()
+    trim = _glibc("malloc_trim")
     return bool(trim(0)) if trim is not None else False

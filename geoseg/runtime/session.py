@@ -162,7 +162,7 @@ def _init_options(address: str | None, dashboard: bool) -> dict[str, Any]:
     # Worker lines are still forwarded (log_to_driver): stdout ones (progress) to the terminal,
     # stderr ones to sys.stderr, which is the log file inside ray_output_to.
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    # Every model or training worker keeps its freed tensors' memory for the next batch (allocator.py).
+    # Every model or training worker keeps its freed tensors' memory for the next batch (geoseg/io/heap.py).
     if address:  # a running cluster's workers get the settings through the job's runtime environment
         options["runtime_env"] = {"env_vars": {_NO_PRINT_PATCH: "0", **allocator_env()}}
     else:
